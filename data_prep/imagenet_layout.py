@@ -1,0 +1,100 @@
+"""Reading the ImageNet folder layout into labelled input items.
+
+Layout (as distributed for ILSVRC2012 / the Kaggle LOC release)::
+
+    SRC/train/<wnid>/<wnid>_<n>.JPEG
+    SRC/val/ILSVRC2012_val_<8 digits>.JPEG  + SRC/LOC_val_solution.csv  (ImageId,PredictionString)
+    SRC/val/<wnid>/*.JPEG                    (alternative: per-class val folders, no CSV)
+    SRC/LOC_synset_mapping.txt               (optional: "<wnid> <names>" per line)
+
+The class index of a wnid is its position in the sorted list of train synset folders, as in
+torchvision's ImageFolder and every ImageNet checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+VAL_CSV = "LOC_val_solution.csv"
+SYNSETS = "LOC_synset_mapping.txt"
+
+
+class LayoutError(ValueError):
+    """The source folder does not hold the layout it was given as."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: str  # relative to the source root
+    label: int
+    wnid: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class ImageNetLayout:
+    root: Path
+    wnids: tuple[str, ...]
+    names: dict[str, str]
+
+    def items(self, split: str) -> list[ImageItem]:
+        """Every image file of ``split`` with its label, sorted by path."""
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise LayoutError(f"{self.root} has no {split}/ folder")
+        if split == "val" and (self.root / VAL_CSV).is_file():
+            return self._items_from_csv(split_dir)
+        return self._items_from_folders(split_dir)
+
+    def _items_from_folders(self, split_dir: Path) -> list[ImageItem]:
+        index = {w: i for i, w in enumerate(self.wnids)}
+        items = []
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            if class_dir.name not in index:
+                raise LayoutError(f"{class_dir} is not a train synset folder")
+            for f in sorted(class_dir.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    rel = str(f.relative_to(self.root))
+                    items.append(ImageItem(rel, index[class_dir.name], class_dir.name))
+        return items
+
+    def _items_from_csv(self, split_dir: Path) -> list[ImageItem]:
+        index = {w: i for i, w in enumerate(self.wnids)}
+        labels: dict[str, str] = {}
+        with open(self.root / VAL_CSV, newline="") as f:
+            for row in csv.DictReader(f):
+                labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        items = []
+        for f in sorted(split_dir.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.stem not in labels:
+                continue
+            wnid = labels[f.stem]
+            if wnid not in index:
+                raise LayoutError(f"{VAL_CSV} labels {f.stem} with unknown synset {wnid}")
+            items.append(ImageItem(str(f.relative_to(self.root)), index[wnid], wnid))
+        return items
+
+
+def read_layout(root: str | Path) -> ImageNetLayout:
+    """Open an ImageNet-layout folder; fails at once, with a clear message, if it is not one."""
+    root = Path(root)
+    if not root.exists():
+        raise LayoutError(f"source folder {root} does not exist")
+    train = root / "train"
+    if not train.is_dir():
+        raise LayoutError(f"{root} has no train/ folder of <wnid>/ synset folders")
+    wnids = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
+    if not wnids:
+        raise LayoutError(f"{train} holds no synset folders")
+    names = {}
+    if (root / SYNSETS).is_file():
+        for line in (root / SYNSETS).read_text().splitlines():
+            wnid, _, name = line.partition(" ")
+            if wnid:
+                names[wnid] = name.strip()
+    return ImageNetLayout(root, wnids, names)

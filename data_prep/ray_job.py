@@ -1,0 +1,107 @@
+"""Run a split's work units as Ray tasks, one shard per task, resuming finished ones.
+
+By default the job starts its own local Ray head (``num_cpus`` from the config) with token
+authentication on; given an address (``auto`` inside a Ray job, or ``ray://host:10001``) it joins
+that cluster instead. Finished units (completion records in ``_work/``) are never redone, so a
+killed job reruns to the same output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from data_prep.plan import WorkUnit
+from data_prep.shard_format import SUCCESS, WORK_DIR, shard_name
+from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
+    """Connect to Ray for the duration of a job; start (and stop) a local head when needed."""
+    # Ray reads its auth mode when imported: set it first. Token auth is on unless the user
+    # chose otherwise; the local head writes ~/.ray/auth_token if there is none.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def prepare_split(
+    units: Sequence[WorkUnit],
+    split_dir: Path,
+    encode: Encoder,
+    describe: Callable = str,
+    desc: str = "prep",
+) -> dict:
+    """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
+
+    Returns the split's stats (also written to ``stats.json``).
+    """
+    import ray
+
+    start = time.perf_counter()
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / SUCCESS).unlink(missing_ok=True)
+    _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
+    results: dict[int, UnitResult] = {}
+    todo = []
+    for unit in units:
+        done = unit_is_done(split_dir, unit.index)
+        if done is None:
+            todo.append(unit)
+        else:
+            results[unit.index] = done
+    if results:
+        log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
+
+    task = ray.remote(_write_unit_task)
+    pending = [task.remote(u, str(split_dir), encode, describe) for u in todo]
+    bar = tqdm(total=len(units), initial=len(results), desc=desc, unit="shard", dynamic_ncols=True)
+    with bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            result: UnitResult = ray.get(ready[0])
+            results[result.record.unit] = result
+            bar.update(1)
+            bar.set_postfix(
+                samples=sum(r.record.samples for r in results.values()),
+                skipped=sum(sum(r.skipped.values()) for r in results.values()),
+            )
+    return finish_split(split_dir, results.values(), time.perf_counter() - start)
+
+
+def _write_unit_task(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
+    logging.basicConfig(level=logging.WARNING)
+    return write_unit(unit, Path(split_dir), encode, describe)
+
+
+def _remove_unplanned(split_dir: Path, planned: set[str]) -> None:
+    """Drop shards (and their records) left by an earlier plan with different unit counts."""
+    for shard in split_dir.glob("shard-*.tar"):
+        if shard.name not in planned:
+            shard.unlink()
+            (split_dir / WORK_DIR / f"{shard.name}.json").unlink(missing_ok=True)

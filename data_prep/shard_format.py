@@ -1,0 +1,105 @@
+"""The on-disk contract between data_prep and training: a prepared split directory.
+
+A prepared split is a directory holding::
+
+    shard-000000.tar  shard-000001.tar  ...   plain POSIX (ustar) tars, WebDataset convention
+    manifest.parquet                          one row per shard (see ShardRecord)
+    stats.json                                inputs seen, written, skipped by reason, bytes, time
+    _SUCCESS                                  written last; a split without it is incomplete
+    _work/                                    per-shard completion records used for resume
+
+This module is small on purpose: training imports it to find and check shards, nothing else
+from data_prep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.parquet"
+STATS = "stats.json"
+SUCCESS = "_SUCCESS"
+WORK_DIR = "_work"
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``; names come from the plan so reruns rewrite the same files."""
+    return f"shard-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One manifest row: what a finished shard holds and which work unit made it."""
+
+    file: str
+    samples: int
+    bytes: int
+    sha256: str
+    unit: int
+    first_input: str
+    last_input: str
+
+
+class IncompleteSplitError(RuntimeError):
+    """A prepared split is missing, unfinished (no ``_SUCCESS``) or empty."""
+
+
+def write_manifest(split_dir: Path, records: list[ShardRecord]) -> None:
+    rows = [asdict(r) for r in sorted(records, key=lambda r: r.unit)]
+    schema = pa.schema(
+        [
+            ("file", pa.string()),
+            ("samples", pa.int64()),
+            ("bytes", pa.int64()),
+            ("sha256", pa.string()),
+            ("unit", pa.int64()),
+            ("first_input", pa.string()),
+            ("last_input", pa.string()),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    atomic_write(split_dir / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_manifest(split_dir: str | Path) -> list[ShardRecord]:
+    """The shard records of a complete split; raises IncompleteSplitError otherwise."""
+    split_dir = Path(split_dir)
+    if not (split_dir / SUCCESS).exists():
+        raise IncompleteSplitError(
+            f"{split_dir} is not a finished prepared split (no {SUCCESS}); run the prep stage first"
+        )
+    records = [ShardRecord(**row) for row in pq.read_table(split_dir / MANIFEST).to_pylist()]
+    if not records or sum(r.samples for r in records) == 0:
+        raise IncompleteSplitError(f"{split_dir} holds no samples")
+    return records
+
+
+def shard_urls(split_dir: str | Path) -> list[str]:
+    """Absolute paths of a complete split's shards, in manifest order."""
+    split_dir = Path(split_dir).resolve()
+    return [str(split_dir / r.file) for r in read_manifest(split_dir)]
+
+
+def read_stats(split_dir: str | Path) -> dict:
+    return json.loads((Path(split_dir) / STATS).read_text())
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,162 @@
+"""Writing one work unit to one shard, atomically and reproducibly, and finishing a split.
+
+A unit is done when its completion record ``_work/shard-NNNNNN.json`` exists; the tar is renamed
+into place before that record is written, so a record always points at a whole shard. Tar
+headers carry fixed owners and times, so the same inputs give byte-identical shards and a
+rerun after a kill reproduces the same sha256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.plan import WorkUnit
+from data_prep.shard_format import (
+    STATS,
+    SUCCESS,
+    WORK_DIR,
+    ShardRecord,
+    atomic_write_text,
+    shard_name,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SkipSample(Exception):
+    """Raised by an encoder for an input that cannot become a sample; ``reason`` is counted."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One WebDataset sample: a dot-free key and its members by extension."""
+
+    key: str
+    members: dict[str, bytes]
+
+    def __post_init__(self) -> None:
+        if "." in self.key or "/" in self.key or not self.key:
+            raise ValueError(f"invalid sample key {self.key!r}: keys must be non-empty, no dots")
+
+
+@dataclass
+class UnitResult:
+    record: ShardRecord
+    inputs: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+Encoder = Callable[[Any], Sample]
+
+
+def unit_is_done(split_dir: Path, index: int) -> UnitResult | None:
+    """The stored result of a finished unit, or None when it must be (re)written."""
+    done = split_dir / WORK_DIR / f"{shard_name(index)}.json"
+    if not done.exists():
+        return None
+    data = json.loads(done.read_text())
+    record = ShardRecord(**data["record"])
+    shard = split_dir / record.file
+    if not shard.exists() or shard.stat().st_size != record.bytes:
+        return None
+    return UnitResult(record, data["inputs"], data["skipped"], data["seconds"])
+
+
+def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -> UnitResult:
+    """Encode every item of ``unit`` into shard ``unit.index``; bad items are skipped, counted."""
+    start = time.perf_counter()
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / WORK_DIR).mkdir(exist_ok=True)
+    skipped: Counter[str] = Counter()
+    final = split_dir / shard_name(unit.index)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    written = 0
+    try:
+        with open(tmp, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for item in unit.items:
+                    try:
+                        sample = encode(item)
+                    except SkipSample as skip:
+                        skipped[skip.reason] += 1
+                        log.warning("skipped %s (%s)", describe(item), skip)
+                        continue
+                    _add_sample(tar, sample)
+                    written += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        digest = _sha256(tmp)
+        size = tmp.stat().st_size
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    items = [describe(i) for i in unit.items]
+    record = ShardRecord(
+        file=final.name,
+        samples=written,
+        bytes=size,
+        sha256=digest,
+        unit=unit.index,
+        first_input=items[0] if items else "",
+        last_input=items[-1] if items else "",
+    )
+    result = UnitResult(record, len(unit.items), dict(skipped), time.perf_counter() - start)
+    atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(asdict(result)))
+    return result
+
+
+def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float) -> dict:
+    """Write manifest, stats and finally ``_SUCCESS``; returns the stats."""
+    results = sorted(results, key=lambda r: r.record.unit)
+    skipped: Counter[str] = Counter()
+    for r in results:
+        skipped.update(r.skipped)
+    stats = {
+        "inputs": sum(r.inputs for r in results),
+        "samples": sum(r.record.samples for r in results),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_total": sum(skipped.values()),
+        "shards": len(results),
+        "bytes": sum(r.record.bytes for r in results),
+        "seconds": round(seconds, 3),
+    }
+    write_manifest(split_dir, [r.record for r in results])
+    atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(split_dir / SUCCESS, "")
+    return stats
+
+
+def _add_sample(tar: tarfile.TarFile, sample: Sample) -> None:
+    for ext, payload in sample.members.items():
+        info = tarfile.TarInfo(f"{sample.key}.{ext}")
+        info.size = len(payload)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uname = info.gname = ""
+        tar.addfile(info, io.BytesIO(payload))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
