@@ -1,0 +1,181 @@
+"""Typed configs of the training entry points, with their value checks.
+
+The pipeline embeds these dataclasses in its run config; ``python -m training.pretrain`` loads a
+``PretrainConfig`` YAML directly. Either way they are validated once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# name: (patch_size, embed_dim, depth, num_heads). nano is for CPU tests and the quickstart;
+# tiny/small/base/large/huge are the ViT-Ti/S/B/L/H encoders of the MAE and DeiT papers.
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "nano": (8, 96, 4, 3),
+    "tiny": (16, 192, 12, 3),
+    "small": (16, 384, 12, 6),
+    "base": (16, 768, 12, 12),
+    "large": (16, 1024, 24, 16),
+    "huge": (14, 1280, 32, 16),
+}
+
+MAX_MASK_RATIO = 0.95
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """ViT encoder + light MAE decoder. Unset encoder sizes come from ``preset``."""
+
+    preset: str = "base"
+    image_size: int = 224
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    norm_pix_loss: bool = True
+    pool: str = "mean"  # features for probes: mean of patch tokens, or the cls token
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every preset-derived size filled in."""
+        patch, dim, depth, heads = PRESETS[self.preset]
+        return dataclasses.replace(
+            self,
+            patch_size=self.patch_size or patch,
+            embed_dim=self.embed_dim or dim,
+            depth=self.depth or depth,
+            num_heads=self.num_heads or heads,
+        )
+
+    @property
+    def num_patches(self) -> int:
+        p = self.resolved().patch_size
+        return (self.image_size // p) ** 2
+
+    def problems(self):
+        if self.preset not in PRESETS:
+            yield ("preset", f"one of {', '.join(PRESETS)}, got {self.preset!r}")
+            return
+        r = self.resolved()
+        if self.image_size % r.patch_size:
+            yield ("image_size", f"a multiple of patch_size {r.patch_size}, got {self.image_size}")
+        if r.embed_dim % r.num_heads:
+            yield ("embed_dim", f"divisible by num_heads {r.num_heads}, got {r.embed_dim}")
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            yield ("decoder_embed_dim", f"divisible by decoder_num_heads {self.decoder_num_heads}")
+        if self.decoder_depth < 1:
+            yield ("decoder_depth", f"an int >= 1, got {self.decoder_depth}")
+        if self.pool not in ("mean", "cls"):
+            yield ("pool", f"'mean' or 'cls', got {self.pool!r}")
+
+
+@dataclass
+class MaskConfig:
+    """Random per-sample masking as in MAE; reproducible from (seed, step, sample key)."""
+
+    ratio: float = 0.75
+
+    def problems(self):
+        if not 0.0 <= self.ratio <= MAX_MASK_RATIO:
+            yield (
+                "ratio",
+                f"a float in [0, {MAX_MASK_RATIO}] (some patches must stay visible), got {self.ratio}",
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, as in MAE.
+
+    ``lr`` unset means ``base_lr * effective_batch / 256``. Lengths are in optimizer steps or
+    epochs of the train split (exactly one of each pair).
+    """
+
+    lr: float | None = None
+    base_lr: float = 1.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int | None = None
+    warmup_epochs: float | None = None
+    grad_clip: float = 1.0  # 0 turns clipping off
+
+    def problems(self):
+        if self.lr is not None and self.lr <= 0:
+            yield ("lr", f"a float > 0 or null, got {self.lr}")
+        if self.base_lr <= 0:
+            yield ("base_lr", f"a float > 0, got {self.base_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            yield ("betas", f"two floats in [0, 1), got {self.betas}")
+        if self.warmup_steps is not None and self.warmup_epochs is not None:
+            yield ("warmup_steps", "set warmup_steps or warmup_epochs, not both")
+        if self.grad_clip < 0:
+            yield ("grad_clip", f"a float >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class LoaderConfig:
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    hflip: bool = True
+    prefetch_factor: int = 4
+
+    def problems(self):
+        if self.workers < 0:
+            yield ("workers", f"an int >= 0, got {self.workers}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            yield ("crop_scale", f"[min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class PretrainConfig:
+    """One masked-pretraining job: ``python -m training.pretrain CONFIG.yaml [key=value ...]``."""
+
+    train_shards: str = "???"
+    out_dir: str = "???"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    batch_size: int = 64  # per rank, per micro step
+    grad_accum: int = 1
+    steps: int | None = None
+    epochs: float | None = None
+    precision: str = "bf16"
+    zero_stage: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
+
+    def problems(self):
+        if (self.steps is None) == (self.epochs is None):
+            yield ("steps", "set exactly one of steps or epochs")
+        if self.steps is not None and self.steps < 1:
+            yield ("steps", f"an int >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            yield ("epochs", f"a float > 0, got {self.epochs}")
+        if self.precision not in PRECISIONS:
+            yield ("precision", f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            yield ("zero_stage", f"0, 1, 2 or 3, got {self.zero_stage}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            yield ("device", f"auto, cpu or cuda, got {self.device!r}")
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                yield (name, f"an int >= 1, got {getattr(self, name)}")

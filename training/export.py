@@ -1,0 +1,56 @@
+"""Exporting a trained model: consolidate the ZeRO-3 partitions into safetensors + model.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.config import ModelConfig
+from training.mae import MaskedAutoencoder, ViTEncoder
+
+ENCODER = "encoder.safetensors"
+MAE = "mae.safetensors"
+MODEL_JSON = "model.json"
+
+
+def export_from_checkpoint(
+    ckpt_dir: Path, tag: str, out_dir: Path, model_cfg: ModelConfig, info: dict
+) -> None:
+    """Gather fp32 master weights from every rank's partition of ``tag`` (as DeepSpeed's
+    ``zero_to_fp32`` does) and write the whole MAE, the encoder alone and its description."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    write_export({k: v.float() for k, v in state.items()}, out_dir, model_cfg, info)
+
+
+def write_export(
+    state: dict[str, torch.Tensor], out_dir: Path, model_cfg: ModelConfig, info: dict
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in state.items()}
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    save_file(state, str(out_dir / MAE))
+    save_file(encoder, str(out_dir / ENCODER))
+    desc = {"model": dataclasses.asdict(model_cfg.resolved()), **info}
+    (out_dir / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
+
+
+def read_model_config(export_dir: str | Path) -> ModelConfig:
+    return ModelConfig(**json.loads((Path(export_dir) / MODEL_JSON).read_text())["model"])
+
+
+def load_encoder(export_dir: str | Path, drop_path: float = 0.0) -> ViTEncoder:
+    encoder = ViTEncoder(read_model_config(export_dir), drop_path=drop_path)
+    encoder.load_state_dict(load_file(str(Path(export_dir) / ENCODER)))
+    return encoder
+
+
+def load_mae(export_dir: str | Path) -> MaskedAutoencoder:
+    model = MaskedAutoencoder(read_model_config(export_dir))
+    model.load_state_dict(load_file(str(Path(export_dir) / MAE)))
+    return model

@@ -1,0 +1,197 @@
+"""Masked autoencoder with a ViT encoder that sees only the visible patches (He et al., 2021).
+
+Reads top to bottom: transformer block -> encoder -> decoder -> the autoencoder and its loss.
+Patches are embedded with a linear layer after patchifying (the same map as MAE's strided conv),
+so only visible patches are gathered and embedded: at 75-95% masking the encoder's cost falls with
+the ratio. Attention uses ``scaled_dot_product_attention`` (fused kernels where available).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import ModelConfig
+from training.masking import Mask
+from training.patches import patchify, sincos_pos_embed_2d
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``drop_path`` is used when fine-tuning."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + _drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if p == 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1 - p)
+
+
+class ViTEncoder(nn.Module):
+    """ViT with a cls token and fixed 2-D sin-cos positions; runs on any subset of patches."""
+
+    def __init__(self, cfg: ModelConfig, drop_path: float = 0.0):
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        self.patch_size = cfg.patch_size
+        grid = cfg.image_size // cfg.patch_size
+        self.patch_embed = nn.Linear(cfg.patch_size**2 * 3, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(cfg.embed_dim, grid)[None], persistent=False
+        )
+        rates = torch.linspace(0, drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r) for r in rates
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+
+    def forward(self, patches: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``patches`` ``[B, N, p*p*3]`` -> tokens ``[B, 1 + K, D]`` (cls first).
+
+        With ``ids_keep`` only those K patches are embedded and encoded.
+        """
+        pos = self.pos_embed.expand(patches.shape[0], -1, -1)
+        if ids_keep is not None:
+            patches = _gather_tokens(patches, ids_keep)
+            pos = _gather_tokens(pos, ids_keep)
+        x = self.patch_embed(patches) + pos.to(patches.dtype)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, D]`` of normalised images (no masking)."""
+        tokens = self.forward(patchify(images, self.patch_size))
+        return tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+class MAEDecoder(nn.Module):
+    """Light transformer that fills in mask tokens and predicts every patch's pixels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg = cfg.resolved()
+        grid = cfg.image_size // cfg.patch_size
+        dim = cfg.decoder_embed_dim
+        self.embed = nn.Linear(cfg.embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, grid)[None], persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, cfg.patch_size**2 * 3)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens ``[B, 1 + K, D]`` -> pixel predictions ``[B, N, p*p*3]``."""
+        x = self.embed(latent)
+        b, n = ids_restore.shape
+        cls, visible = x[:, :1], x[:, 1:]
+        mask_tokens = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
+        x = _gather_tokens(torch.cat([visible, mask_tokens], dim=1), ids_restore)
+        x = torch.cat([cls, x + self.pos_embed.to(x.dtype)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+class MaskedAutoencoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.resolved()
+        self.encoder = ViTEncoder(self.cfg)
+        self.decoder = MAEDecoder(self.cfg)
+        init_weights(self)
+
+    def forward(self, images: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images ``[B, 3, H, W]`` -> (loss on masked patches, predictions)."""
+        patches = patchify(images, self.cfg.patch_size)
+        latent = self.encoder(patches, mask.ids_keep)
+        pred = self.decoder(latent, mask.ids_restore)
+        return reconstruction_loss(
+            pred.float(), patches.float(), mask.masked, self.cfg.norm_pix_loss
+        ), pred
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, norm_pix: bool
+) -> torch.Tensor:
+    """Mean squared error over masked patches; targets normalised per patch when ``norm_pix``."""
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+
+
+def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def init_weights(model: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears, unit layer norms, small tokens."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for name, p in model.named_parameters():
+        if name.endswith(("cls_token", "mask_token")):
+            nn.init.normal_(p, std=0.02)
+        if name.endswith("patch_embed.weight"):
+            # As MAE: initialise the patch projection like a conv kernel of the same shape.
+            bound = math.sqrt(6.0 / (p.shape[0] + p.shape[1]))
+            nn.init.uniform_(p, -bound, bound)
+
+
+def encoder_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and tokens (as MAE)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(("cls_token", "mask_token")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

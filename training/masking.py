@@ -1,0 +1,76 @@
+"""Per-sample random masks, reproducible from (seed, step, sample key) (pure functions).
+
+A mask is made from per-sample noise: the patches with the smallest noise stay visible. The
+noise of a sample depends only on its seed, so the mask of a sample is the same on any rank,
+any number of ranks and any device, and a resumed run masks exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Which patches a batch keeps.
+
+    ``ids_keep`` ``[B, K]``: indices of visible patches, in ascending noise order.
+    ``ids_restore`` ``[B, N]``: permutation that puts ``[visible..., masked...]`` back in place.
+    ``masked`` ``[B, N]``: 1.0 where a patch is hidden (the loss is taken there), else 0.0.
+    """
+
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+    masked: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask(self.ids_keep.to(device), self.ids_restore.to(device), self.masked.to(device))
+
+
+def num_visible(num_patches: int, ratio: float) -> int:
+    """How many patches stay visible at ``ratio``; at least one."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    return max(1, round(num_patches * (1.0 - ratio)))
+
+
+def sample_seeds(seed: int, step: int, keys: Sequence[str]) -> list[int]:
+    """One 63-bit seed per sample from (run seed, step, sample key); stable across processes."""
+    seeds = []
+    for key in keys:
+        digest = hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest()
+        seeds.append(int.from_bytes(digest, "little") >> 1)
+    return seeds
+
+
+def sample_noise(seeds: Sequence[int], num_patches: int) -> torch.Tensor:
+    """``[B, N]`` uniform noise, row ``i`` a function of ``seeds[i]`` alone."""
+    gen = torch.Generator()
+    rows = []
+    for s in seeds:
+        gen.manual_seed(s)
+        rows.append(torch.rand(num_patches, generator=gen))
+    return torch.stack(rows)
+
+
+def random_mask(noise: torch.Tensor, ratio: float) -> Mask:
+    """MAE's random masking from per-sample noise ``[B, N]``."""
+    b, n = noise.shape
+    keep = num_visible(n, ratio)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    masked = torch.ones(b, n)
+    masked[:, :keep] = 0
+    masked = torch.gather(masked, 1, ids_restore)
+    return Mask(ids_shuffle[:, :keep].contiguous(), ids_restore, masked)
+
+
+def masks_for_batch(
+    seed: int, step: int, keys: Sequence[str], num_patches: int, ratio: float
+) -> Mask:
+    """The masks of one batch: what the training loop calls."""
+    return random_mask(sample_noise(sample_seeds(seed, step, keys), num_patches), ratio)

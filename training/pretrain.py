@@ -1,0 +1,242 @@
+"""Masked-autoencoder pretraining under DeepSpeed: ``python -m training.pretrain CONFIG.yaml [k=v]``.
+
+Run it under any launcher that sets RANK/WORLD_SIZE/MASTER_ADDR (``deepspeed``, ``torchrun``,
+``srun``), or plainly for one rank. It resumes from the newest complete checkpoint in
+``OUT_DIR/checkpoints``, writes ``metrics.jsonl`` and TensorBoard logs, and at the end exports the
+consolidated model to ``OUT_DIR/export`` (``encoder.safetensors``, ``mae.safetensors``,
+``model.json``). Exit status: 0 done, 2 bad config, 3 non-finite loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from data_prep.shard_format import read_manifest
+from training import checkpoint
+from training.config import PretrainConfig
+from training.distributed import DistInfo, init_distributed
+from training.ds_config import deepspeed_config
+from training.export import export_from_checkpoint
+from training.loader import train_loader, train_spec_for
+from training.mae import MaskedAutoencoder, encoder_param_groups
+from training.masking import masks_for_batch
+from training.metrics import MetricsLog
+from training.patches import normalize_pixels
+from training.schedule import warmup_cosine
+from training.typed_config import ConfigError, load_config, to_yaml
+
+log = logging.getLogger("training.pretrain")
+
+EXPORT_DIR = "export"
+CKPT_DIR = "checkpoints"
+DONE = "_DONE"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Lengths and rates resolved against the train split's size."""
+
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    effective_batch: int
+    train_samples: int
+
+
+def make_plan(cfg: PretrainConfig, world_size: int, train_samples: int) -> Plan:
+    effective = cfg.batch_size * cfg.grad_accum * world_size
+    steps_per_epoch = max(1, train_samples // effective)
+    total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
+    o = cfg.optim
+    if o.warmup_steps is not None:
+        warmup = o.warmup_steps
+    elif o.warmup_epochs is not None:
+        warmup = round(o.warmup_epochs * steps_per_epoch)
+    else:
+        warmup = 0
+    peak = o.lr if o.lr is not None else o.base_lr * effective / 256
+    return Plan(total, min(warmup, total), peak, effective, train_samples)
+
+
+def run(cfg: PretrainConfig) -> Path:
+    """Train (or resume) to ``total_steps`` and export; returns the export directory."""
+    info = init_distributed(cfg.device)
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / CKPT_DIR
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pretrain.yaml").write_text(to_yaml(cfg))
+    records = read_manifest(cfg.train_shards)
+    plan = make_plan(cfg, info.world_size, sum(r.samples for r in records))
+    torch.manual_seed(cfg.seed)
+    engine = _build_engine(cfg, plan, info)
+    start = checkpoint.resume(engine, ckpt_dir)
+    if info.is_main:
+        log.info(
+            "pretrain: %d ranks, %d steps (from %d), effective batch %d, peak lr %.3g, mask ratio %.2f, %s",
+            info.world_size,
+            plan.total_steps,
+            start,
+            plan.effective_batch,
+            plan.peak_lr,
+            cfg.mask.ratio,
+            cfg.precision,
+        )
+    if start < plan.total_steps:
+        _train(cfg, plan, info, engine, start, ckpt_dir)
+    tag = checkpoint.tag_for(plan.total_steps)
+    if tag not in checkpoint.complete_tags(ckpt_dir):
+        checkpoint.save(engine, ckpt_dir, plan.total_steps, cfg.keep_checkpoints, info.is_main)
+    if info.is_main:
+        export_from_checkpoint(
+            ckpt_dir,
+            tag,
+            out / EXPORT_DIR,
+            cfg.model,
+            {
+                "step": plan.total_steps,
+                "mask_ratio": cfg.mask.ratio,
+                "train_samples": plan.train_samples,
+            },
+        )
+        (out / DONE).write_text(f"{plan.total_steps}\n")
+        log.info("exported encoder to %s", out / EXPORT_DIR)
+    dist.barrier()
+    return out / EXPORT_DIR
+
+
+def _build_engine(cfg: PretrainConfig, plan: Plan, info: DistInfo):
+    import deepspeed
+
+    model = MaskedAutoencoder(cfg.model)
+    on_cuda = info.device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        encoder_param_groups(model, cfg.optim.weight_decay),
+        lr=plan.peak_lr,
+        betas=tuple(cfg.optim.betas),
+        fused=on_cuda,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(
+            step, plan.total_steps, plan.warmup_steps, 1.0, cfg.optim.min_lr / plan.peak_lr
+        ),
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, info.world_size, on_cuda),
+    )
+    return engine
+
+
+def _train(
+    cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, start: int, ckpt_dir: Path
+) -> None:
+    spec = train_spec_for(
+        cfg.train_shards,
+        image_size=cfg.model.image_size,
+        batch_size=cfg.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.seed,
+        skip_batches=start * cfg.grad_accum,
+        loader=cfg.loader,
+    )
+    batches = train_loader(spec, pin_memory=info.device.type == "cuda")
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    num_patches = cfg.model.num_patches
+    metrics = MetricsLog(Path(cfg.out_dir), start) if info.is_main else None
+    bar = tqdm(
+        total=plan.total_steps,
+        initial=start,
+        desc="pretrain",
+        unit="step",
+        disable=not info.is_main,
+        dynamic_ncols=True,
+    )
+    window_start, window_images = time.perf_counter(), 0
+    try:
+        for step in range(start, plan.total_steps):
+            loss_sum = torch.zeros(2)
+            for micro in range(cfg.grad_accum):
+                images, _, keys = next(batches)
+                mask = masks_for_batch(
+                    cfg.seed, step * cfg.grad_accum + micro, keys, num_patches, cfg.mask.ratio
+                )
+                x = normalize_pixels(images.to(info.device, non_blocking=True)).to(dtype)
+                loss, _ = engine(x, mask.to(info.device))
+                engine.backward(loss)
+                engine.step()
+                loss_sum[0] += loss.detach().float().cpu()
+                window_images += images.shape[0]
+            loss_sum[1] = 0.0 if math.isfinite(loss_sum[0].item()) else 1.0
+            dist.all_reduce(loss_sum)  # every rank stops together on a non-finite loss
+            if loss_sum[1] > 0:
+                raise NonFiniteLossError(
+                    f"loss became non-finite at step {step + 1} on {int(loss_sum[1])} rank(s); "
+                    f"lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use precision=fp32. "
+                    f"The last complete checkpoint is kept in {ckpt_dir}."
+                )
+            done = step + 1
+            bar.update(1)
+            if metrics and (done % cfg.log_every == 0 or done == plan.total_steps):
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": done,
+                    "loss": loss_sum[0].item() / (cfg.grad_accum * info.world_size),
+                    "lr": engine.get_lr()[0],
+                    "images_per_s": window_images * info.world_size / elapsed,
+                    "time": time.time(),
+                }
+                metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                window_start, window_images = time.perf_counter(), 0
+            if done % cfg.checkpoint_every == 0 and done < plan.total_steps:
+                checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(__doc__ + "\n")
+        return 0 if argv else 2
+    try:
+        cfg = load_config(PretrainConfig, [argv[0]], argv[1:])
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        run(cfg)
+    except NonFiniteLossError as err:
+        log.error("%s", err)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
