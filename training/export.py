@@ -18,13 +18,20 @@ MODEL_JSON = "model.json"
 
 
 def export_from_checkpoint(
-    ckpt_dir: Path, tag: str, out_dir: Path, model_cfg: ModelConfig, info: dict
+    ckpt_dir: Path, tag: str, out_dir: Path, model_cfg: ModelConfig, info: dict, zero_stage: int
 ) -> None:
-    """Gather fp32 master weights from every rank's partition of ``tag`` (as DeepSpeed's
-    ``zero_to_fp32`` does) and write the whole MAE, the encoder alone and its description."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """Write the whole MAE, the encoder alone and its description from checkpoint ``tag``.
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    With ZeRO (stages 1-3) the fp32 master weights are gathered from every rank's partition, as
+    DeepSpeed's ``zero_to_fp32`` does; without ZeRO the one model-state file holds them all.
+    """
+    if zero_stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    else:
+        path = ckpt_dir / tag / "mp_rank_00_model_states.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
     write_export({k: v.float() for k, v in state.items()}, out_dir, model_cfg, info)
 
 

@@ -24,7 +24,7 @@ class MetricsLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")

@@ -111,6 +111,7 @@ def run(cfg: PretrainConfig) -> Path:
                 "mask_ratio": cfg.mask.ratio,
                 "train_samples": plan.train_samples,
             },
+            cfg.zero_stage,
         )
         (out / DONE).write_text(f"{plan.total_steps}\n")
         log.info("exported encoder to %s", out / EXPORT_DIR)

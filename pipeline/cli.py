@@ -1,0 +1,216 @@
+"""The ``maskmill`` command.
+
+    maskmill run RUN.yaml [key=value ...] [--force STAGE]   run (or resume) every stage
+    maskmill status RUN.yaml [key=value ...]                 each stage's state
+    maskmill prep imagenet SRC OUT [options]                 shard an ImageNet-layout folder
+    maskmill demo-data OUT [options]                         write the demo corpus
+
+Exit status: 0 success, 1 a stage failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+
+from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from data_prep.image_prep import ImagePrepConfig, prep_imagenet, summary_line
+from data_prep.imagenet_layout import LayoutError
+from pipeline.runner import RunLockedError, run_pipeline, stage_views
+from pipeline.schema import load_run_config
+from pipeline.stages import StageFailed, stage_names
+from training.typed_config import ConfigError, load_config
+
+log = logging.getLogger("maskmill")
+
+EPILOG = """examples:
+  maskmill run configs/quickstart_image.yaml
+  maskmill run configs/quickstart_image.yaml pretrain.steps=50 pretrain.mask.ratio=0.9
+  maskmill status configs/quickstart_image.yaml
+  maskmill prep imagenet /data/imagenet /data/imagenet-shards --shorter-side 256
+  maskmill demo-data /tmp/demo --classes 8 --corrupt 3
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskmill",
+        description="Masked pretraining from raw corpora to evaluated encoders, driven by one YAML file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run a pipeline YAML: skip finished stages, resume failed ones"
+    )
+    run.add_argument("config", help="run YAML (see configs/)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pretrain.steps=100")
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        choices=stage_names(),
+        metavar="STAGE",
+        help=f"rerun STAGE from scratch even if up to date ({', '.join(stage_names())}); repeatable",
+    )
+
+    status = sub.add_parser("status", help="show each stage's state for a run YAML")
+    status.add_argument("config")
+    status.add_argument("overrides", nargs="*")
+
+    prep = sub.add_parser("prep", help="shard a raw corpus into WebDataset tars")
+    prep_sub = prep.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
+    imagenet = prep_sub.add_parser(
+        "imagenet", help="ImageNet layout: train/<wnid>/*.JPEG, val/ + LOC_val_solution.csv"
+    )
+    imagenet.add_argument("source", help="folder holding train/ (and val/)")
+    imagenet.add_argument("out", help="output folder; one prepared split per ImageNet split")
+    defaults = ImagePrepConfig()
+    imagenet.add_argument(
+        "--splits", default=",".join(defaults.splits), help="comma-separated (default: %(default)s)"
+    )
+    imagenet.add_argument(
+        "--shorter-side",
+        type=int,
+        default=defaults.shorter_side,
+        help="resize so the shorter side is at most this (default: %(default)s)",
+    )
+    imagenet.add_argument(
+        "--quality",
+        type=int,
+        default=defaults.jpeg_quality,
+        help="JPEG quality of re-encoded images (default: %(default)s)",
+    )
+    imagenet.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=defaults.samples_per_shard,
+        help="(default: %(default)s)",
+    )
+    imagenet.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray head (default: all)"
+    )
+    imagenet.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster instead of starting a local head"
+    )
+    imagenet.add_argument(
+        "--seed", type=int, default=0, help="shard plan shuffle seed (default: 0)"
+    )
+
+    demo = sub.add_parser("demo-data", help="write the demo corpus in ImageNet layout")
+    demo.add_argument("out")
+    d = DemoCorpusConfig()
+    demo.add_argument(
+        "--classes", type=int, default=d.classes, help="(default: %(default)s, at most 8)"
+    )
+    demo.add_argument(
+        "--train-per-class", type=int, default=d.train_per_class, help="(default: %(default)s)"
+    )
+    demo.add_argument(
+        "--val-per-class", type=int, default=d.val_per_class, help="(default: %(default)s)"
+    )
+    demo.add_argument(
+        "--corrupt",
+        type=int,
+        default=d.corrupt,
+        help="broken files to add to train/ (default: %(default)s)",
+    )
+    demo.add_argument("--seed", type=int, default=d.seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    except LayoutError as err:
+        log.error("%s", err)
+        return 2
+    except (StageFailed, RunLockedError) as err:
+        log.error("%s", err)
+        return 1
+
+
+def _run(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    run_pipeline(cfg, force=tuple(args.force))
+    log.info("run %s finished: %s/report.html", cfg.name, cfg.run_dir)
+    return 0
+
+
+def _status(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    lines = [
+        f"run {cfg.name} in {cfg.run_dir}",
+        f"{'stage':<10} {'state':<34} {'took':>8}  finished",
+    ]
+    for view in stage_views(cfg):
+        took = f"{view.state.seconds:.0f}s" if view.state.seconds is not None else "-"
+        when = (
+            datetime.datetime.fromtimestamp(view.state.finished).strftime("%Y-%m-%d %H:%M")
+            if view.state.finished
+            else "-"
+        )
+        lines.append(f"{view.name:<10} {view.label:<34} {took:>8}  {when}")
+        if view.state.error and view.state.status == "failed":
+            lines.append(f"{'':<10} error: {view.state.error}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _prep(args) -> int:
+    cfg = load_config(
+        ImagePrepConfig,
+        [
+            {
+                "source": args.source,
+                "out": args.out,
+                "splits": [s for s in args.splits.split(",") if s],
+                "shorter_side": args.shorter_side,
+                "jpeg_quality": args.quality,
+                "samples_per_shard": args.samples_per_shard,
+                "num_cpus": args.num_cpus,
+                "ray_address": args.ray_address,
+                "seed": args.seed,
+            }
+        ],
+    )
+    for split, stats in prep_imagenet(cfg).items():
+        sys.stdout.write(summary_line(split, stats) + "\n")
+    return 0
+
+
+def _demo_data(args) -> int:
+    cfg = load_config(
+        DemoCorpusConfig,
+        [
+            {
+                "out": args.out,
+                "classes": args.classes,
+                "train_per_class": args.train_per_class,
+                "val_per_class": args.val_per_class,
+                "corrupt": args.corrupt,
+                "seed": args.seed,
+            }
+        ],
+    )
+    write_demo_corpus(cfg)
+    return 0
+
+
+_COMMANDS = {"run": _run, "status": _status, "prep": _prep, "demo-data": _demo_data}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Walking a run's stages: skip what is finished and unchanged, resume what failed, redo what
+changed.
+
+* done + same fingerprint -> skipped;
+* failed or killed (state still ``running``) + same fingerprint -> run again in place; the stage
+  itself resumes (prep keeps finished shards, pretraining loads its newest checkpoint);
+* different fingerprint (config or inputs changed) -> the stage's output is removed first, then
+  the stage runs from scratch, and every later stage follows, since its inputs change.
+
+Outputs are removed only from directories that carry the marker written when maskmill created
+them, so a path pointed at the user's own data is never deleted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.schema import RunConfig
+from pipeline.stages import STAGES, Stage
+from pipeline.state import (
+    DONE,
+    FAILED,
+    OUTPUT_MARKER,
+    PENDING,
+    RUNNING,
+    STATE_DIR,
+    StageState,
+    fingerprint,
+    read_state,
+    write_state,
+)
+from training.typed_config import to_yaml
+
+log = logging.getLogger(__name__)
+
+
+class RunLockedError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StageView:
+    """What ``maskmill status`` shows for one stage."""
+
+    name: str
+    describe: str
+    state: StageState
+    current_fingerprint: str | None  # None: inputs not there yet
+    enabled: bool
+
+    @property
+    def label(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        s = self.state
+        if s.status == DONE and self.current_fingerprint not in (None, s.fingerprint):
+            return "stale (config or inputs changed)"
+        if s.status == RUNNING and s.pid and not _alive(s.pid):
+            return "interrupted (will resume)"
+        return s.status
+
+
+def stage_fingerprint(stage: Stage, cfg: RunConfig) -> str:
+    return fingerprint(stage.name, to_yaml(stage.section(cfg)), stage.inputs(cfg))
+
+
+def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = ()) -> None:
+    """Run every enabled stage in order (see module docstring)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(to_yaml(cfg))
+    with _run_lock(run_dir):
+        for stage in STAGES:
+            if not stage.enabled(cfg):
+                continue
+            _run_stage(stage, cfg, run_dir, force=stage.name in force)
+
+
+def stage_views(cfg: RunConfig) -> list[StageView]:
+    views = []
+    for stage in STAGES:
+        try:
+            current = stage_fingerprint(stage, cfg) if stage.enabled(cfg) else None
+        except (FileNotFoundError, OSError):
+            current = None
+        views.append(
+            StageView(
+                stage.name,
+                stage.describe,
+                read_state(Path(cfg.run_dir), stage.name),
+                current,
+                stage.enabled(cfg),
+            )
+        )
+    return views
+
+
+def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None:
+    fp = stage_fingerprint(stage, cfg)
+    previous = read_state(run_dir, stage.name)
+    if previous.status == DONE and previous.fingerprint == fp and not force:
+        log.info("%-9s up to date, skipped", stage.name)
+        return
+    changed = previous.status != PENDING and previous.fingerprint != fp
+    if changed or force:
+        _clear_output(stage.output(cfg))
+    elif previous.status in (RUNNING, FAILED):
+        log.info("%-9s resuming after an interrupted or failed attempt", stage.name)
+    _claim_output(stage.output(cfg))
+    log.info("%-9s %s", stage.name, stage.describe)
+    state = StageState(status=RUNNING, fingerprint=fp, started=time.time(), pid=os.getpid())
+    write_state(run_dir, stage.name, state)
+    try:
+        stage.execute(cfg)
+    except BaseException as err:
+        state.status, state.finished, state.error = (
+            FAILED,
+            time.time(),
+            f"{type(err).__name__}: {err}",
+        )
+        write_state(run_dir, stage.name, state)
+        raise
+    state.status, state.finished = DONE, time.time()
+    write_state(run_dir, stage.name, state)
+    log.info("%-9s done in %.1fs", stage.name, state.seconds)
+
+
+def _claim_output(path: Path) -> None:
+    """Mark ``path`` as made by maskmill; refuse a non-empty directory we did not make."""
+    if path.exists() and any(path.iterdir()) and not (path / OUTPUT_MARKER).exists():
+        raise RuntimeError(
+            f"{path} already holds files that maskmill did not write; point the stage's output "
+            "elsewhere or empty it (maskmill never deletes data it did not create)"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OUTPUT_MARKER).write_text(
+        "written by maskmill; removed and rewritten when its stage reruns\n"
+    )
+
+
+def _clear_output(path: Path) -> None:
+    if (path / OUTPUT_MARKER).exists():
+        log.info("removing %s (its stage reruns from scratch)", path)
+        shutil.rmtree(path)
+
+
+@contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    lock_path = run_dir / STATE_DIR / "lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(f"another `maskmill run` is working in {run_dir}") from None
+        yield
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

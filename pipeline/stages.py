@@ -1,0 +1,165 @@
+"""The stages of an image run, in order: demo_data -> prep -> pretrain -> evaluate -> report.
+
+Each stage names the config it depends on (execution-only knobs such as CPU counts or logging
+intervals are left out, so changing them does not redo work), the identity of its inputs, where
+it writes, and how it runs. Training stages run as per-rank processes under the launcher
+(``cluster.local``); the rest run in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.local import deepspeed_command, python_command, run_logged
+from data_prep.demo_corpus import write_demo_corpus
+from data_prep.image_prep import prep_imagenet, summary_line
+from data_prep.shard_format import MANIFEST
+from pipeline.schema import RunConfig
+from pipeline.state import STATE_DIR, file_digest, tree_signature
+from training.evaluate import METRICS as EVAL_METRICS
+from training.export import MAE, MODEL_JSON
+from training.metrics import METRICS as TRAIN_METRICS
+from training.typed_config import to_yaml
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    describe: str
+    section: Callable[[RunConfig], Any]  # the config this stage's result depends on
+    inputs: Callable[[RunConfig], str]  # identity of what it reads; raises if not there yet
+    output: Callable[[RunConfig], Path]
+    execute: Callable[[RunConfig], None]
+    enabled: Callable[[RunConfig], bool] = lambda cfg: True
+
+
+def _demo_data(cfg: RunConfig) -> None:
+    write_demo_corpus(cfg.demo_data)
+
+
+def _prep(cfg: RunConfig) -> None:
+    for split, stats in prep_imagenet(cfg.prep).items():
+        log.info(summary_line(split, stats))
+
+
+def _pretrain(cfg: RunConfig) -> None:
+    config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
+    config_path.write_text(to_yaml(cfg.pretrain))
+    args = [str(config_path)]
+    if cfg.launch.launcher == "deepspeed":
+        cmd = deepspeed_command("training.pretrain", args, cfg.launch.ranks, cfg.launch.master_port)
+    else:
+        cmd = python_command("training.pretrain", args)
+    _run_child("pretrain", cmd, cfg)
+
+
+def _evaluate(cfg: RunConfig) -> None:
+    config_path = Path(cfg.run_dir) / STATE_DIR / "evaluate.yaml"
+    config_path.write_text(to_yaml(cfg.evaluate))
+    _run_child("evaluate", python_command("training.evaluate", [str(config_path)]), cfg)
+
+
+def _report(cfg: RunConfig) -> None:
+    from pipeline.report import write_report
+
+    path = write_report(cfg)
+    log.info("report: %s", path)
+
+
+def _run_child(stage: str, cmd: list[str], cfg: RunConfig) -> None:
+    log_path = Path(cfg.run_dir) / "logs" / f"{stage}.log"
+    code = run_logged(cmd, log_path)
+    if code != 0:
+        raise StageFailed(f"{stage} exited with status {code}; see {log_path}")
+
+
+def _prep_section(cfg: RunConfig):
+    return dataclasses.replace(cfg.prep, num_cpus=None, ray_address=None)
+
+
+def _pretrain_section(cfg: RunConfig):
+    quiet = dataclasses.replace(cfg.pretrain, log_every=1, checkpoint_every=1, keep_checkpoints=1)
+    return {"pretrain": quiet, "ranks": cfg.launch.ranks}
+
+
+def _digest(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist yet")
+    return file_digest(path)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "demo_data",
+        "generate the demo corpus (ImageNet layout)",
+        section=lambda cfg: cfg.demo_data,
+        inputs=lambda cfg: "",
+        output=lambda cfg: Path(cfg.demo_data.out),
+        execute=_demo_data,
+        enabled=lambda cfg: cfg.demo_data is not None,
+    ),
+    Stage(
+        "prep",
+        "shard the corpus into WebDataset tars (Ray)",
+        section=_prep_section,
+        inputs=lambda cfg: (
+            tree_signature(Path(cfg.prep.source)) if Path(cfg.prep.source).is_dir() else "missing"
+        ),
+        output=lambda cfg: Path(cfg.prep.out),
+        execute=_prep,
+    ),
+    Stage(
+        "pretrain",
+        "masked-autoencoder pretraining (DeepSpeed)",
+        section=_pretrain_section,
+        inputs=lambda cfg: _digest(Path(cfg.pretrain.train_shards) / MANIFEST),
+        output=lambda cfg: Path(cfg.pretrain.out_dir),
+        execute=_pretrain,
+    ),
+    Stage(
+        "evaluate",
+        "linear probe, k-NN, fine-tuning vs random init",
+        section=lambda cfg: cfg.evaluate,
+        inputs=lambda cfg: "|".join(
+            _digest(p)
+            for p in (
+                Path(cfg.evaluate.export_dir) / "encoder.safetensors",
+                Path(cfg.evaluate.export_dir) / MODEL_JSON,
+                Path(cfg.evaluate.train_shards) / MANIFEST,
+                Path(cfg.evaluate.val_shards) / MANIFEST,
+            )
+        ),
+        output=lambda cfg: Path(cfg.evaluate.out_dir),
+        execute=_evaluate,
+    ),
+    Stage(
+        "report",
+        "report.html with curves, reconstructions, metrics",
+        section=lambda cfg: {"report": cfg.report, "val": cfg.evaluate.val_shards},
+        inputs=lambda cfg: "|".join(
+            _digest(p)
+            for p in (
+                Path(cfg.evaluate.out_dir) / EVAL_METRICS,
+                Path(cfg.pretrain.out_dir) / TRAIN_METRICS,
+                Path(cfg.evaluate.export_dir) / MAE,
+            )
+        ),
+        output=lambda cfg: Path(cfg.run_dir) / "report",
+        execute=_report,
+    ),
+)
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]

@@ -1,0 +1,97 @@
+"""Prep of the demo corpus with the real Ray job, read back with the plain webdataset library."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from data_prep.image_prep import prep_imagenet
+from data_prep.imagenet_layout import LayoutError
+from data_prep.shard_format import SUCCESS, WORK_DIR, read_manifest, read_stats, shard_urls
+from tests.conftest import CORRUPT, prep_config
+
+
+def _read_all(split_dir):
+    # Plain webdataset, no maskmill code in the read path; no decoders (nothing is unpickled).
+    return list(wds.WebDataset(shard_urls(split_dir), shardshuffle=False, empty_check=False))
+
+
+def test_every_prepared_sample_reads_back_with_plain_webdataset(prepared, demo_corpus):
+    classes = json.loads((prepared / "classes.json").read_text())
+    for split in ("train", "val"):
+        samples = _read_all(prepared / split)
+        assert len(samples) == sum(r.samples for r in read_manifest(prepared / split))
+        for s in samples:
+            assert {"jpg", "cls", "json"} <= set(s)
+            img = Image.open(io.BytesIO(s["jpg"]))
+            assert (img.format, img.mode) == ("JPEG", "RGB")
+            assert min(img.size) <= 40
+            meta = json.loads(s["json"])
+            assert int(s["cls"]) == meta["label"]
+            assert classes[meta["label"]]["wnid"] == meta["wnid"]
+            assert (demo_corpus / meta["source"]).is_file()
+
+
+def test_counts_and_hashes_match_the_manifest(prepared, demo_corpus):
+    train_images = sum(1 for _ in (demo_corpus / "train").rglob("*.JPEG"))
+    stats = read_stats(prepared / "train")
+    assert stats["inputs"] == train_images
+    assert stats["samples"] == train_images - CORRUPT
+    for split in ("train", "val"):
+        for r in read_manifest(prepared / split):
+            assert hashlib.sha256((prepared / split / r.file).read_bytes()).hexdigest() == r.sha256
+
+
+def test_broken_inputs_are_skipped_and_counted_by_reason(prepared):
+    stats = read_stats(prepared / "train")
+    assert stats["skipped"] == {"empty_file": 1, "not_an_image": 1, "truncated_or_corrupt": 1}
+    assert read_stats(prepared / "val")["skipped_total"] == 0
+
+
+def test_val_labels_come_from_the_solution_csv(prepared, demo_corpus):
+    truth = {}
+    for line in (demo_corpus / "LOC_val_solution.csv").read_text().splitlines()[1:]:
+        image_id, pred = line.split(",")
+        truth[image_id] = pred.split()[0]
+    samples = _read_all(prepared / "val")
+    assert {s["__key__"]: json.loads(s["json"])["wnid"] for s in samples} == truth
+
+
+def test_quirky_images_are_normalised(prepared):
+    modes = {json.loads(s["json"])["source_mode"] for s in _read_all(prepared / "train")}
+    formats = {json.loads(s["json"])["source_format"] for s in _read_all(prepared / "train")}
+    assert {"CMYK", "L", "RGB"} <= modes
+    assert "PNG" in formats
+
+
+def test_rerun_after_a_kill_rewrites_only_missing_shards(prepared, demo_corpus, tmp_path):
+    split = tmp_path / "shards" / "train"
+    shutil.copytree(prepared, tmp_path / "shards")
+    before = {r.file: r.sha256 for r in read_manifest(split)}
+    # What a kill leaves behind: two shards never finished, no _SUCCESS.
+    lost, kept = sorted(before)[:2], sorted(before)[2]
+    for name in lost:
+        (split / name).unlink()
+        (split / WORK_DIR / f"{name}.json").unlink()
+    (split / SUCCESS).unlink()
+    mtime = os.stat(split / kept).st_mtime_ns
+    prep_imagenet(prep_config(demo_corpus, tmp_path / "shards", splits=["train"]))
+    assert {r.file: r.sha256 for r in read_manifest(split)} == before
+    assert os.stat(split / kept).st_mtime_ns == mtime  # finished shards were not rewritten
+
+
+def test_missing_source_fails_at_once(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        prep_imagenet(prep_config(tmp_path / "nope", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_source_fails_at_once(tmp_path):
+    (tmp_path / "src" / "train").mkdir(parents=True)
+    with pytest.raises(LayoutError, match="no synset folders"):
+        prep_imagenet(prep_config(tmp_path / "src", tmp_path / "out"))

@@ -1,0 +1,68 @@
+import hashlib
+import tarfile
+
+import pytest
+
+from data_prep.plan import WorkUnit
+from data_prep.shard_format import WORK_DIR, read_manifest, shard_name
+from data_prep.writer import Sample, SkipSample, finish_split, unit_is_done, write_unit
+
+
+def _encode(item: str) -> Sample:
+    if item.startswith("bad"):
+        raise SkipSample("broken")
+    return Sample(key=item, members={"txt": item.encode(), "cls": b"1"})
+
+
+def test_written_shard_is_a_plain_tar_with_contiguous_samples(tmp_path):
+    result = write_unit(WorkUnit(0, ("a", "b", "bad1", "c")), tmp_path, _encode)
+    with tarfile.open(tmp_path / shard_name(0)) as tar:
+        names = tar.getnames()
+    assert names == ["a.txt", "a.cls", "b.txt", "b.cls", "c.txt", "c.cls"]
+    assert result.record.samples == 3 and result.skipped == {"broken": 1}
+
+
+def test_manifest_hash_and_size_match_the_file(tmp_path):
+    results = [write_unit(WorkUnit(i, (f"k{i}x", f"k{i}y")), tmp_path, _encode) for i in range(3)]
+    finish_split(tmp_path, results, seconds=0.1)
+    for record in read_manifest(tmp_path):
+        data = (tmp_path / record.file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record.sha256
+        assert len(data) == record.bytes
+
+
+def test_same_inputs_give_byte_identical_shards(tmp_path):
+    a = write_unit(WorkUnit(0, ("x", "y")), tmp_path / "a", _encode)
+    b = write_unit(WorkUnit(0, ("x", "y")), tmp_path / "b", _encode)
+    assert a.record.sha256 == b.record.sha256
+
+
+def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path):
+    def explode(item):
+        if item == "boom":
+            raise RuntimeError("disk full")
+        return _encode(item)
+
+    with pytest.raises(RuntimeError):
+        write_unit(WorkUnit(0, ("a", "boom")), tmp_path, explode)
+    assert not (tmp_path / shard_name(0)).exists()
+    assert unit_is_done(tmp_path, 0) is None
+    assert [p.name for p in tmp_path.iterdir() if p.name != WORK_DIR] == []
+
+
+def test_a_shard_without_its_record_is_redone(tmp_path):
+    write_unit(WorkUnit(0, ("a",)), tmp_path, _encode)
+    assert unit_is_done(tmp_path, 0) is not None
+    (tmp_path / WORK_DIR / f"{shard_name(0)}.json").unlink()
+    assert unit_is_done(tmp_path, 0) is None
+
+
+def test_keys_with_dots_are_rejected():
+    with pytest.raises(ValueError, match="no dots"):
+        Sample(key="a.b", members={"txt": b""})
+
+
+def test_split_without_success_marker_is_refused(tmp_path):
+    write_unit(WorkUnit(0, ("a",)), tmp_path, _encode)
+    with pytest.raises(RuntimeError, match="_SUCCESS"):
+        read_manifest(tmp_path)

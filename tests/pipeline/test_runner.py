@@ -1,0 +1,105 @@
+"""The pipeline end to end on a tiny run: real Ray prep, real 2-rank DeepSpeed, evaluation, report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.runner import run_pipeline, stage_views
+from pipeline.schema import load_run_config
+from pipeline.state import read_state
+
+RUN = """
+name: tiny
+run_dir: {run_dir}
+seed: 0
+demo_data: {{out: "${{run_dir}}/raw", classes: 4, train_per_class: 16, val_per_class: 5, min_size: 40, max_size: 80, corrupt: 2}}
+prep: {{source: "${{demo_data.out}}", shorter_side: 36, samples_per_shard: 16, num_cpus: 2}}
+pretrain:
+  model: {{preset: nano, image_size: 32, patch_size: 4, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  batch_size: 8
+  steps: 6
+  optim: {{lr: 1.0e-3, warmup_steps: 2}}
+  checkpoint_every: 3
+  log_every: 1
+  loader: {{workers: 1, shuffle_buffer: 16}}
+evaluate:
+  linear_probe: {{epochs: 5, batch_size: 32}}
+  knn: {{k: 5}}
+  finetune: {{epochs: 1, batch_size: 16}}
+launch: {{ranks: 2}}
+report: {{reconstructions: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    path = root / "run.yaml"
+    path.write_text(RUN.format(run_dir=root / "run"))
+    run_pipeline(load_run_config(path))
+    return path, root / "run"
+
+
+def test_every_stage_finishes_and_writes_its_outputs(finished_run):
+    _, run = finished_run
+    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+        assert read_state(run, stage).status == "done"
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    for protocol in ("linear_probe", "knn", "finetune"):
+        assert set(metrics[protocol]) == {"pretrained", "random_init"}
+        assert 0.0 <= metrics[protocol]["pretrained"]["top1"] <= 100.0
+    assert (run / "pretrain" / "export" / "encoder.safetensors").exists()
+    html = (run / "report.html").read_text()
+    assert "What pretraining bought" in html and "random init" in html
+    assert html.count("data:image/png;base64,") == 2
+    assert "empty_file: 1" in html  # the prep's skip reasons reach the report
+
+
+def test_second_run_skips_every_stage(finished_run):
+    path, run = finished_run
+    before = {s: read_state(run, s).finished for s in ("prep", "pretrain", "evaluate", "report")}
+    run_pipeline(load_run_config(path))
+    assert {s: read_state(run, s).finished for s in before} == before
+
+
+def test_changed_evaluation_reruns_only_downstream_stages(finished_run):
+    path, run = finished_run
+    before = {s: read_state(run, s).finished for s in ("prep", "pretrain", "evaluate", "report")}
+    run_pipeline(load_run_config(path, ["evaluate.knn.k=3"]))
+    after = {s: read_state(run, s).finished for s in before}
+    assert after["prep"] == before["prep"] and after["pretrain"] == before["pretrain"]
+    assert after["evaluate"] > before["evaluate"] and after["report"] > before["report"]
+    views = {v.name: v.label for v in stage_views(load_run_config(path))}
+    assert views["evaluate"] == "stale (config or inputs changed)"  # relative to the original YAML
+    assert {v.label for v in stage_views(load_run_config(path, ["evaluate.knn.k=3"]))} == {"done"}
+
+
+def test_execution_only_settings_do_not_invalidate(finished_run):
+    path, _ = finished_run
+    cfg = load_run_config(path, ["evaluate.knn.k=3", "prep.num_cpus=1", "pretrain.log_every=5"])
+    assert {v.label for v in stage_views(cfg)} == {"done"}
+
+
+def test_status_command_shows_each_stage(finished_run):
+    path, _ = finished_run
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", str(path), "evaluate.knn.k=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0
+    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+        assert stage in out.stdout
+    assert "done" in out.stdout
+
+
+def test_failed_stage_is_recorded_and_resumed(tmp_path, finished_run):
+    path, run = finished_run
+    cfg = load_run_config(path, ["evaluate.knn.k=4", "evaluate.export_dir=/nonexistent/export"])
+    with pytest.raises(FileNotFoundError):
+        run_pipeline(cfg)
+    # The stage never started: its inputs are missing, so the earlier stages stay done.
+    assert read_state(run, "pretrain").status == "done"

@@ -1,0 +1,77 @@
+import torch
+
+from training.config import ModelConfig
+from training.evaluate import (
+    Classifier,
+    KnnConfig,
+    ProbeConfig,
+    knn_classify,
+    layer_decay_groups,
+    linear_probe,
+    random_encoder,
+    topk_accuracy,
+)
+
+
+def _blobs(n_per_class=40, classes=5, dim=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=gen) * 4
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centers[y] + torch.randn(len(y), dim, generator=gen), y
+
+
+def test_knn_separates_separable_features():
+    x, y = _blobs()
+    vx, vy = x[::3] + 0.01, y[::3]
+    scores = knn_classify(x, y, vx, vy, 5, KnnConfig(k=5))
+    assert scores["top1"] == 100.0
+
+
+def test_linear_probe_learns_and_chance_stays_chance():
+    x, y = _blobs()
+    good = linear_probe(
+        x, y, x, y, 5, ProbeConfig(epochs=60, base_lr=10.0, batch_size=64, warmup_epochs=2), 0
+    )
+    noise = torch.randn_like(x)
+    bad = linear_probe(
+        noise,
+        y,
+        torch.randn_like(x),
+        y,
+        5,
+        ProbeConfig(epochs=60, base_lr=10.0, batch_size=64, warmup_epochs=2),
+        0,
+    )
+    assert good["top1"] > 90.0
+    assert bad["top1"] < 50.0
+
+
+def test_top5_only_with_five_classes_or_more():
+    logits = torch.randn(10, 4)
+    assert set(topk_accuracy(logits, torch.zeros(10, dtype=torch.long), 4)) == {"top1"}
+    assert set(topk_accuracy(torch.randn(10, 6), torch.zeros(10, dtype=torch.long), 6)) == {
+        "top1",
+        "top5",
+    }
+
+
+def test_layer_decay_scales_lr_by_depth():
+    encoder = random_encoder(ModelConfig(preset="nano", image_size=32, patch_size=8), seed=0)
+    groups = layer_decay_groups(Classifier(encoder, 3), base_lr=1.0, weight_decay=0.05, decay=0.5)
+    depth = len(encoder.blocks)
+    by_name = {}
+    model = Classifier(encoder, 3)
+    ids = {id(p): n for n, p in model.named_parameters()}
+    for g in layer_decay_groups(model, 1.0, 0.05, 0.5):
+        for p in g["params"]:
+            by_name[ids[id(p)]] = g["lr"]
+    assert by_name["head.weight"] == 1.0
+    assert by_name["encoder.patch_embed.weight"] == 0.5 ** (depth + 1)
+    assert by_name["encoder.blocks.0.attn.qkv.weight"] == 0.5**depth
+    assert len(groups) > 2
+
+
+def test_random_encoder_is_reproducible():
+    cfg = ModelConfig(preset="nano", image_size=32, patch_size=8)
+    a, b = random_encoder(cfg, 3), random_encoder(cfg, 3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

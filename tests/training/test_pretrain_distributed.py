@@ -1,0 +1,163 @@
+"""Real DeepSpeed ZeRO-3 runs on CPU (gloo): 2 ranks under the ``deepspeed`` launcher."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from training.checkpoint import COMPLETE
+from training.export import load_encoder, load_mae
+from training.metrics import read_metrics
+
+
+def _config(tmp_path, prepared, **extra):
+    cfg = {
+        "train_shards": str(prepared / "train"),
+        "out_dir": str(tmp_path / "run"),
+        "model": {
+            "preset": "nano",
+            "image_size": 32,
+            "patch_size": 4,
+            "decoder_embed_dim": 32,
+            "decoder_depth": 1,
+            "decoder_num_heads": 2,
+        },
+        "batch_size": 8,
+        "steps": 4,
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "loader": {"workers": 1, "shuffle_buffer": 20},
+    }
+    cfg.update(extra)
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _deepspeed(config, *overrides, ranks=2):
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(_port()),
+        "--module",
+        "training.pretrain",
+        str(config),
+        *overrides,
+    ]
+
+
+def _port():
+    from training.distributed import free_port
+
+    return free_port()
+
+
+def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
+    config = _config(tmp_path, prepared, precision="bf16")
+    proc = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert (out / "checkpoints" / "step-00000004" / COMPLETE).exists()
+    # ZeRO-3 partitioned the parameters over both ranks; the export gathered them whole.
+    parts = list((out / "checkpoints" / "step-00000004").glob("*optim_states.pt"))
+    assert len(parts) == 2
+    encoder = load_encoder(out / "export")
+    mae = load_mae(out / "export")
+    assert all(torch.isfinite(p).all() for p in encoder.parameters())
+    assert torch.equal(mae.encoder.patch_embed.weight, encoder.patch_embed.weight)
+    model_json = json.loads((out / "export" / "model.json").read_text())
+    assert model_json["step"] == 4 and model_json["model"]["embed_dim"] == 96
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tmp_path, prepared):
+    steps = 120
+    config = _config(tmp_path, prepared, steps=steps, precision="fp32")
+    ckpt = tmp_path / "run" / "checkpoints"
+    proc = subprocess.Popen(
+        _deepspeed(config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while (
+        not list(ckpt.glob(f"step-*/{COMPLETE}")) and time.time() < deadline and proc.poll() is None
+    ):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole launcher + ranks, as a node failure would
+    proc.wait()
+    finished = sorted(p.parent.name for p in ckpt.glob(f"step-*/{COMPLETE}"))
+    assert finished, "no checkpoint was completed before the kill"
+    resumed_from = int(finished[-1].split("-")[1])
+    assert resumed_from < steps
+
+    again = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"(from {resumed_from})" in again.stdout + again.stderr
+    logged = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert logged == list(range(1, steps + 1))  # every step once: none repeated, none lost
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path, prepared):
+    # Single rank, no launcher: also covers `python -m training.pretrain` on its own.
+    config = _config(
+        tmp_path,
+        prepared,
+        steps=50,
+        checkpoint_every=100,
+        optim={"lr": 1e12, "warmup_steps": 0, "grad_clip": 0.0},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.pretrain", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "loss became non-finite at step" in proc.stderr
+    assert "lower optim.lr" in proc.stderr
+
+
+def test_bad_config_fails_before_any_work(tmp_path, prepared):
+    config = _config(tmp_path, prepared)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.pretrain",
+            str(config),
+            "mask.ratio=1.0",
+            "model.prest=base",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "model.prest: unknown key; expected one of: preset," in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["mask.ratio=1.0", "steps=ten", "precision=fp8"])
+def test_each_bad_value_names_its_key(tmp_path, prepared, override):
+    config = _config(tmp_path, prepared)
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.pretrain", str(config), override],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert override.split("=")[0] in proc.stderr
