@@ -60,7 +60,7 @@ def test_bad_values_name_the_key_and_the_expectation(tmp_path, override, key, ex
 
 def test_missing_mandatory_source_is_named(tmp_path):
     path = _write(tmp_path, "name: t\nrun_dir: {run_dir}\npretrain: {{steps: 1}}\n")
-    with pytest.raises(ConfigError, match="prep.source"):
+    with pytest.raises(ConfigError, match=r"prep\.source"):
         load_run_config(path)
 
 
