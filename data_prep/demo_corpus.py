@@ -17,7 +17,7 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ class DemoCorpusConfig:
     max_size: int = 160
     corrupt: int = 0
     seed: int = 0
+    object_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # of the shorter side
 
     def problems(self):
         if not 2 <= self.classes <= len(SHAPES):
@@ -53,6 +54,14 @@ class DemoCorpusConfig:
             yield ("train_per_class", "train_per_class and val_per_class must be >= 1")
         if not 32 <= self.min_size <= self.max_size:
             yield ("min_size", f"32 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        if (
+            len(self.object_scale) != 2
+            or not 0.1 <= self.object_scale[0] <= self.object_scale[1] <= 1
+        ):
+            yield (
+                "object_scale",
+                f"[min, max] with 0.1 <= min <= max <= 1, got {self.object_scale}",
+            )
         if self.corrupt < 0:
             yield ("corrupt", f"an int >= 0, got {self.corrupt}")
 
@@ -106,7 +115,7 @@ def draw_sample(label: int, rng: np.random.Generator, cfg: DemoCorpusConfig):
     bg_mean = np.asarray(img).reshape(-1, 3).mean(0)
     fg = _contrasting_colour(rng, bg_mean)
     side = min(w, h)
-    size = int(side * rng.uniform(0.45, 0.8))
+    size = int(side * rng.uniform(*cfg.object_scale))
     x0 = int(rng.integers(0, w - size + 1))
     y0 = int(rng.integers(0, h - size + 1))
     box = [x0, y0, x0 + size, y0 + size]

@@ -76,7 +76,6 @@ def prep_imagenet(cfg: ImagePrepConfig) -> dict[str, dict]:
         for split, split_items in items.items():
             units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
             stats[split] = prepare_split(units, out / split, encode, desc=f"prep {split}")
-            log.info(summary_line(split, stats[split]))
     return stats
 
 

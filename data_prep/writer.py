@@ -8,7 +8,6 @@ rerun after a kill reproduces the same sha256 in the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ from data_prep.shard_format import (
     WORK_DIR,
     ShardRecord,
     atomic_write_text,
+    file_sha256,
     shard_name,
     write_manifest,
 )
@@ -102,7 +102,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
                     written += 1
             raw.flush()
             os.fsync(raw.fileno())
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, final)
     finally:
@@ -152,11 +152,3 @@ def _add_sample(tar: tarfile.TarFile, sample: Sample) -> None:
         info.mode = 0o644
         info.uname = info.gname = ""
         tar.addfile(info, io.BytesIO(payload))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -18,9 +18,9 @@ from typing import Any
 from cluster.local import deepspeed_command, python_command, run_logged
 from data_prep.demo_corpus import write_demo_corpus
 from data_prep.image_prep import prep_imagenet, summary_line
-from data_prep.shard_format import MANIFEST
+from data_prep.shard_format import MANIFEST, file_sha256
 from pipeline.schema import RunConfig
-from pipeline.state import STATE_DIR, file_digest, tree_signature
+from pipeline.state import STATE_DIR, tree_signature
 from training.evaluate import METRICS as EVAL_METRICS
 from training.export import MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
@@ -96,7 +96,7 @@ def _pretrain_section(cfg: RunConfig):
 def _digest(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist yet")
-    return file_digest(path)
+    return file_sha256(path)
 
 
 STAGES: tuple[Stage, ...] = (

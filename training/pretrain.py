@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # DeepSpeed calls collectives torch has renamed; one warning per call floods the log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(__doc__ + "\n")
         return 0 if argv else 2

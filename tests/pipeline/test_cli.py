@@ -1,0 +1,59 @@
+"""The maskmill command as a user types it."""
+
+import subprocess
+import sys
+
+from data_prep.shard_format import read_manifest
+
+
+def _maskmill(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_data_then_prep_reports_skips_and_exits_zero(tmp_path):
+    made = _maskmill(
+        "demo-data",
+        str(tmp_path / "raw"),
+        "--classes",
+        "3",
+        "--train-per-class",
+        "6",
+        "--val-per-class",
+        "2",
+        "--corrupt",
+        "3",
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    prep = _maskmill(
+        "prep",
+        "imagenet",
+        str(tmp_path / "raw"),
+        str(tmp_path / "out"),
+        "--shorter-side",
+        "32",
+        "--samples-per-shard",
+        "5",
+        "--num-cpus",
+        "2",
+    )
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    assert "prep train: 22 inputs -> 19 samples" in prep.stdout
+    assert "skipped 3 (empty_file: 1, not_an_image: 1, truncated_or_corrupt: 1)" in prep.stdout
+    assert sum(r.samples for r in read_manifest(tmp_path / "out" / "val")) == 6
+
+
+def test_prep_of_a_missing_source_fails_with_a_clear_message(tmp_path):
+    prep = _maskmill("prep", "imagenet", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert prep.returncode == 2
+    assert f"source folder {tmp_path / 'missing'} does not exist" in prep.stderr
+
+
+def test_prep_rejects_bad_options_by_name(tmp_path):
+    prep = _maskmill("prep", "imagenet", str(tmp_path), str(tmp_path / "out"), "--quality", "0")
+    assert prep.returncode == 2
+    assert "jpeg_quality: an int in [1, 100], got 0" in prep.stderr
