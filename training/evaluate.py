@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from data_prep.shard_format import read_manifest
 from training.config import LoaderConfig
+from training.entry import config_from_argv
 from training.export import load_encoder, read_model_config
 from training.lars import LARS
 from training.loader import eval_batches, train_loader, train_spec_for
 from training.mae import ViTEncoder, init_weights
 from training.patches import normalize_pixels
 from training.schedule import warmup_cosine
-from training.typed_config import ConfigError, load_config
 
 log = logging.getLogger("training.evaluate")
 
@@ -51,6 +51,15 @@ class ProbeConfig:
     batch_size: int = 256
     weight_decay: float = 0.0
     warmup_epochs: int = 10
+
+    def problems(self):
+        if self.batch_size < 2:
+            yield (
+                "batch_size",
+                f"an int >= 2 (BatchNorm needs two samples), got {self.batch_size}",
+            )
+        if self.epochs < 1 or self.base_lr <= 0:
+            yield ("epochs", "epochs >= 1 and base_lr > 0")
 
 
 @dataclass
@@ -80,6 +89,11 @@ class FinetuneConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
 
     def problems(self):
+        if self.batch_size < 1 or self.epochs < 1:
+            yield (
+                "batch_size",
+                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}",
+            )
         if not 0 < self.layer_decay <= 1:
             yield ("layer_decay", f"a float in (0, 1], got {self.layer_decay}")
         if not 0 <= self.drop_path < 1:
@@ -329,19 +343,7 @@ def _export_info(export_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(__doc__ + "\n")
-        return 0 if argv else 2
-    try:
-        cfg = load_config(EvalConfig, [argv[0]], argv[1:])
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
-    run(cfg)
+    run(config_from_argv(EvalConfig, argv, __doc__))
     return 0
 
 

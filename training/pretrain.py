@@ -26,6 +26,7 @@ from training import checkpoint
 from training.config import PretrainConfig
 from training.distributed import DistInfo, init_distributed
 from training.ds_config import deepspeed_config
+from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.loader import train_loader, train_spec_for
 from training.mae import MaskedAutoencoder, encoder_param_groups
@@ -33,7 +34,7 @@ from training.masking import masks_for_batch
 from training.metrics import MetricsLog
 from training.patches import normalize_pixels
 from training.schedule import warmup_cosine
-from training.typed_config import ConfigError, load_config, to_yaml
+from training.typed_config import to_yaml
 
 log = logging.getLogger("training.pretrain")
 
@@ -217,23 +218,11 @@ def _train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    cfg = config_from_argv(PretrainConfig, argv, __doc__)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # DeepSpeed calls collectives torch has renamed; one warning per call floods the log.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(__doc__ + "\n")
-        return 0 if argv else 2
-    try:
-        cfg = load_config(PretrainConfig, [argv[0]], argv[1:])
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
     try:
         run(cfg)
     except NonFiniteLossError as err:

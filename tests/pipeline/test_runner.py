@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.runner import run_pipeline, stage_views
 from pipeline.schema import load_run_config
-from pipeline.state import read_state
+from pipeline.state import read_state, write_state
 
 RUN = """
 name: tiny
@@ -96,10 +96,26 @@ def test_status_command_shows_each_stage(finished_run):
     assert "done" in out.stdout
 
 
-def test_failed_stage_is_recorded_and_resumed(tmp_path, finished_run):
+def test_missing_inputs_stop_a_stage_before_it_starts(finished_run):
     path, run = finished_run
     cfg = load_run_config(path, ["evaluate.knn.k=4", "evaluate.export_dir=/nonexistent/export"])
     with pytest.raises(FileNotFoundError):
         run_pipeline(cfg)
-    # The stage never started: its inputs are missing, so the earlier stages stay done.
     assert read_state(run, "pretrain").status == "done"
+
+
+def test_an_interrupted_stage_resumes_in_place(finished_run, caplog):
+    # What a killed `maskmill run` leaves: the stage marked running by a process that is gone.
+    path, run = finished_run
+    cfg = load_run_config(path, ["evaluate.knn.k=3"])
+    state = read_state(run, "pretrain")
+    checkpoint = next((run / "pretrain" / "checkpoints").glob("step-*/_COMPLETE"))
+    kept_mtime = checkpoint.stat().st_mtime_ns
+    state.status, state.pid, state.finished = "running", 2**22 + 12345, None
+    write_state(run, "pretrain", state)
+    assert {v.name: v.label for v in stage_views(cfg)}["pretrain"] == "interrupted (will resume)"
+    with caplog.at_level("INFO"):
+        run_pipeline(cfg)
+    assert "resuming after an interrupted or failed attempt" in caplog.text
+    assert read_state(run, "pretrain").status == "done"
+    assert checkpoint.stat().st_mtime_ns == kept_mtime  # resumed from, not thrown away

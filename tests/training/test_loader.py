@@ -85,3 +85,47 @@ def test_eval_stream_reads_every_sample_once_in_order(prepared):
     keys = [k for _, _, ks in eval_batches(str(prepared / "val"), 32, 5) for k in ks]
     assert len(keys) == len(set(keys)) == 24
     assert keys == [k for _, _, ks in eval_batches(str(prepared / "val"), 32, 7) for k in ks]
+
+
+def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
+    import io
+    import pickle
+    import shutil
+    import tarfile
+
+    from data_prep.shard_format import SUCCESS, read_manifest, write_manifest
+
+    class Trap:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "UNPICKLED"), "w"))
+
+    split = tmp_path / "val"
+    shutil.copytree(prepared / "val", split)
+    records = read_manifest(split)
+    shard = split / records[0].file
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+            if member.name.endswith(".cls"):
+                for ext in ("pyd", "pickle"):
+                    trap = pickle.dumps(Trap())
+                    info = tarfile.TarInfo(member.name.rsplit(".", 1)[0] + "." + ext)
+                    info.size = len(trap)
+                    tar.addfile(info, io.BytesIO(trap))
+    write_manifest(split, records)
+    (split / SUCCESS).touch()
+    list(eval_batches(str(split), 32, 8))
+    spec = train_spec_for(
+        str(split),
+        image_size=32,
+        batch_size=4,
+        rank=0,
+        world_size=1,
+        seed=0,
+        skip_batches=0,
+        loader=LoaderConfig(workers=0),
+    )
+    assert len(list(itertools.islice(train_loader(spec), 3))) == 3
+    assert not (tmp_path / "UNPICKLED").exists()

@@ -1,0 +1,33 @@
+"""The command line shared by the per-rank entry points: ``python -m training.X CONFIG.yaml [k=v]``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TypeVar
+
+from training.typed_config import ConfigError, load_config
+
+T = TypeVar("T")
+
+
+def config_from_argv(schema: type[T], argv: list[str] | None, usage: str) -> T:
+    """The validated config named on the command line.
+
+    Exits 0 after printing ``usage`` for ``-h``/``--help``, 2 without arguments or on a bad
+    config (the message names every bad key). Ignores the ``--local_rank`` the deepspeed
+    launcher appends.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage + "\n")
+        raise SystemExit(0 if argv else 2)
+    try:
+        return load_config(schema, [argv[0]], argv[1:])
+    except ConfigError as err:
+        logging.getLogger(schema.__module__).error("%s", err)
+        raise SystemExit(2) from None
