@@ -64,7 +64,7 @@ def _port():
 
 
 def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
-    config = _config(tmp_path, prepared, precision="bf16")
+    config = _config(tmp_path, prepared, precision="bf16", grad_accum=2)
     proc = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "run"
@@ -79,6 +79,8 @@ def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
     assert torch.equal(mae.encoder.patch_embed.weight, encoder.patch_embed.weight)
     model_json = json.loads((out / "export" / "model.json").read_text())
     assert model_json["step"] == 4 and model_json["model"]["embed_dim"] == 96
+    # 4 optimizer steps x 2 micro steps x batch 8 x 2 ranks: the effective batch DeepSpeed used.
+    assert "effective batch 32" in proc.stdout + proc.stderr
 
 
 def test_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tmp_path, prepared):
