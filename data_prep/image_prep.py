@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from data_prep.plan import plan_shards
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import atomic_write_text
 from data_prep.writer import Sample
-
-log = logging.getLogger(__name__)
 
 CLASSES = "classes.json"
 

@@ -108,15 +108,14 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     finally:
         if tmp.exists():
             tmp.unlink()
-    items = [describe(i) for i in unit.items]
     record = ShardRecord(
         file=final.name,
         samples=written,
         bytes=size,
         sha256=digest,
         unit=unit.index,
-        first_input=items[0] if items else "",
-        last_input=items[-1] if items else "",
+        first_input=describe(unit.items[0]) if unit.items else "",
+        last_input=describe(unit.items[-1]) if unit.items else "",
     )
     result = UnitResult(record, len(unit.items), dict(skipped), time.perf_counter() - start)
     atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(asdict(result)))

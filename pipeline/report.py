@@ -22,7 +22,7 @@ from pipeline.schema import RunConfig
 from training.evaluate import METRICS as EVAL_METRICS
 from training.export import load_mae
 from training.loader import eval_batches
-from training.masking import masks_for_batch
+from training.masking import masks_for_batch, num_visible
 from training.metrics import read_metrics
 from training.patches import denormalize_pixels, normalize_pixels, patchify, unpatchify
 
@@ -194,8 +194,6 @@ def _img(path: Path) -> str:
 
 
 def _visible(p) -> int:
-    from training.masking import num_visible
-
     return num_visible(p.model.num_patches, p.mask.ratio)
 
 

@@ -71,7 +71,7 @@ def _evaluate(cfg: RunConfig) -> None:
 
 
 def _report(cfg: RunConfig) -> None:
-    from pipeline.report import write_report
+    from pipeline.report import write_report  # matplotlib: loaded only when a report is due
 
     path = write_report(cfg)
     log.info("report: %s", path)

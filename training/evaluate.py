@@ -35,7 +35,7 @@ from training.export import load_encoder, read_model_config
 from training.lars import LARS
 from training.loader import eval_batches, train_loader, train_spec_for
 from training.mae import ViTEncoder, init_weights
-from training.patches import normalize_pixels
+from training.patches import normalize_pixels, patchify
 from training.schedule import warmup_cosine
 
 log = logging.getLogger("training.evaluate")
@@ -246,8 +246,6 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from training.patches import patchify
-
         tokens = self.encoder(patchify(images, self.encoder.patch_size))
         return self.head(self.fc_norm(tokens[:, 1:].mean(dim=1)))
 
