@@ -1,4 +1,5 @@
-"""Running a per-rank entry point on this machine: the ``deepspeed`` launcher, or one process.
+"""Running a per-rank entry point: the ``deepspeed`` launcher, ``srun`` inside a Slurm job, or
+one process.
 
 The child's output goes both to the console (progress bars intact: bytes are copied as they
 come, carriage returns included) and to a log file.
@@ -25,6 +26,11 @@ def deepspeed_command(
         "--module", module,
         *args,
     ]  # fmt: skip
+
+
+def srun_command(module: str, args: list[str]) -> list[str]:
+    """One rank per task of the enclosing Slurm allocation; a rank that fails stops the others."""
+    return ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", module, *args]
 
 
 def python_command(module: str, args: list[str]) -> list[str]:

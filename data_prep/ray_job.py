@@ -39,6 +39,9 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
         ray.init(
+            # "local": a new head even when `ray start` left a cluster on this machine, which a
+            # bare ray.init() would join.
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             logging_level=logging.WARNING,

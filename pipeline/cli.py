@@ -1,11 +1,15 @@
 """The ``maskmill`` command.
 
     maskmill run RUN.yaml [key=value ...] [--force STAGE]   run (or resume) every stage
-    maskmill status RUN.yaml [key=value ...]                 each stage's state
+    maskmill status RUN.yaml [key=value ...]                 each stage's state, cluster jobs
+    maskmill submit RUN.yaml --slurm [--dry-run] [--wait]    one Slurm job per stage, chained
+    maskmill submit RUN.yaml --ray ADDRESS [--retries N]     prep as a job on a Ray cluster
+    maskmill stage RUN.yaml STAGE[,STAGE] [key=value ...]    run some stages (what a job runs)
     maskmill prep imagenet SRC OUT [options]                 shard an ImageNet-layout folder
     maskmill demo-data OUT [options]                         write the demo corpus
 
-Exit status: 0 success, 1 a stage failed, 2 bad configuration or usage.
+Exit status: 0 success, 1 a stage or job failed, 2 bad configuration or usage, 75 a training
+stage was preempted after saving a checkpoint (run it again to resume).
 """
 
 from __future__ import annotations
@@ -15,12 +19,22 @@ import datetime
 import logging
 import sys
 
+from cluster.slurm import SlurmError
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.image_prep import ImagePrepConfig, prep_imagenet, summary_line
 from data_prep.imagenet_layout import LayoutError
 from pipeline.runner import RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
-from pipeline.stages import StageFailed, stage_names
+from pipeline.stages import StageFailed, StagePreempted, stage_names
+from pipeline.submit import (
+    describe_submission,
+    read_submissions,
+    render_slurm,
+    submit_ray,
+    submit_slurm,
+    wait_slurm,
+)
+from training.pretrain import PREEMPTED_EXIT
 from training.typed_config import ConfigError, load_config
 
 log = logging.getLogger("maskmill")
@@ -29,6 +43,9 @@ EPILOG = """examples:
   maskmill run configs/quickstart_image.yaml
   maskmill run configs/quickstart_image.yaml pretrain.steps=50 pretrain.mask.ratio=0.9
   maskmill status configs/quickstart_image.yaml
+  maskmill submit configs/quickstart_image.yaml --slurm --dry-run
+  maskmill submit configs/quickstart_image.yaml --slurm --wait
+  maskmill submit configs/quickstart_image.yaml --ray http://127.0.0.1:8265 --retries 2
   maskmill prep imagenet /data/imagenet /data/imagenet-shards --shorter-side 256
   maskmill demo-data /tmp/demo --classes 8 --corrupt 3
 """
@@ -60,6 +77,47 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show each stage's state for a run YAML")
     status.add_argument("config")
     status.add_argument("overrides", nargs="*")
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit a run to Slurm (a job per stage, chained) or its prep to a Ray cluster",
+        description="Slurm: render one sbatch script per stage into RUN_DIR/submit and submit "
+        "them chained with afterok; training jobs checkpoint and requeue themselves on SIGUSR2 "
+        "before their time limit. Ray: submit the demo-data and prep stages as one Ray job.",
+    )
+    submit.add_argument("config")
+    submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. launch.nodes=2")
+    target = submit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--slurm", action="store_true", help="submit every stage to Slurm")
+    target.add_argument(
+        "--ray", metavar="ADDRESS", help="Ray job server, e.g. http://head:8265 (token auth)"
+    )
+    submit.add_argument(
+        "--dry-run", action="store_true", help="Slurm: print the scripts, submit nothing"
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the jobs until they end; exit 1 if one failed"
+    )
+    submit.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="Ray: resubmit a failed job up to N times; prep resumes, so only unfinished "
+        "shards are redone (implies --wait; default: %(default)s)",
+    )
+    submit.add_argument(
+        "--python",
+        default=None,
+        help="interpreter on the cluster (default: slurm.python or this interpreter for Slurm; "
+        "`python` on the Ray nodes' PATH for Ray)",
+    )
+
+    stage = sub.add_parser(
+        "stage", help="run the named stages of a run YAML (what each cluster job runs)"
+    )
+    stage.add_argument("config")
+    stage.add_argument("stages", help=f"comma-separated, from: {', '.join(stage_names())}")
+    stage.add_argument("overrides", nargs="*")
 
     prep = sub.add_parser("prep", help="shard a raw corpus into WebDataset tars")
     prep_sub = prep.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
@@ -137,13 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     except LayoutError as err:
         log.error("%s", err)
         return 2
-    except (StageFailed, RunLockedError) as err:
+    except StagePreempted as err:
+        log.warning("%s", err)
+        return PREEMPTED_EXIT
+    except (StageFailed, RunLockedError, SlurmError) as err:
         log.error("%s", err)
         return 1
 
 
 def _run(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
+    if cfg.launch.nodes > 1:
+        raise ConfigError(
+            [("launch.nodes", "1 on one machine; run more nodes with `maskmill submit --slurm`")]
+        )
     run_pipeline(cfg, force=tuple(args.force))
     log.info("run %s finished: %s/report.html", cfg.name, cfg.run_dir)
     return 0
@@ -165,7 +230,42 @@ def _status(args) -> int:
         lines.append(f"{view.name:<10} {view.label:<34} {took:>8}  {when}")
         if view.state.error and view.state.status == "failed":
             lines.append(f"{'':<10} error: {view.state.error}")
+    submissions = read_submissions(cfg)
+    if submissions:
+        lines += describe_submission(submissions[-1])
     sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _submit(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    if args.ray:
+        if args.dry_run:
+            raise ConfigError([("--dry-run", "applies to --slurm only")])
+        _, state = submit_ray(
+            cfg, args.ray, python=args.python or "python", retries=args.retries, wait=args.wait
+        )
+        return 0 if state in ("SUCCEEDED", "PENDING") else 1
+    if args.dry_run:
+        for name, text in render_slurm(cfg, args.python):
+            sys.stdout.write(f"# ---- {name} ----\n{text}\n")
+        return 0
+    sub = submit_slurm(cfg, args.python)
+    sys.stdout.write(f"submitted {len(sub.jobs)} Slurm jobs: {' '.join(sub.jobs)}\n")
+    if args.wait:
+        return 0 if wait_slurm(sub) else 1
+    return 0
+
+
+def _stage(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    names = tuple(n for n in args.stages.split(",") if n)
+    unknown = [n for n in names if n not in stage_names()]
+    if unknown or not names:
+        raise ConfigError(
+            [("STAGE", f"stages from {', '.join(stage_names())}, got {args.stages!r}")]
+        )
+    run_pipeline(cfg, only=names)
     return 0
 
 
@@ -209,7 +309,14 @@ def _demo_data(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "status": _status, "prep": _prep, "demo-data": _demo_data}
+_COMMANDS = {
+    "run": _run,
+    "status": _status,
+    "submit": _submit,
+    "stage": _stage,
+    "prep": _prep,
+    "demo-data": _demo_data,
+}
 
 
 if __name__ == "__main__":

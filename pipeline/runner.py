@@ -72,14 +72,16 @@ def stage_fingerprint(stage: Stage, cfg: RunConfig) -> str:
     return fingerprint(stage.name, to_yaml(stage.section(cfg)), stage.inputs(cfg))
 
 
-def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = ()) -> None:
-    """Run every enabled stage in order (see module docstring)."""
+def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> None:
+    """Run every enabled stage in order (see module docstring), or just those in ``only``
+    (what each Slurm or Ray job of a submitted run does)."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(to_yaml(cfg))
+    if not only:
+        (run_dir / "run.yaml").write_text(to_yaml(cfg))
     with _run_lock(run_dir):
         for stage in STAGES:
-            if not stage.enabled(cfg):
+            if not stage.enabled(cfg) or (only and stage.name not in only):
                 continue
             _run_stage(stage, cfg, run_dir, force=stage.name in force)
 

@@ -10,27 +10,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster.slurm_config import SlurmConfig
 from data_prep.demo_corpus import DemoCorpusConfig
 from data_prep.image_prep import ImagePrepConfig
 from training.config import PretrainConfig
 from training.evaluate import EvalConfig
 from training.typed_config import load_config
 
+LAUNCHERS = ("deepspeed", "python", "srun")
+
 
 @dataclass
 class LaunchConfig:
-    """How training stages start on this machine."""
+    """The training world (``nodes`` x ``ranks``) and how its processes start.
 
-    ranks: int = 2  # processes started by the deepspeed launcher (GPUs on a GPU machine)
-    launcher: str = "deepspeed"  # deepspeed | python (one rank, no launcher)
+    The world size decides the global batch, the data order and the checkpoint layout, so it is
+    part of the pretrain stage's fingerprint; the launcher is not, so a run started locally can
+    go on under Slurm with the same world size.
+    """
+
+    ranks: int = 2  # ranks per node (GPUs per node on a GPU machine)
+    nodes: int = 1  # more than one needs a cluster: `maskmill submit --slurm`
+    launcher: str = "deepspeed"  # deepspeed | python (one rank) | srun (inside a Slurm job)
     master_port: int | None = None  # None: pick a free port
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks * self.nodes
 
     def problems(self):
         if self.ranks < 1:
             yield ("ranks", f"an int >= 1, got {self.ranks}")
-        if self.launcher not in ("deepspeed", "python"):
-            yield ("launcher", f"'deepspeed' or 'python', got {self.launcher!r}")
-        if self.launcher == "python" and self.ranks != 1:
+        if self.nodes < 1:
+            yield ("nodes", f"an int >= 1, got {self.nodes}")
+        if self.launcher not in LAUNCHERS:
+            yield ("launcher", f"one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.launcher == "python" and self.world_size != 1:
             yield ("ranks", "launcher 'python' starts one rank; use 'deepspeed' for more")
 
 
@@ -65,6 +80,7 @@ class RunConfig:
         )
     )
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # used by `maskmill submit --slurm`
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def problems(self):

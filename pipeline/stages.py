@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.local import deepspeed_command, python_command, run_logged
+from cluster.local import deepspeed_command, python_command, run_logged, srun_command
 from data_prep.demo_corpus import write_demo_corpus
 from data_prep.image_prep import prep_imagenet, summary_line
 from data_prep.shard_format import MANIFEST, file_sha256
@@ -24,6 +24,7 @@ from pipeline.state import STATE_DIR, tree_signature
 from training.evaluate import METRICS as EVAL_METRICS
 from training.export import MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
+from training.pretrain import PREEMPTED_EXIT
 from training.typed_config import to_yaml
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 class StageFailed(RuntimeError):
     pass
+
+
+class StagePreempted(StageFailed):
+    """A training stage stopped on request after saving a checkpoint; rerunning resumes it."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ def _pretrain(cfg: RunConfig) -> None:
     args = [str(config_path)]
     if cfg.launch.launcher == "deepspeed":
         cmd = deepspeed_command("training.pretrain", args, cfg.launch.ranks, cfg.launch.master_port)
+    elif cfg.launch.launcher == "srun":
+        cmd = srun_command("training.pretrain", args)
     else:
         cmd = python_command("training.pretrain", args)
     _run_child("pretrain", cmd, cfg)
@@ -80,6 +87,8 @@ def _report(cfg: RunConfig) -> None:
 def _run_child(stage: str, cmd: list[str], cfg: RunConfig) -> None:
     log_path = Path(cfg.run_dir) / "logs" / f"{stage}.log"
     code = run_logged(cmd, log_path)
+    if code == PREEMPTED_EXIT:
+        raise StagePreempted(f"{stage} was preempted after saving a checkpoint; rerun to resume")
     if code != 0:
         raise StageFailed(f"{stage} exited with status {code}; see {log_path}")
 
@@ -90,7 +99,7 @@ def _prep_section(cfg: RunConfig):
 
 def _pretrain_section(cfg: RunConfig):
     quiet = dataclasses.replace(cfg.pretrain, log_every=1, checkpoint_every=1, keep_checkpoints=1)
-    return {"pretrain": quiet, "ranks": cfg.launch.ranks}
+    return {"pretrain": quiet, "ranks": cfg.launch.world_size}
 
 
 def _digest(path: Path) -> str:

@@ -4,13 +4,19 @@ Run it under any launcher that sets RANK/WORLD_SIZE/MASTER_ADDR (``deepspeed``, 
 ``srun``), or plainly for one rank. It resumes from the newest complete checkpoint in
 ``OUT_DIR/checkpoints``, writes ``metrics.jsonl`` and TensorBoard logs, and at the end exports the
 consolidated model to ``OUT_DIR/export`` (``encoder.safetensors``, ``mae.safetensors``,
-``model.json``). Exit status: 0 done, 2 bad config, 3 non-finite loss.
+``model.json``).
+
+Preemption: on SIGUSR2 (what the Slurm scripts ask for before the time limit) every rank finishes
+the step it is in, all ranks save a checkpoint at the same step, and the process exits with
+status 75; a rerun resumes from that checkpoint. Exit status: 0 done, 2 bad config, 3 non-finite
+loss, 75 preempted (checkpoint saved).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 import warnings
@@ -41,10 +47,26 @@ log = logging.getLogger("training.pretrain")
 EXPORT_DIR = "export"
 CKPT_DIR = "checkpoints"
 DONE = "_DONE"
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; run again to resume
+
+_preempt_requested = False
+
+
+def _request_preemption(signum, frame) -> None:
+    global _preempt_requested
+    _preempt_requested = True
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """Stopped on SIGUSR2 after saving a checkpoint at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted: checkpoint saved at step {step}; rerun to resume")
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,7 @@ def _train(
     window_start, window_images = time.perf_counter(), 0
     try:
         for step in range(start, plan.total_steps):
-            loss_sum = torch.zeros(2)
+            loss_sum = torch.zeros(3)  # loss, non-finite flag, preemption flag
             for micro in range(cfg.grad_accum):
                 images, _, keys = next(batches)
                 mask = masks_for_batch(
@@ -188,7 +210,10 @@ def _train(
                 loss_sum[0] += loss.detach().float().cpu()
                 window_images += images.shape[0]
             loss_sum[1] = 0.0 if math.isfinite(loss_sum[0].item()) else 1.0
-            dist.all_reduce(loss_sum)  # every rank stops together on a non-finite loss
+            loss_sum[2] = 1.0 if _preempt_requested else 0.0
+            # One collective decides for every rank: ranks stop together, at the same step, on a
+            # non-finite loss or once any of them has been asked to stop (signals arrive unevenly).
+            dist.all_reduce(loss_sum)
             if loss_sum[1] > 0:
                 raise NonFiniteLossError(
                     f"loss became non-finite at step {step + 1} on {int(loss_sum[1])} rank(s); "
@@ -209,8 +234,11 @@ def _train(
                 metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images = time.perf_counter(), 0
-            if done % cfg.checkpoint_every == 0 and done < plan.total_steps:
+            preempted = loss_sum[2] > 0 and done < plan.total_steps
+            if (done % cfg.checkpoint_every == 0 or preempted) and done < plan.total_steps:
                 checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
+            if preempted:
+                raise Preempted(done)
     finally:
         bar.close()
         if metrics:
@@ -218,6 +246,8 @@ def _train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Installed first: a warning that lands during start-up must not kill the rank.
+    signal.signal(signal.SIGUSR2, _request_preemption)
     cfg = config_from_argv(PretrainConfig, argv, __doc__)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -228,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         log.error("%s", err)
         return 3
+    except Preempted as err:
+        log.warning("%s", err)
+        return PREEMPTED_EXIT
     return 0
 
 

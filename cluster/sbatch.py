@@ -1,0 +1,195 @@
+"""Rendering sbatch scripts: pure functions from a :class:`JobSpec` to the script's text.
+
+Three kinds of job:
+
+* ``plain``: one task runs the stage (demo data, evaluation, report).
+* ``training``: the stage's process starts one rank per Slurm task with ``srun``; rendezvous comes
+  from the allocation (``MASTER_ADDR`` = first host of the node list, ``MASTER_PORT`` derived from
+  the job id, so a requeued job gets the same one). The job asks for ``SIGUSR2`` before its time
+  limit; the batch shell forwards it to every rank (``scancel --signal``), the ranks checkpoint
+  at one common step and exit 75, and the script requeues the job, which resumes from there.
+* ``ray``: starts a Ray head on the first node and one Ray worker on every other node (each a
+  job step), waits for them, runs the stage against that cluster, and stops Ray. The cluster's
+  token is made per job and lives only in the environment.
+
+Values in ``#SBATCH`` lines are double-quoted with backslash escapes (how sbatch reads them);
+values in the body go through :func:`shlex.quote`, so paths with spaces and quotes are safe.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from training.pretrain import PREEMPTED_EXIT
+
+KINDS = ("plain", "training", "ray")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.,:@%/+=-]+$")
+RAY_PORT_BASE = 30000  # Ray's ports are derived from the job id, so jobs on one node don't clash
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str  # Slurm job name
+    kind: str  # plain | training | ray
+    command: list[str]  # argv that runs the stage in the batch step
+    workdir: str
+    log: str  # --output pattern (%j = job id)
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    time: str = "01:00:00"
+    mem: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    signal_seconds: int = 300
+    setup: list[str] = field(default_factory=list)
+    extra_sbatch: list[str] = field(default_factory=list)
+    python: str = "python3"  # used by the ray kind's helpers
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+
+def sbatch_value(value: object) -> str:
+    """A value for an ``#SBATCH`` line: as is when plainly safe, else double-quoted with ``"``
+    and ``\\`` escaped (sbatch's own rules for these lines, not the shell's)."""
+    text = str(value)
+    if "\n" in text:
+        raise ValueError(f"an #SBATCH value cannot hold a newline: {text!r}")
+    if _PLAIN.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def sbatch_options(spec: JobSpec) -> list[tuple[str, object]]:
+    """The job's ``(option, value)`` pairs, in the order they are written."""
+    opts: list[tuple[str, object]] = [
+        ("--job-name", spec.name),
+        ("--chdir", spec.workdir),
+        ("--output", spec.log),
+        ("--open-mode", "append"),  # a requeued job appends to the same log
+        ("--nodes", spec.nodes),
+        ("--ntasks-per-node", spec.tasks_per_node),
+        ("--cpus-per-task", spec.cpus_per_task),
+        ("--time", spec.time),
+    ]
+    if spec.gpus_per_node:
+        opts.append(("--gpus-per-node", spec.gpus_per_node))
+    for key, value in (
+        ("--mem", spec.mem),
+        ("--partition", spec.partition),
+        ("--account", spec.account),
+        ("--qos", spec.qos),
+    ):
+        if value:
+            opts.append((key, value))
+    if spec.kind == "training":
+        opts += [("--requeue", None), ("--signal", f"B:USR2@{spec.signal_seconds}")]
+    for extra in spec.extra_sbatch:
+        key, _, value = extra.partition("=")
+        opts.append((key, value or None))
+    return opts
+
+
+def render(spec: JobSpec) -> str:
+    """The whole sbatch script for ``spec``."""
+    lines = ["#!/bin/bash", f"# maskmill {spec.kind} job: {spec.name}"]
+    for key, value in sbatch_options(spec):
+        lines.append(f"#SBATCH {key}" if value is None else f"#SBATCH {key}={sbatch_value(value)}")
+    lines += ["", "set -euo pipefail", *spec.setup]
+    lines.append(
+        'echo "maskmill: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST,'
+        ' restart ${SLURM_RESTART_COUNT:-0}, $(date -Is)"'
+    )
+    body = {"plain": _plain_body, "training": _training_body, "ray": _ray_body}[spec.kind]
+    lines += body(spec)
+    return "\n".join(lines) + "\n"
+
+
+def _plain_body(spec: JobSpec) -> list[str]:
+    return [f"exec {shlex.join(spec.command)}"]
+
+
+def _training_body(spec: JobSpec) -> list[str]:
+    return [
+        "",
+        "# Rendezvous from the allocation: rank 0 runs on the first node; the port is fixed by the",
+        "# job id, so a requeued job (same id) finds it again.",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "export MASTER_ADDR MASTER_PORT",
+        "",
+        "# Preemption: Slurm sends USR2 to this shell before the time limit (or `scancel",
+        "# --signal=USR2 --batch`); pass it to every rank, which checkpoints and exits "
+        f"{PREEMPTED_EXIT}.",
+        "preempted=0",
+        "interrupted=0",
+        "on_usr2() {",
+        "  preempted=1",
+        "  interrupted=1",
+        '  echo "maskmill: USR2 received; asking every rank to checkpoint"',
+        '  scancel --signal=USR2 "$SLURM_JOB_ID" || true',
+        "}",
+        "trap on_usr2 USR2",
+        "",
+        f"{shlex.join(spec.command)} &",
+        "child=$!",
+        "while :; do",
+        "  interrupted=0",
+        '  wait "$child" && rc=0 || rc=$?',
+        "  [[ $interrupted -eq 1 ]] || break  # a trap ended `wait` early: wait again",
+        "done",
+        "",
+        f"if [[ $rc -eq {PREEMPTED_EXIT} ]] || [[ $preempted -eq 1 && $rc -ne 0 ]]; then",
+        '  echo "maskmill: requeueing job $SLURM_JOB_ID; it resumes from the newest checkpoint"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
+        "exit $rc",
+    ]
+
+
+def _ray_body(spec: JobSpec) -> list[str]:
+    py = shlex.quote(spec.python)
+    cpus = "${SLURM_CPUS_PER_TASK:-1}"
+    common = (
+        f"--num-cpus={cpus} --block --disable-usage-stats"
+        ' --dashboard-agent-listen-port="$((ray_port + 2))"'
+        ' --metrics-export-port="$((ray_port + 3))"'
+    )
+    return [
+        "",
+        "# A Ray cluster inside the allocation: head on the first node, a worker on each other.",
+        "# Token auth on; the token is made for this job and never written to disk.",
+        'nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))',
+        "head_node=${nodes[0]}",
+        'head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address'
+        " | awk '{print $1}')",
+        f"ray_port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 10000 * 4))",
+        'ray_address="$head_ip:$ray_port"',
+        "export RAY_AUTH_MODE=token",
+        f"RAY_AUTH_TOKEN=$({py} -c 'import secrets; print(secrets.token_hex(32))')",
+        "export RAY_AUTH_TOKEN",
+        "ray_steps=()",
+        'stop_ray() { kill "${ray_steps[@]}" 2>/dev/null || true; wait || true; }',
+        "trap stop_ray EXIT",
+        f'srun --overlap --nodes=1 --ntasks=1 -w "$head_node" {py} -m ray.scripts.scripts start'
+        ' --head --node-ip-address="$head_ip" --port="$ray_port"'
+        ' --ray-client-server-port="$((ray_port + 1))" --include-dashboard=false'
+        f' --temp-dir="/tmp/ray-$SLURM_JOB_ID" {common} &',
+        "ray_steps+=($!)",
+        f'{py} -m cluster.ray_nodes wait "$ray_address" --nodes 1',
+        "if ((${#nodes[@]} > 1)); then",
+        '  srun --overlap --nodes="$((${#nodes[@]} - 1))" --ntasks-per-node=1 --exclude="$head_node"'
+        f' {py} -m ray.scripts.scripts start --address="$ray_address" {common} &',
+        "  ray_steps+=($!)",
+        "fi",
+        f'{py} -m cluster.ray_nodes wait "$ray_address" --nodes "${{#nodes[@]}}"',
+        "",
+        f'{shlex.join(spec.command)} "prep.ray_address=$ray_address"',
+    ]

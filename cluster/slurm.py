@@ -1,0 +1,81 @@
+"""Talking to Slurm: ``sbatch`` a chain of scripts, read job states from ``sacct``/``squeue``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: int
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, REQUEUED, ... (Slurm's words)
+    exit_code: str = ""
+    elapsed: str = ""
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SlurmError(f"`{name}` not found: submit from a Slurm login node")
+    return path
+
+
+def submit(script: Path, after: int | None = None) -> int:
+    """``sbatch`` one script, to start after job ``after`` succeeds; returns the job id.
+
+    A job whose dependency can never be met (the earlier job failed) is cancelled by Slurm
+    instead of waiting forever.
+    """
+    cmd = [_tool("sbatch"), "--parsable"]
+    if after is not None:
+        cmd += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
+    cmd.append(str(script))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SlurmError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return int(proc.stdout.strip().split(";")[0])
+
+
+def submit_chain(scripts: Sequence[Path]) -> list[int]:
+    """Submit scripts so each starts only after the one before it succeeded."""
+    ids: list[int] = []
+    for script in scripts:
+        ids.append(submit(script, after=ids[-1] if ids else None))
+    return ids
+
+
+def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
+    """Each job's state: ``sacct`` where accounting runs, else ``squeue`` (which forgets jobs
+    shortly after they end)."""
+    if not job_ids:
+        return {}
+    ids = ",".join(str(i) for i in job_ids)
+    if shutil.which("sacct"):
+        proc = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", ids, "-o", "JobID,State,ExitCode,Elapsed"],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode == 0 and proc.stdout.strip():
+            return _parse(proc.stdout)
+    proc = subprocess.run(
+        [_tool("squeue"), "-h", "-j", ids, "-o", "%i|%T||%M"], capture_output=True, text=True
+    )
+    return _parse(proc.stdout) if proc.returncode == 0 else {}
+
+
+def _parse(text: str) -> dict[int, JobState]:
+    states = {}
+    for line in text.strip().splitlines():
+        job, state, exit_code, elapsed = ([*line.split("|"), "", "", "", ""])[:4]
+        if job.isdigit():
+            states[int(job)] = JobState(int(job), state.split()[0], exit_code, elapsed)
+    return states

@@ -1,0 +1,73 @@
+"""The ``slurm:`` section of a run YAML: what each stage asks the scheduler for.
+
+The training world size is not here: it lives in ``launch`` (``nodes`` x ``ranks`` per node),
+because it decides the global batch, the data order and the checkpoint layout, and a run must get
+the same answer locally and on Slurm. The pretrain job asks for ``launch.nodes`` nodes with
+``launch.ranks`` tasks each; the prep job asks for ``slurm.prep.nodes`` nodes (one Ray node
+each); every other stage runs as one task on one node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+
+
+@dataclass
+class SlurmStage:
+    """Resources of one stage's job."""
+
+    nodes: int | None = None  # prep only: Ray nodes (head + workers); others use launch/1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem: str | None = None  # e.g. "64G"; None: the partition's default
+    time: str = "01:00:00"  # Slurm time limit: MM, HH:MM:SS or D-HH:MM:SS
+    partition: str | None = None  # None: slurm.partition
+
+    def problems(self):
+        if self.nodes is not None and self.nodes < 1:
+            yield ("nodes", f"an int >= 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            yield ("gpus_per_node", f"an int >= 0, got {self.gpus_per_node}")
+        if self.cpus_per_task < 1:
+            yield ("cpus_per_task", f"an int >= 1, got {self.cpus_per_task}")
+        if not _TIME.match(self.time):
+            yield (
+                "time",
+                f"a Slurm time limit such as 30, 04:00:00 or 2-00:00:00, got {self.time!r}",
+            )
+        if self.mem is not None and not re.match(r"^\d+[KMGT]?$", self.mem):
+            yield ("mem", f"a size such as 64G or 512000M, got {self.mem!r}")
+
+
+@dataclass
+class SlurmConfig:
+    partition: str | None = None  # default partition of every stage
+    account: str | None = None
+    qos: str | None = None
+    # Shell lines run before each stage, e.g. "module load cuda/12.4" or "source ~/venv/bin/activate".
+    setup: list[str] = field(default_factory=list)
+    python: str | None = None  # interpreter on the nodes; None: the one running `maskmill submit`
+    signal_seconds: int = 300  # training jobs get SIGUSR2 this long before their time limit
+    extra_sbatch: list[str] = field(default_factory=list)  # more options, e.g. "--constraint=a100"
+    demo_data: SlurmStage = field(default_factory=SlurmStage)
+    prep: SlurmStage = field(default_factory=lambda: SlurmStage(nodes=1, cpus_per_task=8))
+    pretrain: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
+    evaluate: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
+    report: SlurmStage = field(default_factory=SlurmStage)
+
+    def problems(self):
+        if self.signal_seconds < 0:
+            yield ("signal_seconds", f"an int >= 0, got {self.signal_seconds}")
+        for name in ("demo_data", "pretrain", "evaluate", "report"):
+            if getattr(self, name).nodes is not None:
+                where = "launch.nodes" if name == "pretrain" else "nothing: it runs on one node"
+                yield (f"{name}.nodes", f"unset (the node count comes from {where})")
+        for option in self.extra_sbatch:
+            if not option.startswith("--"):
+                yield ("extra_sbatch", f"long options such as --constraint=a100, got {option!r}")
+
+    def stage(self, name: str) -> SlurmStage:
+        return getattr(self, name)

@@ -1,0 +1,174 @@
+"""A small pipeline submitted to the real local Slurm, preempted twice mid-training.
+
+The chain (demo data -> prep on a Ray cluster inside the allocation -> 2-rank DeepSpeed training
+launched by srun -> evaluation -> report) runs in a run directory whose path holds spaces, quotes
+and a dollar sign. The training job is preempted twice: once the polite way (USR2 to the batch
+shell, as ``--signal=B:USR2@N`` delivers before the time limit: every rank checkpoints, the job
+requeues itself), once the rude way (``scontrol requeue``: Slurm kills the job and requeues it;
+it resumes from its last periodic checkpoint). It must finish with every step logged once.
+
+Slurm holds a requeued job for about two minutes before it may start again; the test moves its
+start time to now rather than wait that out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.slurm import job_states
+from pipeline.schema import load_run_config
+from pipeline.submit import read_submissions, wait_slurm
+
+STEPS = 240
+
+RUN = """
+name: slurm_tiny
+run_dir: '{run_dir}'
+seed: 0
+demo_data: {{out: "${{run_dir}}/raw", classes: 4, train_per_class: 16, val_per_class: 5, min_size: 40, max_size: 80, corrupt: 2}}
+prep: {{source: "${{demo_data.out}}", shorter_side: 36, samples_per_shard: 16}}
+pretrain:
+  model: {{preset: nano, image_size: 32, patch_size: 4, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  batch_size: 32
+  steps: {steps}
+  optim: {{lr: 1.0e-3, warmup_steps: 2}}
+  checkpoint_every: 40
+  log_every: 1
+  loader: {{workers: 1, shuffle_buffer: 16}}
+evaluate:
+  linear_probe: {{epochs: 3, batch_size: 32}}
+  knn: {{k: 5}}
+  finetune: {{epochs: 1, batch_size: 16}}
+launch: {{ranks: 2}}
+report: {{reconstructions: 2}}
+slurm:
+  prep: {{cpus_per_task: 2, time: "10"}}
+  pretrain: {{cpus_per_task: 1, time: "20"}}
+  evaluate: {{cpus_per_task: 2, time: "10"}}
+"""
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "pretrain" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def restart_now(job_id: str, restarts: int) -> None:
+    """Once the job is back in the queue after its n-th requeue, let it start at once."""
+    wait_until(
+        lambda: (
+            (j := scontrol_job(job_id))["JobState"] == "PENDING" and int(j["Restarts"]) >= restarts
+        ),
+        120,
+        f"job {job_id} to be requeued",
+    )
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+@pytest.fixture(scope="module")
+def preempted_run(slurm_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm")
+    run_dir = root / 'it\'s a "run" $dir'
+    path = root / "run.yaml"
+    path.write_text(RUN.format(run_dir=str(run_dir).replace("'", "''"), steps=STEPS))
+    cfg = load_run_config(path)
+    submitted = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(path), "--slurm"],
+        capture_output=True,
+        text=True,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    (sub,) = read_submissions(cfg)
+    pretrain_job = sub.jobs[sub.stages.index("pretrain")]
+
+    # 1. USR2 to the batch shell mid-run: a checkpoint on every rank, then a self-requeue.
+    wait_until(lambda: len(logged_steps(run_dir)) >= 20, 300, "pretraining to log 20 steps")
+    subprocess.run(["scancel", "--signal=USR2", "--batch", pretrain_job], check=True)
+    restart_now(pretrain_job, restarts=1)
+
+    # 2. An outright requeue mid-run: the job is killed and resumes from its periodic checkpoint.
+    wait_until(
+        lambda: (
+            scontrol_job(pretrain_job)["JobState"] == "RUNNING"
+            and max(logged_steps(run_dir) or [0]) >= 130
+        ),
+        300,
+        "the requeued job to pass step 130",
+    )
+    subprocess.run(["scontrol", "requeue", pretrain_job], check=True)
+    restart_now(pretrain_job, restarts=2)
+
+    completed = wait_slurm(sub, poll_seconds=2, timeout=600)
+    return cfg, sub, Path(run_dir), completed
+
+
+def test_every_job_of_the_chain_completes(preempted_run):
+    _, sub, run_dir, completed = preempted_run
+    assert sub.stages == ["demo_data", "prep", "pretrain", "evaluate", "report"]
+    states = job_states([int(j) for j in sub.jobs])
+    assert completed, {j: s.state for j, s in states.items()}
+    assert {s.state for s in states.values()} == {"COMPLETED"}
+    assert (run_dir / "report.html").exists()
+    assert (
+        json.loads((run_dir / "evaluate" / "metrics.json").read_text())["encoder"]["step"] == STEPS
+    )
+
+
+def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run):
+    _, sub, run_dir, _ = preempted_run
+    assert logged_steps(run_dir) == list(range(1, STEPS + 1))
+    log = Path(sub.logs[sub.stages.index("pretrain")]).read_text()
+    saved = re.findall(r"preempted: checkpoint saved at step (\d+)", log)
+    assert saved, log[-3000:]
+    assert f"resumed from {run_dir}/pretrain/checkpoints/step-{int(saved[0]):08d}" in log
+    assert "restart 1" in log and "restart 2" in log
+    assert "requeueing job" in log  # the script's own requeue after USR2
+
+
+def test_prep_ran_on_a_ray_cluster_inside_the_allocation(preempted_run):
+    _, sub, run_dir, _ = preempted_run
+    log = Path(sub.logs[sub.stages.index("prep")]).read_text()
+    assert "ray cluster at" in log and "has 1 node(s)" in log
+    manifest = run_dir / "shards" / "train" / "manifest.parquet"
+    assert manifest.exists()
+    stats = json.loads((run_dir / "shards" / "train" / "stats.json").read_text())
+    assert sum(stats["skipped"].values()) == 2
+
+
+def test_status_shows_the_jobs(preempted_run):
+    _, sub, run_dir, _ = preempted_run
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", str(run_dir / "submit" / "run.yaml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for stage, job in zip(sub.stages, sub.jobs):
+        assert re.search(rf"{stage}\s+job {job}\s+COMPLETED", out), out
+    assert "pretrain   done" in out

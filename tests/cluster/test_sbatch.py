@@ -1,0 +1,154 @@
+"""Dry-run sbatch scripts for a multi-node YAML: node and rank counts, preemption lines, quoting.
+
+A second physical node cannot be had here, so the 2-node x 8-GPU and 4-node scripts are checked
+as text (and by bash's parser); tests/cluster/test_local_slurm.py runs the same renderer's
+scripts on the real one-node Slurm.
+"""
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.sbatch import JobSpec, render, sbatch_value
+from pipeline.cli import main
+from pipeline.schema import load_run_config
+from pipeline.submit import render_slurm, slurm_jobs
+from training.typed_config import ConfigError
+
+ODD_DIR = '/scratch/it\'s a "run" $HOME'
+
+MULTI_NODE = f"""
+name: vitb
+run_dir: '{ODD_DIR.replace("'", "''")}'
+prep: {{source: /data/imagenet}}
+pretrain: {{model: {{preset: base}}, batch_size: 128, epochs: 800}}
+launch: {{nodes: 2, ranks: 8}}
+slurm:
+  partition: gpu
+  account: proj-42
+  setup: ["module load cuda/12.4", "source /opt/venv/bin/activate"]
+  signal_seconds: 600
+  prep: {{nodes: 4, cpus_per_task: 64, time: "04:00:00"}}
+  pretrain: {{gpus_per_node: 8, cpus_per_task: 12, mem: 480G, time: "2-00:00:00"}}
+  evaluate: {{gpus_per_node: 1, partition: gpu-short}}
+"""
+
+
+@pytest.fixture
+def multi_node(tmp_path):
+    path = tmp_path / "vitb.yaml"
+    path.write_text(MULTI_NODE)
+    return load_run_config(path)
+
+
+def sbatch_lines(script: str) -> dict[str, str | None]:
+    out = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line[len("#SBATCH ") :].partition("=")
+            out[key] = value or None
+    return out
+
+
+def test_training_job_asks_for_every_node_and_rank_and_preemption(multi_node):
+    scripts = dict(render_slurm(multi_node, python="/opt/venv/bin/python"))
+    assert list(scripts) == ["prep", "pretrain", "evaluate", "report"]
+    opts = sbatch_lines(scripts["pretrain"])
+    assert opts["--nodes"] == "2" and opts["--ntasks-per-node"] == "8"
+    assert opts["--gpus-per-node"] == "8" and opts["--cpus-per-task"] == "12"
+    assert opts["--mem"] == "480G" and opts["--time"] == "2-00:00:00"
+    assert opts["--partition"] == "gpu" and opts["--account"] == "proj-42"
+    assert "--requeue" in opts and opts["--signal"] == "B:USR2@600"
+    body = scripts["pretrain"]
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in body
+    assert 'scancel --signal=USR2 "$SLURM_JOB_ID"' in body and "scontrol requeue" in body
+    assert body.index("module load cuda/12.4") < body.index("-m pipeline.cli stage")
+
+
+def test_prep_job_starts_ray_on_every_node(multi_node):
+    script = dict(render_slurm(multi_node, python="/opt/venv/bin/python"))["prep"]
+    opts = sbatch_lines(script)
+    assert opts["--nodes"] == "4" and opts["--ntasks-per-node"] == "1"
+    assert opts["--cpus-per-task"] == "64" and "--requeue" not in opts
+    assert "start --head" in script and '--exclude="$head_node"' in script
+    assert 'cluster.ray_nodes wait "$ray_address" --nodes "${#nodes[@]}"' in script
+    assert "export RAY_AUTH_MODE=token" in script and "RAY_AUTH_TOKEN=$(" in script
+    assert '"prep.ray_address=$ray_address"' in script
+
+
+def test_other_stages_run_one_task_with_their_own_partition(multi_node):
+    scripts = dict(render_slurm(multi_node, python="/opt/venv/bin/python"))
+    ev = sbatch_lines(scripts["evaluate"])
+    assert ev["--nodes"] == "1" and ev["--ntasks-per-node"] == "1"
+    assert ev["--partition"] == "gpu-short" and ev["--gpus-per-node"] == "1"
+    assert "--signal" not in sbatch_lines(scripts["report"])
+
+
+def test_paths_with_spaces_quotes_and_dollars_survive_both_parsers(multi_node):
+    scripts = render_slurm(multi_node, python="/opt/my venv/bin/python")
+    for name, script in scripts:
+        subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+        # sbatch's reading of the line: double quotes with backslash escapes
+        raw = sbatch_lines(script)["--output"]
+        assert raw.startswith('"') and raw.endswith('"')
+        unquoted = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        assert unquoted == f"{ODD_DIR}/logs/slurm/{name}-%j.out"
+        # the shell's reading of the command: the argv comes back exactly
+        line = next(x for x in script.splitlines() if "-m pipeline.cli stage" in x)
+        words = shlex.split(line.split(" &")[0].removeprefix("exec "), posix=True)
+        assert words[0] == "/opt/my venv/bin/python"
+        assert words[4] == f"{ODD_DIR}/submit/run.yaml" and words[5] == name
+        echoed = subprocess.run(
+            ["bash", "-c", f"printf '%s\\n' {shlex.join(words[:6])}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert echoed == words[:6]
+
+
+def test_sbatch_value_quotes_only_what_needs_it():
+    assert sbatch_value(8) == "8"
+    assert sbatch_value("B:USR2@300") == "B:USR2@300"
+    assert sbatch_value('a "b"\\c') == '"a \\"b\\"\\\\c"'
+    with pytest.raises(ValueError, match="newline"):
+        sbatch_value("a\nb")
+
+
+def test_job_spec_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        JobSpec(name="x", kind="mpi", command=["true"], workdir="/", log="/x")
+    assert render(JobSpec(name="x", kind="plain", command=["true"], workdir="/", log="/x"))
+
+
+def test_bad_slurm_settings_fail_before_anything_is_written(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\nprep: {source: /data}\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path, ["slurm.pretrain.nodes=2", "slurm.prep.time=tomorrow"])
+    text = str(err.value)
+    assert "slurm.pretrain.nodes: unset (the node count comes from launch.nodes)" in text
+    assert "slurm.prep.time: a Slurm time limit" in text
+    assert main(["submit", str(path), "slurm.prep.cpus_per_task=0", "--slurm", "--dry-run"]) == 2
+    assert main(["run", str(path), "launch.nodes=2"]) == 2  # more nodes need a cluster
+    assert not (tmp_path / "runs").exists() and not Path("runs/x").exists()
+
+
+def test_dry_run_prints_every_script_and_submits_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(MULTI_NODE)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch reachable: a submit would fail
+    assert main(["submit", str(path), "--slurm", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("#!/bin/bash") == 4
+    assert "# ---- pretrain ----" in out
+
+
+def test_world_size_comes_from_launch(multi_node, tmp_path):
+    jobs = dict(slurm_jobs(multi_node, tmp_path, "python"))
+    assert (jobs["pretrain"].nodes, jobs["pretrain"].tasks_per_node) == (2, 8)
+    assert multi_node.launch.world_size == 16
