@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo test test-slow lint format install clean
+.PHONY: demo test test-slow lint format install clean slurm
 
 install: $(STAMP)
 
@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/maskmill run configs/quickstart_image.yaml
 
+# The tests submit to a real one-node Slurm; as root, start it first (idempotent, seconds).
 test: $(STAMP)
+	@if [ "$$(id -u)" -eq 0 ]; then cluster/local_slurm.sh; \
+	else echo "not root: the real-Slurm tests will be skipped" >&2; fi
 	$(BIN)/python -m pytest
+
+# Install (if missing) and start Debian's Slurm and munge on this machine: one node, for trying
+# `maskmill submit --slurm` and for the tests.
+slurm:
+	cluster/local_slurm.sh
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

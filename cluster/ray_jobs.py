@@ -31,6 +31,10 @@ WORKING_DIR_EXCLUDES = [
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+class RayJobError(RuntimeError):
+    """The job server could not be reached, refused the token, or rejected the job."""
+
+
 @dataclass(frozen=True)
 class RayJob:
     address: str
@@ -40,6 +44,9 @@ class RayJob:
 def _client(address: str):
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobSubmissionClient
+
+    # Ray lists every file its working_dir upload leaves out; that is noise here.
+    logging.getLogger("ray").setLevel(logging.WARNING)
 
     return JobSubmissionClient(address)
 
@@ -58,10 +65,20 @@ def submit(
         "excludes": excludes,
         "env_vars": env_vars,
     }
-    sid = _client(address).submit_job(
-        entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata
-    )
+    try:
+        sid = _client(address).submit_job(
+            entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata
+        )
+    except Exception as err:  # the SDK raises bare RuntimeError/ConnectionError for all of it
+        raise RayJobError(
+            f"cannot submit to the Ray job server at {address}: {_first(err)}"
+        ) from err
     return RayJob(address, sid)
+
+
+def _first(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def status(job: RayJob) -> tuple[str, str]:

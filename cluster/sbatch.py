@@ -26,7 +26,7 @@ from training.pretrain import PREEMPTED_EXIT
 
 KINDS = ("plain", "training", "ray")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.,:@%/+=-]+$")
-RAY_PORT_BASE = 30000  # Ray's ports are derived from the job id, so jobs on one node don't clash
+RAY_PORT_BASE = 40000  # + 4 x (job id mod 5000): Ray ports per job, below 60000, no clash on a node
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _ray_body(spec: JobSpec) -> list[str]:
         "head_node=${nodes[0]}",
         'head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address'
         " | awk '{print $1}')",
-        f"ray_port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 10000 * 4))",
+        f"ray_port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 5000 * 4))",
         'ray_address="$head_ip:$ray_port"',
         "export RAY_AUTH_MODE=token",
         f"RAY_AUTH_TOKEN=$({py} -c 'import secrets; print(secrets.token_hex(32))')",

@@ -19,6 +19,7 @@ import datetime
 import logging
 import sys
 
+from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.image_prep import ImagePrepConfig, prep_imagenet, summary_line
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except StagePreempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
-    except (StageFailed, RunLockedError, SlurmError) as err:
+    except (StageFailed, RunLockedError, SlurmError, RayJobError) as err:
         log.error("%s", err)
         return 1
 
@@ -245,7 +246,8 @@ def _submit(args) -> int:
         _, state = submit_ray(
             cfg, args.ray, python=args.python or "python", retries=args.retries, wait=args.wait
         )
-        return 0 if state in ("SUCCEEDED", "PENDING") else 1
+        following = args.wait or args.retries
+        return 0 if not following or state == "SUCCEEDED" else 1
     if args.dry_run:
         for name, text in render_slurm(cfg, args.python):
             sys.stdout.write(f"# ---- {name} ----\n{text}\n")

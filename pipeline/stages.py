@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,12 +95,31 @@ def _run_child(stage: str, cmd: list[str], cfg: RunConfig) -> None:
 
 
 def _prep_section(cfg: RunConfig):
-    return dataclasses.replace(cfg.prep, num_cpus=None, ray_address=None)
+    # Paths absolute: a Ray job reads the same folders by absolute path (its working directory
+    # is elsewhere), and must not look like a different stage to a later local run.
+    return dataclasses.replace(
+        cfg.prep,
+        num_cpus=None,
+        ray_address=None,
+        source=os.path.abspath(cfg.prep.source),
+        out=os.path.abspath(cfg.prep.out),
+    )
+
+
+def _demo_data_section(cfg: RunConfig):
+    return cfg.demo_data and dataclasses.replace(
+        cfg.demo_data, out=os.path.abspath(cfg.demo_data.out)
+    )
 
 
 def _pretrain_section(cfg: RunConfig):
-    quiet = dataclasses.replace(cfg.pretrain, log_every=1, checkpoint_every=1, keep_checkpoints=1)
-    return {"pretrain": quiet, "ranks": cfg.launch.world_size}
+    # The global batch decides the result, not how it is split: 2 nodes x 8 ranks x 64 and
+    # 4 x 8 x 32 are the same run, and a checkpoint of one resumes as the other.
+    p = cfg.pretrain
+    quiet = dataclasses.replace(
+        p, log_every=1, checkpoint_every=1, keep_checkpoints=1, batch_size=1, grad_accum=1
+    )
+    return {"pretrain": quiet, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
 
 
 def _digest(path: Path) -> str:
@@ -112,7 +132,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "demo_data",
         "generate the demo corpus (ImageNet layout)",
-        section=lambda cfg: cfg.demo_data,
+        section=_demo_data_section,
         inputs=lambda cfg: "",
         output=lambda cfg: Path(cfg.demo_data.out),
         execute=_demo_data,

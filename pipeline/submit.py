@@ -178,11 +178,14 @@ def frozen_for_ray(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, run_dir=absolute(cfg.run_dir), demo_data=demo, prep=prep)
 
 
+def ray_stages(cfg: RunConfig) -> list[str]:
+    return [s.name for s in STAGES if s.name in RAY_STAGES and s.enabled(cfg)]
+
+
 def ray_entrypoint(cfg: RunConfig, python: str = "python") -> str:
-    frozen = frozen_for_ray(cfg)
-    stages = [s.name for s in STAGES if s.name in RAY_STAGES and s.enabled(cfg)]
-    run_yaml = Path(frozen.run_dir) / SUBMIT_DIR / "ray-run.yaml"
-    return shlex.join([python, "-m", "pipeline.cli", "stage", str(run_yaml), ",".join(stages)])
+    run_yaml = Path(frozen_for_ray(cfg).run_dir) / SUBMIT_DIR / "ray-run.yaml"
+    stages = ",".join(ray_stages(cfg))
+    return shlex.join([python, "-m", "pipeline.cli", "stage", str(run_yaml), stages])
 
 
 def submit_ray(
@@ -200,7 +203,7 @@ def submit_ray(
     if run_dir.is_relative_to(root):
         excludes.append(f"/{run_dir.relative_to(root)}/")
     entrypoint = ray_entrypoint(cfg, python)
-    sub = Submission(kind="ray", stages=entrypoint.split()[-1].split(","), jobs=[], address=address)
+    sub = Submission(kind="ray", stages=ray_stages(cfg), jobs=[], address=address)
     state = "PENDING"
     for attempt in range(retries + 1):
         job = ray_jobs.submit(

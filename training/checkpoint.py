@@ -4,12 +4,20 @@ DeepSpeed writes its ``latest`` tag file last, but a checkpoint directory can st
 written when a job dies while another rank is saving. A checkpoint counts here only once every
 rank has returned from ``save_checkpoint`` and rank 0 has written ``<tag>/_COMPLETE``; resume
 takes the newest such tag.
+
+ZeRO partitions the optimizer state (and, at stage 3, the parameters) by data-parallel rank, so
+a checkpoint holds one shard per rank. Resuming with another world size (more or fewer nodes)
+goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
+``deepspeed.checkpoint.ds_to_universal``, into per-parameter files under ``universal/<tag>``,
+and the engine, built with ``checkpoint.load_universal``, loads and re-partitions them.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -17,6 +25,7 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 COMPLETE = "_COMPLETE"
+UNIVERSAL = "universal"  # world-size-free copies, made when a resume changes the world size
 
 
 def tag_for(step: int) -> str:
@@ -39,16 +48,58 @@ def save(engine, ckpt_dir: Path, step: int, keep: int, is_main: bool) -> str:
         (ckpt_dir / tag / COMPLETE).write_text(f"{step}\n")
         for old in complete_tags(ckpt_dir)[:-keep]:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+            shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)
     dist.barrier()
     return tag
 
 
-def resume(engine, ckpt_dir: Path) -> int:
-    """Load the newest complete checkpoint; returns the step to continue from (0 if none)."""
+def saved_world_size(ckpt_dir: Path, tag: str) -> int | None:
+    """Data-parallel ranks that wrote ``tag`` (one optimizer shard each); None without ZeRO."""
+    return len(list((ckpt_dir / tag).glob("*optim_states.pt"))) or None
+
+
+def needs_universal(ckpt_dir: Path, world_size: int) -> bool:
+    """True when the newest checkpoint was written by a different number of ranks."""
+    tags = complete_tags(ckpt_dir)
+    saved = saved_world_size(ckpt_dir, tags[-1]) if tags else None
+    return saved is not None and saved != world_size
+
+
+def make_universal(ckpt_dir: Path) -> Path:
+    """Convert the newest checkpoint to DeepSpeed's universal form (once; rank 0 only)."""
+    tag = complete_tags(ckpt_dir)[-1]
+    out = ckpt_dir / UNIVERSAL / tag
+    if (out / COMPLETE).exists():
+        return out
+    tmp = out.with_name(f"{tag}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "world size changed since %s (%s ranks): converting it to a universal checkpoint",
+        tag,
+        saved_world_size(ckpt_dir, tag),
+    )
+    subprocess.run(
+        [
+            sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder", str(ckpt_dir / tag), "--output_folder", str(tmp),
+            "--num_extract_workers", "1", "--num_merge_workers", "1",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    (tmp / COMPLETE).write_text((ckpt_dir / tag / COMPLETE).read_text())
+    tmp.rename(out)
+    return out
+
+
+def resume(engine, ckpt_dir: Path, universal: bool = False) -> int:
+    """Load the newest complete checkpoint (its universal copy when ``universal``); returns the
+    step to continue from (0 if none)."""
     tags = complete_tags(ckpt_dir)
     if not tags:
         return 0
-    _, client = engine.load_checkpoint(str(ckpt_dir), tag=tags[-1])
+    load_dir = ckpt_dir / UNIVERSAL if universal else ckpt_dir
+    _, client = engine.load_checkpoint(str(load_dir), tag=tags[-1])
     step = int(client["step"])
     log.info("resumed from %s (step %d)", ckpt_dir / tags[-1], step)
     return step

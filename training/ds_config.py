@@ -7,7 +7,9 @@ from typing import Any
 from training.config import PretrainConfig
 
 
-def deepspeed_config(cfg: PretrainConfig, world_size: int, on_cuda: bool) -> dict[str, Any]:
+def deepspeed_config(
+    cfg: PretrainConfig, world_size: int, on_cuda: bool, load_universal: bool = False
+) -> dict[str, Any]:
     """ZeRO stage, precision, batch geometry and clipping; ``cfg.deepspeed`` is merged on top.
 
     The optimizer and scheduler are ours (torch AdamW, warmup-cosine), handed to
@@ -29,6 +31,8 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, on_cuda: bool) -> dic
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if load_universal:  # resuming a checkpoint written by another world size
+        config["checkpoint"] = {"load_universal": True}
     return _merge(config, cfg.deepspeed)
 
 

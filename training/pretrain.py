@@ -106,8 +106,13 @@ def run(cfg: PretrainConfig) -> Path:
     records = read_manifest(cfg.train_shards)
     plan = make_plan(cfg, info.world_size, sum(r.samples for r in records))
     torch.manual_seed(cfg.seed)
-    engine = _build_engine(cfg, plan, info)
-    start = checkpoint.resume(engine, ckpt_dir)
+    universal = checkpoint.needs_universal(ckpt_dir, info.world_size)
+    if universal:
+        if info.is_main:
+            checkpoint.make_universal(ckpt_dir)
+        dist.barrier()
+    engine = _build_engine(cfg, plan, info, load_universal=universal)
+    start = checkpoint.resume(engine, ckpt_dir, universal=universal)
     if info.is_main:
         log.info(
             "pretrain: %d ranks, %d steps (from %d), effective batch %d, peak lr %.3g, mask ratio %.2f, %s",
@@ -143,7 +148,7 @@ def run(cfg: PretrainConfig) -> Path:
     return out / EXPORT_DIR
 
 
-def _build_engine(cfg: PretrainConfig, plan: Plan, info: DistInfo):
+def _build_engine(cfg: PretrainConfig, plan: Plan, info: DistInfo, load_universal: bool = False):
     import deepspeed
 
     model = MaskedAutoencoder(cfg.model)
@@ -164,7 +169,7 @@ def _build_engine(cfg: PretrainConfig, plan: Plan, info: DistInfo):
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, info.world_size, on_cuda),
+        config=deepspeed_config(cfg, info.world_size, on_cuda, load_universal),
     )
     return engine
 

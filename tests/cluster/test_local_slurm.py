@@ -172,3 +172,24 @@ def test_status_shows_the_jobs(preempted_run):
     for stage, job in zip(sub.stages, sub.jobs):
         assert re.search(rf"{stage}\s+job {job}\s+COMPLETED", out), out
     assert "pretrain   done" in out
+
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_image.yaml"
+
+
+@pytest.mark.slow
+def test_quickstart_submitted_to_slurm_runs_to_the_end(slurm_cluster, tmp_path):
+    """The shipped quickstart, as the README submits it (about 5 minutes: opt in with -m slow)."""
+    run_dir = tmp_path / "quickstart"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(QUICKSTART), f"run_dir={run_dir}",
+         "--slurm", "--wait"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (sub,) = read_submissions(load_run_config(QUICKSTART, [f"run_dir={run_dir}"]))
+    assert {s.state for s in job_states([int(j) for j in sub.jobs]).values()} == {"COMPLETED"}
+    probe = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["linear_probe"]
+    assert probe["pretrained"]["top1"] > probe["random_init"]["top1"], probe

@@ -163,3 +163,44 @@ def test_each_bad_value_names_its_key(tmp_path, prepared, override):
     )
     assert proc.returncode == 2
     assert override.split("=")[0] in proc.stderr
+
+
+def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_path, prepared):
+    """2 ranks train to step 4; 1 rank (same global batch) resumes and takes one more step with
+    a vanishing lr, so its export must equal the 2-rank run's step-4 weights, re-partitioned."""
+    out = tmp_path / "run"
+    first = _config(tmp_path, prepared, precision="fp32", batch_size=4)
+    proc = subprocess.run(_deepspeed(first), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trained = {k: v.clone() for k, v in load_mae(out / "export").state_dict().items()}
+
+    resumed = _config(
+        tmp_path, prepared, precision="fp32", batch_size=8, steps=5,
+        optim={"lr": 1e-30, "warmup_steps": 0, "min_lr": 0.0},
+    )  # fmt: skip
+    proc = subprocess.run(_deepspeed(resumed, ranks=1), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "converting it to a universal checkpoint" in log
+    assert "resumed from" in log and "(step 4)" in log
+    assert (out / "checkpoints" / "universal" / "step-00000004" / COMPLETE).exists()
+    assert len(list((out / "checkpoints" / "step-00000005").glob("*optim_states.pt"))) == 1
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
+    after = load_mae(out / "export").state_dict()
+    for name, value in trained.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
+    fresh = _fresh_init(resumed)
+    assert not torch.allclose(
+        fresh["encoder.patch_embed.weight"], trained["encoder.patch_embed.weight"]
+    )
+
+
+def _fresh_init(config_path):
+    """The weights a run would start from without a checkpoint (same seed, same init)."""
+    from training.config import PretrainConfig
+    from training.mae import MaskedAutoencoder
+    from training.typed_config import load_config
+
+    cfg = load_config(PretrainConfig, [config_path])
+    torch.manual_seed(cfg.seed)
+    return MaskedAutoencoder(cfg.model).state_dict()

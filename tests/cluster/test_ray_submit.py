@@ -1,0 +1,126 @@
+"""``maskmill submit --ray`` against a real Ray head on 127.0.0.1 with token authentication.
+
+The head is started here (``ray start --head --block``) with a token of its own; every command
+below goes through the real job server, with the token in the environment as a user would have it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep.shard_format import read_manifest
+from pipeline.schema import load_run_config
+from pipeline.submit import read_submissions
+from training.distributed import free_port
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with token auth and a job server; yields (address, env with the token)."""
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        # The job's entrypoint says `python`: the head's PATH must find this environment's.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    dashboard = free_port()
+    head = subprocess.Popen(
+        [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--num-cpus=2", "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_job_server(address, env)
+        yield address, env
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+
+
+def _wait_for_job_server(address: str, env: dict, timeout: float = 120) -> None:
+    probe = f"from ray.job_submission import JobSubmissionClient as C; C({address!r}).list_jobs()"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (
+            subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode
+            == 0
+        ):
+            return
+        time.sleep(1)
+    raise AssertionError(f"ray job server at {address} did not come up in {timeout}s")
+
+
+def write_run(tmp_path: Path, source: Path) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        f"name: ray_prep\nrun_dir: {tmp_path / 'run'}\n"
+        f"prep: {{source: {source}, shorter_side: 40, samples_per_shard: 20}}\n"
+        "pretrain: {steps: 10}\n"
+    )
+    return path
+
+
+def maskmill(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_prep_job_on_ray_matches_a_local_prep(ray_head, demo_corpus, prepared, tmp_path):
+    address, env = ray_head
+    path = write_run(tmp_path, demo_corpus)
+    done = maskmill("submit", str(path), "--ray", address, "--wait", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_shards = tmp_path / "run" / "shards"
+    for split in ("train", "val"):  # `prepared`: the same corpus and settings, run locally
+        assert read_manifest(run_shards / split) == read_manifest(prepared / split)
+
+    (sub,) = read_submissions(load_run_config(path))
+    assert sub.kind == "ray" and sub.stages == ["prep"] and len(sub.jobs) == 1
+    status = maskmill("status", str(path), env=env)
+    assert f"job {sub.jobs[0]}: SUCCEEDED" in status.stdout
+    assert f"ray job logs --address {address} {sub.jobs[0]}" in status.stdout
+    assert "prep       done" in status.stdout
+
+
+def test_a_wrong_token_is_refused_with_a_clear_error(ray_head, demo_corpus, tmp_path):
+    address, env = ray_head
+    path = write_run(tmp_path, demo_corpus)
+    refused = maskmill(
+        "submit", str(path), "--ray", address, env={**env, "RAY_AUTH_TOKEN": "not-the-token"}
+    )
+    assert refused.returncode == 1
+    assert f"cannot submit to the Ray job server at {address}" in refused.stderr
+    assert "token" in refused.stderr.lower()
+    assert not (tmp_path / "run" / "shards").exists()
+
+
+def test_a_failed_job_is_resubmitted_up_to_retries(ray_head, tmp_path):
+    address, env = ray_head
+    empty = tmp_path / "not_imagenet"
+    empty.mkdir()
+    path = write_run(tmp_path, empty)  # no train/ folder: the job fails on the cluster
+    failed = maskmill("submit", str(path), "--ray", address, "--retries", "1", env=env)
+    assert failed.returncode == 1
+    (sub,) = read_submissions(load_run_config(path))
+    assert len(sub.jobs) == 2 and len(set(sub.jobs)) == 2
+    status = maskmill("status", str(path), env=env)
+    assert "attempt 2" in status.stdout and f"job {sub.jobs[1]}: FAILED" in status.stdout
