@@ -10,17 +10,13 @@ METRICS = "metrics.jsonl"
 
 class MetricsLog:
     """Appends to ``metrics.jsonl``; on resume, drops lines past the resume step so the curve
-    has no repeated steps."""
+    has no repeated steps, and a line torn by a kill mid-write."""
 
     def __init__(self, out_dir: Path, resume_step: int):
         self.path = out_dir / METRICS
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            kept = [r for r in _records(self.path.read_text()) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
@@ -40,8 +36,15 @@ class MetricsLog:
 
 def read_metrics(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / METRICS
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line]
-        if path.exists()
-        else []
-    )
+    return _records(path.read_text()) if path.exists() else []
+
+
+def _records(text: str) -> list[dict]:
+    """The whole records of a metrics file; a torn line (a job killed mid-write) is dropped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

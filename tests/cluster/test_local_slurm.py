@@ -143,7 +143,8 @@ def test_every_job_of_the_chain_completes(preempted_run):
 def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run):
     _, sub, run_dir, _ = preempted_run
     assert logged_steps(run_dir) == list(range(1, STEPS + 1))
-    log = Path(sub.logs[sub.stages.index("pretrain")]).read_text()
+    # A rank killed mid-write can leave half a UTF-8 character of a progress bar behind.
+    log = Path(sub.logs[sub.stages.index("pretrain")]).read_text(errors="replace")
     saved = re.findall(r"preempted: checkpoint saved at step (\d+)", log)
     assert saved, log[-3000:]
     assert f"resumed from {run_dir}/pretrain/checkpoints/step-{int(saved[0]):08d}" in log
@@ -153,7 +154,7 @@ def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run
 
 def test_prep_ran_on_a_ray_cluster_inside_the_allocation(preempted_run):
     _, sub, run_dir, _ = preempted_run
-    log = Path(sub.logs[sub.stages.index("prep")]).read_text()
+    log = Path(sub.logs[sub.stages.index("prep")]).read_text(errors="replace")
     assert "ray cluster at" in log and "has 1 node(s)" in log
     manifest = run_dir / "shards" / "train" / "manifest.parquet"
     assert manifest.exists()
