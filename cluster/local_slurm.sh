@@ -96,6 +96,9 @@ ClusterName=$CLUSTER
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job may start again only after its old credential expires (default 120 s); a
+# short lifetime keeps the preemption tests quick on this one-node cluster.
+AuthInfo=cred_expire=15
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
