@@ -1,47 +1,32 @@
-"""How the cost of an MAE training step falls with the masking ratio.
+"""How the cost of an MAE training step falls with the masking ratio, next to its FLOP bound.
 
     python -m benchmarks.mask_ratio_step [--preset base] [--image-size 224] [--batch 8]
-        [--decoder-depth 8] [--precision bf16] [--repeats 5] [--ratios 0.0 0.75 0.9]
+        [--decoder-depth 8] [--precision bf16] [--rounds 4] [--ratios 0.0 0.75 0.9]
 
-Times a full step (forward, backward, AdamW) of maskmill's MAE in this process, ratios
-interleaved round by round so drift in the machine's speed hits all of them alike, and prints the
-median step time, images/s, the speedup over ratio 0.0 and the bound the FLOP count allows
-(the decoder still runs on every token). Writes JSON and a markdown table to --out.
+Times a full step (forward, backward, AdamW) of maskmill's MAE in this process, as its trainer
+runs it (bf16 parameters with fp32 master weights, or fp32), ratios interleaved round by round so
+drift in the machine's speed hits all of them alike. Prints the median step time, images/s, the
+speedup over the first ratio, the bound that the FLOP count of the same configuration allows
+(the decoder still runs on every token), the share of that bound reached, and MFU against the
+matrix-product peak measured in the same run. Writes JSON and a markdown table to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
+import sys
 
 import torch
 
+from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
+from benchmarks.pretrain_vs_hf import maskmill_step
 from training.config import ModelConfig
 from training.flops import mae_step_flops
-from training.mae import MaskedAutoencoder
-from training.masking import masks_for_batch
+
+PAPER = {0.75: "2.8x (8 blocks), 3.7x (1 block); MAE paper, ViT-L"}
 
 
-def time_steps(model, opt, images, ratio, steps, dtype) -> list[float]:
-    keys = [f"s{i}" for i in range(images.shape[0])]
-    times = []
-    for step in range(steps):
-        mask = masks_for_batch(0, step, keys, model.cfg.num_patches, ratio)
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss, _ = model(images, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,74 +36,64 @@ def main() -> None:
     parser.add_argument("--decoder-depth", type=int, default=8)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.75, 0.9])
-    parser.add_argument("--repeats", type=int, default=5, help="rounds over all ratios")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per ratio per round")
+    parser.add_argument("--rounds", type=int, default=4, help="timed steps per ratio")
     parser.add_argument("--out", default="results/mask_ratio_step")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = ModelConfig(
         preset=args.preset, image_size=args.image_size, decoder_depth=args.decoder_depth
     )
-    torch.manual_seed(0)
-    model = MaskedAutoencoder(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
-    for ratio in args.ratios:  # warm-up: allocator, kernels
-        time_steps(model, opt, images, ratio, 1, args.precision)
-    samples: dict[float, list[float]] = {r: [] for r in args.ratios}
-    for _ in range(args.repeats):
-        for ratio in args.ratios:
-            samples[ratio] += time_steps(model, opt, images, ratio, args.steps, args.precision)
+    bf16 = args.precision == "bf16"
+    runs = {r: maskmill_step(cfg, args.batch, r, bf16) for r in args.ratios}
+    times = interleaved({str(r): fn for r, fn in runs.items()}, args.rounds)
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
 
-    base = statistics.median(samples[args.ratios[0]])
-    base_flops = mae_step_flops(cfg, args.ratios[0], args.batch)
+    first = args.ratios[0]
+    base_t = median(times[str(first)])
+    base_flops = mae_step_flops(cfg, first, args.batch)
     rows = []
     for ratio in args.ratios:
-        t = statistics.median(samples[ratio])
+        t = median(times[str(ratio)])
         flops = mae_step_flops(cfg, ratio, args.batch)
+        speedup, bound = base_t / t, base_flops / flops
         rows.append(
             {
                 "ratio": ratio,
-                "step_s_median": t,
-                "step_s_min": min(samples[ratio]),
-                "step_s_max": max(samples[ratio]),
+                "step_s": t,
+                "step_s_all": times[str(ratio)],
                 "images_per_s": args.batch / t,
-                "speedup_vs_first": base / t,
-                "flop_bound_speedup": base_flops / flops,
-                "step_gflop": flops / 1e9,
-                "achieved_gflop_s": flops / t / 1e9,
+                "speedup": speedup,
+                "flop_bound": bound,
+                "of_bound": speedup / bound,
+                "mfu": flops / t / peak,
             }
         )
     r = cfg.resolved()
-    setup = {
-        "model": f"ViT-{args.preset} patch {r.patch_size} @ {args.image_size}, decoder {args.decoder_depth}x{r.decoder_embed_dim}",
-        "batch": args.batch,
-        "precision": args.precision,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "rounds": args.repeats,
-        "steps_per_round": args.steps,
-    }
+    m = machine()
+    model = (
+        f"ViT-{args.preset}/{r.patch_size} @ {args.image_size}, decoder "
+        f"{args.decoder_depth}x{r.decoder_embed_dim}"
+    )
     table = [
-        f"{setup['model']}, batch {args.batch}, {args.precision}, {setup['threads']} threads, median of {args.repeats * args.steps} steps",
+        f"{model}, batch {args.batch}, {args.precision}; {m['cpu']}, {m['threads']} threads; "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s; median of {args.rounds} steps",
         "",
-        "| mask ratio | step (s) median [min-max] | images/s | speedup vs 0.0 | FLOP bound | of bound |",
-        "|---|---|---|---|---|---|",
+        "| mask ratio | step (s) | images/s | speedup | FLOP bound | of bound | MFU |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         table.append(
-            f"| {row['ratio']:.2f} | {row['step_s_median']:.3f} [{row['step_s_min']:.3f}-{row['step_s_max']:.3f}] | "
-            f"{row['images_per_s']:.1f} | {row['speedup_vs_first']:.2f}x | {row['flop_bound_speedup']:.2f}x | "
-            f"{row['speedup_vs_first'] / row['flop_bound_speedup']:.0%} |"
+            f"| {row['ratio']:.2f} | {row['step_s']:.3f} | {row['images_per_s']:.2f} | "
+            f"{row['speedup']:.2f}x | {row['flop_bound']:.2f}x | {row['of_bound']:.0%} | "
+            f"{row['mfu']:.0%} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    payload = {"setup": {"model": model, "batch": args.batch, "precision": args.precision,
+                         "matmul_peak_gflop_s": peak / 1e9, "machine": m}, "rows": rows}  # fmt: skip
     tag = f"{args.preset}_{args.image_size}_d{args.decoder_depth}_{args.precision}"
-    (out / f"{tag}.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2))
-    (out / f"{tag}.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    write_results(args.out, tag, payload, table)
+    sys.stdout.write("\n".join(table) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,6 +41,13 @@ class ModelConfig:
     decoder_num_heads: int = 16
     norm_pix_loss: bool = True
     pool: str = "mean"  # features for probes: mean of patch tokens, or the cls token
+    # "self": MAE's decoder (self-attention over visible + mask tokens); "cross": CrossMAE's
+    # (mask tokens cross-attend to the visible ones only). Both predict masked patches only.
+    decoder_type: str = "self"
+    decoder_predict_fraction: float = (
+        1.0  # reconstruct this random share of masked patches (training)
+    )
+    attention: str = "auto"  # auto: fused SDPA on CUDA, matmul + fp32 softmax on CPU; sdpa; matmul
 
     def resolved(self) -> ModelConfig:
         """A copy with every preset-derived size filled in."""
@@ -67,6 +74,12 @@ class ModelConfig:
             yield ("image_size", f"a multiple of patch_size {r.patch_size}, got {self.image_size}")
         if r.embed_dim % r.num_heads:
             yield ("embed_dim", f"divisible by num_heads {r.num_heads}, got {r.embed_dim}")
+        if self.decoder_type not in ("self", "cross"):
+            yield ("decoder_type", f"'self' or 'cross', got {self.decoder_type!r}")
+        if not 0.0 < self.decoder_predict_fraction <= 1.0:
+            yield ("decoder_predict_fraction", f"in (0, 1], got {self.decoder_predict_fraction}")
+        if self.attention not in ("auto", "sdpa", "matmul"):
+            yield ("attention", f"'auto', 'sdpa' or 'matmul', got {self.attention!r}")
         if self.decoder_embed_dim % self.decoder_num_heads:
             yield ("decoder_embed_dim", f"divisible by decoder_num_heads {self.decoder_num_heads}")
         if self.decoder_depth < 1:

@@ -18,8 +18,27 @@ def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
     return linear + attention
 
 
+def cross_block_flops(queries: int, context: int, dim: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of a cross-attention block: ``queries`` tokens attend to ``context``."""
+    linear = 2 * queries * dim * dim * (1 + 1 + 2 * mlp_ratio) + 2 * context * dim * dim * 2
+    attention = 2 * 2 * queries * context * dim
+    return linear + attention
+
+
+def predicted_patches(cfg: ModelConfig, ratio: float, training: bool = True) -> int:
+    """How many masked patches the decoder reconstructs (see ``masking.masked_ids``)."""
+    n = cfg.num_patches
+    hidden = n - num_visible(n, ratio)
+    if hidden == 0:
+        return n  # nothing masked: every patch is a target
+    f = cfg.decoder_predict_fraction if training else 1.0
+    return hidden if f >= 1.0 else min(hidden, max(1, round(f * hidden)))
+
+
 def mae_forward_flops(cfg: ModelConfig, ratio: float, decoder: bool = True) -> float:
-    """Forward FLOPs of one sample: encoder on visible patches (+cls), decoder on all."""
+    """Forward FLOPs of one training sample: the encoder on the visible patches (+cls); the
+    decoder on those plus the mask tokens it reconstructs (MAE's self-attention decoder) or
+    with only the mask tokens as queries (cross-attention decoder)."""
     c = cfg.resolved()
     n = c.num_patches
     visible = num_visible(n, ratio) + 1
@@ -29,12 +48,15 @@ def mae_forward_flops(cfg: ModelConfig, ratio: float, decoder: bool = True) -> f
     )
     if not decoder:
         return encoder
-    decoding = (
-        2 * visible * c.embed_dim * c.decoder_embed_dim
-        + c.decoder_depth * block_flops(n + 1, c.decoder_embed_dim, c.mlp_ratio)
-        + 2 * n * c.decoder_embed_dim * patch_dim
-    )
-    return encoder + decoding
+    d = c.decoder_embed_dim
+    targets = predicted_patches(c, ratio)
+    if c.decoder_type == "cross":
+        blocks = c.decoder_depth * cross_block_flops(targets, visible, d, c.mlp_ratio)
+    elif visible - 1 == n:  # nothing masked: the visible tokens predict themselves
+        blocks = c.decoder_depth * block_flops(visible, d, c.mlp_ratio)
+    else:
+        blocks = c.decoder_depth * block_flops(visible + targets, d, c.mlp_ratio)
+    return encoder + 2 * visible * c.embed_dim * d + blocks + 2 * targets * d * patch_dim
 
 
 def mae_step_flops(cfg: ModelConfig, ratio: float, batch: int) -> float:

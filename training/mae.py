@@ -3,7 +3,16 @@
 Reads top to bottom: transformer block -> encoder -> decoder -> the autoencoder and its loss.
 Patches are embedded with a linear layer after patchifying (the same map as MAE's strided conv),
 so only visible patches are gathered and embedded: at 75-95% masking the encoder's cost falls with
-the ratio. Attention uses ``scaled_dot_product_attention`` (fused kernels where available).
+the ratio.
+
+The decoder reconstructs only masked patches, in either of two forms: MAE's (self-attention over
+visible and mask tokens) or CrossMAE's (mask tokens cross-attend to the visible tokens and not to
+each other). While training it may reconstruct a random fraction of the masked patches; at 75-95%
+masking the decoder is most of a step's cost, and these are its two levers.
+
+Attention: fused ``scaled_dot_product_attention`` on CUDA; on CPU two matrix products around a
+softmax, which measured 2-4x faster than the fused CPU kernels at ViT sizes, forward and backward
+(``python -m benchmarks.attention_kernels``).
 """
 
 from __future__ import annotations
@@ -15,38 +24,70 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import ModelConfig
-from training.masking import Mask
+from training.masking import Mask, masked_ids
 from training.patches import patchify, sincos_pos_embed_2d
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    """Multi-head self-attention, or cross-attention to ``context`` when built with ``cross``."""
+
+    def __init__(self, dim: int, heads: int, impl: str = "auto", cross: bool = False):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.impl = impl
+        if cross:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, dim * 2)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        h = self.heads
+        if context is None:
+            q, k, v = self.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        else:
+            q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
+            k, v = self.kv(context).reshape(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        out = attend(q, k, v, self.impl)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` over ``[B, H, N, d]`` heads (see the module docstring)."""
+    if impl == "sdpa" or (impl == "auto" and q.is_cuda):
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    # In the input's dtype: torch's CPU softmax takes its max and sum in fp32 even for bf16, and
+    # probabilities stored in bf16 are what fused kernels feed their second product too.
+    return scores.softmax(dim=-1) @ v
 
 
 class Block(nn.Module):
     """Pre-norm transformer block; ``drop_path`` is used when fine-tuning."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        drop_path: float = 0.0,
+        attention: str = "auto",
+        cross: bool = False,
+    ):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6) if cross else None
+        self.attn = Attention(dim, heads, attention, cross)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + _drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = None if self.norm_context is None else self.norm_context(context)
+        x = x + _drop_path(self.attn(self.norm1(x), ctx), self.drop_path, self.training)
         return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
@@ -73,7 +114,7 @@ class ViTEncoder(nn.Module):
         )
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r) for r in rates
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.attention) for r in rates
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
 
@@ -99,33 +140,47 @@ class ViTEncoder(nn.Module):
 
 
 class MAEDecoder(nn.Module):
-    """Light transformer that fills in mask tokens and predicts every patch's pixels."""
+    """Light transformer that predicts the pixels of the patches it is asked for."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg = cfg.resolved()
         grid = cfg.image_size // cfg.patch_size
         dim = cfg.decoder_embed_dim
+        self.cross = cfg.decoder_type == "cross"
         self.embed = nn.Linear(cfg.embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, grid)[None], persistent=False)
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
+            Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio, 0.0, cfg.attention, self.cross)
+            for _ in range(cfg.decoder_depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pred = nn.Linear(dim, cfg.patch_size**2 * 3)
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens ``[B, 1 + K, D]`` -> pixel predictions ``[B, N, p*p*3]``."""
+    def forward(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor
+    ) -> torch.Tensor:
+        """Encoder tokens ``[B, 1 + K, D]`` of patches ``ids_keep`` -> pixel predictions
+        ``[B, S, p*p*3]`` of patches ``ids_pred``. Attention ignores token order, so tokens are
+        placed by their position embeddings alone, with no un-shuffling."""
         x = self.embed(latent)
-        b, n = ids_restore.shape
-        cls, visible = x[:, :1], x[:, 1:]
-        mask_tokens = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
-        x = _gather_tokens(torch.cat([visible, mask_tokens], dim=1), ids_restore)
-        x = torch.cat([cls, x + self.pos_embed.to(x.dtype)], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return self.pred(self.norm(x))[:, 1:]
+        pos = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
+        visible = torch.cat([x[:, :1], x[:, 1:] + _gather_tokens(pos, ids_keep)], dim=1)
+        queries = self.mask_token.to(x.dtype) + _gather_tokens(pos, ids_pred)
+        if self.cross:
+            for block in self.blocks:
+                queries = block(queries, visible)
+        elif ids_keep.shape[1] == pos.shape[1]:  # nothing masked: each token predicts itself
+            for block in self.blocks:
+                visible = block(visible)
+            queries = visible[:, 1:]
+        else:
+            x = torch.cat([visible, queries], dim=1)
+            for block in self.blocks:
+                x = block(x)
+            queries = x[:, visible.shape[1] :]
+        return self.pred(self.norm(queries))
 
 
 class MaskedAutoencoder(nn.Module):
@@ -137,13 +192,21 @@ class MaskedAutoencoder(nn.Module):
         init_weights(self)
 
     def forward(self, images: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images ``[B, 3, H, W]`` -> (loss on masked patches, predictions)."""
+        """Normalised images ``[B, 3, H, W]`` -> (loss on the reconstructed masked patches,
+        predictions ``[B, N, p*p*3]``, zero where nothing was predicted)."""
         patches = patchify(images, self.cfg.patch_size)
         latent = self.encoder(patches, mask.ids_keep)
-        pred = self.decoder(latent, mask.ids_restore)
-        return reconstruction_loss(
-            pred.float(), patches.float(), mask.masked, self.cfg.norm_pix_loss
-        ), pred
+        fraction = self.cfg.decoder_predict_fraction if self.training else 1.0
+        ids_pred = masked_ids(mask, fraction)
+        pred = self.decoder(latent, mask.ids_keep, ids_pred)
+        target = _gather_tokens(patches, ids_pred)
+        every = torch.ones(pred.shape[:2], device=pred.device)
+        loss = reconstruction_loss(pred.float(), target.float(), every, self.cfg.norm_pix_loss)
+        with torch.no_grad():
+            full = pred.new_zeros(patches.shape).scatter_(
+                1, ids_pred.unsqueeze(-1).expand(-1, -1, pred.shape[-1]), pred
+            )
+        return loss, full
 
 
 def reconstruction_loss(

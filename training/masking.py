@@ -69,6 +69,20 @@ def random_mask(noise: torch.Tensor, ratio: float) -> Mask:
     return Mask(ids_shuffle[:, :keep].contiguous(), ids_restore, masked)
 
 
+def masked_ids(mask: Mask, fraction: float = 1.0) -> torch.Tensor:
+    """``[B, S]`` indices of masked patches to reconstruct: all of them, or the first
+    ``round(fraction * masked)`` in the mask's own random order (a random subset that a resumed
+    run draws again exactly). With nothing masked, every (visible) patch."""
+    n = mask.ids_restore.shape[1]
+    keep = mask.ids_keep.shape[1]
+    hidden = n - keep
+    if hidden == 0:  # nothing masked (ratio 0): every patch is a target, as in a plain autoencoder
+        return mask.ids_keep
+    take = hidden if fraction >= 1.0 else min(hidden, max(1, round(fraction * hidden)))
+    ids_shuffle = torch.argsort(mask.ids_restore, dim=1)
+    return ids_shuffle[:, keep : keep + take]
+
+
 def masks_for_batch(
     seed: int, step: int, keys: Sequence[str], num_patches: int, ratio: float
 ) -> Mask:

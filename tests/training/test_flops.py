@@ -1,7 +1,7 @@
 import pytest
 
 from training.config import ModelConfig
-from training.flops import block_flops, mae_forward_flops, mae_step_flops
+from training.flops import block_flops, mae_forward_flops, mae_step_flops, predicted_patches
 
 VIT_B = ModelConfig(preset="base", image_size=224)
 
@@ -34,3 +34,26 @@ def test_cheaper_decoder_raises_the_bound():
 
 def test_step_is_three_forwards_per_sample():
     assert mae_step_flops(VIT_B, 0.9, 4) == pytest.approx(12 * mae_forward_flops(VIT_B, 0.9))
+
+
+def test_decoder_options_cut_the_decoder_not_the_encoder():
+    std = mae_forward_flops(VIT_B, 0.75)
+    encoder = mae_forward_flops(VIT_B, 0.75, decoder=False)
+    for option in (
+        {"decoder_type": "cross"},
+        {"decoder_predict_fraction": 0.25},
+        {"decoder_type": "cross", "decoder_predict_fraction": 0.25},
+    ):
+        cheaper = mae_forward_flops(ModelConfig(preset="base", image_size=224, **option), 0.75)
+        assert encoder < cheaper < std, option
+    both = ModelConfig(
+        preset="base", image_size=224, decoder_type="cross", decoder_predict_fraction=0.25
+    )
+    assert mae_forward_flops(both, 0.75) - encoder < 0.3 * (std - encoder)
+
+
+def test_predicted_patches_follow_the_fraction_in_training_only():
+    cfg = ModelConfig(preset="base", image_size=224, decoder_predict_fraction=0.25)
+    assert predicted_patches(cfg, 0.75) == 37  # round(0.25 * 147)
+    assert predicted_patches(cfg, 0.75, training=False) == 147
+    assert predicted_patches(VIT_B, 0.0) == 196  # nothing masked: every patch

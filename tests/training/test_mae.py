@@ -1,8 +1,10 @@
+import dataclasses
+
 import torch
 
 from training.config import ModelConfig
-from training.mae import MaskedAutoencoder, reconstruction_loss
-from training.masking import masks_for_batch
+from training.mae import MaskedAutoencoder, attend, reconstruction_loss
+from training.masking import masked_ids, masks_for_batch
 
 CFG = ModelConfig(
     preset="nano",
@@ -68,3 +70,73 @@ def test_a_few_steps_reduce_the_loss():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.8 * first
+
+
+def test_matmul_attention_matches_fused_attention():
+    q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
+    torch.testing.assert_close(
+        attend(q, k, v, "matmul"), attend(q, k, v, "sdpa"), atol=1e-5, rtol=1e-5
+    )
+    bf = [t.bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(
+        attend(*bf, "matmul").float(), attend(q, k, v, "sdpa"), atol=3e-2, rtol=3e-2
+    )
+
+
+def test_bf16_loss_is_close_to_fp32_on_the_same_batch():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(CFG)
+    images = torch.randn(8, 3, 32, 32)
+    mask = masks_for_batch(0, 0, list("abcdefgh"), CFG.num_patches, 0.75)
+    fp32, _ = model(images, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, _ = model(images, mask)
+    bf16, _ = model.to(torch.bfloat16)(images.bfloat16(), mask)  # how DeepSpeed's bf16 runs it
+    assert abs(autocast.item() - fp32.item()) < 0.02 * fp32.item()
+    assert abs(bf16.item() - fp32.item()) < 0.02 * fp32.item()
+
+
+def test_decoder_reconstructs_a_fraction_of_masked_patches_while_training():
+    cfg = dataclasses.replace(CFG, decoder_predict_fraction=0.25)
+    model = MaskedAutoencoder(cfg)
+    mask = masks_for_batch(0, 0, ["a", "b"], 64, 0.75)  # 48 masked
+    seen = []
+    model.decoder.pred.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    _, pred = model(torch.randn(2, 3, 32, 32), mask)
+    model.eval()
+    _, pred_eval = model(torch.randn(2, 3, 32, 32), mask)
+    assert seen == [12, 48]
+    assert int((pred.abs().sum(-1) > 0).sum(1)[0]) == 12
+    assert ((pred_eval.abs().sum(-1) > 0).float() == mask.masked).all()  # eval: every masked patch
+
+
+def test_masked_ids_are_masked_distinct_and_reproducible():
+    mask = masks_for_batch(3, 7, ["a", "b"], 64, 0.75)
+    ids = masked_ids(mask, 0.5)
+    assert ids.shape == (2, 24)
+    for row in range(2):
+        assert set(ids[row].tolist()).isdisjoint(mask.ids_keep[row].tolist())
+        assert len(set(ids[row].tolist())) == 24
+        assert mask.masked[row, ids[row]].eq(1).all()
+    assert torch.equal(ids, masked_ids(masks_for_batch(3, 7, ["a", "b"], 64, 0.75), 0.5))
+    assert torch.equal(masked_ids(mask).sort(1).values, mask.masked.nonzero()[:, 1].view(2, 48))
+    nothing_masked = masks_for_batch(3, 7, ["a", "b"], 64, 0.0)
+    assert torch.equal(masked_ids(nothing_masked), nothing_masked.ids_keep)
+
+
+def test_cross_decoder_never_lets_mask_tokens_see_each_other():
+    cfg = dataclasses.replace(CFG, decoder_type="cross")
+    model = MaskedAutoencoder(cfg).eval()
+    mask = masks_for_batch(0, 0, ["a"], 64, 0.75)
+    latent = model.encoder(torch.randn(1, 64, 48), mask.ids_keep)
+    ids = masked_ids(mask)
+    together = model.decoder(latent, mask.ids_keep, ids)
+    alone = torch.cat(
+        [model.decoder(latent, mask.ids_keep, ids[:, i : i + 1]) for i in range(48)], 1
+    )
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    selfdec = MaskedAutoencoder(CFG).eval()
+    latent = selfdec.encoder(torch.randn(1, 64, 48), mask.ids_keep)
+    a = selfdec.decoder(latent, mask.ids_keep, ids)[:, :1]
+    b = selfdec.decoder(latent, mask.ids_keep, ids[:, :1])
+    assert not torch.allclose(a, b, atol=1e-4)  # MAE's decoder: mask tokens attend to each other

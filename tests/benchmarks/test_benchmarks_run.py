@@ -1,0 +1,48 @@
+"""The benchmarks run end to end on tiny settings and write what they promise (no timings are
+checked: benchmarks report, they never pass or fail on speed)."""
+
+import json
+
+import pytest
+
+from benchmarks import attention_kernels, mask_ratio_step, pretrain_vs_hf
+
+
+def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
+    args = ["--preset", "nano", "--image-size", "32", "--batch", "2", "--decoder-depth", "1",
+            "--rounds", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert mask_ratio_step.main(args) == 0
+    (result,) = tmp_path.glob("*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["ratio"] for r in rows] == [0.0, 0.75, 0.9]
+    assert rows[0]["flop_bound"] == 1.0 and rows[2]["flop_bound"] > rows[1]["flop_bound"] > 1.0
+    assert all(r["mfu"] > 0 for r in rows)
+
+
+def test_attention_kernels_writes_both_kernels(tmp_path):
+    assert attention_kernels.main(["--batch", "1", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "attention_kernels.json").read_text())["rows"]
+    assert {(r["dtype"], r["shape"].split(",")[0]) for r in rows} == {
+        ("bf16", "encoder"),
+        ("fp32", "encoder"),
+        ("bf16", "decoder"),
+        ("fp32", "decoder"),
+    }
+
+
+def test_pretrain_vs_hf_compares_both_kernels_of_hf(tmp_path):
+    pytest.importorskip("transformers", reason="the comparison needs the 'bench' extra")
+    args = ["--preset", "nano", "--image-size", "32", "--batch", "2", "--rounds", "1",
+            "--ratios", "0.75", "--out", str(tmp_path)]  # fmt: skip
+    assert pretrain_vs_hf.main(args) == 0
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]
+    names = {r["implementation"] for r in rows}
+    assert names == {
+        "maskmill",
+        "HF ViTMAEForPreTraining (sdpa)",
+        "HF ViTMAEForPreTraining (eager)",
+    }
+    hf_best = max(r["images_per_s"] for r in rows if r["implementation"].startswith("HF"))
+    assert max(r["vs_hf"] for r in rows if r["implementation"].startswith("HF")) == 1.0
+    ours = next(r for r in rows if r["implementation"] == "maskmill")
+    assert ours["vs_hf"] == pytest.approx(ours["images_per_s"] / hf_best)
