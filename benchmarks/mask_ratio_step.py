@@ -14,6 +14,7 @@ matrix-product peak measured in the same run. Writes JSON and a markdown table t
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         preset=args.preset, image_size=args.image_size, decoder_depth=args.decoder_depth
     )
     bf16 = args.precision == "bf16"
-    runs = {r: maskmill_step(cfg, args.batch, r, bf16) for r in args.ratios}
-    times = interleaved({str(r): fn for r, fn in runs.items()}, args.rounds)
+    step = maskmill_step(cfg, args.batch, None, bf16)  # one model for every ratio
+    times = interleaved({str(r): functools.partial(step, at=r) for r in args.ratios}, args.rounds)
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
 
     first = args.ratios[0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 
@@ -47,25 +48,33 @@ DECODERS = {
 
 class MasterWeights:
     """bf16 parameters, fp32 master copies in a fused AdamW: DeepSpeed's bf16 scheme, without
-    the engine, so both sides of the comparison are plain training loops."""
+    the engine, so both sides of the comparison are plain training loops. Like DeepSpeed, it
+    keeps its fp32 gradient buffers from step to step instead of allocating them anew."""
 
     def __init__(self, model: torch.nn.Module, lr: float):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        self.grads = [torch.zeros_like(m) for m in self.master]
         self.opt = torch.optim.AdamW(self.master, lr=lr, fused=True)
 
     def step(self, loss: torch.Tensor) -> None:
         for p in self.params:
             p.grad = None
         loss.backward()
-        for m, p in zip(self.master, self.params):
-            m.grad = None if p.grad is None else p.grad.float()  # unused: the mask token at 0
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        torch._foreach_copy_([self.grads[i] for i in live], [self.params[i].grad for i in live])
+        for i, m in enumerate(self.master):
+            m.grad = self.grads[i] if self.params[i].grad is not None else None  # mask token at 0
         self.opt.step()
         with torch.no_grad():
             torch._foreach_copy_(self.params, self.master)
 
 
-def maskmill_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool) -> Callable[[int], None]:
+def maskmill_step(
+    cfg: ModelConfig, batch: int, ratio: float | None, bf16: bool
+) -> Callable[..., None]:
+    """``step(i)`` at ``ratio``, or ``step(i, ratio)`` when ``ratio`` is None (one model, any
+    ratio: memory for one model, not one per ratio)."""
     torch.manual_seed(0)
     model = MaskedAutoencoder(cfg).train()
     images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
@@ -77,8 +86,8 @@ def maskmill_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool) -> Cal
     else:
         adamw = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
-    def step(i: int) -> None:
-        mask = masks_for_batch(0, i, keys, cfg.num_patches, ratio)
+    def step(i: int, at: float | None = ratio) -> None:
+        mask = masks_for_batch(0, i, keys, cfg.num_patches, at)
         loss, _ = model(images, mask)
         if bf16:
             opt.step(loss)
@@ -90,7 +99,8 @@ def maskmill_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool) -> Cal
     return step
 
 
-def hf_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool, attn: str):
+def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[[int, float], None]:
+    """``step(i, ratio)`` of HF's ViTMAEForPreTraining built from the same configuration."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     r = cfg.resolved()
@@ -105,7 +115,7 @@ def hf_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool, attn: str):
         decoder_num_hidden_layers=r.decoder_depth,
         decoder_num_attention_heads=r.decoder_num_heads,
         decoder_intermediate_size=int(r.decoder_embed_dim * r.mlp_ratio),
-        mask_ratio=ratio,
+        mask_ratio=0.75,
         norm_pix_loss=r.norm_pix_loss,
         layer_norm_eps=1e-6,
     )
@@ -114,7 +124,8 @@ def hf_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool, attn: str):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     images = torch.randn(batch, 3, r.image_size, r.image_size)
 
-    def step(i: int) -> None:
+    def step(i: int, ratio: float) -> None:
+        model.config.mask_ratio = ratio  # the embeddings read it at every call
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(pixel_values=images)
         if ratio > 0:
@@ -130,6 +141,10 @@ def hf_step(cfg: ModelConfig, batch: int, ratio: float, bf16: bool, attn: str):
         opt.step()
 
     return step
+
+
+def _hf_at(fn: Callable[[int, float], None], ratio: float, i: int) -> None:
+    fn(i, ratio)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,15 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = args.precision == "bf16"
     base = ModelConfig(preset=args.preset, image_size=args.image_size)
     names = [n for n in DECODERS if args.decoders or n == "maskmill"]
-    runs: dict[tuple[str, float], Callable[[int], None]] = {}
-    for ratio in args.ratios:
-        for attn in ("sdpa", "eager"):
-            runs[(f"HF ViTMAEForPreTraining ({attn})", ratio)] = hf_step(
-                base, args.batch, ratio, bf16, attn
-            )
-        for name in names:
-            cfg = dataclasses.replace(base, **DECODERS[name])
-            runs[(name, ratio)] = maskmill_step(cfg, args.batch, ratio, bf16)
+    steppers: dict[str, Callable[[int, float], None]] = {}
+    for attn in ("sdpa", "eager"):
+        steppers[f"HF ViTMAEForPreTraining ({attn})"] = hf_step(base, args.batch, bf16, attn)
+    for name in names:
+        cfg = dataclasses.replace(base, **DECODERS[name])
+        steppers[name] = maskmill_step(cfg, args.batch, None, bf16)
+    runs = {
+        (name, ratio): functools.partial(fn, at=ratio)
+        if name in DECODERS
+        else functools.partial(_hf_at, fn, ratio)
+        for ratio in args.ratios
+        for name, fn in steppers.items()
+    }
     times = interleaved({f"{n}@{r}": fn for (n, r), fn in runs.items()}, args.rounds)
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak(dtype)

@@ -47,7 +47,7 @@ class ModelConfig:
     decoder_predict_fraction: float = (
         1.0  # reconstruct this random share of masked patches (training)
     )
-    attention: str = "auto"  # auto: fused SDPA on CUDA, matmul + fp32 softmax on CPU; sdpa; matmul
+    attention: str = "auto"  # auto: matmul + softmax for bf16 on CPU, else fused SDPA; sdpa; matmul
 
     def resolved(self) -> ModelConfig:
         """A copy with every preset-derived size filled in."""

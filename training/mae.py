@@ -10,9 +10,9 @@ visible and mask tokens) or CrossMAE's (mask tokens cross-attend to the visible 
 each other). While training it may reconstruct a random fraction of the masked patches; at 75-95%
 masking the decoder is most of a step's cost, and these are its two levers.
 
-Attention: fused ``scaled_dot_product_attention`` on CUDA; on CPU two matrix products around a
-softmax, which measured 2-4x faster than the fused CPU kernels at ViT sizes, forward and backward
-(``python -m benchmarks.attention_kernels``).
+Attention: fused ``scaled_dot_product_attention`` on CUDA and in fp32; in bf16 on CPU two matrix
+products around a softmax, which measured 1.4-3.9x faster than the fused CPU kernel at ViT-B's
+sizes, forward and backward (in fp32 the fused kernel wins; ``python -m benchmarks.attention_kernels``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Attention(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """``softmax(q kᵀ / √d) v`` over ``[B, H, N, d]`` heads (see the module docstring)."""
-    if impl == "sdpa" or (impl == "auto" and q.is_cuda):
+    if impl == "sdpa" or (impl == "auto" and (q.is_cuda or q.dtype == torch.float32)):
         return F.scaled_dot_product_attention(q, k, v)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     # In the input's dtype: torch's CPU softmax takes its max and sum in fp32 even for bf16, and

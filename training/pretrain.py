@@ -157,7 +157,7 @@ def _build_engine(cfg: PretrainConfig, plan: Plan, info: DistInfo, load_universa
         encoder_param_groups(model, cfg.optim.weight_decay),
         lr=plan.peak_lr,
         betas=tuple(cfg.optim.betas),
-        fused=on_cuda,
+        fused=True,  # one kernel over each flat ZeRO partition, on CUDA and on CPU alike
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
