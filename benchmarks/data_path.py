@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|",
     ]
     for row in loaders:
-        for name, key in (("webdataset shards", "shards_samples_per_s"),
+        for name, key in (("maskmill shards", "shards_samples_per_s"),
                           ("one file per sample", "files_samples_per_s")):  # fmt: skip
             table.append(
                 f"| {name} | {row['workers']} | {row[key]:.0f} | {row[key] / consumed:.1f}x |"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,3 +114,47 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_BLOCK = 512
+_FILE_TYPES = (b"0", b"\0")
+
+
+def read_shard_samples(path: str | Path, members: tuple[str, ...] = ()) -> Iterator[dict]:
+    """The samples of one shard as webdataset shapes them (``__key__``, ``__url__`` and one
+    entry per member extension), read with a lean ustar parser.
+
+    For the shards our writer makes (plain ustar, one regular file per member, members of a
+    sample adjacent). Python's ``tarfile`` parses every header field, which cost a third of the
+    training loader's time; this reads the name, size and type and seeks past members not in
+    ``members`` (empty: keep all). Anything else in a header (pax, GNU long names, links) is an
+    error naming the shard: such tars are not ours; read them with ``webdataset`` directly.
+    """
+    url = str(path)
+    sample: dict | None = None
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(_BLOCK)
+            if len(header) < _BLOCK or not header.strip(b"\0"):
+                break
+            kind = header[156:157]
+            if kind not in _FILE_TYPES:
+                raise ValueError(f"{url}: tar member type {kind!r} is not a plain file")
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode()
+            if prefix:
+                name = f"{prefix}/{name}"
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            stem, _, ext = name.rpartition("/")[2].partition(".")
+            key = f"{name.rpartition('/')[0]}/{stem}".lstrip("/")
+            if sample is None or sample["__key__"] != key:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            if not members or ext in members:
+                sample[ext] = f.read(size)
+                f.seek((-size) % _BLOCK, 1)
+            else:
+                f.seek(size + (-size) % _BLOCK, 1)
+    if sample is not None:
+        yield sample
