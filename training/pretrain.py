@@ -266,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
+    finally:
+        # Shut the process group down before the interpreter does: left to exit-time destructors,
+        # its background threads sometimes abort the process ("terminate called without an
+        # active exception") after the work is done.
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
