@@ -24,8 +24,6 @@ from benchmarks.pretrain_vs_hf import maskmill_step
 from training.config import ModelConfig
 from training.flops import mae_step_flops
 
-PAPER = {0.75: "2.8x (8 blocks), 3.7x (1 block); MAE paper, ViT-L"}
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

@@ -99,8 +99,8 @@ def maskmill_step(
     return step
 
 
-def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[[int, float], None]:
-    """``step(i, ratio)`` of HF's ViTMAEForPreTraining built from the same configuration."""
+def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[..., None]:
+    """``step(i, at=ratio)`` of HF's ViTMAEForPreTraining built from the same configuration."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     r = cfg.resolved()
@@ -124,11 +124,11 @@ def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[[in
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     images = torch.randn(batch, 3, r.image_size, r.image_size)
 
-    def step(i: int, ratio: float) -> None:
-        model.config.mask_ratio = ratio  # the embeddings read it at every call
+    def step(i: int, at: float) -> None:
+        model.config.mask_ratio = at  # the embeddings read it at every call
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(pixel_values=images)
-        if ratio > 0:
+        if at > 0:
             loss = out.loss
         else:  # nothing masked: HF's loss divides by zero; take it over every patch instead
             target = patchify(images, r.patch_size)
@@ -141,10 +141,6 @@ def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[[in
         opt.step()
 
     return step
-
-
-def _hf_at(fn: Callable[[int, float], None], ratio: float, i: int) -> None:
-    fn(i, ratio)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = args.precision == "bf16"
     base = ModelConfig(preset=args.preset, image_size=args.image_size)
     names = [n for n in DECODERS if args.decoders or n == "maskmill"]
-    steppers: dict[str, Callable[[int, float], None]] = {}
+    steppers: dict[str, Callable[..., None]] = {}  # each takes (step, at=ratio)
     for attn in ("sdpa", "eager"):
         steppers[f"HF ViTMAEForPreTraining ({attn})"] = hf_step(base, args.batch, bf16, attn)
     for name in names:
@@ -179,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         steppers[name] = maskmill_step(cfg, args.batch, None, bf16)
     runs = {
         (name, ratio): functools.partial(fn, at=ratio)
-        if name in DECODERS
-        else functools.partial(_hf_at, fn, ratio)
         for ratio in args.ratios
         for name, fn in steppers.items()
     }

@@ -87,10 +87,6 @@ def status(job: RayJob) -> tuple[str, str]:
     return str(info.status.value), info.message or ""
 
 
-def logs(job: RayJob) -> str:
-    return _client(job.address).get_job_logs(job.submission_id)
-
-
 def wait(job: RayJob, poll_seconds: float = 2.0) -> str:
     """Block until the job ends; returns its final state. Logs each change of state."""
     last = None

@@ -125,13 +125,13 @@ def submit_slurm(cfg: RunConfig, python: str | None = None) -> Submission:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(to_yaml(frozen_for_slurm(cfg)))
     (Path(cfg.run_dir) / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
-    scripts = []
+    names, scripts = [], []
     for i, (name, text) in enumerate(render_slurm(cfg, python)):
         path = out / f"{i:02d}-{name}.sbatch"
         path.write_text(text)
+        names.append(name)
         scripts.append(path)
     ids = slurm.submit_chain(scripts)
-    names = [p.stem.split("-", 1)[1] for p in scripts]
     sub = Submission(
         kind="slurm",
         stages=names,
