@@ -30,6 +30,14 @@ VARIANTS = {
         "cross-attention decoder, 1/4 of masked patches",
         ["pretrain.model.decoder_type=cross", "pretrain.model.decoder_predict_fraction=0.25"],
     ),
+    "self_f0125": (
+        "MAE decoder, 1/8 of masked patches",
+        ["pretrain.model.decoder_predict_fraction=0.125"],
+    ),
+    "cross_f0125": (
+        "cross-attention decoder, 1/8 of masked patches",
+        ["pretrain.model.decoder_type=cross", "pretrain.model.decoder_predict_fraction=0.125"],
+    ),
 }
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     payload = {"setup": {"model": model, "batch": args.batch, "precision": args.precision,
                          "matmul_peak_gflop_s": peak / 1e9, "machine": m}, "rows": rows}  # fmt: skip
-    tag = f"{args.preset}_{args.image_size}_d{args.decoder_depth}_{args.precision}"
+    tag = f"{args.preset}_{args.image_size}_b{args.batch}_d{args.decoder_depth}_{args.precision}"
     write_results(args.out, tag, payload, table)
     sys.stdout.write("\n".join(table) + "\n")
     return 0

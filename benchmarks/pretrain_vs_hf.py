@@ -43,6 +43,8 @@ DECODERS = {
     "maskmill cross-attn decoder": {"decoder_type": "cross"},
     "maskmill 1/4 of masked": {"decoder_predict_fraction": 0.25},
     "maskmill cross-attn + 1/4": {"decoder_type": "cross", "decoder_predict_fraction": 0.25},
+    "maskmill 1/8 of masked": {"decoder_predict_fraction": 0.125},
+    "maskmill cross-attn + 1/8": {"decoder_type": "cross", "decoder_predict_fraction": 0.125},
 }
 
 

@@ -22,6 +22,7 @@ from data_prep.image_prep import prep_imagenet, summary_line
 from data_prep.shard_format import MANIFEST, file_sha256
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
+from training.distributed import free_port, remove_shm_segments
 from training.evaluate import METRICS as EVAL_METRICS
 from training.export import MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
@@ -63,13 +64,19 @@ def _pretrain(cfg: RunConfig) -> None:
     config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
     config_path.write_text(to_yaml(cfg.pretrain))
     args = [str(config_path)]
+    port = None
     if cfg.launch.launcher == "deepspeed":
-        cmd = deepspeed_command("training.pretrain", args, cfg.launch.ranks, cfg.launch.master_port)
+        port = cfg.launch.master_port or free_port()
+        cmd = deepspeed_command("training.pretrain", args, cfg.launch.ranks, port)
     elif cfg.launch.launcher == "srun":
+        port = os.environ.get("MASTER_PORT")  # set by the sbatch script; cleans this node only
         cmd = srun_command("training.pretrain", args)
     else:
         cmd = python_command("training.pretrain", args)
-    _run_child("pretrain", cmd, cfg)
+    try:
+        _run_child("pretrain", cmd, cfg)
+    finally:  # the ranks unlink their own; this catches those of ranks that were killed
+        remove_shm_segments(port)
 
 
 def _evaluate(cfg: RunConfig) -> None:

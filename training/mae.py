@@ -200,8 +200,7 @@ class MaskedAutoencoder(nn.Module):
         ids_pred = masked_ids(mask, fraction)
         pred = self.decoder(latent, mask.ids_keep, ids_pred)
         target = _gather_tokens(patches, ids_pred)
-        every = torch.ones(pred.shape[:2], device=pred.device)
-        loss = reconstruction_loss(pred.float(), target.float(), every, self.cfg.norm_pix_loss)
+        loss = reconstruction_loss(pred, target, self.cfg.norm_pix_loss)
         with torch.no_grad():
             full = pred.new_zeros(patches.shape).scatter_(
                 1, ids_pred.unsqueeze(-1).expand(-1, -1, pred.shape[-1]), pred
@@ -209,16 +208,22 @@ class MaskedAutoencoder(nn.Module):
         return loss, full
 
 
-def reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, norm_pix: bool
-) -> torch.Tensor:
-    """Mean squared error over masked patches; targets normalised per patch when ``norm_pix``."""
-    if norm_pix:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6) ** 0.5
-    per_patch = (pred - target).pow(2).mean(dim=-1)
-    return (per_patch * masked).sum() / masked.sum().clamp(min=1)
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """Mean squared error, in fp32, between predicted and target patches ``[B, S, P]``; targets
+    normalised per patch when ``norm_pix``. Every patch given counts: the decoder predicts only
+    the (masked) patches the loss covers."""
+    with torch.no_grad():
+        target = norm_pix_target(target.float()) if norm_pix else target.float()
+    return F.mse_loss(pred.float(), target)
+
+
+def norm_pix_target(target: torch.Tensor) -> torch.Tensor:
+    """MAE's per-patch target ``(t - mean) / sqrt(var + 1e-6)`` with the unbiased variance, as one
+    fused layer norm: with ``P`` values per patch, ``var = var_biased * P / (P - 1)``, so the same
+    value is ``layer_norm(t, eps=1e-6 * (P - 1) / P) * sqrt((P - 1) / P)``."""
+    p = target.shape[-1]
+    shrink = (p - 1) / p
+    return F.layer_norm(target, (p,), eps=1e-6 * shrink) * shrink**0.5
 
 
 def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

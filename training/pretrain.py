@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from data_prep.shard_format import read_manifest
 from training import checkpoint
 from training.config import PretrainConfig
-from training.distributed import DistInfo, init_distributed
+from training.distributed import DistInfo, init_distributed, remove_shm_segments
 from training.ds_config import deepspeed_config
 from training.entry import config_from_argv
 from training.export import export_from_checkpoint
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         # active exception") after the work is done.
         if dist.is_initialized():
             dist.destroy_process_group()
+        remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))
     return 0
 
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from training.checkpoint import COMPLETE
+from training.distributed import remove_shm_segments, shm_segments
 from training.export import load_encoder, load_mae
 from training.metrics import read_metrics
 
@@ -41,7 +42,7 @@ def _config(tmp_path, prepared, **extra):
     return path
 
 
-def _deepspeed(config, *overrides, ranks=2):
+def _deepspeed(config, *overrides, ranks=2, port=None):
     return [
         sys.executable,
         "-m",
@@ -49,7 +50,7 @@ def _deepspeed(config, *overrides, ranks=2):
         "--num_gpus",
         str(ranks),
         "--master_port",
-        str(_port()),
+        str(port or _port()),
         "--module",
         "training.pretrain",
         str(config),
@@ -65,8 +66,12 @@ def _port():
 
 def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
     config = _config(tmp_path, prepared, precision="bf16", grad_accum=2)
-    proc = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=300)
+    port = _port()
+    proc = subprocess.run(
+        _deepspeed(config, port=port), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert shm_segments(port) == []  # each rank unlinked its DeepSpeed /dev/shm segment
     out = tmp_path / "run"
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert (out / "checkpoints" / "step-00000004" / COMPLETE).exists()
@@ -87,8 +92,9 @@ def test_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tmp
     steps = 120
     config = _config(tmp_path, prepared, steps=steps, precision="fp32")
     ckpt = tmp_path / "run" / "checkpoints"
+    port = _port()
     proc = subprocess.Popen(
-        _deepspeed(config),
+        _deepspeed(config, port=port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -100,6 +106,10 @@ def test_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tmp
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole launcher + ranks, as a node failure would
     proc.wait()
+    # Killed ranks cannot unlink their DeepSpeed /dev/shm segments (RAM); the pipeline's
+    # launcher wrapper removes them by port, as here.
+    assert len(shm_segments(port)) == 2
+    assert remove_shm_segments(port) == 2 and shm_segments(port) == []
     finished = sorted(p.parent.name for p in ckpt.glob(f"step-*/{COMPLETE}"))
     assert finished, "no checkpoint was completed before the kill"
     resumed_from = int(finished[-1].split("-")[1])
