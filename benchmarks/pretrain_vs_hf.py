@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['images_per_s']:.2f} | {row['vs_hf']:.2f}x | {row['mfu']:.0%} |"
         )
     tag = f"{args.preset}_{args.image_size}_b{args.batch}_{args.precision}"
+    tag += "_decoders" if args.decoders else ""
     write_results(args.out, tag, {"setup": setup, "rows": rows}, table)
     sys.stdout.write("\n".join(table) + "\n")
     return 0
