@@ -3,6 +3,7 @@ writing results. Benchmarks report; nothing here passes or fails."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -29,6 +30,20 @@ def interleaved(
                 fn(1 + r * steps + s)
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def step_parser(doc: str | None) -> argparse.ArgumentParser:
+    """Command-line options of the benchmarks that time MAE training steps: the model preset,
+    image size, batch, precision and mask ratios."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.75, 0.9])
+    return parser
 
 
 def median(xs: list[float]) -> float:

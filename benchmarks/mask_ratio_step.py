@@ -13,28 +13,27 @@ matrix-product peak measured in the same run. Writes JSON and a markdown table t
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 
 import torch
 
-from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
+from benchmarks.common import (
+    interleaved,
+    machine,
+    matmul_peak,
+    median,
+    step_parser,
+    write_results,
+)
 from benchmarks.pretrain_vs_hf import maskmill_step
 from training.config import ModelConfig
 from training.flops import mae_step_flops
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="base")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
+    parser = step_parser(__doc__)
     parser.add_argument("--decoder-depth", type=int, default=8)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.75, 0.9])
     parser.add_argument("--rounds", type=int, default=4, help="timed steps per ratio")
     parser.add_argument("--out", default="results/mask_ratio_step")
     args = parser.parse_args(argv)

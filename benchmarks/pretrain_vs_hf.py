@@ -23,7 +23,6 @@ masked patches and predicts the visible ones, which that count leaves out.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
@@ -31,7 +30,14 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
+from benchmarks.common import (
+    interleaved,
+    machine,
+    matmul_peak,
+    median,
+    step_parser,
+    write_results,
+)
 from training.config import ModelConfig
 from training.flops import mae_step_flops
 from training.mae import MaskedAutoencoder
@@ -146,14 +152,7 @@ def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[...
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="base")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.75, 0.9])
+    parser = step_parser(__doc__)
     parser.add_argument(
         "--rounds", type=int, default=3, help="timed steps per implementation and ratio"
     )
