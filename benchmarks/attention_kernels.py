@@ -15,7 +15,7 @@ import sys
 import torch
 
 from benchmarks.common import interleaved, machine, median, write_results
-from training.mae import attend
+from training.transformer import attend
 
 SHAPES = {"encoder, 50 tokens, 12x64": (12, 50, 64), "decoder, 197 tokens, 16x32": (16, 197, 32)}
 

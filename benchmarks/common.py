@@ -34,12 +34,13 @@ def interleaved(
 
 def step_parser(doc: str | None) -> argparse.ArgumentParser:
     """Command-line options of the benchmarks that time MAE training steps: the model preset,
-    image size, batch, precision and mask ratios."""
+    image and patch size, batch, precision and mask ratios."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="base")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--patch-size", type=int, default=16, help="16; ViT-H in MAE uses 14")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.75, 0.9])

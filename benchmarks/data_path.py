@@ -34,10 +34,13 @@ from PIL import Image
 from benchmarks.common import machine, write_results
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.image_encode import _target_size
-from data_prep.image_prep import ImagePrepConfig, prep_imagenet
+from data_prep.imagenet import ImagePrepConfig, prep_imagenet
 from data_prep.shard_format import read_stats, shard_urls
 from training.config import LoaderConfig, ModelConfig
-from training.loader import _collate, random_resized_crop_box, train_loader, train_spec_for
+from training.loader import _collate, train_loader, train_spec_for
+from training.modalities import Example
+from training.modalities.image import ImageInputConfig
+from training.modalities.image_ops import random_resized_crop_box
 
 
 def pillow_loop(files: list[Path], shorter: int, quality: int, draft: bool) -> float:
@@ -82,7 +85,7 @@ class FilePerSample(torch.utils.data.Dataset):
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        return t.view(self.size, self.size, 3).permute(2, 0, 1), 0, self.files[i].stem
+        return Example(t.view(self.size, self.size, 3).permute(2, 0, 1), 0, self.files[i].stem)
 
 
 def unpack_shards(split_dir: Path, out: Path) -> list[Path]:
@@ -108,14 +111,12 @@ def batches_per_s(iterator, batches: int) -> float:
 
 def loader_rates(split: Path, tmp: Path, workers: int, batch: int, batches: int) -> dict:
     loader_cfg = LoaderConfig(workers=workers, shuffle_buffer=256, prefetch_factor=4)
-    spec = train_spec_for(
-        str(split), image_size=64, batch_size=batch, rank=0, world_size=1, seed=0,
-        skip_batches=0, loader=loader_cfg,
-    )  # fmt: skip
+    seen = ImageInputConfig(image_size=64, patch_size=8)
+    spec = train_spec_for(str(split), "image", seen, loader_cfg, batch_size=batch, seed=0)
     shards = batches_per_s(train_loader(spec), batches) * batch
     files = unpack_shards(split, tmp / f"files-{workers}")
     dl = torch.utils.data.DataLoader(
-        FilePerSample(files, 64, loader_cfg.crop_scale), batch_size=batch, shuffle=True,
+        FilePerSample(files, 64, seen.crop_scale), batch_size=batch, shuffle=True,
         num_workers=workers, collate_fn=_collate, prefetch_factor=4, persistent_workers=True,
         drop_last=True,
     )  # fmt: skip
@@ -132,11 +133,8 @@ def training_consumption(batch: int, steps: int) -> float:
     """Images/s of the quickstart model's training step (bf16 parameters, fp32 master)."""
     from benchmarks.pretrain_vs_hf import maskmill_step
 
-    cfg = ModelConfig(
-        preset="nano", image_size=64, patch_size=8, decoder_embed_dim=96, decoder_depth=2,
-        decoder_num_heads=3,
-    )  # fmt: skip
-    step = maskmill_step(cfg, batch, 0.75, bf16=True)
+    cfg = ModelConfig(preset="nano", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+    step = maskmill_step(cfg, ImageInputConfig(64, 8), batch, 0.75, bf16=True)
     step(0)
     start = time.perf_counter()
     for i in range(steps):

@@ -63,7 +63,7 @@ def run_variant(root: Path, name: str, overrides: list[str]) -> dict:
         "random_init_top1": {
             k: metrics[k]["random_init"]["top1"] for k in ("linear_probe", "knn", "finetune")
         },
-        "images_per_s": statistics.median(r["images_per_s"] for r in log[3:]),
+        "images_per_s": statistics.median(r["samples_per_s"] for r in log[3:]),
         "pretrain_s": state["finished"] - state["started"],
         "final_loss": log[-1]["loss"],
     }

@@ -29,6 +29,7 @@ from benchmarks.common import (
 from benchmarks.pretrain_vs_hf import maskmill_step
 from training.config import ModelConfig
 from training.flops import mae_step_flops
+from training.modalities.image import ImageInputConfig, geometry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,21 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/mask_ratio_step")
     args = parser.parse_args(argv)
 
-    cfg = ModelConfig(
-        preset=args.preset, image_size=args.image_size, decoder_depth=args.decoder_depth
-    )
+    cfg = ModelConfig(preset=args.preset, decoder_depth=args.decoder_depth)
+    seen = ImageInputConfig(image_size=args.image_size, patch_size=args.patch_size)
+    g = geometry(seen)
     bf16 = args.precision == "bf16"
-    step = maskmill_step(cfg, args.batch, None, bf16)  # one model for every ratio
+    step = maskmill_step(cfg, seen, args.batch, None, bf16)  # one model for every ratio
     times = interleaved({str(r): functools.partial(step, at=r) for r in args.ratios}, args.rounds)
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
 
     first = args.ratios[0]
     base_t = median(times[str(first)])
-    base_flops = mae_step_flops(cfg, first, args.batch)
+    base_flops = mae_step_flops(cfg, g, first, args.batch)
     rows = []
     for ratio in args.ratios:
         t = median(times[str(ratio)])
-        flops = mae_step_flops(cfg, ratio, args.batch)
+        flops = mae_step_flops(cfg, g, ratio, args.batch)
         speedup, bound = base_t / t, base_flops / flops
         rows.append(
             {
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     r = cfg.resolved()
     m = machine()
     model = (
-        f"ViT-{args.preset}/{r.patch_size} @ {args.image_size}, decoder "
+        f"ViT-{args.preset}/{args.patch_size} @ {args.image_size}, decoder "
         f"{args.decoder_depth}x{r.decoder_embed_dim}"
     )
     table = [

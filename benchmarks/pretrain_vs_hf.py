@@ -42,7 +42,8 @@ from training.config import ModelConfig
 from training.flops import mae_step_flops
 from training.mae import MaskedAutoencoder
 from training.masking import masks_for_batch
-from training.patches import patchify
+from training.modalities.image import ImageInputConfig, geometry
+from training.modalities.image_patches import patchify
 
 DECODERS = {
     "maskmill": {},
@@ -79,13 +80,15 @@ class MasterWeights:
 
 
 def maskmill_step(
-    cfg: ModelConfig, batch: int, ratio: float | None, bf16: bool
+    cfg: ModelConfig, seen: ImageInputConfig, batch: int, ratio: float | None, bf16: bool
 ) -> Callable[..., None]:
     """``step(i)`` at ``ratio``, or ``step(i, ratio)`` when ``ratio`` is None (one model, any
-    ratio: memory for one model, not one per ratio)."""
+    ratio: memory for one model, not one per ratio). Images are patchified in the step, as the
+    trainer's tokenize does."""
     torch.manual_seed(0)
-    model = MaskedAutoencoder(cfg).train()
-    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
+    g = geometry(seen)
+    model = MaskedAutoencoder(cfg, g).train()
+    images = torch.randn(batch, 3, seen.image_size, seen.image_size)
     keys = [f"img{i}" for i in range(batch)]
     if bf16:
         model = model.to(torch.bfloat16)
@@ -95,8 +98,8 @@ def maskmill_step(
         adamw = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step(i: int, at: float | None = ratio) -> None:
-        mask = masks_for_batch(0, i, keys, cfg.num_patches, at)
-        loss, _ = model(images, mask)
+        mask = masks_for_batch(0, i, keys, g.num_tokens, at)
+        loss, _ = model(patchify(images, seen.patch_size), mask)
         if bf16:
             opt.step(loss)
         else:
@@ -107,14 +110,16 @@ def maskmill_step(
     return step
 
 
-def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[..., None]:
+def hf_step(
+    cfg: ModelConfig, seen: ImageInputConfig, batch: int, bf16: bool, attn: str
+) -> Callable[..., None]:
     """``step(i, at=ratio)`` of HF's ViTMAEForPreTraining built from the same configuration."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     r = cfg.resolved()
     hf_cfg = ViTMAEConfig(
-        image_size=r.image_size,
-        patch_size=r.patch_size,
+        image_size=seen.image_size,
+        patch_size=seen.patch_size,
         hidden_size=r.embed_dim,
         num_hidden_layers=r.depth,
         num_attention_heads=r.num_heads,
@@ -130,7 +135,7 @@ def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[...
     torch.manual_seed(0)
     model = ViTMAEForPreTraining._from_config(hf_cfg, attn_implementation=attn).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    images = torch.randn(batch, 3, r.image_size, r.image_size)
+    images = torch.randn(batch, 3, seen.image_size, seen.image_size)
 
     def step(i: int, at: float) -> None:
         model.config.mask_ratio = at  # the embeddings read it at every call
@@ -139,7 +144,7 @@ def hf_step(cfg: ModelConfig, batch: int, bf16: bool, attn: str) -> Callable[...
         if at > 0:
             loss = out.loss
         else:  # nothing masked: HF's loss divides by zero; take it over every patch instead
-            target = patchify(images, r.patch_size)
+            target = patchify(images, seen.patch_size)
             target = (target - target.mean(-1, keepdim=True)) / (
                 target.var(-1, keepdim=True) + 1e-6
             ) ** 0.5
@@ -166,14 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     bf16 = args.precision == "bf16"
-    base = ModelConfig(preset=args.preset, image_size=args.image_size)
+    base = ModelConfig(preset=args.preset)
+    seen = ImageInputConfig(image_size=args.image_size, patch_size=args.patch_size)
     names = [n for n in DECODERS if args.decoders or n == "maskmill"]
     steppers: dict[str, Callable[..., None]] = {}  # each takes (step, at=ratio)
     for attn in ("sdpa", "eager"):
-        steppers[f"HF ViTMAEForPreTraining ({attn})"] = hf_step(base, args.batch, bf16, attn)
+        steppers[f"HF ViTMAEForPreTraining ({attn})"] = hf_step(base, seen, args.batch, bf16, attn)
     for name in names:
         cfg = dataclasses.replace(base, **DECODERS[name])
-        steppers[name] = maskmill_step(cfg, args.batch, None, bf16)
+        steppers[name] = maskmill_step(cfg, seen, args.batch, None, bf16)
     runs = {
         (name, ratio): functools.partial(fn, at=ratio)
         for ratio in args.ratios
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for (name, ratio), _ in runs.items():
         t = median(times[f"{name}@{ratio}"])
         cfg = dataclasses.replace(base, **DECODERS.get(name, {}))
-        flops = mae_step_flops(cfg, ratio, args.batch)
+        flops = mae_step_flops(cfg, geometry(seen), ratio, args.batch)
         rows.append(
             {
                 "implementation": name,
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         row["vs_hf"] = row["images_per_s"] / hf_best
 
     setup = {
-        "model": f"ViT-{args.preset}/{base.resolved().patch_size} @ {args.image_size}, decoder "
+        "model": f"ViT-{args.preset}/{args.patch_size} @ {args.image_size}, decoder "
         f"{base.decoder_depth}x{base.decoder_embed_dim}, norm-pix loss, AdamW (fused)",
         "batch": args.batch,
         "precision": args.precision,

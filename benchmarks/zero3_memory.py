@@ -46,17 +46,20 @@ def worker(preset: str, out: str) -> None:
     from training.config import ModelConfig, PretrainConfig
     from training.distributed import init_distributed
     from training.masking import masks_for_batch
+    from training.modalities.image import ImageInputConfig, geometry
+    from training.modalities.image_patches import patchify
     from training.pretrain import _build_engine, make_plan
 
     info = init_distributed("cpu")
     cfg = PretrainConfig(
-        train_shards="-", out_dir="-", model=ModelConfig(preset=preset), batch_size=2, steps=1,
-        precision="bf16", zero_stage=3,
+        train_shards="-", out_dir="-", input=ImageInputConfig(224, 16),
+        model=ModelConfig(preset=preset), batch_size=2, steps=1, precision="bf16", zero_stage=3,
     )  # fmt: skip
-    engine = _build_engine(cfg, make_plan(cfg, info.world_size, 1000), info)
-    images = torch.randn(2, 3, 224, 224, dtype=torch.bfloat16)
-    mask = masks_for_batch(0, 0, ["a", "b"], cfg.model.num_patches, 0.75)
-    loss, _ = engine(images, mask)
+    g = geometry(cfg.input)
+    engine = _build_engine(cfg, make_plan(cfg, info.world_size, 1000), info, g)
+    tokens = patchify(torch.randn(2, 3, 224, 224, dtype=torch.bfloat16), 16)
+    mask = masks_for_batch(0, 0, ["a", "b"], g.num_tokens, 0.75)
+    loss, _ = engine(tokens, mask)
     engine.backward(loss)
     engine.step()
     opt = engine.optimizer
@@ -80,7 +83,7 @@ def worker(preset: str, out: str) -> None:
 
 
 def run_world(preset: str, ranks: int, tmp: Path) -> list[dict]:
-    from training.distributed import free_port
+    from cluster.local import free_port
 
     out = tmp / f"w{ranks}.json"
     cmd = [

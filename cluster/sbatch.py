@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from training.pretrain import PREEMPTED_EXIT
+from cluster.local import PREEMPTED_EXIT
 
 KINDS = ("plain", "training", "ray")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.,:@%/+=-]+$")

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.parquet"
+LABELS = "labels.json"  # beside the splits: the label list, index order
+LEGACY_LABELS = "classes.json"  # its name before modalities
 STATS = "stats.json"
 SUCCESS = "_SUCCESS"
 WORK_DIR = "_work"
@@ -86,6 +88,15 @@ def shard_urls(split_dir: str | Path) -> list[str]:
     """Absolute paths of a complete split's shards, in manifest order."""
     split_dir = Path(split_dir).resolve()
     return [str(split_dir / r.file) for r in read_manifest(split_dir)]
+
+
+def read_labels(prep_dir: str | Path) -> list[dict] | None:
+    """The label list beside a prep's splits, or None when the corpus has none."""
+    for name in (LABELS, LEGACY_LABELS):
+        path = Path(prep_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def read_stats(split_dir: str | Path) -> dict:

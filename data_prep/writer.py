@@ -15,7 +15,7 @@ import os
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class SkipSample(Exception):
-    """Raised by an encoder for an input that cannot become a sample; ``reason`` is counted."""
+    """What an encoder gives for input that cannot become a sample; ``reason`` is counted.
+
+    Yielded, it skips one would-be sample and the encoder goes on (a segment too short); raised,
+    it ends the input (a file that does not decode) and keeps the samples yielded before it."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -63,7 +66,7 @@ class UnitResult:
     seconds: float = 0.0
 
 
-Encoder = Callable[[Any], Sample]
+Encoder = Callable[[Any], Iterable["Sample | SkipSample"]]  # one input -> 0..n samples
 
 
 def unit_is_done(split_dir: Path, index: int) -> UnitResult | None:
@@ -92,14 +95,13 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
         with open(tmp, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for item in unit.items:
-                    try:
-                        sample = encode(item)
-                    except SkipSample as skip:
-                        skipped[skip.reason] += 1
-                        log.warning("skipped %s (%s)", describe(item), skip)
-                        continue
-                    _add_sample(tar, sample)
-                    written += 1
+                    for out in _encoded(encode, item):
+                        if isinstance(out, SkipSample):
+                            skipped[out.reason] += 1
+                            log.warning("skipped %s (%s)", describe(item), out)
+                            continue
+                        _add_sample(tar, out)
+                        written += 1
             raw.flush()
             os.fsync(raw.fileno())
         digest = file_sha256(tmp)
@@ -141,6 +143,14 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(split_dir / SUCCESS, "")
     return stats
+
+
+def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample]:
+    """The encoder's output for ``item``, a raised skip turned into the last value."""
+    try:
+        yield from encode(item)
+    except SkipSample as skip:
+        yield skip
 
 
 def _add_sample(tar: tarfile.TarFile, sample: Sample) -> None:

@@ -5,7 +5,7 @@
     maskmill submit RUN.yaml --slurm [--dry-run] [--wait]    one Slurm job per stage, chained
     maskmill submit RUN.yaml --ray ADDRESS [--retries N]     prep as a job on a Ray cluster
     maskmill stage RUN.yaml STAGE[,STAGE] [key=value ...]    run some stages (what a job runs)
-    maskmill prep imagenet SRC OUT [options]                 shard an ImageNet-layout folder
+    maskmill prep MODALITY SRC OUT [key=value ...]           shard a raw corpus (image: ImageNet layout)
     maskmill demo-data OUT [options]                         write the demo corpus
 
 Exit status: 0 success, 1 a stage or job failed, 2 bad configuration or usage, 75 a training
@@ -19,11 +19,12 @@ import datetime
 import logging
 import sys
 
+from cluster.local import PREEMPTED_EXIT
 from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
+from data_prep.corpus import READERS, SourceError, corpus_reader
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from data_prep.image_prep import ImagePrepConfig, prep_imagenet, summary_line
-from data_prep.imagenet_layout import LayoutError
+from data_prep.job import run_prep, summary_line
 from pipeline.runner import RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
 from pipeline.stages import StageFailed, StagePreempted, stage_names
@@ -35,10 +36,12 @@ from pipeline.submit import (
     submit_slurm,
     wait_slurm,
 )
-from training.pretrain import PREEMPTED_EXIT
 from training.typed_config import ConfigError, load_config
 
 log = logging.getLogger("maskmill")
+
+PREP_ALIASES = {"imagenet": "image"}  # the layout's name, the form before modalities
+PREP_ALIASES_TEXT = ", ".join(f"prep {a} = prep {m}" for a, m in PREP_ALIASES.items())
 
 EPILOG = """examples:
   maskmill run configs/quickstart_image.yaml
@@ -47,7 +50,7 @@ EPILOG = """examples:
   maskmill submit configs/quickstart_image.yaml --slurm --dry-run
   maskmill submit configs/quickstart_image.yaml --slurm --wait
   maskmill submit configs/quickstart_image.yaml --ray http://127.0.0.1:8265 --retries 2
-  maskmill prep imagenet /data/imagenet /data/imagenet-shards --shorter-side 256
+  maskmill prep image /data/imagenet /data/imagenet-shards shorter_side=256 num_cpus=32
   maskmill demo-data /tmp/demo --classes 8 --corrupt 3
 """
 
@@ -120,46 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("stages", help=f"comma-separated, from: {', '.join(stage_names())}")
     stage.add_argument("overrides", nargs="*")
 
-    prep = sub.add_parser("prep", help="shard a raw corpus into WebDataset tars")
-    prep_sub = prep.add_subparsers(dest="layout", required=True, metavar="LAYOUT")
-    imagenet = prep_sub.add_parser(
-        "imagenet", help="ImageNet layout: train/<wnid>/*.JPEG, val/ + LOC_val_solution.csv"
+    prep = sub.add_parser(
+        "prep",
+        help="shard a raw corpus into WebDataset tars (local Ray, or --ray-address)",
+        description="Shard a raw corpus into WebDataset tars: one prepared split per split, "
+        "with manifest.parquet, stats.json and _SUCCESS. Options are the keys of the modality's "
+        "`prep` section (see README), as key=value; `--some-key VALUE` works too. "
+        + "Layouts: "
+        + "; ".join(f"{m}: {corpus_reader(m).layout}" for m in READERS)
+        + f". `{PREP_ALIASES_TEXT}` name the same forms.",
     )
-    imagenet.add_argument("source", help="folder holding train/ (and val/)")
-    imagenet.add_argument("out", help="output folder; one prepared split per ImageNet split")
-    defaults = ImagePrepConfig()
-    imagenet.add_argument(
-        "--splits", default=",".join(defaults.splits), help="comma-separated (default: %(default)s)"
+    prep.add_argument(
+        "modality", choices=[*READERS, *PREP_ALIASES], metavar="MODALITY", help=", ".join(READERS)
     )
-    imagenet.add_argument(
-        "--shorter-side",
-        type=int,
-        default=defaults.shorter_side,
-        help="resize so the shorter side is at most this (default: %(default)s)",
-    )
-    imagenet.add_argument(
-        "--quality",
-        type=int,
-        default=defaults.jpeg_quality,
-        help="JPEG quality of re-encoded images (default: %(default)s)",
-    )
-    imagenet.add_argument(
-        "--samples-per-shard",
-        type=int,
-        default=defaults.samples_per_shard,
-        help="(default: %(default)s)",
-    )
-    imagenet.add_argument(
-        "--num-cpus", type=int, default=None, help="CPUs of the local Ray head (default: all)"
-    )
-    imagenet.add_argument(
-        "--ray-address", default=None, help="join this Ray cluster instead of starting a local head"
-    )
-    imagenet.add_argument(
-        "--seed", type=int, default=0, help="shard plan shuffle seed (default: 0)"
+    prep.add_argument("source", help="the raw corpus folder")
+    prep.add_argument("out", help="output folder; one prepared split per split")
+    prep.add_argument(
+        "options", nargs=argparse.REMAINDER, help="key=value, e.g. samples_per_shard=1000"
     )
 
-    demo = sub.add_parser("demo-data", help="write the demo corpus in ImageNet layout")
+    demo = sub.add_parser("demo-data", help="write the image demo corpus (ImageNet layout)")
     demo.add_argument("out")
     d = DemoCorpusConfig()
     demo.add_argument(
@@ -193,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
-    except LayoutError as err:
+    except SourceError as err:
         log.error("%s", err)
         return 2
     except StagePreempted as err:
@@ -272,25 +255,28 @@ def _stage(args) -> int:
 
 
 def _prep(args) -> int:
-    cfg = load_config(
-        ImagePrepConfig,
-        [
-            {
-                "source": args.source,
-                "out": args.out,
-                "splits": [s for s in args.splits.split(",") if s],
-                "shorter_side": args.shorter_side,
-                "jpeg_quality": args.quality,
-                "samples_per_shard": args.samples_per_shard,
-                "num_cpus": args.num_cpus,
-                "ray_address": args.ray_address,
-                "seed": args.seed,
-            }
-        ],
-    )
-    for split, stats in prep_imagenet(cfg).items():
+    reader = corpus_reader(PREP_ALIASES.get(args.modality, args.modality))
+    base = {"source": args.source, "out": args.out}
+    cfg = load_config(reader.config, [base], prep_overrides(args.options))
+    for split, stats in run_prep(reader, cfg).items():
         sys.stdout.write(summary_line(split, stats) + "\n")
     return 0
+
+
+def prep_overrides(options: list[str]) -> list[str]:
+    """``key=value`` as given, and ``--some-key VALUE`` as ``some_key=VALUE``."""
+    out, rest = [], list(options)
+    while rest:
+        option = rest.pop(0)
+        if option.startswith("--"):
+            key, eq, value = option[2:].partition("=")
+            if not eq:
+                if not rest:
+                    raise ConfigError([(option, "needs a value")])
+                value = rest.pop(0)
+            option = f"{key.replace('-', '_')}={value}"
+        out.append(option)
+    return out
 
 
 def _demo_data(args) -> int:

@@ -1,33 +1,41 @@
 """``RUN_DIR/report.html``: one self-contained page a person would rather look at than read.
 
-Loss, learning-rate and throughput curves; a grid of val images as original | masked |
-reconstruction; the evaluation table with the random-init baseline and what pretraining bought;
-what the prep skipped and why. Figures are PNGs (matplotlib) saved under ``RUN_DIR/report/`` and
+Loss, learning-rate and throughput curves (in the modality's unit); the modality's
+reconstruction figure of val samples (for images: original | masked | reconstruction); the
+evaluation table with the random-init baseline and what pretraining bought, each gain coloured
+by whether its metric is better higher or lower; what the prep skipped and why. Figures are PNGs (matplotlib) saved under ``RUN_DIR/report/`` and
 embedded in the page, so the file can be mailed or attached to an issue on its own.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import html
 import json
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
 from data_prep.shard_format import read_stats
 from pipeline.schema import RunConfig
-from training.evaluate import METRICS as EVAL_METRICS
+from training.config import EVAL_METRICS
 from training.export import load_mae
+from training.export_format import read_export
 from training.loader import eval_batches
-from training.masking import masks_for_batch, num_visible
+from training.masking import make_masks, num_visible
 from training.metrics import read_metrics
-from training.patches import denormalize_pixels, normalize_pixels, patchify, unpatchify
+from training.modalities import modality
 
 REPORT = "report.html"
-PROTOCOLS = {"linear_probe": "Linear probe", "knn": "k-NN", "finetune": "Fine-tune"}
+HIGHER = "higher"
+# metrics.json from before tasks carried their directions: every metric was an accuracy
+LEGACY_TASKS = {
+    "linear_probe": {"title": "Linear probe", "better": {"top1": HIGHER, "top5": HIGHER}},
+    "knn": {"title": "k-NN", "better": {"top1": HIGHER, "top5": HIGHER}},
+    "finetune": {"title": "Fine-tune", "better": {"top1": HIGHER, "top5": HIGHER}},
+}
 
 
 def write_report(cfg: RunConfig) -> Path:
@@ -36,8 +44,9 @@ def write_report(cfg: RunConfig) -> Path:
     fig_dir.mkdir(parents=True, exist_ok=True)
     curve = read_metrics(cfg.pretrain.out_dir)
     metrics = json.loads((Path(cfg.evaluate.out_dir) / EVAL_METRICS).read_text())
+    unit = modality(cfg.modality).unit
     figures = {
-        "curves.png": plot_curves(curve),
+        "curves.png": plot_curves(curve, unit),
         "reconstructions.png": plot_reconstructions(cfg),
     }
     for name, fig in figures.items():
@@ -47,16 +56,16 @@ def write_report(cfg: RunConfig) -> Path:
     return run_dir / REPORT
 
 
-def plot_curves(curve: list[dict]):
+def plot_curves(curve: list[dict], unit: str):
     fig = Figure(figsize=(13, 3.4))
     axes = fig.subplots(1, 3)
-    steps = [r["step"] for r in curve]
     for ax, key, title in zip(
         axes,
-        ("loss", "lr", "images_per_s"),
-        ("training loss (masked patches)", "learning rate", "throughput (images/s)"),
+        ("loss", "lr", "samples_per_s"),
+        ("training loss (masked tokens)", "learning rate", f"throughput ({unit}/s)"),
     ):
-        ax.plot(steps, [r[key] for r in curve], color="#1f5fa8", lw=1.6)
+        points = [(r["step"], r[key]) for r in curve if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="#1f5fa8", lw=1.6)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -65,73 +74,59 @@ def plot_curves(curve: list[dict]):
     return fig
 
 
-@torch.no_grad()
 def plot_reconstructions(cfg: RunConfig):
-    """Rows of val images: original | masked input | reconstruction (visible patches pasted)."""
-    model = load_mae(Path(cfg.evaluate.export_dir)).eval()
-    size, patch = model.cfg.image_size, model.cfg.patch_size
-    images, _, keys = next(eval_batches(cfg.evaluate.val_shards, size, cfg.report.reconstructions))
-    x = normalize_pixels(images)
-    mask = masks_for_batch(cfg.seed, 0, keys, model.cfg.num_patches, cfg.pretrain.mask.ratio)
-    _, pred = model(x, mask)
-    target = patchify(x, patch)
-    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the true stats
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
-    m = mask.masked.unsqueeze(-1)
-    masked_in = unpatchify(target * (1 - m) + m * -10.0, patch, size, size)
-    pasted = unpatchify(target * (1 - m) + pred * m, patch, size, size)
-    columns = [
-        ("original", x),
-        (f"masked {cfg.pretrain.mask.ratio:.0%}", masked_in),
-        ("reconstruction", pasted),
-    ]
-    n = len(keys)
-    fig = Figure(figsize=(5.4, 1.8 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for col, (title, batch) in enumerate(columns):
-        pictures = denormalize_pixels(batch).permute(0, 2, 3, 1).numpy()
-        for row in range(n):
-            ax = axes[row][col]
-            ax.imshow(pictures[row], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    """The modality's figure of what the model makes of masked val samples."""
+    export = read_export(cfg.evaluate.export_dir)
+    model = load_mae(cfg.evaluate.export_dir).eval()
+    ops = modality(export.modality).ops
+    x, _, keys = next(
+        eval_batches(
+            cfg.evaluate.val_shards, export.modality, export.input, cfg.report.reconstructions
+        )
+    )
+    mask_cfg = cfg.pretrain.mask
+    mask = make_masks(mask_cfg.kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
+    return ops.reconstruction_figure(export.input, model, x, mask, f"masked {mask_cfg.ratio:.0%}")
 
 
 def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> str:
     p = cfg.pretrain
     m = p.model.resolved()
+    unit = modality(cfg.modality).unit
+    tokens = modality(cfg.modality).geometry(p.input).num_tokens
     last = curve[-1] if curve else {}
     facts = [
         ("run", cfg.name),
-        (
-            "encoder",
-            f"ViT {m.preset} ({m.embed_dim}-d, {m.depth} blocks, patch {m.patch_size}, {m.image_size}px)",
-        ),
+        ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
+        ("encoder", f"ViT {m.preset} ({m.embed_dim}-d, {m.depth} blocks, {tokens} tokens)"),
         ("decoder", f"{m.decoder_depth} blocks x {m.decoder_embed_dim}"),
-        ("mask ratio", f"{p.mask.ratio:.2f} ({_visible(p)} of {m.num_patches} patches visible)"),
+        (
+            "mask",
+            f"{p.mask.kind}, ratio {p.mask.ratio:.2f} "
+            f"({num_visible(tokens, p.mask.ratio)} of {tokens} tokens visible)",
+        ),
         (
             "steps",
             f"{last.get('step', 0)} x batch {p.batch_size} x {cfg.launch.ranks} ranks x accum {p.grad_accum}",
         ),
         ("precision / ZeRO", f"{p.precision} / stage {p.zero_stage}"),
         ("final loss", f"{last.get('loss', float('nan')):.4f}"),
-        ("throughput", f"{_median([r['images_per_s'] for r in curve]):.0f} images/s (median)"),
+        (
+            "throughput",
+            f"{_median([r['samples_per_s'] for r in curve if 'samples_per_s' in r]):.0f} "
+            f"{unit}/s (median)",
+        ),
     ]
     body = [
         f"<h1>maskmill run <code>{html.escape(cfg.name)}</code></h1>",
         f"<p class=muted>written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         _table(["", ""], facts, cls="facts"),
         "<h2>What pretraining bought</h2>",
-        _eval_table(metrics),
+        _eval_table(metrics, unit),
         "<h2>Training curves</h2>",
         _img(fig_dir / "curves.png"),
         "<h2>Reconstructions (val split)</h2>",
-        "<p class=muted>Visible patches are pasted back into the reconstruction; masked ones are the model's guess.</p>",
+        "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
         _img(fig_dir / "reconstructions.png"),
         "<h2>Data</h2>",
         _data_table(cfg),
@@ -139,28 +134,39 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
     return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
 
 
-def _eval_table(metrics: dict) -> str:
+def _eval_table(metrics: dict, unit: str) -> str:
     rows = []
-    for key, title in PROTOCOLS.items():
+    for key, task in metrics.get("tasks", LEGACY_TASKS).items():
         if key not in metrics:
             continue
         pre, rnd = metrics[key].get("pretrained", {}), metrics[key].get("random_init", {})
-        for k in ("top1", "top5"):
-            if k in pre:
-                gain = pre[k] - rnd[k] if k in rnd else None
-                rows.append(
-                    (
-                        f"{title} {k.replace('top', 'top-')}",
-                        f"<b>{pre[k]:.1f}%</b>",
-                        f"{rnd[k]:.1f}%" if k in rnd else "-",
-                        f"<span class={'good' if gain and gain > 0 else 'bad'}>{gain:+.1f}</span>"
-                        if gain is not None
-                        else "-",
-                    )
-                )
+        for name, better in task["better"].items():
+            if name in pre:
+                rows.append((f"{task['title']} {name}", *_scores(pre[name], rnd.get(name), better)))
     data = metrics.get("data", {})
-    note = f"<p class=muted>val split: {data.get('val_samples')} images, {data.get('classes')} classes.</p>"
-    return _table(["protocol", "pretrained", "random init", "gain"], rows, raw=True) + note
+    note = (
+        f"<p class=muted>val split: {data.get('val_samples')} {unit}, {data.get('classes')} "
+        "classes. A gain is green when it goes the better way for its metric.</p>"
+    )
+    return _table(["task", "pretrained", "random init", "gain"], rows, raw=True) + note
+
+
+def _scores(pre: float, rnd: float | None, better: str) -> tuple[str, str, str]:
+    """Cells for one metric: pretrained (bold), random init, and the gain coloured by whether it
+    went the better way (up for accuracy, down for WER or perplexity)."""
+    if rnd is None:
+        return f"<b>{pre:.2f}</b>", "-", "-"
+    gain = pre - rnd
+    good = gain > 0 if better == HIGHER else gain < 0
+    return (
+        f"<b>{pre:.2f}</b>",
+        f"{rnd:.2f}",
+        f"<span class={'good' if good else 'bad'}>{gain:+.2f}</span>",
+    )
+
+
+def _describe_input(input_cfg) -> str:
+    return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(input_cfg).items())
 
 
 def _data_table(cfg: RunConfig) -> str:
@@ -191,10 +197,6 @@ def _table(header, rows, cls="", raw=False) -> str:
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f"<img alt='{path.name}' src='data:image/png;base64,{data}'>"
-
-
-def _visible(p) -> int:
-    return num_visible(p.model.num_patches, p.mask.ratio)
 
 
 def _median(values: list[float]) -> float:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.legacy_image import v1_sections
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES, Stage
 from pipeline.state import (
@@ -72,6 +73,28 @@ def stage_fingerprint(stage: Stage, cfg: RunConfig) -> str:
     return fingerprint(stage.name, to_yaml(stage.section(cfg)), stage.inputs(cfg))
 
 
+def recorded_state(
+    stage: Stage, cfg: RunConfig, run_dir: Path, current: str | None, adopt: bool = False
+) -> StageState:
+    """The stage's recorded state; a stage that maskmill 0.1 finished with today's config
+    (``pipeline.legacy_image``) counts as done under today's fingerprint, and with ``adopt`` is
+    recorded so."""
+    state = read_state(run_dir, stage.name)
+    if state.status != DONE or current in (None, state.fingerprint):
+        return state
+    inputs = stage.inputs(cfg)
+    v1 = {
+        fingerprint(stage.name, text, inputs)
+        for text in v1_sections(stage.name, stage.section(cfg))
+    }
+    if state.fingerprint in v1:
+        state.fingerprint = current
+        if adopt:
+            log.info("%-9s finished by maskmill 0.1 with this config; kept", stage.name)
+            write_state(run_dir, stage.name, state)
+    return state
+
+
 def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> None:
     """Run every enabled stage in order (see module docstring), or just those in ``only``
     (what each Slurm or Ray job of a submitted run does)."""
@@ -97,7 +120,7 @@ def stage_views(cfg: RunConfig) -> list[StageView]:
             StageView(
                 stage.name,
                 stage.describe,
-                read_state(Path(cfg.run_dir), stage.name),
+                recorded_state(stage, cfg, Path(cfg.run_dir), current),
                 current,
                 stage.enabled(cfg),
             )
@@ -107,7 +130,7 @@ def stage_views(cfg: RunConfig) -> list[StageView]:
 
 def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None:
     fp = stage_fingerprint(stage, cfg)
-    previous = read_state(run_dir, stage.name)
+    previous = recorded_state(stage, cfg, run_dir, fp, adopt=True)
     if previous.status == DONE and previous.fingerprint == fp and not force:
         log.info("%-9s up to date, skipped", stage.name)
         return

@@ -3,19 +3,26 @@
 Sections reuse the typed configs of the stages (``data_prep`` and ``training``); defaults wire the
 stages together through interpolation (``pretrain.train_shards: ${prep.out}/train``), so a minimal
 YAML names a source and a model and gets a complete run.
+
+Loading takes two passes: the top-level ``modality`` (default ``image``) picks the config classes
+of ``prep`` (its corpus reader's), ``pretrain.input``, ``pretrain.mask`` kinds and
+``evaluate.tasks``; then the whole file is validated against them, with dotted-key errors for
+every section alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster.slurm_config import SlurmConfig
+from data_prep.corpus import corpus_reader
 from data_prep.demo_corpus import DemoCorpusConfig
-from data_prep.image_prep import ImagePrepConfig
-from training.config import PretrainConfig
-from training.evaluate import EvalConfig
-from training.typed_config import load_config
+from training.config import EvalConfig, PretrainConfig, modality_of
+from training.modalities import DEFAULT as DEFAULT_MODALITY
+from training.modalities import modality as modality_named
+from training.typed_config import ConfigError, load_config
 
 LAUNCHERS = ("deepspeed", "python", "srun")
 
@@ -57,28 +64,13 @@ class ReportConfig:
 @dataclass
 class RunConfig:
     name: str = "???"
+    modality: str = DEFAULT_MODALITY
     run_dir: str = "runs/${name}"
     seed: int = 0
     demo_data: DemoCorpusConfig | None = None  # generate the demo corpus as a first stage
-    prep: ImagePrepConfig = field(
-        default_factory=lambda: ImagePrepConfig(
-            source="???", out="${run_dir}/shards", seed="${seed}"
-        )
-    )
-    pretrain: PretrainConfig = field(
-        default_factory=lambda: PretrainConfig(
-            train_shards="${prep.out}/train", out_dir="${run_dir}/pretrain", seed="${seed}"
-        )
-    )
-    evaluate: EvalConfig = field(
-        default_factory=lambda: EvalConfig(
-            export_dir="${pretrain.out_dir}/export",
-            train_shards="${prep.out}/train",
-            val_shards="${prep.out}/val",
-            out_dir="${run_dir}/evaluate",
-            seed="${seed}",
-        )
-    )
+    prep: Any = None  # the modality's prep config (see ``run_schema``)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # used by `maskmill submit --slurm`
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -89,8 +81,57 @@ class RunConfig:
                 "prep.splits",
                 "both 'train' and 'val' (pretraining reads train, evaluation val)",
             )
+        for section in ("pretrain", "evaluate"):
+            if getattr(self, section).modality != self.modality:
+                yield (
+                    f"{section}.modality",
+                    f"the run's modality {self.modality!r} (leave it unset)",
+                )
+
+
+def run_schema(raw: Any) -> RunConfig:
+    """The defaults a run YAML is validated against, typed by its ``modality``; the stages are
+    wired together by interpolation."""
+    name = modality_of(raw)
+    m = modality_named(name)
+    _refuse_moved_keys(raw, m.moved_keys)
+    return RunConfig(
+        modality=name,
+        prep=corpus_reader(name).config(source="???", out="${run_dir}/shards", seed="${seed}"),
+        pretrain=PretrainConfig(
+            modality="${modality}",
+            input=m.input_config(),
+            train_shards="${prep.out}/train",
+            out_dir="${run_dir}/pretrain",
+            seed="${seed}",
+        ),
+        evaluate=EvalConfig(
+            modality="${modality}",
+            tasks=m.tasks_config(),
+            export_dir="${pretrain.out_dir}/export",
+            train_shards="${prep.out}/train",
+            val_shards="${prep.out}/val",
+            out_dir="${run_dir}/evaluate",
+            seed="${seed}",
+        ),
+    )
+
+
+def _refuse_moved_keys(raw: Any, moved: dict[str, str]) -> None:
+    """A run YAML that still uses a key from an older layout is told where it went, rather
+    than "unknown key"."""
+    problems = []
+    for old, new in moved.items():
+        parent, _, leaf = old.rpartition(".")
+        node = raw
+        for part in parent.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if hasattr(node, "get") and leaf in node:
+            problems.append((old, f"moved to {new}"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load and validate a run YAML; raises ``ConfigError`` naming every bad key."""
-    return load_config(RunConfig, [path], overrides)
+    return load_config(run_schema, [path], overrides)

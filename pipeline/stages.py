@@ -1,4 +1,4 @@
-"""The stages of an image run, in order: demo_data -> prep -> pretrain -> evaluate -> report.
+"""The stages of a run, in order: demo_data -> prep -> pretrain -> evaluate -> report.
 
 Each stage names the config it depends on (execution-only knobs such as CPU counts or logging
 intervals are left out, so changing them does not redo work), the identity of its inputs, where
@@ -16,17 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.local import deepspeed_command, python_command, run_logged, srun_command
+from cluster.local import (
+    PREEMPTED_EXIT,
+    deepspeed_command,
+    free_port,
+    python_command,
+    remove_shm_segments,
+    run_logged,
+    srun_command,
+)
+from data_prep.corpus import corpus_reader
 from data_prep.demo_corpus import write_demo_corpus
-from data_prep.image_prep import prep_imagenet, summary_line
+from data_prep.job import run_prep, summary_line
 from data_prep.shard_format import MANIFEST, file_sha256
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
-from training.distributed import free_port, remove_shm_segments
-from training.evaluate import METRICS as EVAL_METRICS
-from training.export import MAE, MODEL_JSON
+from training.config import EVAL_METRICS
+from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
-from training.pretrain import PREEMPTED_EXIT
 from training.typed_config import to_yaml
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ def _demo_data(cfg: RunConfig) -> None:
 
 
 def _prep(cfg: RunConfig) -> None:
-    for split, stats in prep_imagenet(cfg.prep).items():
+    for split, stats in run_prep(corpus_reader(cfg.modality), cfg.prep).items():
         log.info(summary_line(split, stats))
 
 
@@ -138,7 +145,7 @@ def _digest(path: Path) -> str:
 STAGES: tuple[Stage, ...] = (
     Stage(
         "demo_data",
-        "generate the demo corpus (ImageNet layout)",
+        "generate the demo corpus",
         section=_demo_data_section,
         inputs=lambda cfg: "",
         output=lambda cfg: Path(cfg.demo_data.out),
@@ -157,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "pretrain",
-        "masked-autoencoder pretraining (DeepSpeed)",
+        "masked pretraining (DeepSpeed)",
         section=_pretrain_section,
         inputs=lambda cfg: _digest(Path(cfg.pretrain.train_shards) / MANIFEST),
         output=lambda cfg: Path(cfg.pretrain.out_dir),
@@ -165,12 +172,12 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "evaluate",
-        "linear probe, k-NN, fine-tuning vs random init",
+        "downstream tasks, pretrained vs random init",
         section=lambda cfg: cfg.evaluate,
         inputs=lambda cfg: "|".join(
             _digest(p)
             for p in (
-                Path(cfg.evaluate.export_dir) / "encoder.safetensors",
+                Path(cfg.evaluate.export_dir) / ENCODER,
                 Path(cfg.evaluate.export_dir) / MODEL_JSON,
                 Path(cfg.evaluate.train_shards) / MANIFEST,
                 Path(cfg.evaluate.val_shards) / MANIFEST,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from data_prep.image_prep import ImagePrepConfig, prep_imagenet
+from data_prep.imagenet import ImagePrepConfig, prep_imagenet
 
 CORRUPT = 3  # one truncated JPEG, one empty file, one non-image, in that order
 
@@ -35,6 +35,12 @@ def prepared(demo_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "shards"
     prep_imagenet(prep_config(demo_corpus, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def image_corpus(demo_corpus):
+    """The image modality's raw corpus for the modality contract test, and its small prep keys."""
+    return demo_corpus, {"shorter_side": 40}
 
 
 def prep_config(source: Path, out: Path, **overrides) -> ImagePrepConfig:

@@ -10,28 +10,33 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# name: (patch_size, embed_dim, depth, num_heads). nano is for CPU tests and the quickstart;
-# tiny/small/base/large/huge are the ViT-Ti/S/B/L/H encoders of the MAE and DeiT papers.
-PRESETS: dict[str, tuple[int, int, int, int]] = {
-    "nano": (8, 96, 4, 3),
-    "tiny": (16, 192, 12, 3),
-    "small": (16, 384, 12, 6),
-    "base": (16, 768, 12, 12),
-    "large": (16, 1024, 24, 16),
-    "huge": (14, 1280, 32, 16),
+from training.modalities import DEFAULT as DEFAULT_MODALITY
+from training.modalities import NAMES as MODALITIES
+from training.modalities import modality as modality_named
+from training.typed_config import ConfigError
+
+# name: (embed_dim, depth, num_heads). nano is for CPU tests and the quickstart;
+# tiny/small/base/large/huge are the ViT-Ti/S/B/L/H encoders of the MAE and DeiT papers (how a
+# sample becomes tokens, patch size included, is the modality's: ``pretrain.input``).
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "nano": (96, 4, 3),
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
 }
 
 MAX_MASK_RATIO = 0.95
+EVAL_METRICS = "metrics.json"  # what evaluation writes to its out_dir
 PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class ModelConfig:
-    """ViT encoder + light MAE decoder. Unset encoder sizes come from ``preset``."""
+    """Transformer encoder + light MAE decoder. Unset encoder sizes come from ``preset``."""
 
     preset: str = "base"
-    image_size: int = 224
-    patch_size: int | None = None
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
@@ -51,27 +56,19 @@ class ModelConfig:
 
     def resolved(self) -> ModelConfig:
         """A copy with every preset-derived size filled in."""
-        patch, dim, depth, heads = PRESETS[self.preset]
+        dim, depth, heads = PRESETS[self.preset]
         return dataclasses.replace(
             self,
-            patch_size=self.patch_size or patch,
             embed_dim=self.embed_dim or dim,
             depth=self.depth or depth,
             num_heads=self.num_heads or heads,
         )
-
-    @property
-    def num_patches(self) -> int:
-        p = self.resolved().patch_size
-        return (self.image_size // p) ** 2
 
     def problems(self):
         if self.preset not in PRESETS:
             yield ("preset", f"one of {', '.join(PRESETS)}, got {self.preset!r}")
             return
         r = self.resolved()
-        if self.image_size % r.patch_size:
-            yield ("image_size", f"a multiple of patch_size {r.patch_size}, got {self.image_size}")
         if r.embed_dim % r.num_heads:
             yield ("embed_dim", f"divisible by num_heads {r.num_heads}, got {r.embed_dim}")
         if self.decoder_type not in ("self", "cross"):
@@ -90,8 +87,10 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    """Random per-sample masking as in MAE; reproducible from (seed, step, sample key)."""
+    """Per-sample masks, reproducible from (seed, step, sample key); ``kind`` is one the
+    modality allows (random: MAE's)."""
 
+    kind: str = "random"
     ratio: float = 0.75
 
     def problems(self):
@@ -134,26 +133,26 @@ class OptimConfig:
 
 @dataclass
 class LoaderConfig:
+    """How shards are streamed; what a sample decodes to is the modality's (``pretrain.input``)."""
+
     workers: int = 2
     shuffle_buffer: int = 1000
-    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
-    hflip: bool = True
     prefetch_factor: int = 4
 
     def problems(self):
         if self.workers < 0:
             yield ("workers", f"an int >= 0, got {self.workers}")
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            yield ("crop_scale", f"[min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass
 class PretrainConfig:
     """One masked-pretraining job: ``python -m training.pretrain CONFIG.yaml [key=value ...]``."""
 
+    modality: str = DEFAULT_MODALITY
     train_shards: str = "???"
     out_dir: str = "???"
     seed: int = 0
+    input: Any = None  # the modality's input config (see ``pretrain_schema``)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -171,6 +170,12 @@ class PretrainConfig:
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
 
     def problems(self):
+        allowed = modality_named(self.modality).mask_kinds
+        if self.mask.kind not in allowed:
+            yield (
+                "mask.kind",
+                f"one of {', '.join(allowed)} for {self.modality}, got {self.mask.kind!r}",
+            )
         if (self.steps is None) == (self.epochs is None):
             yield ("steps", "set exactly one of steps or epochs")
         if self.steps is not None and self.steps < 1:
@@ -192,3 +197,38 @@ class PretrainConfig:
         ):
             if getattr(self, name) < 1:
                 yield (name, f"an int >= 1, got {getattr(self, name)}")
+
+
+def modality_of(raw: Any) -> str:
+    """The ``modality`` a raw (merged, unvalidated) config names; the first pass of loading."""
+    name = raw.get("modality", DEFAULT_MODALITY) if raw is not None else DEFAULT_MODALITY
+    if name not in MODALITIES:
+        raise ConfigError([("modality", f"one of {', '.join(MODALITIES)}, got {name!r}")])
+    return name
+
+
+def pretrain_schema(raw: Any) -> PretrainConfig:
+    """The defaults a ``PretrainConfig`` YAML is validated against: typed by its modality."""
+    name = modality_of(raw)
+    return PretrainConfig(modality=name, input=modality_named(name).input_config())
+
+
+@dataclass
+class EvalConfig:
+    """``evaluate`` section: which encoder, which splits, which tasks (typed by the modality)."""
+
+    modality: str = DEFAULT_MODALITY
+    export_dir: str = "???"
+    train_shards: str = "???"
+    val_shards: str = "???"
+    out_dir: str = "???"
+    seed: int = 0
+    batch_size: int = 256  # for feature extraction
+    baseline: bool = True  # also evaluate a randomly initialised encoder
+    tasks: Any = None  # the modality's tasks config (see ``eval_schema``)
+
+
+def eval_schema(raw: Any) -> EvalConfig:
+    """The defaults an ``EvalConfig`` YAML is validated against: typed by its modality."""
+    name = modality_of(raw)
+    return EvalConfig(modality=name, tasks=modality_named(name).tasks_config())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from cluster.local import free_port
 
 
 @dataclass(frozen=True)
@@ -20,36 +20,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def shm_segments(port: int | str, rank: int | str = "*") -> list[Path]:
-    """DeepSpeed's CPU all-reduce segments in ``/dev/shm`` for the process group on ``port``
-    (named ``deepspeed_allreduce_buffer_<uid>_<master addr>_<port>_<rank>``)."""
-    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}"
-    return sorted(Path("/dev/shm").glob(pattern))
-
-
-def remove_shm_segments(port: int | str | None, rank: int | str = "*") -> int:
-    """Unlink DeepSpeed's CPU all-reduce segments for ``port``; returns how many were removed.
-
-    DeepSpeed's CPU communication op maps a 64 MiB ``/dev/shm`` segment per rank and never
-    unlinks it. ``/dev/shm`` is RAM, so every run would leak 64 MiB per rank until the machine
-    reboots (200 test and benchmark runs held 12 GiB here). Unlinking while peers still have
-    the segment mapped is safe: the memory goes when the last mapping does."""
-    removed = 0
-    for path in shm_segments(port, rank) if port else []:
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:  # a peer rank got there first
-            pass
-    return removed
 
 
 def local_world_size() -> int:

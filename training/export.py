@@ -1,24 +1,19 @@
-"""Exporting a trained model: consolidate the ZeRO-3 partitions into safetensors + model.json."""
+"""Exporting a trained model: consolidate the ZeRO partitions into safetensors, and loading it
+back (``model.json`` and the file names: ``training.export_format``)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.config import ModelConfig
+from training.export_format import ENCODER, MAE, ExportInfo, read_export, write_model_json
 from training.mae import MaskedAutoencoder, ViTEncoder
-
-ENCODER = "encoder.safetensors"
-MAE = "mae.safetensors"
-MODEL_JSON = "model.json"
 
 
 def export_from_checkpoint(
-    ckpt_dir: Path, tag: str, out_dir: Path, model_cfg: ModelConfig, info: dict, zero_stage: int
+    ckpt_dir: Path, tag: str, out_dir: Path, export: ExportInfo, zero_stage: int
 ) -> None:
     """Write the whole MAE, the encoder alone and its description from checkpoint ``tag``.
 
@@ -32,32 +27,27 @@ def export_from_checkpoint(
     else:
         path = ckpt_dir / tag / "mp_rank_00_model_states.pt"
         state = torch.load(path, map_location="cpu", weights_only=False)["module"]
-    write_export({k: v.float() for k, v in state.items()}, out_dir, model_cfg, info)
+    write_export({k: v.float() for k, v in state.items()}, out_dir, export)
 
 
-def write_export(
-    state: dict[str, torch.Tensor], out_dir: Path, model_cfg: ModelConfig, info: dict
-) -> None:
+def write_export(state: dict[str, torch.Tensor], out_dir: Path, export: ExportInfo) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in state.items()}
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     save_file(state, str(out_dir / MAE))
     save_file(encoder, str(out_dir / ENCODER))
-    desc = {"model": dataclasses.asdict(model_cfg.resolved()), **info}
-    (out_dir / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
-
-
-def read_model_config(export_dir: str | Path) -> ModelConfig:
-    return ModelConfig(**json.loads((Path(export_dir) / MODEL_JSON).read_text())["model"])
+    write_model_json(out_dir, export)
 
 
 def load_encoder(export_dir: str | Path, drop_path: float = 0.0) -> ViTEncoder:
-    encoder = ViTEncoder(read_model_config(export_dir), drop_path=drop_path)
+    export = read_export(export_dir)
+    encoder = ViTEncoder(export.model, export.geometry, drop_path=drop_path)
     encoder.load_state_dict(load_file(str(Path(export_dir) / ENCODER)))
     return encoder
 
 
 def load_mae(export_dir: str | Path) -> MaskedAutoencoder:
-    model = MaskedAutoencoder(read_model_config(export_dir))
+    export = read_export(export_dir)
+    model = MaskedAutoencoder(export.model, export.geometry)
     model.load_state_dict(load_file(str(Path(export_dir) / MAE)))
     return model

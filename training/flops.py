@@ -1,4 +1,5 @@
-"""Model FLOPs of an MAE training step, counted from the configuration (pure functions).
+"""Model FLOPs of an MAE training step, counted from the model config and the modality's token
+geometry (pure functions): no modality writes FLOP code of its own.
 
 Matrix products only (the 2·m·n·k of every linear layer and of attention's two products); a
 backward pass costs twice its forward. Norms, activations and softmax are left out, as in the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from training.config import ModelConfig
 from training.masking import num_visible
+from training.modalities import TokenGeometry
 
 
 def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
@@ -25,9 +27,11 @@ def cross_block_flops(queries: int, context: int, dim: int, mlp_ratio: float) ->
     return linear + attention
 
 
-def predicted_patches(cfg: ModelConfig, ratio: float, training: bool = True) -> int:
-    """How many masked patches the decoder reconstructs (see ``masking.masked_ids``)."""
-    n = cfg.num_patches
+def predicted_patches(
+    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, training: bool = True
+) -> int:
+    """How many masked tokens the decoder reconstructs (see ``masking.masked_ids``)."""
+    n = geometry.num_tokens
     hidden = n - num_visible(n, ratio)
     if hidden == 0:
         return n  # nothing masked: every patch is a target
@@ -35,21 +39,23 @@ def predicted_patches(cfg: ModelConfig, ratio: float, training: bool = True) -> 
     return hidden if f >= 1.0 else min(hidden, max(1, round(f * hidden)))
 
 
-def mae_forward_flops(cfg: ModelConfig, ratio: float, decoder: bool = True) -> float:
-    """Forward FLOPs of one training sample: the encoder on the visible patches (+cls); the
+def mae_forward_flops(
+    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, decoder: bool = True
+) -> float:
+    """Forward FLOPs of one training sample: the encoder on the visible tokens (+cls); the
     decoder on those plus the mask tokens it reconstructs (MAE's self-attention decoder) or
     with only the mask tokens as queries (cross-attention decoder)."""
     c = cfg.resolved()
-    n = c.num_patches
+    n = geometry.num_tokens
     visible = num_visible(n, ratio) + 1
-    patch_dim = c.patch_size**2 * 3
+    patch_dim = geometry.values_per_token
     encoder = 2 * (visible - 1) * patch_dim * c.embed_dim + c.depth * block_flops(
         visible, c.embed_dim, c.mlp_ratio
     )
     if not decoder:
         return encoder
     d = c.decoder_embed_dim
-    targets = predicted_patches(c, ratio)
+    targets = predicted_patches(c, geometry, ratio)
     if c.decoder_type == "cross":
         blocks = c.decoder_depth * cross_block_flops(targets, visible, d, c.mlp_ratio)
     elif visible - 1 == n:  # nothing masked: the visible tokens predict themselves
@@ -59,6 +65,6 @@ def mae_forward_flops(cfg: ModelConfig, ratio: float, decoder: bool = True) -> f
     return encoder + 2 * visible * c.embed_dim * d + blocks + 2 * targets * d * patch_dim
 
 
-def mae_step_flops(cfg: ModelConfig, ratio: float, batch: int) -> float:
+def mae_step_flops(cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int) -> float:
     """Forward + backward FLOPs of a training step on ``batch`` samples."""
-    return 3 * batch * mae_forward_flops(cfg, ratio)
+    return 3 * batch * mae_forward_flops(cfg, geometry, ratio)

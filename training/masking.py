@@ -1,6 +1,7 @@
-"""Per-sample random masks, reproducible from (seed, step, sample key) (pure functions).
+"""Per-sample masks over a modality's tokens, reproducible from (seed, step, sample key) (pure
+functions).
 
-A mask is made from per-sample noise: the patches with the smallest noise stay visible. The
+A mask is made from per-sample noise: the tokens with the smallest noise stay visible. The
 noise of a sample depends only on its seed, so the mask of a sample is the same on any rank,
 any number of ranks and any device, and a resumed run masks exactly as an uninterrupted one.
 """
@@ -86,5 +87,20 @@ def masked_ids(mask: Mask, fraction: float = 1.0) -> torch.Tensor:
 def masks_for_batch(
     seed: int, step: int, keys: Sequence[str], num_patches: int, ratio: float
 ) -> Mask:
-    """The masks of one batch: what the training loop calls."""
+    """MAE's random masks of one batch of ``num_patches`` tokens per sample."""
     return random_mask(sample_noise(sample_seeds(seed, step, keys), num_patches), ratio)
+
+
+# mask kind -> (seed, step, keys, geometry, ratio) -> Mask; a modality names the kinds it allows.
+MASK_KINDS = {
+    "random": lambda seed, step, keys, geometry, ratio: masks_for_batch(
+        seed, step, keys, geometry.num_tokens, ratio
+    ),
+}
+
+
+def make_masks(
+    kind: str, seed: int, step: int, keys: Sequence[str], geometry, ratio: float
+) -> Mask:
+    """The masks of one batch of kind ``kind`` over a token ``geometry``: what the loop calls."""
+    return MASK_KINDS[kind](seed, step, keys, geometry, ratio)

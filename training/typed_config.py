@@ -8,6 +8,11 @@ mistake are caught and reported with the dotted key that is wrong and what was e
 * wrong types (``pretrain.steps=ten``),
 * impossible values, reported by a dataclass's ``problems()`` method (``mask.ratio=1.0``).
 
+Loading can take two passes: given a function instead of a class, ``load_config`` first merges
+the raw layers, hands them to that function, and validates against the dataclass instance it
+returns. That is how one key (``modality``) picks the config classes of other sections, with the
+same dotted-key errors for all of them.
+
 Dataclasses opt into value checks by defining ``problems(self) -> Iterable[tuple[str, str]]``
 yielding ``(field, what was expected)``; nested dataclasses are walked automatically.
 """
@@ -15,7 +20,7 @@ yielding ``(field, what was expected)``; nested dataclasses are walked automatic
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,30 +48,36 @@ class ConfigError(ValueError):
 
 
 def load_config(
-    schema: type[T],
+    schema: type[T] | Callable[[DictConfig], T],
     sources: Iterable[str | Path | dict[str, Any]] = (),
     overrides: Sequence[str] = (),
 ) -> T:
     """Merge YAML files / dicts and ``key=value`` overrides onto ``schema`` and validate.
 
-    Interpolations (``${run_dir}/shards``) are resolved before validation, so value checks see
-    the final strings. Raises :class:`ConfigError` on any problem.
+    ``schema`` is a dataclass, or a function from the raw merged layers to the dataclass
+    instance to validate against (two-pass loading, see the module docstring). Interpolations
+    (``${run_dir}/shards``) are resolved before validation, so value checks see the final
+    strings. Raises :class:`ConfigError` on any problem.
     """
-    source_name = None
+    sources = list(sources)
+    source_name = next((str(s) for s in reversed(sources) if not isinstance(s, dict)), None)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError([(o, "override must look like key=value") for o in bad])
     try:
+        layers = [
+            OmegaConf.create(s) if isinstance(s, dict) else _load_yaml(Path(s)) for s in sources
+        ]
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        if not isinstance(schema, type):
+            try:
+                schema = schema(OmegaConf.merge(*layers))
+            except ConfigError as err:
+                raise ConfigError(err.problems, source_name) from None
         merged = OmegaConf.structured(schema)
         OmegaConf.set_struct(merged, True)
-        for src in sources:
-            if isinstance(src, dict):
-                layer = OmegaConf.create(src)
-            else:
-                source_name = str(src)
-                layer = _load_yaml(Path(src))
+        for layer in layers:
             merged = OmegaConf.merge(merged, layer)
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError([(o, "override must look like key=value") for o in bad])
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:

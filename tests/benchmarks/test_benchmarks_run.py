@@ -9,7 +9,7 @@ from benchmarks import attention_kernels, mask_ratio_step, pretrain_vs_hf
 
 
 def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
-    args = ["--preset", "nano", "--image-size", "32", "--batch", "2", "--decoder-depth", "1",
+    args = ["--preset", "nano", "--image-size", "32", "--patch-size", "8", "--batch", "2", "--decoder-depth", "1",
             "--rounds", "1", "--out", str(tmp_path)]  # fmt: skip
     assert mask_ratio_step.main(args) == 0
     (result,) = tmp_path.glob("*.json")
@@ -32,7 +32,7 @@ def test_attention_kernels_writes_both_kernels(tmp_path):
 
 def test_pretrain_vs_hf_compares_both_kernels_of_hf(tmp_path):
     pytest.importorskip("transformers", reason="the comparison needs the 'bench' extra")
-    args = ["--preset", "nano", "--image-size", "32", "--batch", "2", "--rounds", "1",
+    args = ["--preset", "nano", "--image-size", "32", "--patch-size", "8", "--batch", "2", "--rounds", "1",
             "--ratios", "0.75", "--out", str(tmp_path)]  # fmt: skip
     assert pretrain_vs_hf.main(args) == 0
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["rows"]

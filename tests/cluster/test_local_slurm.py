@@ -35,7 +35,8 @@ seed: 0
 demo_data: {{out: "${{run_dir}}/raw", classes: 4, train_per_class: 16, val_per_class: 5, min_size: 40, max_size: 80, corrupt: 2}}
 prep: {{source: "${{demo_data.out}}", shorter_side: 36, samples_per_shard: 16}}
 pretrain:
-  model: {{preset: nano, image_size: 32, patch_size: 4, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  input: {{image_size: 32, patch_size: 4}}
+  model: {{preset: nano, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
   batch_size: 32
   steps: {steps}
   optim: {{lr: 1.0e-3, warmup_steps: 2}}
@@ -43,9 +44,10 @@ pretrain:
   log_every: 1
   loader: {{workers: 1, shuffle_buffer: 16}}
 evaluate:
-  linear_probe: {{epochs: 3, batch_size: 32}}
-  knn: {{k: 5}}
-  finetune: {{epochs: 1, batch_size: 16}}
+  tasks:
+    linear_probe: {{epochs: 3, batch_size: 32}}
+    knn: {{k: 5}}
+    finetune: {{epochs: 1, batch_size: 16}}
 launch: {{ranks: 2}}
 report: {{reconstructions: 2}}
 slurm:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.local import free_port
 from data_prep.shard_format import read_manifest
 from pipeline.schema import load_run_config
 from pipeline.submit import read_submissions
-from training.distributed import free_port
 
 
 @pytest.fixture(scope="module")

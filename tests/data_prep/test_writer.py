@@ -8,10 +8,10 @@ from data_prep.shard_format import WORK_DIR, read_manifest, shard_name
 from data_prep.writer import Sample, SkipSample, finish_split, unit_is_done, write_unit
 
 
-def _encode(item: str) -> Sample:
+def _encode(item: str):
     if item.startswith("bad"):
         raise SkipSample("broken")
-    return Sample(key=item, members={"txt": item.encode(), "cls": b"1"})
+    yield Sample(key=item, members={"txt": item.encode(), "cls": b"1"})
 
 
 def test_written_shard_is_a_plain_tar_with_contiguous_samples(tmp_path):
@@ -66,3 +66,33 @@ def test_split_without_success_marker_is_refused(tmp_path):
     write_unit(WorkUnit(0, ("a",)), tmp_path, _encode)
     with pytest.raises(RuntimeError, match="_SUCCESS"):
         read_manifest(tmp_path)
+
+
+def _segments(item: str):
+    """An input that makes several samples: ``name:n`` -> n segments; a bad segment is skipped
+    and the encoder goes on; ``name:n!`` breaks after its segments (a truncated file)."""
+    name, _, rest = item.partition(":")
+    for i in range(int(rest.rstrip("!"))):
+        if i == 1 and name == "gappy":
+            yield SkipSample("too_short")
+            continue
+        yield Sample(key=f"{name}_{i}", members={"txt": f"{name}{i}".encode()})
+    if rest.endswith("!"):
+        raise SkipSample("truncated")
+
+
+def test_an_input_may_give_several_samples_and_skips_are_counted_by_reason(tmp_path):
+    result = write_unit(WorkUnit(0, ("a:3", "gappy:3", "b:0", "cut:2!")), tmp_path, _segments)
+    with tarfile.open(tmp_path / shard_name(0)) as tar:
+        names = tar.getnames()
+    assert names == [
+        "a_0.txt",
+        "a_1.txt",
+        "a_2.txt",
+        "gappy_0.txt",
+        "gappy_2.txt",
+        "cut_0.txt",
+        "cut_1.txt",
+    ]
+    assert result.inputs == 4 and result.record.samples == 7
+    assert result.skipped == {"too_short": 1, "truncated": 1}

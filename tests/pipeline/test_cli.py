@@ -54,6 +54,11 @@ def test_prep_of_a_missing_source_fails_with_a_clear_message(tmp_path):
 
 
 def test_prep_rejects_bad_options_by_name(tmp_path):
-    prep = _maskmill("prep", "imagenet", str(tmp_path), str(tmp_path / "out"), "--quality", "0")
+    prep = _maskmill("prep", "image", str(tmp_path), str(tmp_path / "out"), "jpeg_quality=0")
     assert prep.returncode == 2
     assert "jpeg_quality: an int in [1, 100], got 0" in prep.stderr
+    # The flag of the form before modalities is now the key's name: a clear error, no work done.
+    old = _maskmill("prep", "imagenet", str(tmp_path), str(tmp_path / "out"), "--quality", "0")
+    assert old.returncode == 2
+    assert "quality: unknown key; expected one of: source, out, splits" in old.stderr
+    assert not (tmp_path / "out").exists()

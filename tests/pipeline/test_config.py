@@ -38,14 +38,31 @@ def test_defaults_wire_the_stages_together(tmp_path):
     ("override", "key", "expected"),
     [
         ("pretrain.mask.ratio=1.0", "pretrain.mask.ratio", "a float in [0, 0.95]"),
-        ("pretrain.mask.ration=0.5", "pretrain.mask.ration", "unknown key; expected one of: ratio"),
+        (
+            "pretrain.mask.ration=0.5",
+            "pretrain.mask.ration",
+            "unknown key; expected one of: kind, ratio",
+        ),
         ("pretrain.steps=many", "pretrain.steps", "wrong type"),
         ("pretrain.model.preset=gigantic", "pretrain.model.preset", "one of nano, tiny"),
         (
-            "pretrain.model.image_size=100",
-            "pretrain.model.image_size",
-            "a multiple of patch_size 8",
+            "pretrain.input.image_size=100",
+            "pretrain.input.image_size",
+            "a multiple of patch_size 16",
         ),
+        (
+            "pretrain.input.sise=100",
+            "pretrain.input.sise",
+            "unknown key; expected one of: image_size",
+        ),
+        ("pretrain.mask.kind=tube", "pretrain.mask.kind", "one of random for image"),
+        ("modality=smell", "modality", "one of image"),
+        (
+            "pretrain.model.image_size=64",
+            "pretrain.model.image_size",
+            "moved to pretrain.input.image_size",
+        ),
+        ("evaluate.tasks.knn.k=0", "evaluate.tasks.knn.k", "an int >= 1"),
         ("pretrain.precision=fp16", "pretrain.precision", "one of fp32, bf16"),
         ("prep.jpeg_quality=0", "prep.jpeg_quality", "[1, 100]"),
         ("launch.ranks=0", "launch.ranks", ">= 1"),
@@ -80,8 +97,8 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
 def test_shipped_configs_validate():
     load_run_config(CONFIGS / "quickstart_image.yaml")
     cfg = load_run_config(CONFIGS / "imagenet_mae_vitb.yaml", ["prep.source=/data/imagenet"])
-    model = cfg.pretrain.model.resolved()
-    assert (model.embed_dim, model.depth, model.patch_size, model.image_size) == (768, 12, 16, 224)
+    model, seen = cfg.pretrain.model.resolved(), cfg.pretrain.input
+    assert (model.embed_dim, model.depth, seen.patch_size, seen.image_size) == (768, 12, 16, 224)
     assert (model.decoder_depth, model.decoder_embed_dim) == (8, 512)
     assert cfg.pretrain.batch_size * cfg.pretrain.grad_accum * cfg.launch.ranks == 4096
     assert cfg.pretrain.mask.ratio == 0.75 and cfg.pretrain.epochs == 800

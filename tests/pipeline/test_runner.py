@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from pipeline.runner import run_pipeline, stage_views
+from pipeline.legacy_image import v1_sections
+from pipeline.runner import recorded_state, run_pipeline, stage_fingerprint, stage_views
 from pipeline.schema import load_run_config
-from pipeline.state import read_state, write_state
+from pipeline.stages import STAGES
+from pipeline.state import fingerprint, read_state, write_state
 
 RUN = """
 name: tiny
@@ -17,7 +19,8 @@ seed: 0
 demo_data: {{out: "${{run_dir}}/raw", classes: 4, train_per_class: 16, val_per_class: 5, min_size: 40, max_size: 80, corrupt: 2}}
 prep: {{source: "${{demo_data.out}}", shorter_side: 36, samples_per_shard: 16, num_cpus: 2}}
 pretrain:
-  model: {{preset: nano, image_size: 32, patch_size: 4, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  input: {{image_size: 32, patch_size: 4}}
+  model: {{preset: nano, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
   batch_size: 8
   steps: 6
   optim: {{lr: 1.0e-3, warmup_steps: 2}}
@@ -25,9 +28,10 @@ pretrain:
   log_every: 1
   loader: {{workers: 1, shuffle_buffer: 16}}
 evaluate:
-  linear_probe: {{epochs: 5, batch_size: 32}}
-  knn: {{k: 5}}
-  finetune: {{epochs: 1, batch_size: 16}}
+  tasks:
+    linear_probe: {{epochs: 5, batch_size: 32}}
+    knn: {{k: 5}}
+    finetune: {{epochs: 1, batch_size: 16}}
 launch: {{ranks: 2}}
 report: {{reconstructions: 3}}
 """
@@ -67,25 +71,29 @@ def test_second_run_skips_every_stage(finished_run):
 def test_changed_evaluation_reruns_only_downstream_stages(finished_run):
     path, run = finished_run
     before = {s: read_state(run, s).finished for s in ("prep", "pretrain", "evaluate", "report")}
-    run_pipeline(load_run_config(path, ["evaluate.knn.k=3"]))
+    run_pipeline(load_run_config(path, ["evaluate.tasks.knn.k=3"]))
     after = {s: read_state(run, s).finished for s in before}
     assert after["prep"] == before["prep"] and after["pretrain"] == before["pretrain"]
     assert after["evaluate"] > before["evaluate"] and after["report"] > before["report"]
     views = {v.name: v.label for v in stage_views(load_run_config(path))}
     assert views["evaluate"] == "stale (config or inputs changed)"  # relative to the original YAML
-    assert {v.label for v in stage_views(load_run_config(path, ["evaluate.knn.k=3"]))} == {"done"}
+    assert {v.label for v in stage_views(load_run_config(path, ["evaluate.tasks.knn.k=3"]))} == {
+        "done"
+    }
 
 
 def test_execution_only_settings_do_not_invalidate(finished_run):
     path, _ = finished_run
-    cfg = load_run_config(path, ["evaluate.knn.k=3", "prep.num_cpus=1", "pretrain.log_every=5"])
+    cfg = load_run_config(
+        path, ["evaluate.tasks.knn.k=3", "prep.num_cpus=1", "pretrain.log_every=5"]
+    )
     assert {v.label for v in stage_views(cfg)} == {"done"}
 
 
 def test_status_command_shows_each_stage(finished_run):
     path, _ = finished_run
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "status", str(path), "evaluate.knn.k=3"],
+        [sys.executable, "-m", "pipeline.cli", "status", str(path), "evaluate.tasks.knn.k=3"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -98,7 +106,9 @@ def test_status_command_shows_each_stage(finished_run):
 
 def test_missing_inputs_stop_a_stage_before_it_starts(finished_run):
     path, run = finished_run
-    cfg = load_run_config(path, ["evaluate.knn.k=4", "evaluate.export_dir=/nonexistent/export"])
+    cfg = load_run_config(
+        path, ["evaluate.tasks.knn.k=4", "evaluate.export_dir=/nonexistent/export"]
+    )
     with pytest.raises(FileNotFoundError):
         run_pipeline(cfg)
     assert read_state(run, "pretrain").status == "done"
@@ -107,7 +117,7 @@ def test_missing_inputs_stop_a_stage_before_it_starts(finished_run):
 def test_an_interrupted_stage_resumes_in_place(finished_run, caplog):
     # What a killed `maskmill run` leaves: the stage marked running by a process that is gone.
     path, run = finished_run
-    cfg = load_run_config(path, ["evaluate.knn.k=3"])
+    cfg = load_run_config(path, ["evaluate.tasks.knn.k=3"])
     state = read_state(run, "pretrain")
     checkpoint = next((run / "pretrain" / "checkpoints").glob("step-*/_COMPLETE"))
     kept_mtime = checkpoint.stat().st_mtime_ns
@@ -119,3 +129,18 @@ def test_an_interrupted_stage_resumes_in_place(finished_run, caplog):
     assert "resuming after an interrupted or failed attempt" in caplog.text
     assert read_state(run, "pretrain").status == "done"
     assert checkpoint.stat().st_mtime_ns == kept_mtime  # resumed from, not thrown away
+
+
+def test_a_stage_that_0_1_finished_with_the_same_config_stays_done(finished_run):
+    path, run = finished_run
+    cfg = load_run_config(path)
+    stage = next(s for s in STAGES if s.name == "pretrain")
+    today = stage_fingerprint(stage, cfg)
+    v1 = fingerprint("pretrain", v1_sections("pretrain", stage.section(cfg))[0], stage.inputs(cfg))
+    state = read_state(run, "pretrain")
+    state.fingerprint = v1  # as 0.1 recorded it
+    write_state(run, "pretrain", state)
+    assert next(v for v in stage_views(cfg) if v.name == "pretrain").label == "done"
+    assert read_state(run, "pretrain").fingerprint == v1  # status only looks
+    assert recorded_state(stage, cfg, run, today, adopt=True).status == "done"
+    assert read_state(run, "pretrain").fingerprint == today  # recorded under today's

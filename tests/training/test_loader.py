@@ -6,6 +6,7 @@ import torch
 
 from training.config import LoaderConfig
 from training.loader import assign_shards, eval_batches, split_skip, train_loader, train_spec_for
+from training.modalities.image import ImageInputConfig
 
 
 @pytest.mark.parametrize(("shards", "slots"), [(1, 4), (3, 4), (5, 4), (8, 4), (7, 2)])
@@ -31,7 +32,6 @@ def test_skip_splits_into_whole_rounds_and_a_remainder():
 
 def _spec(prepared, **kw):
     values = dict(
-        image_size=32,
         batch_size=8,
         rank=0,
         world_size=1,
@@ -40,7 +40,7 @@ def _spec(prepared, **kw):
         loader=LoaderConfig(workers=2, shuffle_buffer=50),
     )
     values.update(kw)
-    return train_spec_for(str(prepared / "train"), **values)
+    return train_spec_for(str(prepared / "train"), "image", ImageInputConfig(32), **values)
 
 
 def test_batches_have_the_promised_shape(prepared):
@@ -82,9 +82,17 @@ def test_augmentation_differs_between_epochs(prepared):
 
 
 def test_eval_stream_reads_every_sample_once_in_order(prepared):
-    keys = [k for _, _, ks in eval_batches(str(prepared / "val"), 32, 5) for k in ks]
+    keys = [
+        k
+        for _, _, ks in eval_batches(str(prepared / "val"), "image", ImageInputConfig(32), 5)
+        for k in ks
+    ]
     assert len(keys) == len(set(keys)) == 24
-    assert keys == [k for _, _, ks in eval_batches(str(prepared / "val"), 32, 7) for k in ks]
+    assert keys == [
+        k
+        for _, _, ks in eval_batches(str(prepared / "val"), "image", ImageInputConfig(32), 7)
+        for k in ks
+    ]
 
 
 def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
@@ -116,10 +124,11 @@ def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
                     tar.addfile(info, io.BytesIO(trap))
     write_manifest(split, records)
     (split / SUCCESS).touch()
-    list(eval_batches(str(split), 32, 8))
+    list(eval_batches(str(split), "image", ImageInputConfig(32), 8))
     spec = train_spec_for(
         str(split),
-        image_size=32,
+        "image",
+        ImageInputConfig(32),
         batch_size=4,
         rank=0,
         world_size=1,

@@ -3,17 +3,31 @@ import dataclasses
 import torch
 
 from training.config import ModelConfig
-from training.mae import MaskedAutoencoder, attend, reconstruction_loss
+from training.mae import MaskedAutoencoder as _MAE
+from training.mae import reconstruction_loss
 from training.masking import masked_ids, masks_for_batch
+from training.modalities.image import ImageInputConfig, geometry
+from training.modalities.image_patches import patchify
+from training.transformer import attend
 
 CFG = ModelConfig(
     preset="nano",
-    image_size=32,
-    patch_size=4,
     decoder_embed_dim=32,
     decoder_depth=1,
     decoder_num_heads=2,
 )
+GEOMETRY = geometry(ImageInputConfig(image_size=32, patch_size=4))  # 8 x 8 patches of 48 values
+NUM_PATCHES = GEOMETRY.num_tokens
+
+
+class MaskedAutoencoder(_MAE):
+    """The model on 32 x 32 images, patchified as the image modality does."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg, GEOMETRY)
+
+    def forward(self, images, mask):
+        return super().forward(patchify(images, 4), mask)
 
 
 def test_encoder_sees_only_visible_patches():
@@ -22,7 +36,7 @@ def test_encoder_sees_only_visible_patches():
     model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
     images = torch.randn(4, 3, 32, 32)
     for ratio in (0.0, 0.75, 0.9):
-        model(images, masks_for_batch(0, 0, list("abcd"), CFG.num_patches, ratio))
+        model(images, masks_for_batch(0, 0, list("abcd"), NUM_PATCHES, ratio))
     assert seen == [1 + 64, 1 + 16, 1 + 6]  # cls + visible patches
 
 
@@ -95,7 +109,7 @@ def test_bf16_loss_is_close_to_fp32_on_the_same_batch():
     torch.manual_seed(0)
     model = MaskedAutoencoder(CFG)
     images = torch.randn(8, 3, 32, 32)
-    mask = masks_for_batch(0, 0, list("abcdefgh"), CFG.num_patches, 0.75)
+    mask = masks_for_batch(0, 0, list("abcdefgh"), NUM_PATCHES, 0.75)
     fp32, _ = model(images, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast, _ = model(images, mask)

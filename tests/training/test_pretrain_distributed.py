@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
+from cluster.local import remove_shm_segments, shm_segments
 from training.checkpoint import COMPLETE
-from training.distributed import remove_shm_segments, shm_segments
 from training.export import load_encoder, load_mae
 from training.metrics import read_metrics
 
@@ -21,10 +21,9 @@ def _config(tmp_path, prepared, **extra):
     cfg = {
         "train_shards": str(prepared / "train"),
         "out_dir": str(tmp_path / "run"),
+        "input": {"image_size": 32, "patch_size": 4},
         "model": {
             "preset": "nano",
-            "image_size": 32,
-            "patch_size": 4,
             "decoder_embed_dim": 32,
             "decoder_depth": 1,
             "decoder_num_heads": 2,
@@ -59,7 +58,7 @@ def _deepspeed(config, *overrides, ranks=2, port=None):
 
 
 def _port():
-    from training.distributed import free_port
+    from cluster.local import free_port
 
     return free_port()
 
@@ -207,10 +206,12 @@ def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_pa
 
 def _fresh_init(config_path):
     """The weights a run would start from without a checkpoint (same seed, same init)."""
-    from training.config import PretrainConfig
+    from training.config import pretrain_schema
     from training.mae import MaskedAutoencoder
+    from training.modalities import modality
     from training.typed_config import load_config
 
-    cfg = load_config(PretrainConfig, [config_path])
+    cfg = load_config(pretrain_schema, [config_path])
     torch.manual_seed(cfg.seed)
-    return MaskedAutoencoder(cfg.model).state_dict()
+    geometry = modality(cfg.modality).geometry(cfg.input)
+    return MaskedAutoencoder(cfg.model, geometry).state_dict()

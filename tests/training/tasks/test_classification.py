@@ -1,16 +1,19 @@
 import torch
 
 from training.config import ModelConfig
-from training.evaluate import (
-    Classifier,
-    KnnConfig,
-    ProbeConfig,
-    knn_classify,
-    layer_decay_groups,
-    linear_probe,
-    random_encoder,
-    topk_accuracy,
-)
+from training.evaluate import random_encoder
+from training.export_format import ExportInfo
+from training.modalities.image import ImageInputConfig
+from training.tasks.config import KnnConfig, ProbeConfig
+from training.tasks.downstream import topk_accuracy
+from training.tasks.finetune import Classifier, layer_decay_groups
+from training.tasks.probe import knn_classify, linear_probe
+
+
+def _export(**model):
+    return ExportInfo(
+        "image", "mae", ImageInputConfig(32, 8), ModelConfig(preset="nano", **model), {}
+    )
 
 
 def _blobs(n_per_class=40, classes=5, dim=16, seed=0):
@@ -56,7 +59,7 @@ def test_top5_only_with_five_classes_or_more():
 
 
 def test_layer_decay_scales_lr_by_depth():
-    encoder = random_encoder(ModelConfig(preset="nano", image_size=32, patch_size=8), seed=0)
+    encoder = random_encoder(_export(), seed=0)
     groups = layer_decay_groups(Classifier(encoder, 3), base_lr=1.0, weight_decay=0.05, decay=0.5)
     depth = len(encoder.blocks)
     by_name = {}
@@ -72,6 +75,5 @@ def test_layer_decay_scales_lr_by_depth():
 
 
 def test_random_encoder_is_reproducible():
-    cfg = ModelConfig(preset="nano", image_size=32, patch_size=8)
-    a, b = random_encoder(cfg, 3), random_encoder(cfg, 3)
+    a, b = random_encoder(_export(), 3), random_encoder(_export(), 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

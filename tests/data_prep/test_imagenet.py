@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_prep.image_prep import prep_imagenet
+from data_prep.imagenet import prep_imagenet
 from data_prep.imagenet_layout import LayoutError
 from data_prep.shard_format import SUCCESS, WORK_DIR, read_manifest, read_stats, shard_urls
 from tests.conftest import CORRUPT, prep_config
@@ -22,7 +22,7 @@ def _read_all(split_dir):
 
 
 def test_every_prepared_sample_reads_back_with_plain_webdataset(prepared, demo_corpus):
-    classes = json.loads((prepared / "classes.json").read_text())
+    classes = json.loads((prepared / "labels.json").read_text())
     for split in ("train", "val"):
         samples = _read_all(prepared / split)
         assert len(samples) == sum(r.samples for r in read_manifest(prepared / split))

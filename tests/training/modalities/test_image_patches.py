@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.patches import (
+from training.modalities.image_patches import (
     denormalize_pixels,
     normalize_pixels,
     patchify,

@@ -1,0 +1,57 @@
+"""Corpus readers, looked up by modality: how one raw layout becomes samples.
+
+A reader is a frozen :class:`CorpusReader` bundle in its layout's module (``data_prep/imagenet.py``
+for the ``image`` modality), found by :func:`corpus_reader` through :data:`READERS`; nothing
+registers itself at import time. The shared job (``data_prep.job``) calls only these:
+
+* ``items(cfg, split)``: the split's inputs, sorted, each with a stable ``str()`` (its name in
+  logs and manifests);
+* ``fit(cfg, train_items)``: run once on the driver before sharding (train a tokenizer, measure
+  feature statistics); returns a small picklable state handed to every ``encode``. It runs again
+  on a rerun, so it must be deterministic or reuse what it wrote under ``cfg.out``;
+* ``encode(cfg, state, item)``: yields 0..n :class:`~data_prep.writer.Sample` for one input, and
+  a :class:`~data_prep.writer.SkipSample` (yielded, or raised to drop the rest of the input) for
+  what cannot become a sample, counted by reason;
+* ``labels(cfg)``: the label list written to ``OUT/labels.json``, or None.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# modality -> the module whose READER reads its raw layout (one module per layout)
+READERS = {"image": "data_prep.imagenet"}
+
+
+class SourceError(ValueError):
+    """The raw source cannot be read as the layout it was given as (fails before any work)."""
+
+
+@dataclass(frozen=True)
+class CorpusReader:
+    modality: str
+    layout: str  # what the source must look like, for --help and errors
+    config: type  # the ``prep`` section of this modality
+    items: Callable[[Any, str], Sequence[Any]]
+    fit: Callable[[Any, Sequence[Any]], Any]
+    encode: Callable[[Any, Any, Any], Iterable[Any]]
+    labels: Callable[[Any], list[dict] | None]
+
+
+def corpus_reader(modality: str) -> CorpusReader:
+    if modality not in READERS:
+        raise ValueError(f"no corpus reader for {modality!r}; expected one of {', '.join(READERS)}")
+    return importlib.import_module(READERS[modality]).READER
+
+
+def prep_problems(cfg: Any) -> Iterable[tuple[str, str]]:
+    """The checks every modality's ``prep`` section shares (sharding and the Ray session)."""
+    if cfg.samples_per_shard < 1:
+        yield ("samples_per_shard", f"an int >= 1, got {cfg.samples_per_shard}")
+    if cfg.num_cpus is not None and cfg.num_cpus < 1:
+        yield ("num_cpus", f"an int >= 1 or null, got {cfg.num_cpus}")
+    if not cfg.splits:
+        yield ("splits", "a non-empty list of split names")

@@ -1,0 +1,101 @@
+"""The image modality's corpus reader: an ImageNet-layout folder -> one prepared split per split.
+
+Each sample is ``<key>.jpg`` (normalised RGB JPEG), ``<key>.cls`` (class index as ASCII) and
+``<key>.json`` (wnid, source path, sizes). ``OUT/labels.json`` lists the wnids in index order with
+their names, for the training, evaluation and report stages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.corpus import CorpusReader, prep_problems
+from data_prep.image_encode import normalize_image
+from data_prep.imagenet_layout import ImageItem, read_layout
+from data_prep.job import run_prep
+from data_prep.writer import Sample
+
+
+@dataclass
+class ImagePrepConfig:
+    """``prep`` section: where the raw ImageNet-layout corpus is and how to shard it."""
+
+    source: str = "???"
+    out: str = "???"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    shorter_side: int = 256
+    jpeg_quality: int = 90
+    samples_per_shard: int = 1000
+    seed: int = 0
+    num_cpus: int | None = None  # local Ray head size; None = every core
+    ray_address: str | None = None  # join a running Ray cluster instead of a local head
+
+    def problems(self):
+        yield from prep_problems(self)
+        if self.shorter_side < 16:
+            yield ("shorter_side", f"an int >= 16 (pixels), got {self.shorter_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            yield ("jpeg_quality", f"an int in [1, 100], got {self.jpeg_quality}")
+        if any(s not in ("train", "val") for s in self.splits):
+            yield ("splits", f"a non-empty list of 'train' and/or 'val', got {self.splits}")
+
+
+def items(cfg: ImagePrepConfig, split: str) -> list[ImageItem]:
+    return read_layout(cfg.source).items(split)
+
+
+def labels(cfg: ImagePrepConfig) -> list[dict]:
+    layout = read_layout(cfg.source)
+    return [
+        {"index": i, "wnid": w, "name": layout.names.get(w, w)} for i, w in enumerate(layout.wnids)
+    ]
+
+
+def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sample]:
+    """One source image -> its sample (``SkipSample`` raised on bad input)."""
+    image = normalize_image(
+        (Path(cfg.source) / item.path).read_bytes(), cfg.shorter_side, cfg.jpeg_quality
+    )
+    meta = {
+        "wnid": item.wnid,
+        "label": item.label,
+        "source": item.path,
+        "width": image.width,
+        "height": image.height,
+        "source_size": list(image.source_size),
+        "source_format": image.source_format,
+        "source_mode": image.source_mode,
+        "passthrough": image.passthrough,
+    }
+    yield Sample(
+        key=sample_key(item.path),
+        members={
+            "jpg": image.jpeg,
+            "cls": str(item.label).encode(),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        },
+    )
+
+
+def sample_key(relative_path: str) -> str:
+    """A dot-free WebDataset key from a source path: ``train/n01/n01_7.JPEG`` -> ``n01_7``."""
+    return Path(relative_path).stem.replace(".", "_")
+
+
+READER = CorpusReader(
+    modality="image",
+    layout="ImageNet layout: train/<wnid>/*.JPEG, val/ + LOC_val_solution.csv or val/<wnid>/",
+    config=ImagePrepConfig,
+    items=items,
+    fit=lambda cfg, train_items: None,
+    encode=encode,
+    labels=labels,
+)
+
+
+def prep_imagenet(cfg: ImagePrepConfig) -> dict[str, dict]:
+    """Prepare every configured split; returns ``{split: stats}``. Fails fast on a bad source."""
+    return run_prep(READER, cfg)

@@ -1,0 +1,56 @@
+"""The prep job every modality shares: list -> fit -> plan -> Ray -> shards -> manifest, stats,
+``_SUCCESS``, with resume.
+
+The reader (``data_prep.corpus``) says what the inputs are and how one becomes samples; this
+module does the rest the same way for all of them: inputs are listed (a bad source fails before
+any work), the reader fits once on the driver, each split is planned into work units
+(``data_prep.plan``, pure) and written one shard per Ray task (``data_prep.ray_job``), finished
+units are kept on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from data_prep.corpus import CorpusReader, SourceError
+from data_prep.plan import plan_shards
+from data_prep.ray_job import prepare_split, ray_session
+from data_prep.shard_format import LABELS, atomic_write_text
+
+
+def run_prep(reader: CorpusReader, cfg: Any) -> dict[str, dict]:
+    """Prepare every configured split of ``cfg.source`` into ``cfg.out/<split>``; returns
+    ``{split: stats}``."""
+    # Absolute paths: Ray workers do not share the driver's working directory.
+    cfg = dataclasses.replace(cfg, source=os.path.abspath(cfg.source), out=os.path.abspath(cfg.out))
+    items = {split: reader.items(cfg, split) for split in cfg.splits}
+    for split, split_items in items.items():
+        if not split_items:
+            raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = reader.fit(cfg, items.get("train", ()))
+    labels = reader.labels(cfg)
+    if labels is not None:
+        atomic_write_text(out / LABELS, json.dumps(labels, indent=1) + "\n")
+    encode = functools.partial(reader.encode, cfg, state)
+    stats = {}
+    with ray_session(cfg.num_cpus, cfg.ray_address):
+        for split, split_items in items.items():
+            units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
+            stats[split] = prepare_split(units, out / split, encode, desc=f"prep {split}")
+    return stats
+
+
+def summary_line(split: str, stats: dict) -> str:
+    skipped = ", ".join(f"{k}: {v}" for k, v in stats["skipped"].items()) or "none"
+    return (
+        f"prep {split}: {stats['inputs']} inputs -> {stats['samples']} samples in "
+        f"{stats['shards']} shards ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f}s); "
+        f"skipped {stats['skipped_total']} ({skipped})"
+    )

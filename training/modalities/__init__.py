@@ -1,0 +1,93 @@
+"""Modalities, looked up by name: what training needs to know about one kind of data.
+
+A modality is one word in the run YAML (``modality: image``). Its module here,
+``training/modalities/<name>.py``, defines ``MODALITY``, a frozen :class:`Modality` bundle: the
+config classes it gives the ``pretrain.input`` and ``evaluate.tasks`` sections, the mask kinds it
+allows, its token geometry, the shard members it reads, its objective and its throughput unit.
+What runs on data, :class:`ModalityOps` (decode a sample, tokenize a batch, the downstream tasks,
+the report figure), lives in the module that ``Modality.ops`` imports on first use: reading and
+validating a config never imports torch, so a login node renders cluster scripts without it.
+
+The engine loop, loader, model, evaluation and report call only these. Nothing registers itself
+at import time: :func:`modality` imports the module named by the word (as torchtitan finds a
+model's spec by name), and :data:`NAMES` lists the words the run YAML accepts.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+NAMES: tuple[str, ...] = ("image",)
+DEFAULT = "image"
+
+
+@dataclass(frozen=True)
+class TokenGeometry:
+    """Tokens per grid axis (row-major) and values per token: what the model is built for."""
+
+    grid: tuple[int, ...]
+    values_per_token: int
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One decoded sample: ``x`` as the loader collates it (e.g. uint8 ``[3, S, S]``)."""
+
+    x: torch.Tensor
+    label: int
+    key: str
+
+
+@dataclass(frozen=True)
+class ModalityOps:
+    """What a modality does to data (imports torch and its decoders)."""
+
+    # (input config, shard sample, rng) -> Example, or None when it cannot be decoded; a training
+    # sample is augmented with ``rng``, an evaluation sample (rng None) is not.
+    decode: Callable[[Any, dict, random.Random | None], Example | None]
+    # (input config, collated batch on its device) -> float tokens [B, N, values_per_token]
+    tokenize: Callable[[Any, torch.Tensor], torch.Tensor]
+    tasks: Callable[[Any], Sequence[Any]]  # tasks config -> the downstream tasks to run
+    # (input config, model, collated batch, mask, title) -> a matplotlib Figure for the report
+    reconstruction_figure: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    unit: str  # what throughput counts: "images", "seconds of audio", "clips", "tokens"
+    objective: str  # "mae" (visible-only encoder + decoder)
+    members: tuple[str, ...]  # shard members the loader reads
+    mask_kinds: tuple[str, ...]  # accepted values of pretrain.mask.kind
+    input_config: type  # the pretrain.input section
+    tasks_config: type  # the evaluate.tasks section
+    geometry: Callable[[Any], TokenGeometry]  # input config -> token geometry
+    ops_module: str  # the module whose OPS is this modality's ModalityOps
+    # A model.json written before the seam (no "modality" key) -> today's layout.
+    upgrade_export: Callable[[dict], dict] = lambda desc: desc
+    # Run-YAML keys of an older layout -> where they live now (named in the error).
+    moved_keys: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def ops(self) -> ModalityOps:
+        return importlib.import_module(self.ops_module).OPS
+
+
+def modality(name: str) -> Modality:
+    """The bundle of the modality called ``name``."""
+    if name not in NAMES:
+        raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(NAMES)}")
+    return importlib.import_module(f"training.modalities.{name}").MODALITY

@@ -1,0 +1,85 @@
+"""The image modality: ImageNet-layout shards (``jpg`` + ``cls``) to patch tokens for MAE.
+
+Its configs and geometry (read when a run YAML is loaded, no torch); what it does to data is in
+``image_ops``. Tokens are the normalised pixels of ``patch_size`` squares, row-major over the
+patch grid. Downstream: linear probe, k-NN and fine-tuning, all top-1/top-5 accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.modalities import Modality, TokenGeometry
+from training.tasks.config import FinetuneConfig, KnnConfig, ProbeConfig
+
+
+@dataclass
+class ImageInputConfig:
+    """``pretrain.input``: the square crops the model sees and how they become patch tokens."""
+
+    image_size: int = 224
+    patch_size: int = 16  # ViT-H in the MAE paper uses 14
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # random-resized crop
+    hflip: bool = True
+
+    def problems(self):
+        if self.patch_size < 1:
+            yield ("patch_size", f"an int >= 1, got {self.patch_size}")
+        elif self.image_size % self.patch_size:
+            yield (
+                "image_size",
+                f"a multiple of patch_size {self.patch_size}, got {self.image_size}",
+            )
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            yield ("crop_scale", f"[min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class ImageFinetuneConfig(FinetuneConfig):
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+
+
+@dataclass
+class ImageTasksConfig:
+    """``evaluate.tasks``: each protocol runs on the pretrained and a random-init encoder."""
+
+    linear_probe: ProbeConfig = field(default_factory=ProbeConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    finetune: ImageFinetuneConfig = field(default_factory=ImageFinetuneConfig)
+
+
+def geometry(cfg: ImageInputConfig) -> TokenGeometry:
+    grid = cfg.image_size // cfg.patch_size
+    return TokenGeometry((grid, grid), cfg.patch_size**2 * 3)
+
+
+def upgrade_export(desc: dict) -> dict:
+    """A model.json from before the seam kept the image geometry inside ``model`` (and the
+    patch size could come from the preset); move it to ``input``."""
+    model = dict(desc["model"])
+    size, patch = model.pop("image_size"), model.pop("patch_size")
+    return {**desc, "model": model, "modality": "image", "objective": "mae",
+            "input": {"image_size": size, "patch_size": patch}}  # fmt: skip
+
+
+MODALITY = Modality(
+    name="image",
+    unit="images",
+    objective="mae",
+    members=("jpg", "cls"),
+    mask_kinds=("random",),
+    input_config=ImageInputConfig,
+    tasks_config=ImageTasksConfig,
+    geometry=geometry,
+    ops_module="training.modalities.image_ops",
+    upgrade_export=upgrade_export,
+    moved_keys={  # the image-only layout before modalities
+        "pretrain.model.image_size": "pretrain.input.image_size",
+        "pretrain.model.patch_size": "pretrain.input.patch_size",
+        "pretrain.loader.crop_scale": "pretrain.input.crop_scale",
+        "pretrain.loader.hflip": "pretrain.input.hflip",
+        "evaluate.linear_probe": "evaluate.tasks.linear_probe",
+        "evaluate.knn": "evaluate.tasks.knn",
+        "evaluate.finetune": "evaluate.tasks.finetune",
+    },
+)
