@@ -12,9 +12,7 @@ from training.typed_config import ConfigError, load_config
 T = TypeVar("T")
 
 
-def config_from_argv(
-    schema: type[T] | Callable[[Any], T], argv: list[str] | None, usage: str
-) -> T:
+def config_from_argv(schema: type[T] | Callable[[Any], T], argv: list[str] | None, usage: str) -> T:
     """The validated config named on the command line.
 
     Exits 0 after printing ``usage`` for ``-h``/``--help``, 2 without arguments or on a bad
