@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_prep.shard_format import atomic_write_text
+
 STATE_DIR = ".maskmill"
 OUTPUT_MARKER = ".maskmill-stage"
 
@@ -48,9 +50,7 @@ def read_state(run_dir: Path, stage: str) -> StageState:
 def write_state(run_dir: Path, stage: str, state: StageState) -> None:
     path = state_path(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(state), indent=2))
 
 
 def fingerprint(*parts: str) -> str:

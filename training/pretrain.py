@@ -264,6 +264,7 @@ class _Progress:
     def __init__(self, cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, start: int):
         self.cfg, self.plan, self.info, self.engine = cfg, plan, info, engine
         self.log = MetricsLog(Path(cfg.out_dir), start) if info.is_main else None
+        self.unit = modality_named(cfg.modality).unit
         self.bar = tqdm(
             total=plan.total_steps,
             initial=start,
@@ -290,7 +291,8 @@ class _Progress:
             "time": time.time(),
         }
         self.log.write(record)
-        self.bar.set_postfix(loss=f"{loss:.4f}", per_s=f"{record['samples_per_s']:.0f}")
+        per_s = f"{record['samples_per_s']:.0f}"
+        self.bar.set_postfix({"loss": f"{loss:.4f}", f"{self.unit}/s": per_s})
         self.window_start, self.window_steps = time.perf_counter(), 0
 
     def close(self) -> None:
