@@ -99,7 +99,7 @@ def maskmill_step(
 
     def step(i: int, at: float | None = ratio) -> None:
         mask = masks_for_batch(0, i, keys, g.num_tokens, at)
-        loss, _ = model(patchify(images, seen.patch_size), mask)
+        loss = model(patchify(images, seen.patch_size), mask)
         if bf16:
             opt.step(loss)
         else:

@@ -59,7 +59,7 @@ def worker(preset: str, out: str) -> None:
     engine = _build_engine(cfg, make_plan(cfg, info.world_size, 1000), info, g)
     tokens = patchify(torch.randn(2, 3, 224, 224, dtype=torch.bfloat16), 16)
     mask = masks_for_batch(0, 0, ["a", "b"], g.num_tokens, 0.75)
-    loss, _ = engine(tokens, mask)
+    loss = engine(tokens, mask)
     engine.backward(loss)
     engine.step()
     opt = engine.optimizer

@@ -99,13 +99,15 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, .
     """Run every enabled stage in order (see module docstring), or just those in ``only``
     (what each Slurm or Ray job of a submitted run does)."""
     run_dir = Path(cfg.run_dir)
+    selected = [s for s in STAGES if s.enabled(cfg) and (not only or s.name in only)]
+    for stage in selected:  # before any work: a stage that cannot run here fails the run now
+        if stage.name in force or read_state(run_dir, stage.name).status != DONE:
+            stage.preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not only:
         (run_dir / "run.yaml").write_text(to_yaml(cfg))
     with _run_lock(run_dir):
-        for stage in STAGES:
-            if not stage.enabled(cfg) or (only and stage.name not in only):
-                continue
+        for stage in selected:
             _run_stage(stage, cfg, run_dir, force=stage.name in force)
 
 

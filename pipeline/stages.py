@@ -34,7 +34,7 @@ from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS
 from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
-from training.typed_config import to_yaml
+from training.typed_config import ConfigError, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class Stage:
     output: Callable[[RunConfig], Path]
     execute: Callable[[RunConfig], None]
     enabled: Callable[[RunConfig], bool] = lambda cfg: True
+    # What only the machine that runs the stage can tell (a GPU); raises ConfigError. Checked
+    # for every stage still to run before the first one starts.
+    preflight: Callable[[RunConfig], None] = lambda cfg: None
 
 
 def _demo_data(cfg: RunConfig) -> None:
@@ -84,6 +87,17 @@ def _pretrain(cfg: RunConfig) -> None:
         _run_child("pretrain", cmd, cfg)
     finally:  # the ranks unlink their own; this catches those of ranks that were killed
         remove_shm_segments(port)
+
+
+def _pretrain_preflight(cfg: RunConfig) -> None:
+    if cfg.pretrain.device != "cuda":
+        return
+    from training.distributed import DeviceUnavailable, wants_cuda
+
+    try:
+        wants_cuda(cfg.pretrain.device)
+    except DeviceUnavailable as err:
+        raise ConfigError([("pretrain.device", str(err))]) from None
 
 
 def _evaluate(cfg: RunConfig) -> None:
@@ -128,10 +142,19 @@ def _demo_data_section(cfg: RunConfig):
 
 def _pretrain_section(cfg: RunConfig):
     # The global batch decides the result, not how it is split: 2 nodes x 8 ranks x 64 and
-    # 4 x 8 x 32 are the same run, and a checkpoint of one resumes as the other.
+    # 4 x 8 x 32 are the same run, and a checkpoint of one resumes as the other. Nor does the
+    # ZeRO stage (how optimizer state is partitioned; a checkpoint resumes under another stage
+    # through the universal form); it is hashed as 3, the old default, so recorded runs stay done.
     p = cfg.pretrain
     quiet = dataclasses.replace(
-        p, log_every=1, checkpoint_every=1, keep_checkpoints=1, batch_size=1, grad_accum=1
+        p,
+        log_every=1,
+        checkpoint_every=1,
+        keep_checkpoints=1,
+        batch_size=1,
+        grad_accum=1,
+        zero_stage=3,
+        device="auto",
     )
     return {"pretrain": quiet, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
 
@@ -169,6 +192,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=lambda cfg: _digest(Path(cfg.pretrain.train_shards) / MANIFEST),
         output=lambda cfg: Path(cfg.pretrain.out_dir),
         execute=_pretrain,
+        preflight=_pretrain_preflight,
     ),
     Stage(
         "evaluate",

@@ -6,8 +6,8 @@ rank has returned from ``save_checkpoint`` and rank 0 has written ``<tag>/_COMPL
 takes the newest such tag.
 
 ZeRO partitions the optimizer state (and, at stage 3, the parameters) by data-parallel rank, so
-a checkpoint holds one shard per rank. Resuming with another world size (more or fewer nodes)
-goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
+a checkpoint holds one shard per rank. Resuming with another world size (more or fewer nodes),
+or under a ZeRO stage that partitions differently (3 against 1-2), goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
 ``deepspeed.checkpoint.ds_to_universal``, into per-parameter files under ``universal/<tag>``,
 and the engine, built with ``checkpoint.load_universal``, loads and re-partitions them.
 """
@@ -18,6 +18,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch.distributed as dist
@@ -39,10 +40,24 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in ckpt_dir.glob(f"step-*/{COMPLETE}"))
 
 
+def client_state(step: int) -> dict:
+    """What we store beside DeepSpeed's state. ZeRO-1/2 checkpoints convert to the universal
+    form only when they say which universal layout they follow (plain data parallelism here: no
+    tensor- or pipeline-parallel patterns)."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    info = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+    return {"step": step, UNIVERSAL_CHECKPOINT_INFO: info}
+
+
 def save(engine, ckpt_dir: Path, step: int, keep: int, is_main: bool) -> str:
     """Save on every rank (DeepSpeed hangs otherwise), mark complete, prune old ones."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step})
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state(step))
     dist.barrier()
     if is_main:
         (ckpt_dir / tag / COMPLETE).write_text(f"{step}\n")
@@ -58,11 +73,42 @@ def saved_world_size(ckpt_dir: Path, tag: str) -> int | None:
     return len(list((ckpt_dir / tag).glob("*optim_states.pt"))) or None
 
 
-def needs_universal(ckpt_dir: Path, world_size: int) -> bool:
-    """True when the newest checkpoint was written by a different number of ranks."""
+def saved_params_partitioned(ckpt_dir: Path, tag: str) -> bool:
+    """Whether ``tag`` was written under ZeRO-3 (a model-state file per rank) rather than 1-2."""
+    return any((ckpt_dir / tag).glob("zero_pp_rank_*_model_states.pt"))
+
+
+def needs_universal(ckpt_dir: Path, world_size: int, zero_stage: int = 3) -> bool:
+    """True when the newest checkpoint was written by a different number of ranks, or under a
+    ZeRO stage that partitions differently (3 against 1-2)."""
     tags = complete_tags(ckpt_dir)
     saved = saved_world_size(ckpt_dir, tags[-1]) if tags else None
-    return saved is not None and saved != world_size
+    if saved is None:
+        return False
+    return saved != world_size or saved_params_partitioned(ckpt_dir, tags[-1]) != (zero_stage == 3)
+
+
+def prepare_universal(
+    ckpt_dir: Path, world_size: int, zero_stage: int, rank: int, poll_seconds: float = 2.0
+) -> bool:
+    """Whether to resume from a universal checkpoint; rank 0 makes it, the others wait for it.
+
+    Called before the process group exists: the conversion takes one rank minutes for a large
+    model, longer than a collective would wait. The other ranks watch the checkpoint directory
+    (shared by every rank); if rank 0 dies, the launcher stops them (``--kill-on-bad-exit``)."""
+    if not needs_universal(ckpt_dir, world_size, zero_stage):
+        return False
+    if rank == 0:
+        make_universal(ckpt_dir)
+        return True
+    marker = ckpt_dir / UNIVERSAL / complete_tags(ckpt_dir)[-1] / COMPLETE
+    waited = 0.0
+    while not marker.exists():
+        if waited and waited % 60 < poll_seconds:
+            log.info("waiting for rank 0 to write %s (%.0f s)", marker.parent, waited)
+        time.sleep(poll_seconds)
+        waited += poll_seconds
+    return True
 
 
 def make_universal(ckpt_dir: Path) -> Path:

@@ -162,7 +162,7 @@ class PretrainConfig:
     steps: int | None = None
     epochs: float | None = None
     precision: str = "bf16"
-    zero_stage: int = 3
+    zero_stage: int | None = None  # None: by model size (training.ds_config): 2, or 3 if huge
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -184,8 +184,8 @@ class PretrainConfig:
             yield ("epochs", f"a float > 0, got {self.epochs}")
         if self.precision not in PRECISIONS:
             yield ("precision", f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            yield ("zero_stage", f"0, 1, 2 or 3, got {self.zero_stage}")
+        if self.zero_stage not in (None, 0, 1, 2, 3):
+            yield ("zero_stage", f"0, 1, 2, 3 or null (by model size), got {self.zero_stage}")
         if self.device not in ("auto", "cpu", "cuda"):
             yield ("device", f"auto, cpu or cuda, got {self.device!r}")
         for name in (

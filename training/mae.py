@@ -41,7 +41,7 @@ class ViTEncoder(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_positions(cfg.embed_dim, geometry.grid)[None], persistent=False
         )
-        rates = torch.linspace(0, drop_path, cfg.depth).tolist()
+        rates = torch.linspace(0, drop_path, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.attention) for r in rates
         )
@@ -122,20 +122,27 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = MAEDecoder(self.cfg, geometry)
         init_weights(self)
 
-    def forward(self, tokens: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token values ``[B, N, P]`` -> (loss on the reconstructed masked tokens, predictions
-        ``[B, N, P]``, zero where nothing was predicted)."""
+    def forward(self, tokens: torch.Tensor, mask: Mask) -> torch.Tensor:
+        """Token values ``[B, N, P]`` -> the loss on the reconstructed masked tokens."""
+        return self._loss_and_predictions(tokens, mask)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, tokens: torch.Tensor, mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, predictions ``[B, N, P]``, zero where nothing was predicted): for pictures and
+        tests; training does not build the full-size tensor."""
+        loss, pred, ids_pred = self._loss_and_predictions(tokens, mask)
+        full = pred.new_zeros(tokens.shape).scatter_(
+            1, ids_pred.unsqueeze(-1).expand(-1, -1, pred.shape[-1]), pred
+        )
+        return loss, full
+
+    def _loss_and_predictions(self, tokens: torch.Tensor, mask: Mask):
         latent = self.encoder(tokens, mask.ids_keep)
         fraction = self.cfg.decoder_predict_fraction if self.training else 1.0
         ids_pred = masked_ids(mask, fraction)
         pred = self.decoder(latent, mask.ids_keep, ids_pred)
         target = gather_tokens(tokens, ids_pred)
-        loss = reconstruction_loss(pred, target, self.cfg.norm_pix_loss)
-        with torch.no_grad():
-            full = pred.new_zeros(tokens.shape).scatter_(
-                1, ids_pred.unsqueeze(-1).expand(-1, -1, pred.shape[-1]), pred
-            )
-        return loss, full
+        return reconstruction_loss(pred, target, self.cfg.norm_pix_loss), pred, ids_pred
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:

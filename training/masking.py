@@ -28,8 +28,15 @@ class Mask:
     ids_restore: torch.Tensor
     masked: torch.Tensor
 
-    def to(self, device: torch.device | str) -> Mask:
-        return Mask(self.ids_keep.to(device), self.ids_restore.to(device), self.masked.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Mask:
+        return Mask(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
+
+    def pin_memory(self) -> Mask:
+        """A copy in page-locked memory, so that ``to(cuda, non_blocking=True)`` does not wait."""
+        return Mask(*(t.pin_memory() for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (self.ids_keep, self.ids_restore, self.masked)
 
 
 def num_visible(num_patches: int, ratio: float) -> int:

@@ -15,7 +15,6 @@ loss, 75 preempted (checkpoint saved).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -23,17 +22,23 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from cluster.local import PREEMPTED_EXIT, remove_shm_segments
 from data_prep.shard_format import read_manifest
 from training import checkpoint
 from training.config import PretrainConfig, pretrain_schema
-from training.distributed import DistInfo, init_distributed
-from training.ds_config import deepspeed_config
+from training.distributed import (
+    DeviceUnavailable,
+    DistInfo,
+    StepAgreement,
+    init_distributed,
+    leave_process_group,
+)
+from training.ds_config import deepspeed_config, resolved_zero_stage
 from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
@@ -101,9 +106,14 @@ def make_plan(cfg: PretrainConfig, world_size: int, train_samples: int) -> Plan:
 
 def run(cfg: PretrainConfig) -> Path:
     """Train (or resume) to ``total_steps`` and export; returns the export directory."""
+    ckpt_dir = Path(cfg.out_dir) / CKPT_DIR
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # Before the process group exists: one rank's conversion must not run against the others'
+    # collective timeout (it grows with the model and the number of saved ranks).
+    stage = resolved_zero_stage(cfg)
+    universal = checkpoint.prepare_universal(ckpt_dir, world_size, stage, _launch_rank())
     info = init_distributed(cfg.device)
     out = Path(cfg.out_dir)
-    ckpt_dir = out / CKPT_DIR
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "pretrain.yaml").write_text(to_yaml(cfg))
@@ -112,19 +122,15 @@ def run(cfg: PretrainConfig) -> Path:
     modality = modality_named(cfg.modality)
     geometry = modality.geometry(cfg.input)
     torch.manual_seed(cfg.seed)
-    universal = checkpoint.needs_universal(ckpt_dir, info.world_size)
-    if universal:
-        if info.is_main:
-            checkpoint.make_universal(ckpt_dir)
-        dist.barrier()
     engine = _build_engine(cfg, plan, info, geometry, load_universal=universal)
     start = checkpoint.resume(engine, ckpt_dir, universal=universal)
     if info.is_main:
         log.info(
-            "pretrain %s: %d ranks, %d steps (from %d), effective batch %d, peak lr %.3g, "
-            "%d tokens per sample, mask %s %.2f, %s",
+            "pretrain %s: %d ranks on %s, %d steps (from %d), effective batch %d, peak lr %.3g, "
+            "%d tokens per sample, mask %s %.2f, %s, ZeRO-%d",
             cfg.modality,
             info.world_size,
+            info.device.type,
             plan.total_steps,
             start,
             plan.effective_batch,
@@ -133,19 +139,32 @@ def run(cfg: PretrainConfig) -> Path:
             cfg.mask.kind,
             cfg.mask.ratio,
             cfg.precision,
+            stage,
         )
     if start < plan.total_steps:
         _train(cfg, plan, info, engine, start, ckpt_dir)
-    _finish(cfg, plan, info, engine, ckpt_dir)
+    _finish(cfg, plan, info, engine, ckpt_dir, stage)
     return out / EXPORT_DIR
 
 
-def _finish(cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, ckpt_dir: Path) -> None:
-    """The final checkpoint (if the last step saved none) and the export, by rank 0."""
+def _launch_rank() -> int:
+    """This process's rank as the launcher set it, before any process group exists."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def _finish(
+    cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, ckpt_dir: Path, zero_stage: int
+) -> None:
+    """The final checkpoint (if the last step saved none), then the export by rank 0 alone.
+
+    Every rank leaves the process group first: the export reads every rank's partition from
+    disk, which for a large model from many ranks can outlast a collective's timeout, and no
+    other rank has anything left to do."""
     out = Path(cfg.out_dir)
     tag = checkpoint.tag_for(plan.total_steps)
     if tag not in checkpoint.complete_tags(ckpt_dir):
         checkpoint.save(engine, ckpt_dir, plan.total_steps, cfg.keep_checkpoints, info.is_main)
+    leave_process_group()
     if info.is_main:
         facts = {
             "step": plan.total_steps,
@@ -154,10 +173,9 @@ def _finish(cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, ckpt_dir: P
             "train_samples": plan.train_samples,
         }
         export = ExportInfo(cfg.modality, MAE_OBJECTIVE, cfg.input, cfg.model, facts)
-        export_from_checkpoint(ckpt_dir, tag, out / EXPORT_DIR, export, cfg.zero_stage)
+        export_from_checkpoint(ckpt_dir, tag, out / EXPORT_DIR, export, zero_stage)
         (out / DONE).write_text(f"{plan.total_steps}\n")
         log.info("exported encoder to %s", out / EXPORT_DIR)
-    dist.barrier()
 
 
 def _build_engine(
@@ -180,10 +198,19 @@ def _build_engine(
         ),
     )
     engine, _, _, _ = deepspeed.initialize(
+        # The device DeepSpeed puts the model on: ours, not LOCAL_RANK (wrong when Slurm shows
+        # each task only its own GPU).
+        args=SimpleNamespace(device_rank=info.device.index if on_cuda else -1),
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, info.world_size, on_cuda, load_universal),
+        config=deepspeed_config(
+            cfg,
+            info.world_size,
+            on_cuda,
+            parameters=sum(p.numel() for p in model.parameters()),
+            load_universal=load_universal,
+        ),
     )
     return engine
 
@@ -204,16 +231,22 @@ def _train(
     )
     batches = train_loader(spec, pin_memory=info.device.type == "cuda")
     step_fn = _Step(cfg, info, engine)
+    agreement = StepAgreement(info.device, cfg.grad_accum)
     metrics = _Progress(cfg, plan, info, engine, start)
     try:
         for step in range(start, plan.total_steps):
-            loss_sum = torch.zeros(3)  # loss, non-finite flag, preemption flag
             for micro in range(cfg.grad_accum):
-                loss_sum[0] += step_fn(next(batches), step * cfg.grad_accum + micro)
-            _agree(loss_sum, step, ckpt_dir)
+                agreement.add(step_fn(next(batches), step * cfg.grad_accum + micro))
+            verdict = agreement.agree(stop=_preempt_requested)
+            if verdict.non_finite_ranks:
+                raise NonFiniteLossError(
+                    f"loss became non-finite at step {step + 1} on {verdict.non_finite_ranks} "
+                    "rank(s); lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use "
+                    f"precision=fp32. The last complete checkpoint is kept in {ckpt_dir}."
+                )
             done = step + 1
-            metrics.step_done(done, loss_sum[0].item() / (cfg.grad_accum * info.world_size))
-            preempted = loss_sum[2] > 0 and done < plan.total_steps
+            metrics.step_done(done, verdict.loss)
+            preempted = verdict.stop and done < plan.total_steps
             if (done % cfg.checkpoint_every == 0 or preempted) and done < plan.total_steps:
                 checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
             if preempted:
@@ -224,10 +257,13 @@ def _train(
 
 class _Step:
     """One micro step: the modality turns the batch into tokens, masks are drawn from (seed,
-    micro step, sample key), the engine runs forward and backward; returns the loss."""
+    micro step, sample key), the engine runs forward and backward; returns the loss, still on
+    the device. Inputs reach the device without blocking the host: batches come from the
+    loader's pinned memory, masks are pinned here."""
 
     def __init__(self, cfg: PretrainConfig, info: DistInfo, engine):
         self.cfg, self.device, self.engine = cfg, info.device, engine
+        self.pin = info.device.type == "cuda"
         self.modality = modality_named(cfg.modality)
         self.geometry = self.modality.geometry(cfg.input)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -236,25 +272,14 @@ class _Step:
         x, _, keys = batch
         c = self.cfg
         mask = make_masks(c.mask.kind, c.seed, micro_step, keys, self.geometry, c.mask.ratio)
+        if self.pin:
+            mask = mask.pin_memory()
+        mask = mask.to(self.device, non_blocking=True)
         tokens = self.modality.ops.tokenize(c.input, x.to(self.device, non_blocking=True))
-        loss, _ = self.engine(tokens.to(self.dtype), mask.to(self.device))
+        loss = self.engine(tokens.to(self.dtype), mask)
         self.engine.backward(loss)
         self.engine.step()
-        return loss.detach().float().cpu()
-
-
-def _agree(loss_sum: torch.Tensor, step: int, ckpt_dir: Path) -> None:
-    """One collective decides for every rank: ranks stop together, at the same step, on a
-    non-finite loss or once any of them has been asked to stop (signals arrive unevenly)."""
-    loss_sum[1] = 0.0 if math.isfinite(loss_sum[0].item()) else 1.0
-    loss_sum[2] = 1.0 if _preempt_requested else 0.0
-    dist.all_reduce(loss_sum)
-    if loss_sum[1] > 0:
-        raise NonFiniteLossError(
-            f"loss became non-finite at step {step + 1} on {int(loss_sum[1])} rank(s); "
-            f"lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use precision=fp32. "
-            f"The last complete checkpoint is kept in {ckpt_dir}."
-        )
+        return loss.detach()
 
 
 class _Progress:
@@ -317,12 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
+    except DeviceUnavailable as err:
+        log.error("%s", err)
+        return 2
     finally:
-        # Shut the process group down before the interpreter does: left to exit-time destructors,
-        # its background threads sometimes abort the process ("terminate called without an
-        # active exception") after the work is done.
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
         remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))
     return 0
 

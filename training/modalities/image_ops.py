@@ -117,7 +117,7 @@ def reconstruction_figure(cfg: ImageInputConfig, model, images: torch.Tensor, ma
     size, patch = cfg.image_size, cfg.patch_size
     x = normalize_pixels(images)
     target = patchify(x, patch)
-    _, pred = model(target, mask)
+    _, pred = model.reconstruct(target, mask)
     if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the true stats
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
         pred = pred * (var + 1e-6) ** 0.5 + mean

@@ -6,6 +6,8 @@ as in the MAE reference, so decoders and visualisations agree on what a patch ve
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # ImageNet channel statistics: the encoder sees normalised pixels.
@@ -34,17 +36,24 @@ def unpatchify(patches: torch.Tensor, patch: int, height: int, width: int) -> to
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, height, width)
 
 
+@functools.cache
+def pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel mean and std as ``[1, 3, 1, 1]`` tensors on ``device``, made once per device: a
+    new tensor from Python values on a GPU is a blocking host-to-device copy, every step."""
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1).to(device)
+    return mean, std
+
+
 def normalize_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> float32, scaled to [0, 1] and standardised per channel."""
-    mean = torch.tensor(PIXEL_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=images_uint8.device).view(1, 3, 1, 1)
+    mean, std = pixel_stats(images_uint8.device)
     return (images_uint8.float() / 255.0 - mean) / std
 
 
 def denormalize_pixels(images: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`normalize_pixels`, clamped to [0, 1] (for pictures)."""
-    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = pixel_stats(images.device)
     return (images * std + mean).clamp(0, 1)
 
 
