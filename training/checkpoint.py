@@ -6,8 +6,8 @@ rank has returned from ``save_checkpoint`` and rank 0 has written ``<tag>/_COMPL
 takes the newest such tag.
 
 ZeRO partitions the optimizer state (and, at stage 3, the parameters) by data-parallel rank, so
-a checkpoint holds one shard per rank. Resuming with another world size (more or fewer nodes),
-or under a ZeRO stage that partitions differently (3 against 1-2), goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
+a checkpoint holds one shard per rank. Resuming with another world size (more or fewer nodes)
+goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
 ``deepspeed.checkpoint.ds_to_universal``, into per-parameter files under ``universal/<tag>``,
 and the engine, built with ``checkpoint.load_universal``, loads and re-partitions them.
 """
@@ -73,30 +73,54 @@ def saved_world_size(ckpt_dir: Path, tag: str) -> int | None:
     return len(list((ckpt_dir / tag).glob("*optim_states.pt"))) or None
 
 
-def saved_params_partitioned(ckpt_dir: Path, tag: str) -> bool:
-    """Whether ``tag`` was written under ZeRO-3 (a model-state file per rank) rather than 1-2."""
-    return any((ckpt_dir / tag).glob("zero_pp_rank_*_model_states.pt"))
+def saved_zero_stages(ckpt_dir: Path, tag: str) -> tuple[int, ...]:
+    """The ZeRO stages that can load ``tag``: (3,) when each rank wrote its own parameters,
+    (1, 2) when ranks wrote optimizer partitions only, (0,) without ZeRO."""
+    if any((ckpt_dir / tag).glob("zero_pp_rank_*_model_states.pt")):
+        return (3,)
+    return (1, 2) if saved_world_size(ckpt_dir, tag) else (0,)
 
 
-def needs_universal(ckpt_dir: Path, world_size: int, zero_stage: int = 3) -> bool:
-    """True when the newest checkpoint was written by a different number of ranks, or under a
-    ZeRO stage that partitions differently (3 against 1-2)."""
+class StageMismatch(ValueError):
+    """The checkpoint to resume was written under a ZeRO stage this run cannot load."""
+
+
+def stage_to_resume(ckpt_dir: Path, wanted: int | None, by_model_size: int) -> int:
+    """The ZeRO stage of this run: ``wanted`` if set, else the one of the checkpoint it resumes
+    (runs begun under another default go on as they began), else ``by_model_size``.
+
+    DeepSpeed's universal checkpoint re-partitions across world sizes but not from stage 3's
+    layout to stage 1-2's (0.19: "Empty ds_version in checkpoint"), so an explicit stage the
+    checkpoint cannot be loaded under is refused before anything starts."""
+    tags = complete_tags(ckpt_dir)
+    loadable = saved_zero_stages(ckpt_dir, tags[-1]) if tags else ()
+    if wanted is None:
+        return loadable[-1] if loadable else by_model_size
+    if loadable and wanted not in loadable:
+        raise StageMismatch(
+            f"zero_stage: {' or '.join(map(str, loadable))} to resume {ckpt_dir / tags[-1]} "
+            f"(written under that stage), got {wanted}; unset it to follow the checkpoint, or "
+            "start the run over in a new out_dir"
+        )
+    return wanted
+
+
+def needs_universal(ckpt_dir: Path, world_size: int) -> bool:
+    """True when the newest checkpoint was written by a different number of ranks."""
     tags = complete_tags(ckpt_dir)
     saved = saved_world_size(ckpt_dir, tags[-1]) if tags else None
-    if saved is None:
-        return False
-    return saved != world_size or saved_params_partitioned(ckpt_dir, tags[-1]) != (zero_stage == 3)
+    return saved is not None and saved != world_size
 
 
 def prepare_universal(
-    ckpt_dir: Path, world_size: int, zero_stage: int, rank: int, poll_seconds: float = 2.0
+    ckpt_dir: Path, world_size: int, rank: int, poll_seconds: float = 2.0
 ) -> bool:
     """Whether to resume from a universal checkpoint; rank 0 makes it, the others wait for it.
 
     Called before the process group exists: the conversion takes one rank minutes for a large
     model, longer than a collective would wait. The other ranks watch the checkpoint directory
     (shared by every rank); if rank 0 dies, the launcher stops them (``--kill-on-bad-exit``)."""
-    if not needs_universal(ckpt_dir, world_size, zero_stage):
+    if not needs_universal(ckpt_dir, world_size):
         return False
     if rank == 0:
         make_universal(ckpt_dir)

@@ -1,6 +1,7 @@
 """The DeepSpeed config of a pretraining job, generated from its typed config.
 
-ZeRO stage (``pretrain.zero_stage``; unset means by model size, :func:`zero_stage_for`):
+ZeRO stage (``pretrain.zero_stage``; unset means the stage of the checkpoint being resumed, else
+by model size, :func:`zero_stage_for`):
 
 * **1 or 2 for every ViT preset**, as MAE-scale projects run (DDP or ZeRO-1; EVA's 1B ViT used
   ZeRO-1). ViT-B's whole training state (bf16 weights and gradients, fp32 master, Adam moments:
@@ -65,6 +66,7 @@ def deepspeed_config(
     cfg: PretrainConfig,
     world_size: int,
     on_cuda: bool,
+    zero_stage: int,
     parameters: int,
     load_universal: bool = False,
 ) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def deepspeed_config(
     ``deepspeed.initialize`` as objects, so the same code runs on CPU and CUDA without
     DeepSpeed's compiled optimizer ops.
     """
-    stage = cfg.zero_stage if cfg.zero_stage is not None else zero_stage_for(parameters)
+    stage = zero_stage
     bucket = bucket_elements(parameters)
     zero: dict[str, Any] = {
         "stage": stage,
@@ -100,7 +102,7 @@ def deepspeed_config(
     }
     if cfg.precision == "bf16" and cfg.grad_accum > 1 and stage in (1, 2):
         config["data_types"] = {"grad_accum_dtype": "fp32"}
-    if load_universal:  # resuming a checkpoint written by another world size or ZeRO stage
+    if load_universal:  # resuming a checkpoint written by another world size
         config["checkpoint"] = {"load_universal": True}
     return _merge(config, cfg.deepspeed)
 

@@ -110,8 +110,8 @@ def run(cfg: PretrainConfig) -> Path:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     # Before the process group exists: one rank's conversion must not run against the others'
     # collective timeout (it grows with the model and the number of saved ranks).
-    stage = resolved_zero_stage(cfg)
-    universal = checkpoint.prepare_universal(ckpt_dir, world_size, stage, _launch_rank())
+    stage = checkpoint.stage_to_resume(ckpt_dir, cfg.zero_stage, resolved_zero_stage(cfg))
+    universal = checkpoint.prepare_universal(ckpt_dir, world_size, _launch_rank())
     info = init_distributed(cfg.device)
     out = Path(cfg.out_dir)
     if info.is_main:
@@ -122,7 +122,7 @@ def run(cfg: PretrainConfig) -> Path:
     modality = modality_named(cfg.modality)
     geometry = modality.geometry(cfg.input)
     torch.manual_seed(cfg.seed)
-    engine = _build_engine(cfg, plan, info, geometry, load_universal=universal)
+    engine = _build_engine(cfg, plan, info, geometry, stage, load_universal=universal)
     start = checkpoint.resume(engine, ckpt_dir, universal=universal)
     if info.is_main:
         log.info(
@@ -179,7 +179,12 @@ def _finish(
 
 
 def _build_engine(
-    cfg: PretrainConfig, plan: Plan, info: DistInfo, geometry, load_universal: bool = False
+    cfg: PretrainConfig,
+    plan: Plan,
+    info: DistInfo,
+    geometry,
+    zero_stage: int,
+    load_universal: bool = False,
 ):
     import deepspeed
 
@@ -208,6 +213,7 @@ def _build_engine(
             cfg,
             info.world_size,
             on_cuda,
+            zero_stage,
             parameters=sum(p.numel() for p in model.parameters()),
             load_universal=load_universal,
         ),
@@ -342,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
-    except DeviceUnavailable as err:
+    except (DeviceUnavailable, checkpoint.StageMismatch) as err:
         log.error("%s", err)
         return 2
     finally:

@@ -1,4 +1,5 @@
-"""Real DeepSpeed ZeRO-3 runs on CPU (gloo): 2 ranks under the ``deepspeed`` launcher."""
+"""Real DeepSpeed runs on CPU (gloo): 2 ranks under the ``deepspeed`` launcher, ZeRO-2 (the
+default for every ViT preset) and ZeRO-3."""
 
 import json
 import os
@@ -63,8 +64,10 @@ def _port():
     return free_port()
 
 
-def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
-    config = _config(tmp_path, prepared, precision="bf16", grad_accum=2)
+@pytest.mark.parametrize("zero_stage", [None, 3])
+def test_two_rank_run_trains_checkpoints_and_exports(tmp_path, prepared, zero_stage):
+    # bf16 with accumulation: ZeRO-2 accumulates gradients in fp32 (data_types.grad_accum_dtype)
+    config = _config(tmp_path, prepared, precision="bf16", grad_accum=2, zero_stage=zero_stage)
     port = _port()
     proc = subprocess.run(
         _deepspeed(config, port=port), capture_output=True, text=True, timeout=300
@@ -74,9 +77,11 @@ def test_two_rank_zero3_run_trains_checkpoints_and_exports(tmp_path, prepared):
     out = tmp_path / "run"
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert (out / "checkpoints" / "step-00000004" / COMPLETE).exists()
-    # ZeRO-3 partitioned the parameters over both ranks; the export gathered them whole.
+    # ZeRO partitioned the optimizer state (and at stage 3 the parameters) over both ranks; the
+    # export gathered them whole.
     parts = list((out / "checkpoints" / "step-00000004").glob("*optim_states.pt"))
     assert len(parts) == 2
+    assert f"ZeRO-{zero_stage or 2}" in proc.stdout + proc.stderr
     encoder = load_encoder(out / "export")
     mae = load_mae(out / "export")
     assert all(torch.isfinite(p).all() for p in encoder.parameters())
@@ -202,6 +207,25 @@ def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_pa
     assert not torch.allclose(
         fresh["encoder.patch_embed.weight"], trained["encoder.patch_embed.weight"]
     )
+
+
+def test_a_run_begun_under_zero3_resumes_under_zero3_unless_told_otherwise(tmp_path, prepared):
+    """A run started before ZeRO-2 became the default goes on under the stage it began with;
+    asking for a stage its checkpoint cannot be loaded under fails before any work."""
+    out = tmp_path / "run"
+    first = _config(tmp_path, prepared, precision="fp32", zero_stage=3, steps=2)
+    proc = subprocess.run(_deepspeed(first), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    refused = _config(tmp_path, prepared, precision="fp32", zero_stage=2, steps=3)
+    proc = subprocess.run(_deepspeed(refused), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "zero_stage: 3 to resume" in proc.stderr and "got 2" in proc.stderr
+    unset = _config(tmp_path, prepared, precision="fp32", steps=3)
+    proc = subprocess.run(_deepspeed(unset), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "(from 2)" in log and "ZeRO-3" in log
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
 def _fresh_init(config_path):
