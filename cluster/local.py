@@ -33,9 +33,17 @@ def deepspeed_command(
     ]  # fmt: skip
 
 
-def srun_command(module: str, args: list[str]) -> list[str]:
-    """One rank per task of the enclosing Slurm allocation; a rank that fails stops the others."""
-    return ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", module, *args]
+def srun_command(module: str, args: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """One rank per task of the enclosing Slurm allocation; a rank that fails stops the others.
+
+    The job's CPUs per task are passed on explicitly: srun does not inherit ``--cpus-per-task``
+    on Slurm 22.05-23.02 (23.11 reads ``SRUN_CPUS_PER_TASK``), and with CPU binding each rank
+    would then be bound to one CPU, shared with all its loader workers."""
+    env = os.environ if env is None else env
+    binding = []
+    if env.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        binding = [f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}", "--cpu-bind=cores"]
+    return ["srun", "--kill-on-bad-exit=1", *binding, sys.executable, "-m", module, *args]
 
 
 def python_command(module: str, args: list[str]) -> list[str]:

@@ -7,7 +7,8 @@
 # Installs Debian's munge, slurmctld, slurmd, slurm-client, slurmdbd and MariaDB; writes a
 # one-node slurm.conf from what `slurmd -C` reads off this machine (CPUs, memory); starts munged,
 # MariaDB, slurmdbd (so `sacct` works), slurmctld and slurmd; waits until the node is idle.
-# Processes are tracked without cgroups (proctrack/linuxproc), which is what a container allows.
+# Processes are tracked without cgroups (proctrack/linuxproc), which is what a container allows;
+# CPUs are bound with sched_setaffinity (task/affinity), which works without cgroups.
 set -euo pipefail
 
 CLUSTER=maskmill
@@ -106,7 +107,8 @@ SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# CPU binding as on a real cluster: a test sees each rank's (and its loader workers') affinity.
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost

@@ -124,6 +124,11 @@ def _training_body(spec: JobSpec) -> list[str]:
         "MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "export MASTER_ADDR MASTER_PORT",
         "",
+        "# CPU binding: every rank and its loader workers get --cpus-per-task CPUs, bound to cores.",
+        "# srun does not inherit --cpus-per-task on Slurm 22.05-23.02; the ranks' srun passes",
+        "# --cpus-per-task=$SLURM_CPUS_PER_TASK --cpu-bind=cores, and 23.11+ reads these too.",
+        'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK" SLURM_CPU_BIND=cores',
+        "",
         "# Preemption: Slurm sends USR2 to this shell before the time limit (or `scancel",
         "# --signal=USR2 --batch`); pass it to every rank, which checkpoints and exits "
         f"{PREEMPTED_EXIT}.",

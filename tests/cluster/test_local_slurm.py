@@ -187,3 +187,48 @@ def test_quickstart_submitted_to_slurm_runs_to_the_end(slurm_cluster, tmp_path):
     assert {s.state for s in job_states([int(j) for j in sub.jobs]).values()} == {"COMPLETED"}
     probe = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["linear_probe"]
     assert probe["pretrained"]["top1"] > probe["random_init"]["top1"], probe
+
+
+SRUN_BEFORE_23_11 = """#!/bin/sh
+# srun as Slurm 22.05-23.02 runs it: it does not take the job's CPUs per task from the
+# environment (Debian's 22.05.8 still does, so the test puts this shim first in PATH).
+unset SLURM_CPUS_PER_TASK SRUN_CPUS_PER_TASK
+exec {srun} "$@"
+"""
+
+
+def test_each_rank_and_its_loader_workers_get_the_jobs_cpus_per_task(slurm_cluster, tmp_path):
+    """A training job rendered by cluster.sbatch with 2 CPUs per task (this machine has 2):
+    the rank started by ``srun_command`` and its DataLoader worker are bound to both."""
+    from cluster.local import srun_command
+    from cluster.sbatch import JobSpec, render
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real = subprocess.run(["which", "srun"], capture_output=True, text=True).stdout.strip()
+    (shim / "srun").write_text(SRUN_BEFORE_23_11.format(srun=real))
+    (shim / "srun").chmod(0o755)
+    launch = (
+        "import subprocess, sys; from cluster.local import srun_command; "
+        "sys.exit(subprocess.call(srun_command('tests.cluster.affinity_probe', sys.argv[1:])))"
+    )
+    spec = JobSpec(
+        name="affinity",
+        kind="training",
+        command=[sys.executable, "-c", launch, str(tmp_path)],
+        workdir=str(Path(__file__).resolve().parents[2]),
+        log=str(tmp_path / "job.log"),
+        cpus_per_task=2,
+        time="5",
+        setup=[f"export PATH={shim}:$PATH"],
+    )
+    script = tmp_path / "job.sh"
+    script.write_text(render(spec))
+    subprocess.run(["sbatch", "--wait", str(script)], check=True, capture_output=True, timeout=300)
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    log = (tmp_path / "job.log").read_text()
+    assert result == {"rank": [0, 1], "worker": [0, 1]}, log
+    assert srun_command("m", [], {"SLURM_CPUS_PER_TASK": "12"})[2:4] == [
+        "--cpus-per-task=12",
+        "--cpu-bind=cores",
+    ]

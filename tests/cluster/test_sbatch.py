@@ -58,6 +58,12 @@ def test_training_job_asks_for_every_node_and_rank_and_preemption(multi_node):
     assert list(scripts) == ["prep", "pretrain", "evaluate", "report"]
     opts = sbatch_lines(scripts["pretrain"])
     assert opts["--nodes"] == "2" and opts["--ntasks-per-node"] == "8"
+    assert opts["--cpus-per-task"] == "12" and opts["--gpus-per-node"] == "8"
+    # srun does not inherit --cpus-per-task on Slurm 22.05-23.02: the binding is spelled out
+    assert (
+        'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK" SLURM_CPU_BIND=cores'
+        in scripts["pretrain"]
+    )
     assert opts["--gpus-per-node"] == "8" and opts["--cpus-per-task"] == "12"
     assert opts["--mem"] == "480G" and opts["--time"] == "2-00:00:00"
     assert opts["--partition"] == "gpu" and opts["--account"] == "proj-42"
