@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,8 +141,18 @@ def read_shard_samples(path: str | Path, members: tuple[str, ...] = ()) -> Itera
     ``members`` (empty: keep all). Anything else in a header (pax, GNU long names, links) is an
     error naming the shard: such tars are not ours; read them with ``webdataset`` directly.
     """
+    for _, sample in indexed_shard_samples(path, members):
+        yield sample
+
+
+def indexed_shard_samples(
+    path: str | Path, members: tuple[str, ...] = (), keep: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, dict]]:
+    """``(ordinal in the shard, sample)`` of the samples ``keep`` accepts (all by default);
+    the data of the others is seeked past, never read (see :func:`read_shard_samples`)."""
     url = str(path)
     sample: dict | None = None
+    ordinal, kept = -1, False
     with open(path, "rb") as f:
         while True:
             header = f.read(_BLOCK)
@@ -159,13 +169,15 @@ def read_shard_samples(path: str | Path, members: tuple[str, ...] = ()) -> Itera
             stem, _, ext = name.rpartition("/")[2].partition(".")
             key = f"{name.rpartition('/')[0]}/{stem}".lstrip("/")
             if sample is None or sample["__key__"] != key:
-                if sample is not None:
-                    yield sample
+                if sample is not None and kept:
+                    yield ordinal, sample
+                ordinal += 1
+                kept = keep is None or keep(ordinal)
                 sample = {"__key__": key, "__url__": url}
-            if not members or ext in members:
+            if kept and (not members or ext in members):
                 sample[ext] = f.read(size)
                 f.seek((-size) % _BLOCK, 1)
             else:
                 f.seek(size + (-size) % _BLOCK, 1)
-    if sample is not None:
-        yield sample
+    if sample is not None and kept:
+        yield ordinal, sample

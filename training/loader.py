@@ -7,12 +7,16 @@ Training stream (:func:`train_loader`):
 * **Explicit node and worker splitting.** Each epoch the shard list is permuted with the run
   seed and dealt to ``world_size x workers`` slots; every slot gets the same number of shards
   (the list wraps around when there are fewer shards than slots), so no rank runs dry early.
+  The order within a slot is ``training.stream_order``'s: shard order through a shuffle buffer
+  that restarts each epoch.
 * **Same number of batches on every rank.** The stream is endless (epoch after epoch); the
   training loop takes exactly ``steps x grad_accum`` batches, so uneven shard counts cannot hang
   a collective.
-* **Exact resume.** Shuffle buffers and augmentations draw from generators seeded by
-  (seed, slot, sample index), and a resumed run skips the batches already consumed before
-  decoding them, so it sees the same batches an uninterrupted run would.
+* **Exact resume without re-reading.** Shuffle buffers and augmentations draw from generators
+  seeded by (seed, slot, epoch) and (seed, slot, sample index), so a resumed run sees the same
+  batches an uninterrupted run would. Finished epochs are skipped by arithmetic on the
+  manifest's sample counts, shards of the current epoch with nothing left to emit are never
+  opened, and only emitted samples are decoded (``stream_order.resume_point``).
 * **Nothing is unpickled**: members are decoded by the modality's own functions.
 * **Lean shard reading**: shards are opened by ``read_shard_samples`` (our own shards are plain
   ustar), which skips the members training does not read; ``tarfile``'s full header parsing
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,23 +38,12 @@ from typing import Any
 import torch
 import webdataset as wds
 
-from data_prep.shard_format import read_shard_samples, shard_urls
+from data_prep.shard_format import indexed_shard_samples, read_manifest, shard_urls
 from training.config import LoaderConfig
 from training.modalities import Example, modality
+from training.stream_order import epoch_order, resume_point
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]  # collated inputs, labels, keys
-
-
-def assign_shards(num_shards: int, slot: int, slots: int, seed: int, epoch: int) -> list[int]:
-    """Shard indices read by ``slot`` (of ``slots`` = ranks x workers) in ``epoch``.
-
-    Every slot gets ``ceil(num_shards / slots)`` shards; with fewer shards than slots some shards
-    are read by more than one slot in that epoch, rather than leaving a slot empty.
-    """
-    order = list(range(num_shards))
-    random.Random(f"{seed}:{epoch}").shuffle(order)
-    per_slot = math.ceil(num_shards / slots)
-    return [order[(slot + k * slots) % num_shards] for k in range(per_slot)]
 
 
 def split_skip(batches: int, workers: int) -> tuple[int, int]:
@@ -69,6 +61,7 @@ class TrainStreamSpec:
     """Everything a loader worker needs (it is pickled to each one): plain data only."""
 
     urls: tuple[str, ...]
+    counts: tuple[int, ...]  # samples per shard, from the manifest
     modality: str
     input: Any  # the modality's input config
     batch_size: int
@@ -94,15 +87,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         skip = split_skip(s.skip_batches, workers)[0] * s.batch_size
         m = modality(s.modality)
         pipeline = wds.DataPipeline(
-            functools.partial(_endless_shards, s.urls, slot, slots, s.seed),
-            functools.partial(_shard_samples, members=m.members),
-            wds.shuffle(
-                s.loader.shuffle_buffer,
-                initial=s.loader.shuffle_buffer,
-                rng=random.Random(f"{s.seed}:{slot}:shuffle"),
-            ),
-            _numbered,
-            wds.select(lambda item: item[0] >= skip),
+            functools.partial(_slot_samples, s, slot, slots, skip, m.members),
             # Augmentation seeded by the sample's place in the stream: a resumed run redraws it.
             wds.map(
                 lambda item: m.ops.decode(
@@ -156,6 +141,7 @@ def train_spec_for(
     """The training stream of one rank over a prepared split (pretraining and fine-tuning)."""
     return TrainStreamSpec(
         urls=tuple(shard_urls(split_dir)),
+        counts=tuple(r.samples for r in read_manifest(split_dir)),
         modality=modality_name,
         input=input_cfg,
         batch_size=batch_size,
@@ -167,20 +153,51 @@ def train_spec_for(
     )
 
 
-def _endless_shards(urls: tuple[str, ...], slot: int, slots: int, seed: int):
-    for epoch in itertools.count():
-        for index in assign_shards(len(urls), slot, slots, seed, epoch):
-            yield {"url": urls[index]}
+def _slot_samples(
+    s: TrainStreamSpec, slot: int, slots: int, skip: int, members: tuple[str, ...]
+) -> Iterator[tuple[int, dict]]:
+    """``(index in the slot's stream, sample)`` from ``skip`` on, epoch after epoch."""
+    first_epoch, into = resume_point(s.counts, slot, slots, s.seed, skip)
+    index = skip
+    for epoch in itertools.count(first_epoch):
+        shards, sizes, order = epoch_order(
+            s.counts, slot, slots, s.seed, epoch, s.loader.shuffle_buffer
+        )
+        order.skip(into if epoch == first_epoch else 0)
+        samples = _EpochSamples([s.urls[i] for i in shards], sizes, order.pending(), members)
+        for position in order:
+            yield index, samples.take(position)
+            index += 1
 
 
-def _shard_samples(shards, members: tuple[str, ...]):
-    """Shards -> samples, keeping only what training reads (see ``read_shard_samples``)."""
-    for shard in shards:
-        yield from read_shard_samples(shard["url"], members=members)
+class _EpochSamples:
+    """One epoch's samples by position: shards are read forward, keeping only pending positions
+    until the shuffle asks for them; a shard with none pending is not opened."""
+
+    def __init__(self, urls: list[str], sizes: list[int], pending, members: tuple[str, ...]):
+        self.held: dict[int, dict] = {}
+        self.reading = self._read(urls, sizes, pending, members)
+
+    def take(self, position: int) -> dict:
+        while position not in self.held:
+            got, sample = next(self.reading)
+            self.held[got] = sample
+        return self.held.pop(position)
+
+    @staticmethod
+    def _read(urls, sizes, pending, members) -> Iterator[tuple[int, dict]]:
+        start = 0
+        for url, size in zip(urls, sizes):
+            if pending.any_in(start, start + size):
+                wanted = functools.partial(_is_pending, pending, start)
+                for ordinal, sample in indexed_shard_samples(url, members, wanted):
+                    if ordinal < size:
+                        yield start + ordinal, sample
+            start += size
 
 
-def _numbered(samples):
-    yield from enumerate(samples)
+def _is_pending(pending, start: int, ordinal: int) -> bool:
+    return start + ordinal in pending
 
 
 def _collate(examples: list[Example]) -> Batch:

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from training.config import LoaderConfig
-from training.loader import assign_shards, eval_batches, split_skip, train_loader, train_spec_for
+from training.loader import eval_batches, split_skip, train_loader, train_spec_for
 from training.modalities.image import ImageInputConfig
+from training.stream_order import assign_shards
 
 
 @pytest.mark.parametrize(("shards", "slots"), [(1, 4), (3, 4), (5, 4), (8, 4), (7, 2)])
@@ -138,3 +139,36 @@ def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
     )
     assert len(list(itertools.islice(train_loader(spec), 3))) == 3
     assert not (tmp_path / "UNPICKLED").exists()
+
+
+def test_resume_late_in_a_run_reads_only_what_it_emits(prepared, monkeypatch):
+    """Resuming 6 epochs in: finished epochs and spent shards are never opened, only emitted
+    samples are decoded, and the batches are those of the uninterrupted stream."""
+    import training.loader as loader_module
+    from training.modalities import modality
+
+    spec = dict(loader=LoaderConfig(workers=0, shuffle_buffer=10), batch_size=8)
+    straight = list(itertools.islice(train_loader(_spec(prepared, **spec)), 80))
+    opened, decoded = [], []
+    real_read, ops = loader_module.indexed_shard_samples, modality("image").ops
+    monkeypatch.setattr(
+        loader_module,
+        "indexed_shard_samples",
+        lambda url, members, keep: opened.append(url) or real_read(url, members, keep),
+    )
+    monkeypatch.setitem(
+        modality("image").__dict__,
+        "ops",
+        type(ops)(
+            decode=lambda *a: decoded.append(a[1]["__key__"]) or ops.decode(*a),
+            tokenize=ops.tokenize,
+            tasks=ops.tasks,
+            reconstruction_figure=ops.reconstruction_figure,
+        ),
+    )
+    resumed = list(itertools.islice(train_loader(_spec(prepared, skip_batches=75, **spec)), 5))
+    for a, b in zip(straight[75:], resumed):
+        assert a[2] == b[2] and torch.equal(a[0], b[0])
+    assert len(decoded) <= 5 * 8 + 1  # nothing skipped is decoded (webdataset's batcher reads
+    # one sample ahead to close a batch)
+    assert len(opened) <= 2 * 5  # the current epoch's shards at most, with the next one's

@@ -1,0 +1,104 @@
+"""The order one loader slot (a rank's worker) reads a split in, and where a resumed run picks it
+up, from shard sample counts alone (pure functions: no data is read here).
+
+A slot's stream is epoch after epoch. Each epoch the shard list is permuted with the run seed and
+dealt to the ``ranks x workers`` slots (:func:`assign_shards`); the slot's samples, in shard
+order, go through a shuffle buffer seeded by (seed, slot, epoch) that starts empty and drains at
+the epoch's end (:class:`ShuffleOrder`). Sample ``i`` of the slot's whole stream is augmented with
+a generator seeded by (seed, slot, i).
+
+Because every epoch starts afresh, resuming after ``n`` samples costs nothing per finished epoch:
+:func:`resume_point` subtracts whole epochs' sample counts from ``n``, and within the last epoch
+replays only the shuffle's random draws over positions (microseconds per sample, no I/O). What
+it leaves is :meth:`ShuffleOrder.pending`: the positions still in the buffer plus those not read
+yet. The loader opens only shards holding pending positions and decodes only samples it emits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+def assign_shards(num_shards: int, slot: int, slots: int, seed: int, epoch: int) -> list[int]:
+    """Shard indices read by ``slot`` (of ``slots`` = ranks x workers) in ``epoch``.
+
+    Every slot gets ``ceil(num_shards / slots)`` shards; with fewer shards than slots some shards
+    are read by more than one slot in that epoch, rather than leaving a slot empty.
+    """
+    order = list(range(num_shards))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    per_slot = math.ceil(num_shards / slots)
+    return [order[(slot + k * slots) % num_shards] for k in range(per_slot)]
+
+
+class ShuffleOrder:
+    """Positions ``0..count-1`` in the order a shuffle buffer of ``size`` emits them: fill it,
+    then emit a random member and take in the next position, until all are out."""
+
+    def __init__(self, count: int, size: int, rng: random.Random):
+        self.count, self.rng = count, rng
+        self.buffer = list(range(min(count, max(1, size))))
+        self.next_input = len(self.buffer)
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        if not self.buffer:
+            raise StopIteration
+        k = self.rng.randrange(len(self.buffer))
+        self.buffer[k], self.buffer[-1] = self.buffer[-1], self.buffer[k]
+        position = self.buffer.pop()
+        if self.next_input < self.count:
+            self.buffer.append(self.next_input)
+            self.next_input += 1
+        return position
+
+    def skip(self, n: int) -> None:
+        """Advance past ``n`` positions without anyone reading them."""
+        for _ in itertools.islice(self, n):
+            pass
+
+    def pending(self) -> Pending:
+        return Pending(frozenset(self.buffer), self.next_input)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Positions an epoch still emits: those in the buffer and all from ``next_input`` on."""
+
+    buffered: frozenset[int]
+    next_input: int
+
+    def __contains__(self, position: int) -> bool:
+        return position >= self.next_input or position in self.buffered
+
+    def any_in(self, start: int, stop: int) -> bool:
+        """Whether any position in ``[start, stop)`` is pending (a shard worth opening)."""
+        return stop > self.next_input or any(start <= p < stop for p in self.buffered)
+
+
+def epoch_order(counts: Sequence[int], slot: int, slots: int, seed: int, epoch: int, buffer: int):
+    """(shard indices, their sample counts, the shuffle order) of ``slot`` in ``epoch``."""
+    shards = assign_shards(len(counts), slot, slots, seed, epoch)
+    sizes = [counts[i] for i in shards]
+    order = ShuffleOrder(sum(sizes), buffer, random.Random(f"{seed}:{slot}:{epoch}:shuffle"))
+    return shards, sizes, order
+
+
+def resume_point(
+    counts: Sequence[int], slot: int, slots: int, seed: int, skip: int
+) -> tuple[int, int]:
+    """(epoch, samples into it) where ``slot``'s stream stands after ``skip`` samples."""
+    for epoch in itertools.count():
+        size = sum(counts[i] for i in assign_shards(len(counts), slot, slots, seed, epoch))
+        if size == 0:
+            raise ValueError("the split's shards hold no samples")
+        if skip < size:
+            return epoch, skip
+        skip -= size
+    raise AssertionError("unreachable")
