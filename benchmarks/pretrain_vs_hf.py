@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -45,6 +46,7 @@ from training.masking import masks_for_batch
 from training.modalities.image import ImageInputConfig, geometry
 from training.modalities.image_patches import patchify
 
+COMPILED = "maskmill (torch.compile)"
 DECODERS = {
     "maskmill": {},
     "maskmill cross-attn decoder": {"decoder_type": "cross"},
@@ -80,7 +82,12 @@ class MasterWeights:
 
 
 def maskmill_step(
-    cfg: ModelConfig, seen: ImageInputConfig, batch: int, ratio: float | None, bf16: bool
+    cfg: ModelConfig,
+    seen: ImageInputConfig,
+    batch: int,
+    ratio: float | None,
+    bf16: bool,
+    compiled: bool = False,
 ) -> Callable[..., None]:
     """``step(i)`` at ``ratio``, or ``step(i, ratio)`` when ``ratio`` is None (one model, any
     ratio: memory for one model, not one per ratio). Images are patchified in the step, as the
@@ -96,10 +103,12 @@ def maskmill_step(
         opt = MasterWeights(model, 1e-4)
     else:
         adamw = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    # One graph per mask ratio (the visible count fixes every shape); the optimizer stays eager.
+    forward = torch.compile(model, dynamic=False) if compiled else model
 
     def step(i: int, at: float | None = ratio) -> None:
         mask = masks_for_batch(0, i, keys, g.num_tokens, at)
-        loss = model(patchify(images, seen.patch_size), mask)
+        loss = forward(patchify(images, seen.patch_size), mask)
         if bf16:
             opt.step(loss)
         else:
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="timed steps per implementation and ratio"
     )
     parser.add_argument("--decoders", action="store_true", help="also time the cheaper decoders")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time maskmill under torch.compile (inductor)"
+    )
     parser.add_argument("--out", default="results/pretrain_vs_hf")
     args = parser.parse_args(argv)
     try:
@@ -180,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         cfg = dataclasses.replace(base, **DECODERS[name])
         steppers[name] = maskmill_step(cfg, seen, args.batch, None, bf16)
+    compile_s = {}
+    if args.compile:
+        torch._dynamo.config.cache_size_limit = max(64, 4 * len(args.ratios))
+        steppers[COMPILED] = maskmill_step(base, seen, args.batch, None, bf16, compiled=True)
+        for ratio in args.ratios:  # the first step at each ratio compiles; timed on its own
+            start = time.perf_counter()
+            steppers[COMPILED](0, at=ratio)
+            compile_s[ratio] = time.perf_counter() - start
     runs = {
         (name, ratio): functools.partial(fn, at=ratio)
         for ratio in args.ratios
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (name, ratio), _ in runs.items():
         t = median(times[f"{name}@{ratio}"])
-        cfg = dataclasses.replace(base, **DECODERS.get(name, {}))
+        cfg = dataclasses.replace(base, **DECODERS.get(name, {}))  # compiled: base's
         flops = mae_step_flops(cfg, geometry(seen), ratio, args.batch)
         rows.append(
             {
@@ -220,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "transformers": transformers.__version__,
         "matmul_peak_gflop_s": peak / 1e9,
+        "compile_s_first_step": compile_s,
         "machine": machine(),
     }
     m = setup["machine"]
@@ -236,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['implementation']} | {row['ratio']:.2f} | {row['step_s']:.3f} | "
             f"{row['images_per_s']:.2f} | {row['vs_hf']:.2f}x | {row['mfu']:.0%} |"
         )
+    for ratio, seconds in compile_s.items():
+        table.append(f"\n{COMPILED}: first step at {ratio:.2f} (compiling) took {seconds:.1f} s")
     tag = f"{args.preset}_{args.image_size}_b{args.batch}_{args.precision}"
     tag += "_decoders" if args.decoders else ""
     write_results(args.out, tag, {"setup": setup, "rows": rows}, table)

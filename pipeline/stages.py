@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from cluster.local import (
     PREEMPTED_EXIT,
     deepspeed_command,
@@ -156,7 +158,9 @@ def _pretrain_section(cfg: RunConfig):
         zero_stage=3,
         device="auto",
     )
-    return {"pretrain": quiet, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
+    tree = OmegaConf.to_container(OmegaConf.structured(quiet))
+    del tree["compile"]  # how the step runs, not what it computes (absent before 0.3)
+    return {"pretrain": tree, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
 
 
 def _digest(path: Path) -> str:

@@ -168,6 +168,9 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
+    # torch.compile the model (inductor; one graph per mask ratio): +6% per ViT-B step on CPU after
+    # a ~75 s compile. ZeRO 0-2 only: ZeRO-3's parameter hooks keep the compiler out.
+    compile: bool = False
 
     def problems(self):
         allowed = modality_named(self.modality).mask_kinds
@@ -186,6 +189,11 @@ class PretrainConfig:
             yield ("precision", f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.zero_stage not in (None, 0, 1, 2, 3):
             yield ("zero_stage", f"0, 1, 2, 3 or null (by model size), got {self.zero_stage}")
+        if self.compile and self.zero_stage == 3:
+            yield (
+                "compile",
+                "false with zero_stage 3 (its parameter hooks keep torch.compile out)",
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             yield ("device", f"auto, cpu or cuda, got {self.device!r}")
         for name in (

@@ -218,6 +218,10 @@ def _build_engine(
             load_universal=load_universal,
         ),
     )
+    if cfg.compile and zero_stage < 3:
+        engine.compile(compile_kwargs={"dynamic": False})
+    elif cfg.compile:
+        log.warning("compile ignored: the model's size chose ZeRO-3, whose hooks keep it out")
     return engine
 
 

@@ -239,3 +239,15 @@ def _fresh_init(config_path):
     torch.manual_seed(cfg.seed)
     geometry = modality(cfg.modality).geometry(cfg.input)
     return MaskedAutoencoder(cfg.model, geometry).state_dict()
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_under_zero2(tmp_path, prepared):
+    """``compile: true`` (about a minute of inductor compiling per rank on 2 cores: opt-in)."""
+    config = _config(tmp_path, prepared, precision="bf16", compile=True, steps=3)
+    proc = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    assert all(
+        torch.isfinite(p).all() for p in load_encoder(tmp_path / "run" / "export").parameters()
+    )
