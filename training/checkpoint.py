@@ -148,13 +148,16 @@ def make_universal(ckpt_dir: Path) -> Path:
         tag,
         saved_world_size(ckpt_dir, tag),
     )
+    # Relative paths from the checkpoint directory: ds_to_universal matches file paths with
+    # unescaped regular expressions, so a run directory holding "$", "(" or "+" broke it.
     subprocess.run(
         [
             sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-            "--input_folder", str(ckpt_dir / tag), "--output_folder", str(tmp),
+            "--input_folder", tag, "--output_folder", str(tmp.relative_to(ckpt_dir)),
             "--num_extract_workers", "1", "--num_merge_workers", "1",
         ],
         check=True,
+        cwd=ckpt_dir,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     (tmp / COMPLETE).write_text((ckpt_dir / tag / COMPLETE).read_text())

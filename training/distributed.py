@@ -70,11 +70,10 @@ def wants_cuda(device: str) -> bool:
     return torch.cuda.is_available() if device == "auto" else device == "cuda"
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group the launcher set up (deepspeed, torchrun or srun), or make a
-    one-rank group when started as a plain ``python -m``. NCCL on CUDA, gloo on CPU."""
-    import deepspeed
-
+def launch_env() -> tuple[int, int]:
+    """(rank, world size) as the launcher set them, before any process group exists: torch's
+    variables from ``deepspeed``/``torchrun``, Slurm's under ``srun`` (copied to torch's), or a
+    one-rank world when started as a plain ``python -m`` (idempotent)."""
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "MASTER_ADDR" in os.environ:
         os.environ.update(
             RANK=os.environ["SLURM_PROCID"],
@@ -84,6 +83,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group the launcher set up (deepspeed, torchrun or srun), or make a
+    one-rank group when started as a plain ``python -m``. NCCL on CUDA, gloo on CPU."""
+    import deepspeed
+
+    launch_env()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if wants_cuda(device):
         ordinal = cuda_ordinal(local_rank, torch.cuda.device_count())

@@ -36,6 +36,7 @@ from training.distributed import (
     DistInfo,
     StepAgreement,
     init_distributed,
+    launch_env,
     leave_process_group,
 )
 from training.ds_config import deepspeed_config, resolved_zero_stage
@@ -107,11 +108,11 @@ def make_plan(cfg: PretrainConfig, world_size: int, train_samples: int) -> Plan:
 def run(cfg: PretrainConfig) -> Path:
     """Train (or resume) to ``total_steps`` and export; returns the export directory."""
     ckpt_dir = Path(cfg.out_dir) / CKPT_DIR
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = launch_env()
     # Before the process group exists: one rank's conversion must not run against the others'
     # collective timeout (it grows with the model and the number of saved ranks).
     stage = checkpoint.stage_to_resume(ckpt_dir, cfg.zero_stage, resolved_zero_stage(cfg))
-    universal = checkpoint.prepare_universal(ckpt_dir, world_size, _launch_rank())
+    universal = checkpoint.prepare_universal(ckpt_dir, world_size, rank)
     info = init_distributed(cfg.device)
     out = Path(cfg.out_dir)
     if info.is_main:
@@ -145,11 +146,6 @@ def run(cfg: PretrainConfig) -> Path:
         _train(cfg, plan, info, engine, start, ckpt_dir)
     _finish(cfg, plan, info, engine, ckpt_dir, stage)
     return out / EXPORT_DIR
-
-
-def _launch_rank() -> int:
-    """This process's rank as the launcher set it, before any process group exists."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def _finish(

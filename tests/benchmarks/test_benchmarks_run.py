@@ -46,3 +46,24 @@ def test_pretrain_vs_hf_compares_both_kernels_of_hf(tmp_path):
     assert max(r["vs_hf"] for r in rows if r["implementation"].startswith("HF")) == 1.0
     ours = next(r for r in rows if r["implementation"] == "maskmill")
     assert ours["vs_hf"] == pytest.approx(ours["images_per_s"] / hf_best)
+
+
+def test_image_loader_compares_before_and_after_on_both_corpora(tmp_path):
+    from benchmarks import image_loader
+
+    args = ["--images", "24", "--batches", "1", "--rounds", "1", "--out", str(tmp_path)]
+    assert image_loader.main(args) == 0
+    results = json.loads((tmp_path / "image_loader.json").read_text())
+    assert set(results) == {"demo", "textured"}
+    assert all(len(r["before"]) == len(r["after"]) == 1 for r in results.values())
+    assert "cores per H100" in (tmp_path / "image_loader.md").read_text()
+
+
+def test_zero_stages_reports_each_stage_from_both_ranks(tmp_path):
+    from benchmarks import zero_stages
+
+    args = ["--shapes", "quickstart", "--stages", "2", "3", "--steps", "1", "--out", str(tmp_path)]
+    assert zero_stages.main(args) == 0
+    results = json.loads((tmp_path / "zero_stages.json").read_text())
+    assert set(results) == {"quickstart/zero2", "quickstart/zero3"}
+    assert all([r["rank"] for r in ranks] == [0, 1] for ranks in results.values())

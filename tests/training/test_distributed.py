@@ -37,9 +37,10 @@ META = torch.device("meta")
 
 
 @pytest.fixture
-def meta_group():
+def meta_group(monkeypatch):
     """A one-rank gloo group that serves ``meta`` tensors only, as NCCL serves only CUDA ones."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     dist.init_process_group("meta:gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
@@ -148,8 +149,9 @@ def test_step_agreement_sums_micro_steps_and_flags_non_finite(meta_group):
         agreement.agree(stop=False)  # its tensors are on the CPU, the group serves meta only
 
 
-def test_step_agreement_on_cpu_reads_mean_loss_and_flags():
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+def test_step_agreement_on_cpu_reads_mean_loss_and_flags(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         agreement = distributed.StepAgreement(torch.device("cpu"), micro_steps_per_rank=2)
@@ -314,3 +316,17 @@ def test_zero_stage_and_device_are_not_part_of_the_pretrain_fingerprint():
         for kw in ({"zero_stage": None}, {"zero_stage": 1}, {"zero_stage": 3}, {"device": "cuda"})
     ]
     assert all(s == sections[0] for s in sections)
+
+
+def test_ranks_started_by_srun_know_their_world_before_the_process_group(monkeypatch):
+    """The universal-checkpoint decision is taken before the group exists; under srun only
+    Slurm's variables say how many ranks there are (a 1-rank guess converted a 2-rank
+    checkpoint on every requeue)."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        monkeypatch.setenv(var, "recorded")  # so that monkeypatch restores what launch_env sets
+        monkeypatch.delenv(var)
+    for var, value in dict(SLURM_PROCID="1", SLURM_NTASKS="2", SLURM_LOCALID="1").items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    assert distributed.launch_env() == (1, 2)
+    assert os.environ["LOCAL_RANK"] == "1"

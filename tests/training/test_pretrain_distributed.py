@@ -181,15 +181,17 @@ def test_each_bad_value_names_its_key(tmp_path, prepared, override):
 
 def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_path, prepared):
     """2 ranks train to step 4; 1 rank (same global batch) resumes and takes one more step with
-    a vanishing lr, so its export must equal the 2-rank run's step-4 weights, re-partitioned."""
-    out = tmp_path / "run"
-    first = _config(tmp_path, prepared, precision="fp32", batch_size=4)
+    a vanishing lr, so its export must equal the 2-rank run's step-4 weights, re-partitioned.
+    The run directory's name holds regular-expression characters (DeepSpeed's converter matched
+    paths unescaped)."""
+    out = tmp_path / "it's a $run (1)"
+    first = _config(tmp_path, prepared, precision="fp32", batch_size=4, out_dir=str(out))
     proc = subprocess.run(_deepspeed(first), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = {k: v.clone() for k, v in load_mae(out / "export").state_dict().items()}
 
     resumed = _config(
-        tmp_path, prepared, precision="fp32", batch_size=8, steps=5,
+        tmp_path, prepared, precision="fp32", batch_size=8, steps=5, out_dir=str(out),
         optim={"lr": 1e-30, "warmup_steps": 0, "min_lr": 0.0},
     )  # fmt: skip
     proc = subprocess.run(_deepspeed(resumed, ranks=1), capture_output=True, text=True, timeout=300)
