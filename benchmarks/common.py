@@ -92,3 +92,19 @@ def write_results(out_dir: str | Path, tag: str, payload: dict, table: list[str]
     md = out / f"{tag}.md"
     md.write_text("\n".join(table) + "\n")
     return md
+
+
+def imagenet_sized_demo(out: Path, classes: int, images: int) -> Path:
+    """The demo generator's corpus with ImageNet-sized images (300-500 px sides), ``images``
+    train images over ``classes`` classes, one val image per class."""
+    from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+
+    cfg = DemoCorpusConfig(
+        out=str(out),
+        classes=classes,
+        train_per_class=max(1, images // classes),
+        val_per_class=1,
+        min_size=300,
+        max_size=500,
+    )
+    return write_demo_corpus(cfg)

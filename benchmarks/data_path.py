@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from benchmarks.common import machine, write_results
-from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from benchmarks.common import imagenet_sized_demo, machine, write_results
 from data_prep.image_encode import _target_size
 from data_prep.imagenet import ImagePrepConfig, prep_imagenet
 from data_prep.shard_format import read_stats, shard_urls
@@ -152,18 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="maskmill-data-path-"))
     try:
-        per_class = max(1, args.images // 8)
-        corpus = write_demo_corpus(
-            DemoCorpusConfig(
-                out=str(tmp / "raw"),
-                classes=8,
-                train_per_class=per_class,
-                val_per_class=1,
-                min_size=300,
-                max_size=500,
-                corrupt=0,
-            )
-        )
+        corpus = imagenet_sized_demo(tmp / "raw", 8, args.images)
         files = sorted((corpus / "train").rglob("*.JPEG"))
         plain = pillow_loop(files, 256, 90, draft=True)
         naive = pillow_loop(files, 256, 90, draft=False)

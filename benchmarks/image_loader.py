@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import machine, median, write_results
-from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from benchmarks.common import imagenet_sized_demo, machine, median, write_results
 from data_prep.imagenet import ImagePrepConfig, prep_imagenet
 from data_prep.imagenet_layout import SYNSETS
 from training import loader
@@ -124,17 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        per_class = args.images // 4
-        demo = write_demo_corpus(
-            DemoCorpusConfig(
-                out=str(tmp / "demo"),
-                classes=4,
-                train_per_class=per_class,
-                val_per_class=1,
-                min_size=300,
-                max_size=500,
-            )
-        )
+        demo = imagenet_sized_demo(tmp / "demo", 4, args.images)
         corpora = {
             "demo": shard(demo, tmp / "demo_shards"),
             "textured": shard(textured_corpus(tmp / "tex", args.images), tmp / "tex_shards"),
