@@ -17,7 +17,8 @@ ViT-L, which turns the gradient reduction into one bucket sent after backward en
 to overlap it with. An eighth of the model per bucket lets the first buckets travel while
 backward still runs (DDP's 25 MB bucket is the same idea).
 
-With gradient accumulation under bf16, gradients accumulate in fp32 (``grad_accum_dtype``): a
+With gradient accumulation under bf16, gradients accumulate in fp32 at every ZeRO stage
+(``grad_accum_dtype``): a
 sum of many bf16 micro-step gradients loses their low bits.
 """
 
@@ -100,7 +101,7 @@ def deepspeed_config(
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.precision == "bf16" and cfg.grad_accum > 1 and stage in (1, 2):
+    if cfg.precision == "bf16" and cfg.grad_accum > 1 and stage > 0:
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     if load_universal:  # resuming a checkpoint written by another world size
         config["checkpoint"] = {"load_universal": True}
