@@ -1,0 +1,143 @@
+"""Reading LibriLight and LibriSpeech-form folders into audio input items (no audio decoded).
+
+LibriLight (unlabelled; ``small``, ``medium``, ``large`` subsets)::
+
+    SRC/<subset>/<speaker>/<book>/<chapter>.flac
+    SRC/<subset>/<speaker>/<book>/<chapter>.json   {"speaker", "book_meta", "snr",
+                                                    "voice_activity": [[start, end], ...]}
+
+LibriSpeech form (labelled; LibriLight's limited-resource fine-tuning set is laid out so)::
+
+    SRC/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+    SRC/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt   "<speaker>-<chapter>-<utt> WORDS ..."
+
+A chapter whose JSON is missing or unreadable is still an item (it will be cut into fixed
+windows); what was wrong is named in ``problem`` so the prep counts it. LibriLight has no
+validation split: :func:`held_out_speakers` picks whole speakers to hold out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep.corpus import SourceError
+
+AUDIO_SUFFIXES = {".flac", ".wav", ".ogg"}
+TRANSCRIPT_SUFFIX = ".trans.txt"
+
+
+class LayoutError(SourceError):
+    """The source folder holds neither layout."""
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    path: str  # relative to the source root
+    speaker: str
+    book: str  # LibriLight's book id; LibriSpeech's chapter folder
+    chapter: str
+    transcript: str | None = None  # LibriSpeech form only
+    voice_activity: tuple[tuple[float, float], ...] | None = None  # LibriLight's JSON
+    problem: str | None = None  # missing_json | unreadable_json | missing_transcript
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def detect_layout(root: Path) -> str:
+    """``librispeech`` when transcripts sit two folders down, ``librilight`` when audio sits
+    three down; else a LayoutError saying what was expected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"source folder {root} does not exist")
+    if any(root.glob(f"*/*/*{TRANSCRIPT_SUFFIX}")):
+        return "librispeech"
+    if any(p.suffix.lower() in AUDIO_SUFFIXES for p in root.glob("*/*/*/*")):
+        return "librilight"
+    raise LayoutError(
+        f"{root} holds neither LibriLight (<subset>/<speaker>/<book>/<chapter>.flac + .json) nor "
+        f"LibriSpeech form (<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + "
+        f"<speaker>-<chapter>{TRANSCRIPT_SUFFIX})"
+    )
+
+
+def librilight_items(root: Path) -> list[AudioItem]:
+    """Every chapter recording under ``root``, with its voice activity; sorted by path."""
+    root = Path(root)
+    items = []
+    for audio in sorted(p for p in root.glob("*/*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        _, speaker, book, _ = audio.relative_to(root).parts
+        activity, problem = _voice_activity(audio.with_suffix(".json"))
+        items.append(
+            AudioItem(
+                path=str(audio.relative_to(root)),
+                speaker=speaker,
+                book=book,
+                chapter=audio.stem,
+                voice_activity=activity,
+                problem=problem,
+            )
+        )
+    return items
+
+
+def librispeech_items(root: Path) -> list[AudioItem]:
+    """Every utterance under ``root`` with its transcript (upper case, as distributed)."""
+    root = Path(root)
+    items = []
+    for chapter_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        speaker, chapter = chapter_dir.relative_to(root).parts
+        lines = _transcripts(chapter_dir / f"{speaker}-{chapter}{TRANSCRIPT_SUFFIX}")
+        for audio in sorted(p for p in chapter_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
+            text = lines.get(audio.stem)
+            items.append(
+                AudioItem(
+                    path=str(audio.relative_to(root)),
+                    speaker=speaker,
+                    book=chapter,
+                    chapter=audio.stem,
+                    transcript=text,
+                    problem=None if text is not None else "missing_transcript",
+                )
+            )
+    return items
+
+
+def held_out_speakers(speakers: Iterable[str], fraction: float, seed: int) -> frozenset[str]:
+    """Whole speakers held out for validation: ``round(fraction * n)`` of them (at least one
+    when ``fraction > 0`` and there are two or more), the same for the same seed and set."""
+    ordered = sorted(set(speakers))
+    count = round(fraction * len(ordered))
+    if fraction > 0 and len(ordered) > 1:
+        count = min(len(ordered) - 1, max(1, count))
+    random.Random(f"{seed}:speakers").shuffle(ordered)
+    return frozenset(ordered[:count])
+
+
+def _voice_activity(path: Path) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
+    if not path.is_file():
+        return None, "missing_json"
+    try:
+        meta = json.loads(path.read_text())
+        raw = meta.get("voice_activity") if isinstance(meta, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, "unreadable_json"
+    if not isinstance(raw, list):
+        return None, "unreadable_json"
+    pairs = tuple(tuple(p) for p in raw if isinstance(p, list | tuple))
+    return pairs, None
+
+
+def _transcripts(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    lines = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        utt, _, text = line.strip().partition(" ")
+        if utt:
+            lines[utt] = text.strip()
+    return lines
