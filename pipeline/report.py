@@ -21,13 +21,13 @@ from matplotlib.figure import Figure
 from data_prep.shard_format import read_stats
 from pipeline.schema import RunConfig
 from training.config import EVAL_METRICS
-from training.ds_config import resolved_zero_stage
 from training.export import load_mae
 from training.export_format import read_export
 from training.loader import eval_batches
 from training.masking import make_masks, num_visible
 from training.metrics import read_metrics
 from training.modalities import modality
+from training.pretrain import zero_stage_of
 
 REPORT = "report.html"
 HIGHER = "higher"
@@ -110,7 +110,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
             "steps",
             f"{last.get('step', 0)} x batch {p.batch_size} x {cfg.launch.ranks} ranks x accum {p.grad_accum}",
         ),
-        ("precision / ZeRO", f"{p.precision} / stage {resolved_zero_stage(p)}"),
+        ("precision / ZeRO", f"{p.precision} / stage {zero_stage_of(p)}"),
         ("final loss", f"{last.get('loss', float('nan')):.4f}"),
         (
             "throughput",

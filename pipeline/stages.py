@@ -145,8 +145,9 @@ def _demo_data_section(cfg: RunConfig):
 def _pretrain_section(cfg: RunConfig):
     # The global batch decides the result, not how it is split: 2 nodes x 8 ranks x 64 and
     # 4 x 8 x 32 are the same run, and a checkpoint of one resumes as the other. Nor does the
-    # ZeRO stage (how optimizer state is partitioned; a checkpoint resumes under another stage
-    # through the universal form); it is hashed as 3, the old default, so recorded runs stay done.
+    # ZeRO stage (how optimizer state is partitioned) or the device; the stage is hashed as 3,
+    # the old default, so recorded runs stay done (an unset stage resumes as the checkpoint was
+    # written, training.checkpoint.stage_to_resume).
     p = cfg.pretrain
     quiet = dataclasses.replace(
         p,

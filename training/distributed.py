@@ -8,7 +8,6 @@ group to another device type (``meta:gloo``) so that the same mistake fails on a
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +16,6 @@ import torch
 import torch.distributed as dist
 
 from cluster.local import free_port
-
-log = logging.getLogger(__name__)
 
 # Every collective gives up after this long. DeepSpeed's default is 10 minutes; a ZeRO-3 save of
 # ViT-H from 16 ranks to a busy parallel file system has taken longer. Work done by one rank

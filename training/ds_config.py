@@ -3,8 +3,8 @@
 ZeRO stage (``pretrain.zero_stage``; unset means the stage of the checkpoint being resumed, else
 by model size, :func:`zero_stage_for`):
 
-* **1 or 2 for every ViT preset**, as MAE-scale projects run (DDP or ZeRO-1; EVA's 1B ViT used
-  ZeRO-1). ViT-B's whole training state (bf16 weights and gradients, fp32 master, Adam moments:
+* **2 for every ViT preset**; MAE-scale projects run DDP or ZeRO-1 (EVA's 1B ViT used ZeRO-1),
+  and ZeRO-2 is ZeRO-1 with gradients partitioned too. ViT-B's whole training state (bf16 weights and gradients, fp32 master, Adam moments:
   16 bytes a parameter) is 1.8 GiB and ViT-H's 10.5 GiB, a fraction of any training GPU. ZeRO-2
   partitions gradients and optimizer state and reduce-scatters gradients in buckets while
   backward runs; parameters stay whole, so the forward pass gathers nothing.
@@ -18,8 +18,7 @@ to overlap it with. An eighth of the model per bucket lets the first buckets tra
 backward still runs (DDP's 25 MB bucket is the same idea).
 
 With gradient accumulation under bf16, gradients accumulate in fp32 at every ZeRO stage
-(``grad_accum_dtype``): a
-sum of many bf16 micro-step gradients loses their low bits.
+(``grad_accum_dtype``): a sum of many bf16 micro-step gradients loses their low bits.
 """
 
 from __future__ import annotations
@@ -78,17 +77,16 @@ def deepspeed_config(
     ``deepspeed.initialize`` as objects, so the same code runs on CPU and CUDA without
     DeepSpeed's compiled optimizer ops.
     """
-    stage = zero_stage
     bucket = bucket_elements(parameters)
     zero: dict[str, Any] = {
-        "stage": stage,
+        "stage": zero_stage,
         "overlap_comm": on_cuda,
         "contiguous_gradients": True,
         "reduce_bucket_size": bucket,
     }
-    if stage in (1, 2):
+    if zero_stage in (1, 2):
         zero["allgather_bucket_size"] = bucket
-    if stage == 3:
+    if zero_stage == 3:
         zero["stage3_prefetch_bucket_size"] = bucket
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
@@ -101,7 +99,7 @@ def deepspeed_config(
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.precision == "bf16" and cfg.grad_accum > 1 and stage > 0:
+    if cfg.precision == "bf16" and cfg.grad_accum > 1 and zero_stage > 0:
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     if load_universal:  # resuming a checkpoint written by another world size
         config["checkpoint"] = {"load_universal": True}

@@ -111,7 +111,7 @@ def run(cfg: PretrainConfig) -> Path:
     rank, world_size = launch_env()
     # Before the process group exists: one rank's conversion must not run against the others'
     # collective timeout (it grows with the model and the number of saved ranks).
-    stage = checkpoint.stage_to_resume(ckpt_dir, cfg.zero_stage, resolved_zero_stage(cfg))
+    stage = zero_stage_of(cfg)
     universal = checkpoint.prepare_universal(ckpt_dir, world_size, rank)
     info = init_distributed(cfg.device)
     out = Path(cfg.out_dir)
@@ -146,6 +146,13 @@ def run(cfg: PretrainConfig) -> Path:
         _train(cfg, plan, info, engine, start, ckpt_dir)
     _finish(cfg, plan, info, engine, ckpt_dir, stage)
     return out / EXPORT_DIR
+
+
+def zero_stage_of(cfg: PretrainConfig) -> int:
+    """The ZeRO stage the run in ``cfg.out_dir`` runs (or ran) under: the one asked for, else
+    its checkpoint's, else by model size."""
+    ckpt_dir = Path(cfg.out_dir) / CKPT_DIR
+    return checkpoint.stage_to_resume(ckpt_dir, cfg.zero_stage, resolved_zero_stage(cfg))
 
 
 def _finish(
