@@ -30,6 +30,10 @@ class SourceError(ValueError):
     """The raw source cannot be read as the layout it was given as (fails before any work)."""
 
 
+class LayoutError(SourceError):
+    """The source folder does not hold the layout its reader expects (each reader says which)."""
+
+
 @dataclass(frozen=True)
 class CorpusReader:
     modality: str

@@ -17,15 +17,11 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.corpus import SourceError
+from data_prep.corpus import LayoutError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 VAL_CSV = "LOC_val_solution.csv"
 SYNSETS = "LOC_synset_mapping.txt"
-
-
-class LayoutError(SourceError):
-    """The source folder does not hold the layout it was given as."""
 
 
 @dataclass(frozen=True)

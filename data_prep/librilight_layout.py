@@ -24,14 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.corpus import SourceError
+from data_prep.corpus import LayoutError
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg"}
 TRANSCRIPT_SUFFIX = ".trans.txt"
-
-
-class LayoutError(SourceError):
-    """The source folder holds neither layout."""
 
 
 @dataclass(frozen=True)
