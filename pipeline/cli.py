@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_status, _add_submit, _add_stage, _add_prep, _add_demo_data):
+        add(sub)
+    return parser
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser(
         "run", help="run a pipeline YAML: skip finished stages, resume failed ones"
     )
@@ -78,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rerun STAGE from scratch even if up to date ({', '.join(stage_names())}); repeatable",
     )
 
+
+def _add_status(sub) -> None:
     status = sub.add_parser("status", help="show each stage's state for a run YAML")
     status.add_argument("config")
     status.add_argument("overrides", nargs="*")
 
+
+def _add_submit(sub) -> None:
     submit = sub.add_parser(
         "submit",
         help="submit a run to Slurm (a job per stage, chained) or its prep to a Ray cluster",
@@ -116,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`python` on the Ray nodes' PATH for Ray)",
     )
 
+
+def _add_stage(sub) -> None:
     stage = sub.add_parser(
         "stage", help="run the named stages of a run YAML (what each cluster job runs)"
     )
@@ -123,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("stages", help=f"comma-separated, from: {', '.join(stage_names())}")
     stage.add_argument("overrides", nargs="*")
 
+
+def _add_prep(sub) -> None:
     prep = sub.add_parser(
         "prep",
         help="shard a raw corpus into WebDataset tars (local Ray, or --ray-address)",
@@ -142,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "options", nargs=argparse.REMAINDER, help="key=value, e.g. samples_per_shard=1000"
     )
 
+
+def _add_demo_data(sub) -> None:
     demo = sub.add_parser("demo-data", help="write the image demo corpus (ImageNet layout)")
     demo.add_argument("out")
     d = DemoCorpusConfig()
@@ -161,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="broken files to add to train/ (default: %(default)s)",
     )
     demo.add_argument("--seed", type=int, default=d.seed)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
