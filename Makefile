@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo test test-slow lint format install clean slurm
+.PHONY: demo demo-audio test test-slow lint format install clean slurm espeak
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory espeak
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -21,8 +22,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/maskmill run configs/quickstart_image.yaml
 
+demo-audio: $(STAMP)
+	$(BIN)/maskmill run configs/quickstart_audio.yaml
+
+# The audio demo corpus is spoken by espeak-ng (Debian's package). As root it is installed here;
+# otherwise the audio demo and its tests say how to get it.
+espeak:
+	@if command -v espeak-ng >/dev/null; then :; \
+	elif [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing espeak-ng (the audio demo's voices)"; \
+		apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng >/dev/null; }; \
+	else echo "espeak-ng is missing: the audio demo needs it (sudo apt-get install espeak-ng)" >&2; fi
+
 # The tests submit to a real one-node Slurm; as root, start it first (idempotent, seconds).
 test: $(STAMP)
+	@$(MAKE) --no-print-directory espeak
 	@if [ "$$(id -u)" -eq 0 ]; then cluster/local_slurm.sh; \
 	else echo "not root: the real-Slurm tests will be skipped" >&2; fi
 	$(BIN)/python -m pytest

@@ -12,7 +12,12 @@ registers itself at import time. The shared job (``data_prep.job``) calls only t
 * ``encode(cfg, state, item)``: yields 0..n :class:`~data_prep.writer.Sample` for one input, and
   a :class:`~data_prep.writer.SkipSample` (yielded, or raised to drop the rest of the input) for
   what cannot become a sample, counted by reason;
-* ``labels(cfg)``: the label list written to ``OUT/labels.json``, or None.
+* ``labels(cfg)``: the label list written to ``OUT/labels.json``, or None;
+* ``write_demo(demo_cfg)``: writes a small corpus in the layout (``maskmill demo-data`` and the
+  ``demo_data`` stage), configured by ``demo_config``.
+
+``source_keys`` names the ``prep`` keys that are raw folders (``source``, and for audio the
+labelled sets): they are made absolute, and their contents fingerprint the prep stage.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # modality -> the module whose READER reads its raw layout (one module per layout)
-READERS = {"image": "data_prep.imagenet"}
+READERS = {"image": "data_prep.imagenet", "audio": "data_prep.librilight"}
 
 
 class SourceError(ValueError):
@@ -43,6 +48,13 @@ class CorpusReader:
     fit: Callable[[Any, Sequence[Any]], Any]
     encode: Callable[[Any, Any, Any], Iterable[Any]]
     labels: Callable[[Any], list[dict] | None]
+    demo_config: type  # the ``demo_data`` section of this modality
+    write_demo: Callable[[Any], Any]
+    source_keys: tuple[str, ...] = ("source",)
+
+    def sources(self, cfg: Any) -> dict[str, str]:
+        """The raw folders a ``prep`` config names, by key (unset optional ones left out)."""
+        return {k: getattr(cfg, k) for k in self.source_keys if getattr(cfg, k)}
 
 
 def corpus_reader(modality: str) -> CorpusReader:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.corpus import CorpusReader, prep_problems
+from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.image_encode import normalize_image
 from data_prep.imagenet_layout import ImageItem, read_layout
 from data_prep.job import run_prep
@@ -93,6 +94,8 @@ READER = CorpusReader(
     fit=lambda cfg, train_items: None,
     encode=encode,
     labels=labels,
+    demo_config=DemoCorpusConfig,
+    write_demo=write_demo_corpus,
 )
 
 

@@ -27,7 +27,8 @@ def run_prep(reader: CorpusReader, cfg: Any) -> dict[str, dict]:
     """Prepare every configured split of ``cfg.source`` into ``cfg.out/<split>``; returns
     ``{split: stats}``."""
     # Absolute paths: Ray workers do not share the driver's working directory.
-    cfg = dataclasses.replace(cfg, source=os.path.abspath(cfg.source), out=os.path.abspath(cfg.out))
+    absolute = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
+    cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
     items = {split: reader.items(cfg, split) for split in cfg.splits}
     for split, split_items in items.items():
         if not split_items:
@@ -49,8 +50,10 @@ def run_prep(reader: CorpusReader, cfg: Any) -> dict[str, dict]:
 
 def summary_line(split: str, stats: dict) -> str:
     skipped = ", ".join(f"{k}: {v}" for k, v in stats["skipped"].items()) or "none"
+    converted = ", ".join(f"{k}: {v}" for k, v in stats.get("converted", {}).items())
     return (
         f"prep {split}: {stats['inputs']} inputs -> {stats['samples']} samples in "
         f"{stats['shards']} shards ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f}s); "
         f"skipped {stats['skipped_total']} ({skipped})"
+        + (f"; converted {converted}" if converted else "")
     )

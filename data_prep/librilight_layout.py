@@ -39,18 +39,23 @@ class AudioItem:
     transcript: str | None = None  # LibriSpeech form only
     voice_activity: tuple[tuple[float, float], ...] | None = None  # LibriLight's JSON
     problem: str | None = None  # missing_json | unreadable_json | missing_transcript
+    root: str = ""  # the folder ``path`` is relative to
+
+    @property
+    def file(self) -> Path:
+        return Path(self.root) / self.path
 
     def __str__(self) -> str:
         return self.path
 
 
 def detect_layout(root: Path) -> str:
-    """``librispeech`` when transcripts sit two folders down, ``librilight`` when audio sits
-    three down; else a LayoutError saying what was expected."""
+    """``librispeech`` when there are transcripts (at any depth), ``librilight`` when audio sits
+    three folders down; else a LayoutError saying what was expected."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"source folder {root} does not exist")
-    if any(root.glob(f"*/*/*{TRANSCRIPT_SUFFIX}")):
+    if any(root.rglob(f"*{TRANSCRIPT_SUFFIX}")):
         return "librispeech"
     if any(p.suffix.lower() in AUDIO_SUFFIXES for p in root.glob("*/*/*/*")):
         return "librilight"
@@ -76,17 +81,20 @@ def librilight_items(root: Path) -> list[AudioItem]:
                 chapter=audio.stem,
                 voice_activity=activity,
                 problem=problem,
+                root=str(root),
             )
         )
     return items
 
 
 def librispeech_items(root: Path) -> list[AudioItem]:
-    """Every utterance under ``root`` with its transcript (upper case, as distributed)."""
+    """Every utterance under ``root`` with its transcript (upper case, as distributed). Chapter
+    folders are found at any depth, so LibriLight's fine-tuning set (``1h/0/clean/...``,
+    ``9h/other/...``) reads as one folder."""
     root = Path(root)
     items = []
-    for chapter_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        speaker, chapter = chapter_dir.relative_to(root).parts
+    for chapter_dir in sorted({t.parent for t in root.rglob(f"*{TRANSCRIPT_SUFFIX}")}):
+        speaker, chapter = chapter_dir.parent.name, chapter_dir.name
         lines = _transcripts(chapter_dir / f"{speaker}-{chapter}{TRANSCRIPT_SUFFIX}")
         for audio in sorted(p for p in chapter_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
             text = lines.get(audio.stem)
@@ -98,6 +106,7 @@ def librispeech_items(root: Path) -> list[AudioItem]:
                     chapter=audio.stem,
                     transcript=text,
                     problem=None if text is not None else "missing_transcript",
+                    root=str(root),
                 )
             )
     return items

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.parquet"
 LABELS = "labels.json"  # beside the splits: the label list, index order
 LEGACY_LABELS = "classes.json"  # its name before modalities
+# beside the splits: statistics of the features training computes, measured once at prep time
+FEATURE_STATS = "feature_stats.json"
 STATS = "stats.json"
 SUCCESS = "_SUCCESS"
 WORK_DIR = "_work"

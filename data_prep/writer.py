@@ -46,6 +46,15 @@ class SkipSample(Exception):
         self.reason = reason
 
 
+class Converted:
+    """What an encoder yields when it repaired or converted an input on the way (resampled it,
+    mixed stereo down, cut fixed windows for missing voice activity): the sample is kept, and
+    ``reason`` is counted under ``converted`` in ``stats.json``."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Sample:
     """One WebDataset sample: a dot-free key and its members by extension."""
@@ -64,9 +73,10 @@ class UnitResult:
     inputs: int
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    converted: dict[str, int] = field(default_factory=dict)
 
 
-Encoder = Callable[[Any], Iterable["Sample | SkipSample"]]  # one input -> 0..n samples
+Encoder = Callable[[Any], Iterable["Sample | SkipSample | Converted"]]  # one input -> 0..n samples
 
 
 def unit_is_done(split_dir: Path, index: int) -> UnitResult | None:
@@ -79,7 +89,9 @@ def unit_is_done(split_dir: Path, index: int) -> UnitResult | None:
     shard = split_dir / record.file
     if not shard.exists() or shard.stat().st_size != record.bytes:
         return None
-    return UnitResult(record, data["inputs"], data["skipped"], data["seconds"])
+    return UnitResult(
+        record, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {})
+    )
 
 
 def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -> UnitResult:
@@ -88,6 +100,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     split_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / WORK_DIR).mkdir(exist_ok=True)
     skipped: Counter[str] = Counter()
+    converted: Counter[str] = Counter()
     final = split_dir / shard_name(unit.index)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     written = 0
@@ -95,13 +108,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
         with open(tmp, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for item in unit.items:
-                    for out in _encoded(encode, item):
-                        if isinstance(out, SkipSample):
-                            skipped[out.reason] += 1
-                            log.warning("skipped %s (%s)", describe(item), out)
-                            continue
-                        _add_sample(tar, out)
-                        written += 1
+                    written += _add_item(tar, item, encode, describe, skipped, converted)
             raw.flush()
             os.fsync(raw.fileno())
         digest = file_sha256(tmp)
@@ -119,7 +126,9 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
         first_input=describe(unit.items[0]) if unit.items else "",
         last_input=describe(unit.items[-1]) if unit.items else "",
     )
-    result = UnitResult(record, len(unit.items), dict(skipped), time.perf_counter() - start)
+    result = UnitResult(
+        record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted)
+    )
     atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(asdict(result)))
     return result
 
@@ -128,13 +137,16 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
     """Write manifest, stats and finally ``_SUCCESS``; returns the stats."""
     results = sorted(results, key=lambda r: r.record.unit)
     skipped: Counter[str] = Counter()
+    converted: Counter[str] = Counter()
     for r in results:
         skipped.update(r.skipped)
+        converted.update(r.converted)
     stats = {
         "inputs": sum(r.inputs for r in results),
         "samples": sum(r.record.samples for r in results),
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
+        "converted": dict(sorted(converted.items())),
         "shards": len(results),
         "bytes": sum(r.record.bytes for r in results),
         "seconds": round(seconds, 3),
@@ -145,7 +157,23 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
     return stats
 
 
-def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample]:
+def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted: Counter) -> int:
+    """Add the samples of one input to ``tar``, counting skips and conversions; returns how
+    many samples were added."""
+    added = 0
+    for out in _encoded(encode, item):
+        if isinstance(out, SkipSample):
+            skipped[out.reason] += 1
+            log.warning("skipped %s (%s)", describe(item), out)
+        elif isinstance(out, Converted):
+            converted[out.reason] += 1
+        else:
+            _add_sample(tar, out)
+            added += 1
+    return added
+
+
+def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample | Converted]:
     """The encoder's output for ``item``, a raised skip turned into the last value."""
     try:
         yield from encode(item)

@@ -6,7 +6,7 @@
     maskmill submit RUN.yaml --ray ADDRESS [--retries N]     prep as a job on a Ray cluster
     maskmill stage RUN.yaml STAGE[,STAGE] [key=value ...]    run some stages (what a job runs)
     maskmill prep MODALITY SRC OUT [key=value ...]           shard a raw corpus (image: ImageNet layout)
-    maskmill demo-data OUT [options]                         write the demo corpus
+    maskmill demo-data OUT [--modality M] [options]          write a demo corpus
 
 Exit status: 0 success, 1 a stage or job failed, 2 bad configuration or usage, 75 a training
 stage was preempted after saving a checkpoint (run it again to resume).
@@ -15,6 +15,7 @@ stage was preempted after saving a checkpoint (run it again to resume).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import sys
@@ -23,7 +24,6 @@ from cluster.local import PREEMPTED_EXIT
 from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
 from data_prep.corpus import READERS, SourceError, corpus_reader
-from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.job import run_prep, summary_line
 from pipeline.runner import RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
@@ -52,6 +52,7 @@ EPILOG = """examples:
   maskmill submit configs/quickstart_image.yaml --ray http://127.0.0.1:8265 --retries 2
   maskmill prep image /data/imagenet /data/imagenet-shards shorter_side=256 num_cpus=32
   maskmill demo-data /tmp/demo --classes 8 --corrupt 3
+  maskmill demo-data /tmp/speech --modality audio
 """
 
 
@@ -157,25 +158,24 @@ def _add_prep(sub) -> None:
 
 
 def _add_demo_data(sub) -> None:
-    demo = sub.add_parser("demo-data", help="write the image demo corpus (ImageNet layout)")
+    keys = "; ".join(
+        f"{m}: " + ", ".join(f.name for f in dataclasses.fields(corpus_reader(m).demo_config))
+        for m in READERS
+    )
+    demo = sub.add_parser(
+        "demo-data",
+        help="write a small demo corpus in a modality's real layout",
+        description="Write a small corpus the project generates itself, in the modality's real "
+        "layout (image: ImageNet with its quirks; audio: LibriLight chapters + LibriSpeech-form "
+        "digit strings spoken by espeak-ng). Options are the keys of the run YAML's `demo_data` "
+        f"section, as key=value or --some-key VALUE. Keys: {keys}.",
+    )
     demo.add_argument("out")
-    d = DemoCorpusConfig()
     demo.add_argument(
-        "--classes", type=int, default=d.classes, help="(default: %(default)s, at most 8)"
+        "options",
+        nargs=argparse.REMAINDER,
+        help="--modality image|audio (default image), then keys, e.g. --classes 8 --corrupt 3",
     )
-    demo.add_argument(
-        "--train-per-class", type=int, default=d.train_per_class, help="(default: %(default)s)"
-    )
-    demo.add_argument(
-        "--val-per-class", type=int, default=d.val_per_class, help="(default: %(default)s)"
-    )
-    demo.add_argument(
-        "--corrupt",
-        type=int,
-        default=d.corrupt,
-        help="broken files to add to train/ (default: %(default)s)",
-    )
-    demo.add_argument("--seed", type=int, default=d.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,20 +294,14 @@ def prep_overrides(options: list[str]) -> list[str]:
 
 
 def _demo_data(args) -> int:
-    cfg = load_config(
-        DemoCorpusConfig,
-        [
-            {
-                "out": args.out,
-                "classes": args.classes,
-                "train_per_class": args.train_per_class,
-                "val_per_class": args.val_per_class,
-                "corrupt": args.corrupt,
-                "seed": args.seed,
-            }
-        ],
-    )
-    write_demo_corpus(cfg)
+    overrides = prep_overrides(args.options)
+    chosen = [o.partition("=")[2] for o in overrides if o.startswith("modality=")]
+    name = chosen[-1] if chosen else "image"
+    if name not in READERS:
+        raise ConfigError([("--modality", f"one of {', '.join(READERS)}, got {name!r}")])
+    reader = corpus_reader(name)
+    rest = [o for o in overrides if not o.startswith("modality=")]
+    reader.write_demo(load_config(reader.demo_config, [{"out": args.out}], rest))
     return 0
 
 

@@ -62,7 +62,7 @@ def plot_curves(curve: list[dict], unit: str):
     axes = fig.subplots(1, 3)
     for ax, key, title in zip(
         axes,
-        ("loss", "lr", "samples_per_s"),
+        ("loss", "lr", _throughput_key(curve)),
         ("training loss (masked tokens)", "learning rate", f"throughput ({unit}/s)"),
     ):
         points = [(r["step"], r[key]) for r in curve if key in r]
@@ -96,6 +96,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
     unit = modality(cfg.modality).unit
     tokens = modality(cfg.modality).geometry(p.input).num_tokens
     last = curve[-1] if curve else {}
+    speed = _throughput_key(curve)
     facts = [
         ("run", cfg.name),
         ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
@@ -114,8 +115,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         ("final loss", f"{last.get('loss', float('nan')):.4f}"),
         (
             "throughput",
-            f"{_median([r['samples_per_s'] for r in curve if 'samples_per_s' in r]):.0f} "
-            f"{unit}/s (median)",
+            f"{_median([r[speed] for r in curve if speed in r]):.0f} {unit}/s (median)",
         ),
     ]
     body = [
@@ -174,7 +174,6 @@ def _data_table(cfg: RunConfig) -> str:
     rows = []
     for split in cfg.prep.splits:
         stats = read_stats(Path(cfg.prep.out) / split)
-        skipped = ", ".join(f"{k}: {v}" for k, v in stats["skipped"].items()) or "none"
         rows.append(
             (
                 split,
@@ -182,10 +181,16 @@ def _data_table(cfg: RunConfig) -> str:
                 stats["samples"],
                 stats["shards"],
                 f"{stats['bytes'] / 1e6:.1f} MB",
-                skipped,
+                _counts(stats["skipped"]),
+                _counts(stats.get("converted", {})),
             )
         )
-    return _table(["split", "inputs", "samples", "shards", "size", "skipped (reason: count)"], rows)
+    header = ["split", "inputs", "samples", "shards", "size", "skipped (reason: count)"]
+    return _table([*header, "converted (reason: count)"], rows)
+
+
+def _counts(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in by_reason.items()) or "none"
 
 
 def _table(header, rows, cls="", raw=False) -> str:
@@ -198,6 +203,11 @@ def _table(header, rows, cls="", raw=False) -> str:
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f"<img alt='{path.name}' src='data:image/png;base64,{data}'>"
+
+
+def _throughput_key(curve: list[dict]) -> str:
+    """``units_per_s`` (in the modality's unit); curves written before it had samples only."""
+    return "units_per_s" if any("units_per_s" in r for r in curve) else "samples_per_s"
 
 
 def _median(values: list[float]) -> float:

@@ -18,8 +18,7 @@ from typing import Any
 
 from cluster.slurm_config import SlurmConfig
 from data_prep.corpus import corpus_reader
-from data_prep.demo_corpus import DemoCorpusConfig
-from training.config import EvalConfig, PretrainConfig, modality_of
+from training.config import EvalConfig, PretrainConfig, default_mask, modality_of
 from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.modalities import modality as modality_named
 from training.typed_config import ConfigError, load_config
@@ -67,7 +66,7 @@ class RunConfig:
     modality: str = DEFAULT_MODALITY
     run_dir: str = "runs/${name}"
     seed: int = 0
-    demo_data: DemoCorpusConfig | None = None  # generate the demo corpus as a first stage
+    demo_data: Any = None  # the modality's demo corpus, generated as a first stage when set
     prep: Any = None  # the modality's prep config (see ``run_schema``)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
@@ -76,10 +75,11 @@ class RunConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def problems(self):
-        if "train" not in self.prep.splits or "val" not in self.prep.splits:
+        needed = tuple(dict.fromkeys(("train", *modality_named(self.modality).eval_splits)))
+        if any(split not in self.prep.splits for split in needed):
             yield (
                 "prep.splits",
-                "both 'train' and 'val' (pretraining reads train, evaluation val)",
+                f"{', '.join(map(repr, needed))} (pretraining reads train, evaluation the others)",
             )
         for section in ("pretrain", "evaluate"):
             if getattr(self, section).modality != self.modality:
@@ -94,13 +94,18 @@ def run_schema(raw: Any) -> RunConfig:
     wired together by interpolation."""
     name = modality_of(raw)
     m = modality_named(name)
+    reader = corpus_reader(name)
     _refuse_moved_keys(raw, m.moved_keys)
+    wants_demo = raw is not None and raw.get("demo_data") is not None
+    eval_train, eval_val = m.eval_splits
     return RunConfig(
         modality=name,
-        prep=corpus_reader(name).config(source="???", out="${run_dir}/shards", seed="${seed}"),
+        demo_data=reader.demo_config() if wants_demo else None,
+        prep=reader.config(source="???", out="${run_dir}/shards", seed="${seed}"),
         pretrain=PretrainConfig(
             modality="${modality}",
             input=m.input_config(),
+            mask=default_mask(m),
             train_shards="${prep.out}/train",
             out_dir="${run_dir}/pretrain",
             seed="${seed}",
@@ -109,8 +114,8 @@ def run_schema(raw: Any) -> RunConfig:
             modality="${modality}",
             tasks=m.tasks_config(),
             export_dir="${pretrain.out_dir}/export",
-            train_shards="${prep.out}/train",
-            val_shards="${prep.out}/val",
+            train_shards="${prep.out}/" + eval_train,
+            val_shards="${prep.out}/" + eval_val,
             out_dir="${run_dir}/evaluate",
             seed="${seed}",
         ),

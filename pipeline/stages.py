@@ -28,7 +28,6 @@ from cluster.local import (
     srun_command,
 )
 from data_prep.corpus import corpus_reader
-from data_prep.demo_corpus import write_demo_corpus
 from data_prep.job import run_prep, summary_line
 from data_prep.shard_format import MANIFEST, file_sha256
 from pipeline.schema import RunConfig
@@ -64,7 +63,7 @@ class Stage:
 
 
 def _demo_data(cfg: RunConfig) -> None:
-    write_demo_corpus(cfg.demo_data)
+    corpus_reader(cfg.modality).write_demo(cfg.demo_data)
 
 
 def _prep(cfg: RunConfig) -> None:
@@ -127,12 +126,22 @@ def _run_child(stage: str, cmd: list[str], cfg: RunConfig) -> None:
 def _prep_section(cfg: RunConfig):
     # Paths absolute: a Ray job reads the same folders by absolute path (its working directory
     # is elsewhere), and must not look like a different stage to a later local run.
+    sources = corpus_reader(cfg.modality).sources(cfg.prep)
     return dataclasses.replace(
         cfg.prep,
         num_cpus=None,
         ray_address=None,
-        source=os.path.abspath(cfg.prep.source),
+        **{k: os.path.abspath(v) for k, v in sources.items()},
         out=os.path.abspath(cfg.prep.out),
+    )
+
+
+def _prep_inputs(cfg: RunConfig) -> str:
+    """The contents of every raw folder the prep reads ("missing" for one not there yet)."""
+    sources = corpus_reader(cfg.modality).sources(cfg.prep)
+    return "|".join(
+        tree_signature(Path(path)) if Path(path).is_dir() else "missing"
+        for path in sources.values()
     )
 
 
@@ -184,9 +193,7 @@ STAGES: tuple[Stage, ...] = (
         "prep",
         "shard the corpus into WebDataset tars (Ray)",
         section=_prep_section,
-        inputs=lambda cfg: (
-            tree_signature(Path(cfg.prep.source)) if Path(cfg.prep.source).is_dir() else "missing"
-        ),
+        inputs=_prep_inputs,
         output=lambda cfg: Path(cfg.prep.out),
         execute=_prep,
     ),

@@ -1,14 +1,18 @@
-"""Shared fixtures: one tiny demo corpus and one real prep of it (local Ray) serve many tests."""
+"""Shared fixtures: one tiny demo corpus per modality and one real prep of each (local Ray)
+serve many tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+from data_prep.demo_speech import ESPEAK, SpeechDemoConfig, write_speech_demo
 from data_prep.imagenet import ImagePrepConfig, prep_imagenet
+from data_prep.librilight import AudioPrepConfig, prep_audio
 
 CORRUPT = 3  # one truncated JPEG, one empty file, one non-image, in that order
 
@@ -41,6 +45,58 @@ def prepared(demo_corpus, tmp_path_factory) -> Path:
 def image_corpus(demo_corpus):
     """The image modality's raw corpus for the modality contract test, and its small prep keys."""
     return demo_corpus, {"shorter_side": 40}
+
+
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory) -> Path:
+    """3 espeak-ng speakers x 2 LibriLight chapters (with every broken input the demo makes) and
+    3 digit strings said by them and by one held-out voice."""
+    if shutil.which(ESPEAK) is None:  # `make test` installs it as root; CI runs as root
+        pytest.skip(
+            "espeak-ng is not installed (`make install` as root, or apt-get install espeak-ng)"
+        )
+    cfg = SpeechDemoConfig(
+        out=str(tmp_path_factory.mktemp("speech") / "raw"),
+        speakers=3,
+        chapters_per_speaker=2,
+        sentences_per_chapter=4,
+        held_out_voices=1,
+        digit_strings=3,
+        repeats=2,
+        corrupt=True,
+    )
+    return write_speech_demo(cfg)
+
+
+def audio_prep_config(corpus: Path, out: Path, **overrides) -> AudioPrepConfig:
+    values = dict(
+        source=str(corpus / "librilight"),
+        labelled_train=str(corpus / "digits" / "train"),
+        labelled_val=str(corpus / "digits" / "val"),
+        out=str(out),
+        val_speakers=0.34,
+        segment_seconds=4.0,
+        samples_per_shard=16,
+        num_cpus=2,
+    )
+    values.update(overrides)
+    return AudioPrepConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def speech_prepared(speech_corpus, tmp_path_factory) -> Path:
+    """The speech corpus sharded by the real Ray job: train, val, labelled_train, labelled_val."""
+    out = tmp_path_factory.mktemp("speech_prepared") / "shards"
+    prep_audio(audio_prep_config(speech_corpus, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_corpus(speech_corpus):
+    """The audio modality's raw corpus for the modality contract test, and its prep keys."""
+    cfg = audio_prep_config(speech_corpus, Path("unused"))
+    keys = {k: getattr(cfg, k) for k in ("labelled_train", "labelled_val", "val_speakers")}
+    return Path(cfg.source), {**keys, "segment_seconds": 4.0}
 
 
 def prep_config(source: Path, out: Path, **overrides) -> ImagePrepConfig:

@@ -3,8 +3,9 @@
 Data flows one way: data_prep -> shards -> training -> export -> evaluate; pipeline drives and
 cluster launches. So no package imports one above it: data_prep imports none of ours; cluster
 imports none of ours (and no torch: a login node renders and submits jobs without it); training
-reads what data_prep wrote through the on-disk format alone (``data_prep.shard_format``) and
-uses cluster's node helpers (``cluster.local``: a free port, the preemption exit status);
+reads what data_prep wrote through the on-disk format alone (``data_prep.shard_format``, and
+``data_prep.audio_features``: the one definition of the log-mel features whose statistics the
+prep measures and training normalises with) and uses cluster's node helpers (``cluster.local``: a free port, the preemption exit status);
 pipeline may import them all.
 """
 
@@ -23,7 +24,7 @@ PACKAGES = ("data_prep", "training", "pipeline", "cluster")
 ALLOWED = {
     "data_prep": ("data_prep",),
     "cluster": ("cluster",),
-    "training": ("training", "data_prep.shard_format", "cluster.local"),
+    "training": ("training", "data_prep.shard_format", "data_prep.audio_features", "cluster.local"),
     "pipeline": PACKAGES,
 }
 

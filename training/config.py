@@ -218,7 +218,13 @@ def modality_of(raw: Any) -> str:
 def pretrain_schema(raw: Any) -> PretrainConfig:
     """The defaults a ``PretrainConfig`` YAML is validated against: typed by its modality."""
     name = modality_of(raw)
-    return PretrainConfig(modality=name, input=modality_named(name).input_config())
+    m = modality_named(name)
+    return PretrainConfig(modality=name, input=m.input_config(), mask=default_mask(m))
+
+
+def default_mask(m) -> MaskConfig:
+    """The modality's default masking: its first mask kind at its ratio."""
+    return MaskConfig(kind=m.mask_kinds[0], ratio=m.mask_ratio)
 
 
 @dataclass

@@ -9,6 +9,7 @@ any number of ranks and any device, and a resumed run masks exactly as an uninte
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,11 +99,45 @@ def masks_for_batch(
     return random_mask(sample_noise(sample_seeds(seed, step, keys), num_patches), ratio)
 
 
+def time_frequency_noise(seeds: Sequence[int], grid: tuple[int, int], ratio: float) -> torch.Tensor:
+    """``[B, T*F]`` noise for AudioMAE's time-frequency masking over a (time, frequency) grid:
+    whole time columns and frequency bands first, then random tokens inside what is left, so
+    exactly ``num_visible`` tokens stay visible at any ratio (AudioMAE's own version hides a
+    ratio of each axis and lets the visible count float, which a batch cannot stack).
+
+    Each axis hides the same fraction ``1 - sqrt(visible share)``, rounded down, so the
+    rectangle left holds at least the visible count; the strips get noise above any token's,
+    so :func:`random_mask` hides them first."""
+    t, f = grid
+    keep = num_visible(t * f, ratio)
+    share = 1.0 - math.sqrt(keep / (t * f))
+    hide_t, hide_f = min(t - 1, math.floor(share * t)), min(f - 1, math.floor(share * f))
+    gen = torch.Generator()
+    rows = []
+    for s in seeds:
+        gen.manual_seed(s)
+        noise = torch.rand(t, f, generator=gen)
+        noise[torch.randperm(t, generator=gen)[:hide_t]] += 2.0
+        noise[:, torch.randperm(f, generator=gen)[:hide_f]] += 2.0
+        rows.append(noise.reshape(-1))
+    return torch.stack(rows)
+
+
+def _time_frequency_masks(seed, step, keys, geometry, ratio) -> Mask:
+    if len(geometry.grid) != 2:
+        raise ValueError(
+            f"time-frequency masking needs a (time, frequency) grid, got {geometry.grid}"
+        )
+    noise = time_frequency_noise(sample_seeds(seed, step, keys), geometry.grid, ratio)
+    return random_mask(noise, ratio)
+
+
 # mask kind -> (seed, step, keys, geometry, ratio) -> Mask; a modality names the kinds it allows.
 MASK_KINDS = {
     "random": lambda seed, step, keys, geometry, ratio: masks_for_batch(
         seed, step, keys, geometry.num_tokens, ratio
     ),
+    "time_frequency": _time_frequency_masks,
 }
 
 

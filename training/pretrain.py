@@ -14,6 +14,7 @@ loss, 75 preempted (checkpoint saved).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -108,6 +109,8 @@ def make_plan(cfg: PretrainConfig, world_size: int, train_samples: int) -> Plan:
 def run(cfg: PretrainConfig) -> Path:
     """Train (or resume) to ``total_steps`` and export; returns the export directory."""
     ckpt_dir = Path(cfg.out_dir) / CKPT_DIR
+    modality = modality_named(cfg.modality)
+    cfg = dataclasses.replace(cfg, input=modality.bind_input(cfg.input, cfg.train_shards))
     rank, world_size = launch_env()
     # Before the process group exists: one rank's conversion must not run against the others'
     # collective timeout (it grows with the model and the number of saved ranks).
@@ -120,7 +123,6 @@ def run(cfg: PretrainConfig) -> Path:
         (out / "pretrain.yaml").write_text(to_yaml(cfg))
     records = read_manifest(cfg.train_shards)
     plan = make_plan(cfg, info.world_size, sum(r.samples for r in records))
-    modality = modality_named(cfg.modality)
     geometry = modality.geometry(cfg.input)
     torch.manual_seed(cfg.seed)
     engine = _build_engine(cfg, plan, info, geometry, stage, load_universal=universal)
@@ -302,7 +304,8 @@ class _Progress:
     def __init__(self, cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, start: int):
         self.cfg, self.plan, self.info, self.engine = cfg, plan, info, engine
         self.log = MetricsLog(Path(cfg.out_dir), start) if info.is_main else None
-        self.unit = modality_named(cfg.modality).unit
+        modality = modality_named(cfg.modality)
+        self.unit, self.per_sample = modality.unit, modality.unit_per_sample(cfg.input)
         self.bar = tqdm(
             total=plan.total_steps,
             initial=start,
@@ -326,10 +329,11 @@ class _Progress:
             "loss": loss,
             "lr": self.engine.get_lr()[0],
             "samples_per_s": samples / elapsed,
+            "units_per_s": samples * self.per_sample / elapsed,  # in the modality's unit
             "time": time.time(),
         }
         self.log.write(record)
-        per_s = f"{record['samples_per_s']:.0f}"
+        per_s = f"{record['units_per_s']:.0f}"
         self.bar.set_postfix({"loss": f"{loss:.4f}", f"{self.unit}/s": per_s})
         self.window_start, self.window_steps = time.perf_counter(), 0
 

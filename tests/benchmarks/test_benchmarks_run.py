@@ -2,10 +2,11 @@
 checked: benchmarks report, they never pass or fail on speed)."""
 
 import json
+import shutil
 
 import pytest
 
-from benchmarks import attention_kernels, mask_ratio_step, pretrain_vs_hf
+from benchmarks import attention_kernels, audio_data, mask_ratio_step, pretrain_vs_hf
 
 
 def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
@@ -67,3 +68,15 @@ def test_zero_stages_reports_each_stage_from_both_ranks(tmp_path):
     results = json.loads((tmp_path / "zero_stages.json").read_text())
     assert set(results) == {"quickstart/zero2", "quickstart/zero3"}
     assert all([r["rank"] for r in ranks] == [0, 1] for ranks in results.values())
+
+
+def test_audio_data_measures_prep_loader_and_both_steps(tmp_path):
+    if shutil.which("espeak-ng") is None:  # `make test` installs it as root; CI runs as root
+        pytest.skip("espeak-ng is not installed (`make install` as root)")
+    args = ["--speakers", "2", "--sentences", "3", "--digit-strings", "2", "--batch", "4",
+            "--batches", "2", "--rounds", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert audio_data.main(args) == 0
+    result = json.loads((tmp_path / "audio_data.json").read_text())
+    assert result["prep"]["audio_hours"] > 0 and result["prep"]["hours_per_core_hour"] > 0
+    assert result["loader_audio_s_per_s"] > 0
+    assert set(result["consumes_audio_s_per_s"]) == {"0.8", "0.0"}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-NAMES: tuple[str, ...] = ("image",)
+NAMES: tuple[str, ...] = ("image", "audio")
 DEFAULT = "image"
 
 
@@ -72,10 +72,19 @@ class Modality:
     objective: str  # "mae" (visible-only encoder + decoder)
     members: tuple[str, ...]  # shard members the loader reads
     mask_kinds: tuple[str, ...]  # accepted values of pretrain.mask.kind
+    mask_ratio: float  # the default of pretrain.mask.ratio (the first mask kind is the default)
     input_config: type  # the pretrain.input section
     tasks_config: type  # the evaluate.tasks section
     geometry: Callable[[Any], TokenGeometry]  # input config -> token geometry
     ops_module: str  # the module whose OPS is this modality's ModalityOps
+    # The prepared splits evaluation trains and scores on (audio: the labelled set, not the
+    # unlabelled pretraining corpus).
+    eval_splits: tuple[str, str] = ("train", "val")
+    # input config -> how many ``unit`` one sample is (audio: the clip's seconds)
+    unit_per_sample: Callable[[Any], float] = lambda cfg: 1.0
+    # (input config, train split dir) -> the input config with values measured at prep time
+    # filled in (audio: log-mel mean and std); what the export records.
+    bind_input: Callable[[Any, str], Any] = lambda cfg, train_shards: cfg
     # A model.json written before the seam (no "modality" key) -> today's layout.
     upgrade_export: Callable[[dict], dict] = lambda desc: desc
     # Run-YAML keys of an older layout -> where they live now (named in the error).

@@ -68,6 +68,7 @@ MODALITY = Modality(
     objective="mae",
     members=("jpg", "cls"),
     mask_kinds=("random",),
+    mask_ratio=0.75,  # MAE's
     input_config=ImageInputConfig,
     tasks_config=ImageTasksConfig,
     geometry=geometry,

@@ -59,3 +59,31 @@ class FinetuneConfig:
             yield ("layer_decay", f"a float in (0, 1], got {self.layer_decay}")
         if not 0 <= self.drop_path < 1:
             yield ("drop_path", f"a float in [0, 1), got {self.drop_path}")
+
+
+@dataclass
+class CtcConfig:
+    """CTC fine-tuning on transcribed utterances: the whole encoder + a character head, scored by
+    word error rate with greedy decoding."""
+
+    enabled: bool = True
+    epochs: int = 30
+    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
+    batch_size: int = 32
+    layer_decay: float = 0.75
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    # Output steps per patch column: 16x16 patches give one column per 160 ms, too coarse for
+    # characters (a letter of read speech lasts ~70 ms); 4 gives 40 ms steps.
+    upsample: int = 4
+
+    def problems(self):
+        if self.batch_size < 1 or self.epochs < 1:
+            yield (
+                "batch_size",
+                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}",
+            )
+        if not 0 < self.layer_decay <= 1:
+            yield ("layer_decay", f"a float in (0, 1], got {self.layer_decay}")
+        if self.upsample < 1:
+            yield ("upsample", f"an int >= 1, got {self.upsample}")

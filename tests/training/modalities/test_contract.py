@@ -29,7 +29,10 @@ from training.masking import make_masks, num_visible
 from training.modalities import NAMES, modality
 
 # Small inputs per modality, so a forward pass costs milliseconds.
-SMALL_INPUT = {"image": {"image_size": 32, "patch_size": 8}}
+SMALL_INPUT = {
+    "image": {"image_size": 32, "patch_size": 8},
+    "audio": {"frames": 64, "patch_size": 16, "mel_mean": -6.0, "mel_std": 4.0},
+}
 
 
 @pytest.fixture(params=NAMES)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.modalities.audio_features import (
+from data_prep.audio_features import (
     log_mel,
     mel_centres_hz,
     mel_filters,

@@ -1,0 +1,184 @@
+"""CTC fine-tuning of a spectrogram-patch encoder on transcribed utterances, scored by word
+error rate (lower is better) with greedy decoding.
+
+Time resolution: 16x16 patches leave one token column per 160 ms (64 per 10 s), and a column
+holds 8 frequency tokens. The head mean-pools each column's frequency tokens (where a sound is
+in frequency says little about which letter it is, once the encoder has mixed them) and
+upsamples time by predicting ``upsample`` output steps from each column (4: a step every 40 ms).
+Characters rather than subword units: they need no tokenizer trained on the labelled set, work
+for any vocabulary, and read speech runs at ~15 characters a second, under half the 25 steps a
+second the head gives; a CTC path needs a step per character plus one between repeats.
+
+The vocabulary is LibriSpeech's (upper-case letters and the apostrophe) with ``|`` between words
+and index 0 the CTC blank. Utterances longer than the clip are left out of training and scoring
+(their transcript would not match the audio), and counted in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from data_prep.shard_format import read_shard_samples, shard_urls
+from training.schedule import warmup_cosine
+from training.tasks import LOWER
+from training.tasks.config import CtcConfig
+from training.tasks.downstream import Downstream
+from training.tasks.finetune import layer_decay_groups
+
+log = logging.getLogger(__name__)
+
+BLANK = 0
+VOCAB = "|ABCDEFGHIJKLMNOPQRSTUVWXYZ'"  # token i + 1; 0 is the blank
+
+
+def text_to_ids(text: str) -> list[int]:
+    """Words joined by ``|``, one id per character; characters outside the vocabulary dropped."""
+    joined = "|".join(text.upper().split())
+    return [VOCAB.index(c) + 1 for c in joined if c in VOCAB]
+
+
+def greedy_decode(log_probs: torch.Tensor) -> str:
+    """Best path of ``[T, V]``: argmax per step, repeats merged, blanks dropped, ``|`` -> space."""
+    best = log_probs.argmax(dim=-1).tolist()
+    chars = [
+        VOCAB[i - 1] for j, i in enumerate(best) if i != BLANK and (j == 0 or i != best[j - 1])
+    ]
+    return " ".join("".join(chars).replace("|", " ").split())
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus word and character error rates in percent: total edits over total reference
+    words (characters), as sclite and jiwer count them."""
+    word_edits = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
+    char_edits = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps))
+    words = max(1, sum(len(r.split()) for r in refs))
+    chars = max(1, sum(len(r) for r in refs))
+    return {
+        "wer": round(100.0 * word_edits / words, 2),
+        "cer": round(100.0 * char_edits / chars, 2),
+    }
+
+
+class CtcHead(nn.Module):
+    """Encoder + frequency pooling + a linear layer giving ``upsample`` steps per time column."""
+
+    def __init__(self, encoder: nn.Module, grid: tuple[int, int], upsample: int):
+        super().__init__()
+        self.encoder, self.grid, self.upsample = encoder, grid, upsample
+        dim = encoder.cfg.embed_dim
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, upsample * (len(VOCAB) + 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, T*F, P]`` -> log-probabilities ``[B, T * upsample, V]``."""
+        b = tokens.shape[0]
+        time, freq = self.grid
+        encoded = self.encoder(tokens)[:, 1:].reshape(b, time, freq, -1).mean(dim=2)
+        logits = self.head(self.norm(encoded)).reshape(b, time * self.upsample, -1)
+        return logits.float().log_softmax(dim=-1)
+
+
+class CtcFinetune:
+    name, title, directions = "ctc", "CTC fine-tune", {"wer": LOWER, "cer": LOWER}
+
+    def __init__(self, cfg: CtcConfig):
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+
+    def run(self, encoder: nn.Module, data: Downstream) -> dict[str, float]:
+        return ctc_finetune(encoder, data, self.cfg)
+
+
+def transcripts(split_dir: str, max_seconds: float) -> dict[str, str]:
+    """``{key: transcript}`` of every transcribed sample of a split no longer than
+    ``max_seconds``."""
+    found, too_long = {}, 0
+    for url in shard_urls(split_dir):
+        for sample in read_shard_samples(url, members=("json",)):
+            meta = json.loads(sample["json"])
+            if meta.get("transcript") is None:
+                continue
+            if meta["seconds"] > max_seconds:
+                too_long += 1
+            else:
+                found[sample["__key__"]] = meta["transcript"]
+    if too_long:
+        log.warning("CTC: %d utterances of %s are longer than the %.2f s clip, left out",
+                    too_long, split_dir, max_seconds)  # fmt: skip
+    return found
+
+
+def ctc_finetune(encoder: nn.Module, data: Downstream, cfg: CtcConfig) -> dict[str, float]:
+    torch.manual_seed(data.seed)
+    seconds = data.modality.unit_per_sample(data.input)
+    train_text = transcripts(data.train_shards, seconds)
+    if not train_text:
+        raise ValueError(f"{data.train_shards} holds no transcribed utterance for CTC")
+    model = CtcHead(encoder, data.modality.geometry(data.input).grid, cfg.upsample)
+    lr = cfg.base_lr * cfg.batch_size / 256
+    opt = torch.optim.AdamW(
+        layer_decay_groups(model, lr, cfg.weight_decay, cfg.layer_decay), lr=lr, betas=(0.9, 0.999)
+    )
+    steps_per_epoch = math.ceil(len(train_text) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    batches = data.train_batches(data.input, cfg.batch_size)
+    model.train()
+    for step in tqdm(range(total), desc="CTC fine-tune", unit="step", leave=False):
+        scale = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, 1.0, 0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"] * scale
+        x, _, keys = next(batches)
+        rows = [i for i, k in enumerate(keys) if k in train_text]
+        if not rows:
+            continue
+        loss = ctc_loss(model(data.tokens(x[rows])), [train_text[keys[i]] for i in rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return score(model, data, transcripts(data.val_shards, seconds))
+
+
+def ctc_loss(log_probs: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """Mean CTC loss per target character of a batch ``[B, T, V]`` against its transcripts."""
+    targets = [torch.tensor(text_to_ids(t)) for t in texts]
+    steps = torch.full((len(texts),), log_probs.shape[1], dtype=torch.long)
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),
+        torch.cat(targets),
+        steps,
+        torch.tensor([len(t) for t in targets]),
+        blank=BLANK,
+        zero_infinity=True,
+    )
+
+
+@torch.no_grad()
+def score(model: CtcHead, data: Downstream, val_text: dict[str, str]) -> dict[str, float]:
+    model.eval()
+    refs, hyps = [], []
+    for x, _, keys in data.eval_batches(data.val_shards):
+        log_probs = model(data.tokens(x))
+        for key, row in zip(keys, log_probs):
+            if key in val_text:
+                refs.append(" ".join(val_text[key].upper().split()))
+                hyps.append(greedy_decode(row))
+    if not refs:
+        raise ValueError(f"{data.val_shards} holds no transcribed utterance for CTC")
+    return error_rates(refs, hyps)
