@@ -3,7 +3,7 @@ seconds of audio per second per core, and what the quickstart's step consumes, a
 0.8 and 0.0.
 
     python -m benchmarks.audio_data [--speakers 8] [--cpus 1] [--batches 20] [--rounds 4]
-        [--out results/audio_data]
+        [--step-preset nano] [--step-frames 256] [--out results/audio_data]
 
 1. **Prep**: the espeak-ng demo corpus (LibriLight chapters + digit strings, the quickstart's
    sizes) is prepared by the real Ray job with ``--cpus`` workers: decode, resample to 16 kHz
@@ -16,12 +16,14 @@ seconds of audio per second per core, and what the quickstart's step consumes, a
 3. **Step**: the quickstart's model (ViT-nano, decoder 2x96, 16x16 patches over 256 frames x
    128 mels: 128 tokens), batch 64, bf16 with fp32 master weights, at ratio 0.8 and 0.0
    interleaved; seconds of audio a step consumes per second, and the loader cores one rank
-   needs to keep up.
+   needs to keep up. ``--step-preset base --step-frames 1024 --step-batch 4`` times AudioMAE's
+   ViT-B/16 on 10 s clips (512 patches, decoder 8 x 512) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -90,11 +92,15 @@ def loader_rate(train: Path, seen: AudioInputConfig, batch: int, batches: int) -
     return batches * batch * clip_seconds(seen) / (time.perf_counter() - start)
 
 
-def audio_step(seen: AudioInputConfig, batch: int):
-    """``step(i, ratio)``: the quickstart's model, one training step in bf16."""
+def audio_step(seen: AudioInputConfig, batch: int, preset: str):
+    """``step(i, ratio)``: one bf16 training step of the quickstart's model (``nano``: decoder
+    2 x 96) or of a preset with AudioMAE's decoder (8 x 512)."""
     torch.manual_seed(0)
     g = geometry(seen)
-    cfg = ModelConfig(preset="nano", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+    if preset == "nano":
+        cfg = ModelConfig(preset="nano", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+    else:
+        cfg = ModelConfig(preset=preset)
     model = MaskedAutoencoder(cfg, g).train().to(torch.bfloat16)
     opt = MasterWeights(model, 1e-4)
     clips = torch.randn(batch, seen.frames, 128)
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--step-preset", default="nano", help="the model of the timed step")
+    parser.add_argument("--step-frames", type=int, default=256, help="its clip (1024: 10 s)")
+    parser.add_argument("--step-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--out", default="results/audio_data")
     args = parser.parse_args(argv)
 
@@ -129,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         train = Path(tmp) / "shards" / "train"
         seen = bind_input(AudioInputConfig(frames=256), str(train))
         loader = loader_rate(train, seen, args.batch, args.batches)
-    step = audio_step(seen, args.batch)
+    timed = dataclasses.replace(seen, frames=args.step_frames)
+    batch = args.step_batch or args.batch
+    step = audio_step(timed, batch, args.step_preset)
     times = interleaved({r: functools.partial(step, ratio=float(r)) for r in ("0.8", "0.0")},
                         args.rounds)  # fmt: skip
     peak = matmul_peak(torch.bfloat16)
-    clip = clip_seconds(seen)
-    consumes = {r: args.batch * clip / median(t) for r, t in times.items()}
+    consumes = {r: batch * clip_seconds(timed) / median(t) for r, t in times.items()}
     m = machine()
     table = [
         f"{m['cpu']}, {m['threads']} threads; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s",
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{prep['hours_per_core_hour']:.0f} ({prep['hours_per_core_hour_with_startup']:.0f} "
         "with Ray start and fit) |",
         f"| loader: seconds of audio/s, one core | {loader:.0f} |",
+        f"| step: ViT-{args.step_preset}, {args.step_frames} frames "
+        f"({geometry(timed).num_tokens} patches), batch {batch}, bf16 | |",
         f"| step at 0.8: s, seconds of audio/s | {median(times['0.8']):.3f}, {consumes['0.8']:.0f} |",
         f"| step at 0.0: s, seconds of audio/s | {median(times['0.0']):.3f}, {consumes['0.0']:.0f} |",
         f"| step 0.0 / step 0.8 | {median(times['0.0']) / median(times['0.8']):.2f}x |",

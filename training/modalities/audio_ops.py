@@ -20,6 +20,7 @@ import torch
 from data_prep.audio_features import log_mel
 from training.modalities import Example, ModalityOps
 from training.modalities.audio import N_MELS, AudioInputConfig, AudioTasksConfig
+from training.modalities.figures import picture_grid
 from training.modalities.image_patches import patchify, unpatchify
 from training.tasks.ctc import CtcFinetune
 from training.tasks.finetune import Finetune
@@ -81,8 +82,6 @@ def tasks(cfg: AudioTasksConfig) -> list:
 @torch.no_grad()
 def reconstruction_figure(cfg: AudioInputConfig, model, clips: torch.Tensor, mask, title: str):
     """Rows of spectrograms (frequency up, time across): original | masked | reconstruction."""
-    from matplotlib.figure import Figure  # only the report stage draws
-
     p = cfg.patch_size
     target = tokenize(cfg, clips)
     _, pred = model.reconstruct(target, mask)
@@ -96,20 +95,10 @@ def reconstruction_figure(cfg: AudioInputConfig, model, clips: torch.Tensor, mas
         (title, target * (1 - m) + m * low),
         ("reconstruction", target * (1 - m) + pred * m),
     ]
-    n = len(clips)
-    fig = Figure(figsize=(10, 1.5 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for col, (heading, tokens) in enumerate(columns):
-        pictures = unpatchify(tokens, p, cfg.frames, N_MELS)[:, 0].transpose(1, 2).numpy()
-        for row in range(n):
-            ax = axes[row][col]
-            ax.imshow(pictures[row], origin="lower", aspect="auto", cmap="magma", vmin=low)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(heading, fontsize=9)
-    fig.tight_layout()
-    return fig
+    pictures = [
+        (h, unpatchify(t, p, cfg.frames, N_MELS)[:, 0].transpose(1, 2).numpy()) for h, t in columns
+    ]
+    return picture_grid(pictures, (10, 1.5), origin="lower", aspect="auto", cmap="magma", vmin=low)
 
 
 OPS = ModalityOps(

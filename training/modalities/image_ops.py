@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from training.modalities import Example, ModalityOps
+from training.modalities.figures import picture_grid
 from training.modalities.image import ImageInputConfig, ImageTasksConfig
 from training.modalities.image_patches import (
     denormalize_pixels,
@@ -188,8 +189,6 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 @torch.no_grad()
 def reconstruction_figure(cfg: ImageInputConfig, model, images: torch.Tensor, mask, title: str):
     """Rows of images: original | masked input | reconstruction (visible patches pasted)."""
-    from matplotlib.figure import Figure  # only the report stage draws
-
     size, patch = cfg.image_size, cfg.patch_size
     x = normalize_pixels(images)
     target = patchify(x, patch)
@@ -203,20 +202,8 @@ def reconstruction_figure(cfg: ImageInputConfig, model, images: torch.Tensor, ma
         (title, unpatchify(target * (1 - m) + m * -10.0, patch, size, size)),
         ("reconstruction", unpatchify(target * (1 - m) + pred * m, patch, size, size)),
     ]
-    n = len(images)
-    fig = Figure(figsize=(5.4, 1.8 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for col, (heading, batch) in enumerate(columns):
-        pictures = denormalize_pixels(batch).permute(0, 2, 3, 1).numpy()
-        for row in range(n):
-            ax = axes[row][col]
-            ax.imshow(pictures[row], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(heading, fontsize=9)
-    fig.tight_layout()
-    return fig
+    pictures = [(h, denormalize_pixels(b).permute(0, 2, 3, 1).numpy()) for h, b in columns]
+    return picture_grid(pictures, (5.4, 1.8), interpolation="nearest")
 
 
 OPS = ModalityOps(

@@ -50,13 +50,7 @@ class FinetuneConfig:
     warmup_epochs: int = 5
 
     def problems(self):
-        if self.batch_size < 1 or self.epochs < 1:
-            yield (
-                "batch_size",
-                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}",
-            )
-        if not 0 < self.layer_decay <= 1:
-            yield ("layer_decay", f"a float in (0, 1], got {self.layer_decay}")
+        yield from schedule_problems(self)
         if not 0 <= self.drop_path < 1:
             yield ("drop_path", f"a float in [0, 1), got {self.drop_path}")
 
@@ -78,12 +72,17 @@ class CtcConfig:
     upsample: int = 4
 
     def problems(self):
-        if self.batch_size < 1 or self.epochs < 1:
-            yield (
-                "batch_size",
-                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}",
-            )
-        if not 0 < self.layer_decay <= 1:
-            yield ("layer_decay", f"a float in (0, 1], got {self.layer_decay}")
+        yield from schedule_problems(self)
         if self.upsample < 1:
             yield ("upsample", f"an int >= 1, got {self.upsample}")
+
+
+def schedule_problems(cfg):
+    """The checks of every task that trains the encoder: batch, epochs, layer-wise lr decay."""
+    if cfg.batch_size < 1 or cfg.epochs < 1:
+        yield (
+            "batch_size",
+            f"batch_size and epochs must be >= 1, got {cfg.batch_size}, {cfg.epochs}",
+        )
+    if not 0 < cfg.layer_decay <= 1:
+        yield ("layer_decay", f"a float in (0, 1], got {cfg.layer_decay}")
