@@ -58,9 +58,3 @@ def flac_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
-
-
-def decode_flac(data: bytes) -> np.ndarray:
-    """float32 mono samples of a FLAC member (what training reads)."""
-    samples, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples[:, 0]

@@ -130,8 +130,8 @@ def _write_feature_stats(cfg: AudioPrepConfig, train_items: list[AudioItem]) -> 
     """Log-mel mean and std over ``stats_files`` recordings spread evenly over the train split;
     kept from an earlier run when it read the same recordings."""
     step = max(1, len(train_items) // cfg.stats_files)
-    chosen = [str(c) for c in train_items[::step][: cfg.stats_files]]
-    digest = hashlib.sha256("\n".join(chosen).encode()).hexdigest()
+    chosen = train_items[::step][: cfg.stats_files]
+    digest = hashlib.sha256("\n".join(map(str, chosen)).encode()).hexdigest()
     path = Path(cfg.out) / FEATURE_STATS
     if path.is_file() and json.loads(path.read_text()).get("inputs_sha256") == digest:
         return
@@ -140,7 +140,7 @@ def _write_feature_stats(cfg: AudioPrepConfig, train_items: list[AudioItem]) -> 
     from data_prep.audio_features import log_mel
 
     total = np.zeros(3)  # count, sum, sum of squares (float64)
-    for item in train_items[::step][: cfg.stats_files]:
+    for item in chosen:
         try:
             samples, _ = to_mono_16k(*read_audio(item.file))
         except SkipSample as skip:

@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from data_prep.audio_io import decode_flac
 from data_prep.corpus import LayoutError
 from data_prep.shard_format import (
     FEATURE_STATS,
@@ -21,6 +20,7 @@ from data_prep.shard_format import (
 )
 from data_prep.voice_segments import clean_intervals, plan_segments
 from tests.conftest import audio_prep_config
+from training.modalities.audio_ops import waveform_of
 
 
 def _segments(prepared: Path) -> dict[str, list[tuple[float, float]]]:
@@ -87,7 +87,7 @@ def test_webdataset_reads_the_shards_and_the_manifest_checks_out(speech_prepared
             assert file_sha256(speech_prepared / split / record.file) == record.sha256
         samples = list(wds.WebDataset(shard_urls(speech_prepared / split), shardshuffle=False))
         assert len(samples) == sum(r.samples for r in records)
-        audio = decode_flac(samples[0]["flac"])
+        audio = waveform_of(samples[0]["flac"])
         meta = json.loads(samples[0]["json"])
         assert len(audio) / 16000 == pytest.approx(meta["seconds"], abs=2e-3)
         if split == "labelled_val":

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def decode(cfg: AudioInputConfig, sample: dict, rng: random.Random | None) -> Example | None:
     """A shard sample -> normalised log-mel ``[frames, 128]`` (float32)."""
     try:
-        waveform = _waveform(sample["flac"])
+        waveform = waveform_of(sample["flac"])
     except (KeyError, sf.LibsndfileError, RuntimeError):
         log.warning("cannot decode sample %s: not FLAC audio", sample.get("__key__"))
         return None
@@ -43,7 +43,8 @@ def decode(cfg: AudioInputConfig, sample: dict, rng: random.Random | None) -> Ex
     return Example(features, label, sample["__key__"])
 
 
-def _waveform(data: bytes) -> torch.Tensor:
+def waveform_of(data: bytes) -> torch.Tensor:
+    """float32 mono samples of a FLAC member."""
     samples, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     return torch.from_numpy(samples[:, 0].copy())
 

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from data_prep.shard_format import read_shard_samples, shard_urls
-from training.schedule import warmup_cosine
 from training.tasks import LOWER
 from training.tasks.config import CtcConfig
 from training.tasks.downstream import Downstream
-from training.tasks.finetune import layer_decay_groups
+from training.tasks.finetune import train_layer_decayed
 
 log = logging.getLogger(__name__)
 
@@ -132,26 +129,14 @@ def ctc_finetune(encoder: nn.Module, data: Downstream, cfg: CtcConfig) -> dict[s
     if not train_text:
         raise ValueError(f"{data.train_shards} holds no transcribed utterance for CTC")
     model = CtcHead(encoder, data.modality.geometry(data.input).grid, cfg.upsample)
-    lr = cfg.base_lr * cfg.batch_size / 256
-    opt = torch.optim.AdamW(
-        layer_decay_groups(model, lr, cfg.weight_decay, cfg.layer_decay), lr=lr, betas=(0.9, 0.999)
-    )
-    steps_per_epoch = math.ceil(len(train_text) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    batches = data.train_batches(data.input, cfg.batch_size)
-    model.train()
-    for step in tqdm(range(total), desc="CTC fine-tune", unit="step", leave=False):
-        scale = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, 1.0, 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"] * scale
-        x, _, keys = next(batches)
+
+    def loss_of(x, labels, keys):
         rows = [i for i, k in enumerate(keys) if k in train_text]
         if not rows:
-            continue
-        loss = ctc_loss(model(data.tokens(x[rows])), [train_text[keys[i]] for i in rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            return None
+        return ctc_loss(model(data.tokens(x[rows])), [train_text[keys[i]] for i in rows])
+
+    train_layer_decayed(model, data, cfg, data.input, len(train_text), loss_of, "CTC fine-tune")
     return score(model, data, transcripts(data.val_shards, seconds))
 
 

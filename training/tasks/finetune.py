@@ -78,6 +78,32 @@ def layer_decay_groups(
     return list(groups.values())
 
 
+def train_layer_decayed(
+    model: nn.Module, data: Downstream, cfg, train_input, samples: int, loss_of, desc: str
+) -> None:
+    """Train ``model`` (an encoder plus a head) for ``cfg.epochs`` epochs of ``samples``: AdamW
+    with layer-wise lr decay, linear warmup then cosine, on the augmented train stream.
+    ``loss_of(x, labels, keys)`` gives a batch's loss, or None to skip the batch."""
+    lr = cfg.base_lr * cfg.batch_size / 256
+    opt = torch.optim.AdamW(
+        layer_decay_groups(model, lr, cfg.weight_decay, cfg.layer_decay), lr=lr, betas=(0.9, 0.999)
+    )
+    steps_per_epoch = math.ceil(samples / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    batches = data.train_batches(train_input, cfg.batch_size)
+    model.train()
+    for step in tqdm(range(total), desc=desc, unit="step", dynamic_ncols=True, leave=False):
+        scale = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, 1.0, 0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"] * scale
+        loss = loss_of(*next(batches))
+        if loss is None:
+            continue
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def finetune(encoder: nn.Module, data: Downstream, ft: FinetuneConfig, train_input) -> dict:
     torch.manual_seed(data.seed)
     encoder.train()
@@ -86,25 +112,12 @@ def finetune(encoder: nn.Module, data: Downstream, ft: FinetuneConfig, train_inp
     ):
         block.drop_path = rate
     model = Classifier(encoder, data.num_classes)
-    lr = ft.base_lr * ft.batch_size / 256
-    opt = torch.optim.AdamW(
-        layer_decay_groups(model, lr, ft.weight_decay, ft.layer_decay), lr=lr, betas=(0.9, 0.999)
-    )
     train_samples = sum(r.samples for r in read_manifest(data.train_shards))
-    steps_per_epoch = math.ceil(train_samples / ft.batch_size)
-    total = ft.epochs * steps_per_epoch
-    batches = data.train_batches(train_input, ft.batch_size)
-    model.train()
-    bar = tqdm(range(total), desc="fine-tune", unit="step", dynamic_ncols=True, leave=False)
-    for step in bar:
-        scale = warmup_cosine(step, total, ft.warmup_epochs * steps_per_epoch, 1.0, 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"] * scale
-        x, labels, _ = next(batches)
-        loss = F.cross_entropy(model(data.tokens(x)), labels, label_smoothing=ft.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+
+    def loss_of(x, labels, keys):
+        return F.cross_entropy(model(data.tokens(x)), labels, label_smoothing=ft.label_smoothing)
+
+    train_layer_decayed(model, data, ft, train_input, train_samples, loss_of, "fine-tune")
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
