@@ -4,7 +4,8 @@ encoder alike.
 A task has a ``name`` (its key in ``metrics.json``), a ``title`` (the report's), ``directions``
 (each metric it returns, ``higher`` or ``lower`` is better: accuracy goes up, WER and perplexity
 go down; the report colours gains by it), ``enabled``, and ``run(encoder, data) -> {metric:
-value}``. :class:`Downstream` is what every task may read: the splits, the modality and its input
+value}``. Tasks run one after another on the same encoder, so ``run`` leaves it as it found
+it: a task that trains the encoder trains a copy. :class:`Downstream` is what every task may read: the splits, the modality and its input
 config, the class count, and features of frozen encoders (extracted once, shared by the probe and
 k-NN).
 """

@@ -16,6 +16,7 @@ and index 0 the CTC blank. Utterances longer than the clip are left out of train
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
@@ -124,6 +125,7 @@ def transcripts(split_dir: str, max_seconds: float) -> dict[str, str]:
 
 def ctc_finetune(encoder: nn.Module, data: Downstream, cfg: CtcConfig) -> dict[str, float]:
     torch.manual_seed(data.seed)
+    encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
     seconds = data.modality.unit_per_sample(data.input)
     train_text = transcripts(data.train_shards, seconds)
     if not train_text:

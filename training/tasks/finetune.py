@@ -5,6 +5,7 @@ the modality's augmented stream and scored on the val split.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +107,7 @@ def train_layer_decayed(
 
 def finetune(encoder: nn.Module, data: Downstream, ft: FinetuneConfig, train_input) -> dict:
     torch.manual_seed(data.seed)
+    encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
     encoder.train()
     for block, rate in zip(
         encoder.blocks, torch.linspace(0, ft.drop_path, len(encoder.blocks)).tolist()

@@ -1,0 +1,47 @@
+"""Tasks that train the encoder train a copy: evaluation runs every task on the same encoder
+object, and a CTC run after fine-tuning must start from the pretrained weights, not from the
+classifier's."""
+
+from __future__ import annotations
+
+import torch
+
+from training.config import ModelConfig
+from training.evaluate import random_encoder
+from training.export_format import ExportInfo
+from training.modalities import modality
+from training.modalities.audio import AudioInputConfig, bind_input
+from training.modalities.image import ImageInputConfig
+from training.tasks.config import CtcConfig, FinetuneConfig
+from training.tasks.ctc import CtcFinetune
+from training.tasks.downstream import Downstream
+from training.tasks.finetune import Finetune
+
+
+def _data(name, input_cfg, shards, classes):
+    train, val = modality(name).eval_splits
+    return Downstream(
+        modality(name), input_cfg, str(shards / train), str(shards / val), classes, 16, 0
+    )
+
+
+def _untouched(task, name, input_cfg, shards, classes):
+    model = ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2)
+    encoder = random_encoder(ExportInfo(name, "mae", input_cfg, model, {}), seed=0)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    rates = [b.drop_path for b in encoder.blocks]
+    task.run(encoder, _data(name, input_cfg, shards, classes))
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [b.drop_path for b in encoder.blocks] == rates
+
+
+def test_finetune_trains_a_copy_of_the_encoder(prepared):
+    task = Finetune(FinetuneConfig(epochs=1, batch_size=16, drop_path=0.1))
+    _untouched(task, "image", ImageInputConfig(32, 8), prepared, 4)
+
+
+def test_ctc_trains_a_copy_of_the_encoder(speech_prepared):
+    seen = bind_input(AudioInputConfig(frames=256), str(speech_prepared / "train"))
+    task = CtcFinetune(CtcConfig(epochs=1, batch_size=8))
+    _untouched(task, "audio", seen, speech_prepared, 3)
