@@ -20,7 +20,7 @@ import torch
 from data_prep.audio_features import log_mel
 from training.modalities import Example, ModalityOps
 from training.modalities.audio import N_MELS, AudioInputConfig, AudioTasksConfig
-from training.modalities.figures import picture_grid
+from training.modalities.figures import masked_and_reconstructed, picture_grid
 from training.modalities.image_patches import patchify, unpatchify
 from training.tasks.ctc import CtcFinetune
 from training.tasks.finetune import Finetune
@@ -85,17 +85,9 @@ def reconstruction_figure(cfg: AudioInputConfig, model, clips: torch.Tensor, mas
     """Rows of spectrograms (frequency up, time across): original | masked | reconstruction."""
     p = cfg.patch_size
     target = tokenize(cfg, clips)
-    _, pred = model.reconstruct(target, mask)
-    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the true stats
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
-    m = mask.masked.unsqueeze(-1)
     low = float(target.min())
-    columns = [
-        ("log-mel", target),
-        (title, target * (1 - m) + m * low),
-        ("reconstruction", target * (1 - m) + pred * m),
-    ]
+    masked, reconstructed = masked_and_reconstructed(model, target, mask, fill=low)
+    columns = [("log-mel", target), (title, masked), ("reconstruction", reconstructed)]
     pictures = [
         (h, unpatchify(t, p, cfg.frames, N_MELS)[:, 0].transpose(1, 2).numpy()) for h, t in columns
     ]

@@ -1,10 +1,25 @@
-"""The report's reconstruction grid, shared by the modalities: one row per sample, one column
-per view (original | masked | reconstruction), no ticks, headings on the first row."""
+"""The report's reconstruction figure, shared by the modalities: the masked and reconstructed
+token values, and a grid with one row per sample, one column per view (original | masked |
+reconstruction), no ticks, headings on the first row."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def masked_and_reconstructed(model, target: torch.Tensor, mask, fill: float):
+    """Token values ``[B, N, P]`` of the masked input (hidden tokens set to ``fill``) and of the
+    reconstruction (visible tokens pasted back, hidden ones the model's guess)."""
+    _, pred = model.reconstruct(target, mask)
+    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the true stats
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    m = mask.masked.unsqueeze(-1)
+    return target * (1 - m) + m * fill, target * (1 - m) + pred * m
 
 
 def picture_grid(columns: Sequence[tuple[str, Any]], size: tuple[float, float], **imshow):

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from training.modalities import Example, ModalityOps
-from training.modalities.figures import picture_grid
+from training.modalities.figures import masked_and_reconstructed, picture_grid
 from training.modalities.image import ImageInputConfig, ImageTasksConfig
 from training.modalities.image_patches import (
     denormalize_pixels,
@@ -192,15 +192,11 @@ def reconstruction_figure(cfg: ImageInputConfig, model, images: torch.Tensor, ma
     size, patch = cfg.image_size, cfg.patch_size
     x = normalize_pixels(images)
     target = patchify(x, patch)
-    _, pred = model.reconstruct(target, mask)
-    if model.cfg.norm_pix_loss:  # predictions are per-patch normalised: undo with the true stats
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
-    m = mask.masked.unsqueeze(-1)
+    masked, reconstructed = masked_and_reconstructed(model, target, mask, fill=-10.0)
     columns = [
         ("original", x),
-        (title, unpatchify(target * (1 - m) + m * -10.0, patch, size, size)),
-        ("reconstruction", unpatchify(target * (1 - m) + pred * m, patch, size, size)),
+        (title, unpatchify(masked, patch, size, size)),
+        ("reconstruction", unpatchify(reconstructed, patch, size, size)),
     ]
     pictures = [(h, denormalize_pixels(b).permute(0, 2, 3, 1).numpy()) for h, b in columns]
     return picture_grid(pictures, (5.4, 1.8), interpolation="nearest")
