@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo demo-audio test test-slow lint format install clean slurm espeak
+.PHONY: demo demo-audio demo-video test test-slow lint format install clean slurm espeak
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 demo-audio: $(STAMP)
 	$(BIN)/maskmill run configs/quickstart_audio.yaml
+
+demo-video: $(STAMP)
+	$(BIN)/maskmill run configs/quickstart_video.yaml
 
 # The audio demo corpus is spoken by espeak-ng (Debian's package). As root it is installed here;
 # otherwise the audio demo and its tests say how to get it.

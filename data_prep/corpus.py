@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 # modality -> the module whose READER reads its raw layout (one module per layout)
-READERS = {"image": "data_prep.imagenet", "audio": "data_prep.librilight"}
+READERS = {
+    "image": "data_prep.imagenet",
+    "audio": "data_prep.librilight",
+    "video": "data_prep.video_prep",
+}
 
 
 class SourceError(ValueError):

@@ -53,6 +53,8 @@ EPILOG = """examples:
   maskmill prep image /data/imagenet /data/imagenet-shards shorter_side=256 num_cpus=32
   maskmill demo-data /tmp/demo --classes 8 --corrupt 3
   maskmill demo-data /tmp/speech --modality audio
+  maskmill demo-data /tmp/clips --modality video --corrupt true
+  maskmill prep video /data/kinetics400 /data/k400-shards short_side=320 stride=4
 """
 
 
@@ -167,14 +169,15 @@ def _add_demo_data(sub) -> None:
         help="write a small demo corpus in a modality's real layout",
         description="Write a small corpus the project generates itself, in the modality's real "
         "layout (image: ImageNet with its quirks; audio: LibriLight chapters + LibriSpeech-form "
-        "digit strings spoken by espeak-ng). Options are the keys of the run YAML's `demo_data` "
+        "digit strings spoken by espeak-ng; video: Kinetics-layout clips of six motion classes "
+        "encoded with PyAV). Options are the keys of the run YAML's `demo_data` "
         f"section, as key=value or --some-key VALUE. Keys: {keys}.",
     )
     demo.add_argument("out")
     demo.add_argument(
         "options",
         nargs=argparse.REMAINDER,
-        help="--modality image|audio (default image), then keys, e.g. --classes 8 --corrupt 3",
+        help="--modality image|audio|video (default image), then keys, e.g. --classes 8 --corrupt 3",
     )
 
 

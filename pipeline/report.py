@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import html
 import json
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -24,7 +25,7 @@ from training.config import EVAL_METRICS
 from training.export import load_mae
 from training.export_format import read_export
 from training.loader import eval_batches
-from training.masking import make_masks, num_visible
+from training.masking import make_masks, visible_count
 from training.metrics import read_metrics
 from training.modalities import modality
 from training.pretrain import zero_stage_of
@@ -94,7 +95,8 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
     p = cfg.pretrain
     m = p.model.resolved()
     unit = modality(cfg.modality).unit
-    tokens = modality(cfg.modality).geometry(p.input).num_tokens
+    grid = modality(cfg.modality).geometry(p.input).grid
+    tokens = math.prod(grid)
     last = curve[-1] if curve else {}
     speed = _throughput_key(curve)
     facts = [
@@ -105,7 +107,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         (
             "mask",
             f"{p.mask.kind}, ratio {p.mask.ratio:.2f} "
-            f"({num_visible(tokens, p.mask.ratio)} of {tokens} tokens visible)",
+            f"({visible_count(p.mask.kind, grid, p.mask.ratio)} of {tokens} tokens visible)",
         ),
         (
             "steps",

@@ -11,8 +11,10 @@ import pytest
 
 from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.demo_speech import ESPEAK, SpeechDemoConfig, write_speech_demo
+from data_prep.demo_video import VideoDemoConfig, write_video_demo
 from data_prep.imagenet import ImagePrepConfig, prep_imagenet
 from data_prep.librilight import AudioPrepConfig, prep_audio
+from data_prep.video_prep import VideoPrepConfig, prep_video
 
 CORRUPT = 3  # one truncated JPEG, one empty file, one non-image, in that order
 
@@ -97,6 +99,54 @@ def audio_corpus(speech_corpus):
     cfg = audio_prep_config(speech_corpus, Path("unused"))
     keys = {k: getattr(cfg, k) for k in ("labelled_train", "labelled_val", "val_speakers")}
     return Path(cfg.source), {**keys, "segment_seconds": 4.0}
+
+
+@pytest.fixture(scope="session")
+def clip_corpus(tmp_path_factory) -> Path:
+    """Kinetics-layout demo videos: 3 train and 1 val per class of six, at 64x48, 2.6 s, with
+    every quirk the demo makes (two truncated mp4s, an audio-only file, a short clip, a CSV row
+    without its file; one mkv and one webm among the clips)."""
+    cfg = VideoDemoConfig(
+        out=str(tmp_path_factory.mktemp("clips") / "raw"),
+        clips_per_class=3,
+        val_clips_per_class=1,
+        width=64,
+        height=48,
+        seconds=2.6,
+        corrupt=True,
+    )
+    return write_video_demo(cfg)
+
+
+def video_prep_config(corpus: Path, out: Path, **overrides) -> VideoPrepConfig:
+    values = dict(
+        source=str(corpus),
+        out=str(out),
+        short_side=40,
+        frames=8,
+        stride=4,
+        clips_per_video=2,
+        samples_per_shard=16,
+        num_cpus=2,
+    )
+    values.update(overrides)
+    return VideoPrepConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def clips_prepared(clip_corpus, tmp_path_factory) -> Path:
+    """The clip corpus sharded by the real Ray job (train, val)."""
+    out = tmp_path_factory.mktemp("clips_prepared") / "shards"
+    prep_video(video_prep_config(clip_corpus, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def video_corpus(clip_corpus):
+    """The video modality's raw corpus for the modality contract test, and its prep keys."""
+    cfg = video_prep_config(clip_corpus, Path("unused"))
+    keys = ("short_side", "frames", "stride", "clips_per_video")
+    return clip_corpus, {k: getattr(cfg, k) for k in keys}
 
 
 def prep_config(source: Path, out: Path, **overrides) -> ImagePrepConfig:

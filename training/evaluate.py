@@ -44,6 +44,7 @@ def run(cfg: EvalConfig) -> dict:
             ]
         )
     modality = modality_named(cfg.modality)
+    views, group_of = modality.eval_views(export.input, cfg.tasks)
     data = Downstream(
         modality=modality,
         input=export.input,
@@ -52,6 +53,8 @@ def run(cfg: EvalConfig) -> dict:
         num_classes=_num_classes(cfg.train_shards),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        views=views,
+        group_of=group_of,
     )
     encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
     if cfg.baseline:

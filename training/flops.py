@@ -9,7 +9,7 @@ usual MFU accounting.
 from __future__ import annotations
 
 from training.config import ModelConfig
-from training.masking import num_visible
+from training.masking import visible_count
 from training.modalities import TokenGeometry
 
 
@@ -28,11 +28,15 @@ def cross_block_flops(queries: int, context: int, dim: int, mlp_ratio: float) ->
 
 
 def predicted_patches(
-    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, training: bool = True
+    cfg: ModelConfig,
+    geometry: TokenGeometry,
+    ratio: float,
+    training: bool = True,
+    kind: str = "random",
 ) -> int:
     """How many masked tokens the decoder reconstructs (see ``masking.masked_ids``)."""
     n = geometry.num_tokens
-    hidden = n - num_visible(n, ratio)
+    hidden = n - visible_count(kind, geometry.grid, ratio)
     if hidden == 0:
         return n  # nothing masked: every patch is a target
     f = cfg.decoder_predict_fraction if training else 1.0
@@ -40,14 +44,18 @@ def predicted_patches(
 
 
 def mae_forward_flops(
-    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, decoder: bool = True
+    cfg: ModelConfig,
+    geometry: TokenGeometry,
+    ratio: float,
+    decoder: bool = True,
+    kind: str = "random",
 ) -> float:
     """Forward FLOPs of one training sample: the encoder on the visible tokens (+cls); the
     decoder on those plus the mask tokens it reconstructs (MAE's self-attention decoder) or
     with only the mask tokens as queries (cross-attention decoder)."""
     c = cfg.resolved()
     n = geometry.num_tokens
-    visible = num_visible(n, ratio) + 1
+    visible = visible_count(kind, geometry.grid, ratio) + 1
     patch_dim = geometry.values_per_token
     encoder = 2 * (visible - 1) * patch_dim * c.embed_dim + c.depth * block_flops(
         visible, c.embed_dim, c.mlp_ratio
@@ -55,7 +63,7 @@ def mae_forward_flops(
     if not decoder:
         return encoder
     d = c.decoder_embed_dim
-    targets = predicted_patches(c, geometry, ratio)
+    targets = predicted_patches(c, geometry, ratio, kind=kind)
     if c.decoder_type == "cross":
         blocks = c.decoder_depth * cross_block_flops(targets, visible, d, c.mlp_ratio)
     elif visible - 1 == n:  # nothing masked: the visible tokens predict themselves
@@ -65,6 +73,8 @@ def mae_forward_flops(
     return encoder + 2 * visible * c.embed_dim * d + blocks + 2 * targets * d * patch_dim
 
 
-def mae_step_flops(cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int) -> float:
+def mae_step_flops(
+    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int, kind: str = "random"
+) -> float:
     """Forward + backward FLOPs of a training step on ``batch`` samples."""
-    return 3 * batch * mae_forward_flops(cfg, geometry, ratio)
+    return 3 * batch * mae_forward_flops(cfg, geometry, ratio, kind=kind)

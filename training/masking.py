@@ -66,10 +66,11 @@ def sample_noise(seeds: Sequence[int], num_patches: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def random_mask(noise: torch.Tensor, ratio: float) -> Mask:
-    """MAE's random masking from per-sample noise ``[B, N]``."""
+def random_mask(noise: torch.Tensor, ratio: float, keep: int | None = None) -> Mask:
+    """MAE's random masking from per-sample noise ``[B, N]``: the ``keep`` tokens of least
+    noise stay visible (by default ``num_visible(N, ratio)``)."""
     b, n = noise.shape
-    keep = num_visible(n, ratio)
+    keep = num_visible(n, ratio) if keep is None else keep
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     masked = torch.ones(b, n)
@@ -132,12 +133,39 @@ def _time_frequency_masks(seed, step, keys, geometry, ratio) -> Mask:
     return random_mask(noise, ratio)
 
 
+def tube_noise(seeds: Sequence[int], grid: tuple[int, ...]) -> torch.Tensor:
+    """``[B, T*H*W]`` noise for VideoMAE's tube masking over a (time, rows, cols) grid: one
+    spatial draw per sample, ranked, and each rank's tokens ordered by time, so the tokens of
+    least noise are the same spatial positions in every time step (whole tubes)."""
+    t, space = grid[0], math.prod(grid[1:])
+    spatial = sample_noise(seeds, space)
+    rank = torch.argsort(torch.argsort(spatial, dim=1), dim=1)  # [B, H*W]
+    return (rank.unsqueeze(1) * t + torch.arange(t).view(1, t, 1)).reshape(len(seeds), -1).float()
+
+
+def _tube_masks(seed, step, keys, geometry, ratio) -> Mask:
+    if len(geometry.grid) < 2:
+        raise ValueError(f"tube masking needs a (time, ...) grid, got {geometry.grid}")
+    noise = tube_noise(sample_seeds(seed, step, keys), geometry.grid)
+    return random_mask(noise, ratio, keep=visible_count("tube", geometry.grid, ratio))
+
+
+def visible_count(kind: str, grid: tuple[int, ...], ratio: float) -> int:
+    """Tokens a mask of ``kind`` leaves visible per sample: ``num_visible`` of all tokens, or
+    for tubes of each time step's tokens, times the steps (a tube is visible or not whole, so
+    the share rounds per frame: 8x14x14 at 0.9 keeps 8 x 20, not 157)."""
+    if kind == "tube":
+        return grid[0] * num_visible(math.prod(grid[1:]), ratio)
+    return num_visible(math.prod(grid), ratio)
+
+
 # mask kind -> (seed, step, keys, geometry, ratio) -> Mask; a modality names the kinds it allows.
 MASK_KINDS = {
     "random": lambda seed, step, keys, geometry, ratio: masks_for_batch(
         seed, step, keys, geometry.num_tokens, ratio
     ),
     "time_frequency": _time_frequency_masks,
+    "tube": _tube_masks,
 }
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-NAMES: tuple[str, ...] = ("image", "audio")
+NAMES: tuple[str, ...] = ("image", "audio", "video")
 DEFAULT = "image"
 
 
@@ -85,6 +85,13 @@ class Modality:
     # (input config, train split dir) -> the input config with values measured at prep time
     # filled in (audio: log-mel mean and std); what the export records.
     bind_input: Callable[[Any, str], Any] = lambda cfg, train_shards: cfg
+    # (input config, tasks config) -> the input configs the val split is scored under and the
+    # function of a sample key that groups their outputs for averaging (None: each sample
+    # alone). Video's multi-view test: three crops, every clip of a video averaged.
+    eval_views: Callable[[Any, Any], tuple[list, Callable[[str], str] | None]] = lambda cfg, tasks: (
+        [cfg],
+        None,
+    )
     # A model.json written before the seam (no "modality" key) -> today's layout.
     upgrade_export: Callable[[dict], dict] = lambda desc: desc
     # Run-YAML keys of an older layout -> where they live now (named in the error).

@@ -3,7 +3,7 @@ features of frozen encoders (extracted once per encoder, shared by the probe and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,10 @@ class Downstream:
     num_classes: int
     batch_size: int  # for feature extraction and evaluation passes
     seed: int
+    # The input configs the val split is scored under (empty: ``input``), and the function of a
+    # sample key whose equal values are averaged (video's multi-view test: crops x clips).
+    views: list = field(default_factory=list)
+    group_of: Callable[[str], str] | None = None
     _features: dict = field(default_factory=dict, repr=False)
 
     def tokens(self, batch: torch.Tensor) -> torch.Tensor:
@@ -53,12 +57,39 @@ class Downstream:
             self._features = {"encoder": encoder}
         if split_dir not in self._features:
             encoder.eval()
-            feats, labels = [], []
-            for x, y, _ in self.eval_batches(split_dir):
-                feats.append(encoder.features(self.tokens(x)).float())
-                labels.append(y)
-            self._features[split_dir] = (torch.cat(feats), torch.cat(labels))
+            self._features[split_dir] = self.scored(encoder.features, split_dir)
         return self._features[split_dir]
+
+    @torch.no_grad()
+    def scored(self, fn: Callable[[torch.Tensor], torch.Tensor], split_dir: str):
+        """``fn`` (tokens -> one output row per sample) over every sample of a split, and the
+        labels: ``[N, ...]``, ``[N]``. The val split is scored under every view, the outputs of
+        a group averaged (one row per group, in order of first appearance)."""
+        is_val = split_dir == self.val_shards
+        views = (self.views if is_val else []) or [self.input]
+        group_of = self.group_of if is_val else None
+        outputs, labels, groups = [], [], []
+        for view in views:
+            for x, y, keys in eval_batches(split_dir, self.modality.name, view, self.batch_size):
+                outputs.append(fn(self.modality.ops.tokenize(view, x)).float())
+                labels.append(y)
+                groups.extend(keys)
+        out, lab = torch.cat(outputs), torch.cat(labels)
+        if group_of is None:
+            return out, lab
+        return averaged_by_group(out, lab, [group_of(k) for k in groups])
+
+
+def averaged_by_group(outputs: torch.Tensor, labels: torch.Tensor, groups: list[str]):
+    """The mean output row and the label of each group, in order of first appearance."""
+    index: dict[str, int] = {}
+    ids = torch.tensor([index.setdefault(g, len(index)) for g in groups])
+    sums = torch.zeros(len(index), *outputs.shape[1:]).index_add_(0, ids, outputs)
+    counts = torch.bincount(ids, minlength=len(index)).clamp(min=1)
+    first = torch.full((len(index),), len(groups), dtype=torch.long).scatter_reduce(
+        0, ids, torch.arange(len(groups)), reduce="amin"
+    )
+    return sums / counts.view(-1, *[1] * (outputs.dim() - 1)), labels[first]
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:

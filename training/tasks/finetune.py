@@ -121,9 +121,5 @@ def finetune(encoder: nn.Module, data: Downstream, ft: FinetuneConfig, train_inp
 
     train_layer_decayed(model, data, ft, train_input, train_samples, loss_of, "fine-tune")
     model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for x, y, _ in data.eval_batches(data.val_shards):
-            logits.append(model(data.tokens(x)))
-            labels.append(y)
-    return topk_accuracy(torch.cat(logits), torch.cat(labels), data.num_classes)
+    logits, labels = data.scored(model, data.val_shards)
+    return topk_accuracy(logits, labels, data.num_classes)

@@ -25,13 +25,14 @@ from training.config import ModelConfig
 from training.flops import mae_forward_flops
 from training.loader import _collate
 from training.mae import MaskedAutoencoder
-from training.masking import make_masks, num_visible
+from training.masking import make_masks, num_visible, visible_count
 from training.modalities import NAMES, modality
 
 # Small inputs per modality, so a forward pass costs milliseconds.
 SMALL_INPUT = {
     "image": {"image_size": 32, "patch_size": 8},
     "audio": {"frames": 64, "patch_size": 16, "mel_mean": -6.0, "mel_std": 4.0},
+    "video": {"num_frames": 4, "frame_size": 32, "patch_size": 8, "tubelet": 2},
 }
 
 
@@ -82,7 +83,9 @@ def test_every_mask_kind_keeps_exactly_the_visible_count(name, ratio):
     keys = [f"k{i}" for i in range(6)]
     for kind in m.mask_kinds:
         mask = make_masks(kind, 0, 3, keys, g, ratio)
-        visible = num_visible(g.num_tokens, ratio)
+        visible = visible_count(kind, g.grid, ratio)
+        if kind != "tube":  # tubes round the visible share per time step
+            assert visible == num_visible(g.num_tokens, ratio)
         assert mask.ids_keep.shape == (6, visible), kind
         assert (mask.masked.sum(dim=1) == g.num_tokens - visible).all(), kind
         for row in mask.ids_keep:
@@ -107,7 +110,8 @@ def test_flops_from_the_geometry_match_torch_flop_counter(name, decoder):
     model = MaskedAutoencoder(cfg, g)
     tokens = torch.randn(1, g.num_tokens, g.values_per_token)
     for ratio in (0.0, 0.75, 0.9):
-        mask = make_masks(m.mask_kinds[0], 0, 0, ["a"], g, ratio)
+        kind = m.mask_kinds[0]
+        mask = make_masks(kind, 0, 0, ["a"], g, ratio)
         with FlopCounterMode(display=False) as counter:
             model(tokens, mask)
-        assert counter.get_total_flops() == mae_forward_flops(cfg, g, ratio), ratio
+        assert counter.get_total_flops() == mae_forward_flops(cfg, g, ratio, kind=kind), ratio

@@ -1,0 +1,141 @@
+"""The three layouts video corpora ship in, read into labelled items (no decoding here).
+
+* **Kinetics**: ``train.csv`` / ``validate.csv`` (``val.csv`` also accepted) with columns
+  ``label,youtube_id,time_start,time_end,split``, and clips named
+  ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere below the root (per-split or per-class
+  folders, as the download scripts leave them; mp4, mkv and webm all occur).
+* **Something-Something v2**: ``something-something-v2-labels.json`` (``{template: index}``),
+  ``something-something-v2-train.json`` / ``-validation.json`` (``[{id, template, ...}]``; a
+  template's ``[something]`` brackets dropped give its label), and ``<id>.webm`` below the root.
+* **Class folders**: ``train/<class>/<video>`` and ``val/<class>/<video>``.
+
+A CSV or JSON row whose video is not on disk becomes an item with ``problem="missing_file"``, so
+the prep counts it instead of losing it silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep.corpus import LayoutError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+KINETICS_CSV = {"train": ("train.csv",), "val": ("validate.csv", "val.csv")}
+SSV2_LABELS = "something-something-v2-labels.json"
+SSV2_SPLITS = {
+    "train": "something-something-v2-train.json",
+    "val": "something-something-v2-validation.json",
+}
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: str  # relative to the root (the missing file's expected name when absent)
+    label: str  # class name
+    key: str  # the dot-free sample key stem of this video
+    root: str = ""
+    problem: str = ""  # "missing_file" when the row names no file on disk
+
+    @property
+    def file(self) -> Path:
+        return Path(self.root) / self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def detect_layout(root: Path) -> str:
+    """``kinetics``, ``ssv2`` or ``folders``; LayoutError when none fits."""
+    if not root.is_dir():
+        raise LayoutError(f"{root} is not a folder")
+    if any((root / name).is_file() for names in KINETICS_CSV.values() for name in names):
+        return "kinetics"
+    if (root / SSV2_LABELS).is_file():
+        return "ssv2"
+    if (root / "train").is_dir():
+        return "folders"
+    raise LayoutError(
+        f"{root} holds no train.csv (Kinetics), {SSV2_LABELS} (Something-Something) or "
+        "train/<class>/ folders"
+    )
+
+
+def class_names(root: Path) -> list[str]:
+    """Every class of the corpus, in index order."""
+    layout = detect_layout(root)
+    if layout == "ssv2":
+        found = json.loads((root / SSV2_LABELS).read_text())
+        return [name for name, _ in sorted(found.items(), key=lambda kv: int(kv[1]))]
+    return sorted({item.label for item in split_items(root, "train")})
+
+
+def split_items(root: Path, split: str) -> list[VideoItem]:
+    """The items of ``split`` (``train`` or ``val``), sorted by path."""
+    layout = detect_layout(root)
+    if layout == "kinetics":
+        found = _kinetics(root, split)
+    elif layout == "ssv2":
+        found = _ssv2(root, split)
+    else:
+        found = _folders(root, split)
+    return sorted(found, key=lambda item: item.path)
+
+
+def _videos_by_stem(root: Path) -> dict[str, Path]:
+    return {
+        p.stem: p
+        for p in sorted(root.rglob("*"))
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+    }
+
+
+def _kinetics(root: Path, split: str) -> list[VideoItem]:
+    table = next((root / n for n in KINETICS_CSV[split] if (root / n).is_file()), None)
+    if table is None:
+        raise LayoutError(f"{root}: no {' or '.join(KINETICS_CSV[split])} for split '{split}'")
+    videos = _videos_by_stem(root)
+    items = []
+    with table.open(newline="") as f:
+        for row in csv.DictReader(f):
+            stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+            items.append(_item(root, videos.get(stem), stem, row["label"], split))
+    return items
+
+
+def _ssv2(root: Path, split: str) -> list[VideoItem]:
+    videos = _videos_by_stem(root)
+    rows = json.loads((root / SSV2_SPLITS[split]).read_text())
+    return [
+        _item(root, videos.get(str(r["id"])), str(r["id"]), _ssv2_label(r["template"]), split)
+        for r in rows
+    ]
+
+
+def _ssv2_label(template: str) -> str:
+    return template.replace("[", "").replace("]", "")
+
+
+def _folders(root: Path, split: str) -> list[VideoItem]:
+    base = root / split
+    if not base.is_dir():
+        raise LayoutError(f"{root}: no {split}/<class>/ folders for split '{split}'")
+    return [
+        VideoItem(
+            str(p.relative_to(root)), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root)
+        )
+        for p in sorted(base.glob("*/*"))
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+    ]
+
+
+def _item(root: Path, found: Path | None, stem: str, label: str, split: str) -> VideoItem:
+    if found is None:
+        return VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")
+    return VideoItem(str(found.relative_to(root)), label, _key(stem), str(root))
+
+
+def _key(stem: str) -> str:
+    return stem.replace(".", "_").replace("/", "_").replace(" ", "_")
