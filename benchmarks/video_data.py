@@ -207,7 +207,7 @@ def _table(args, forms, baseline, prep, loader, times, consumes, peak) -> list[s
         "| measure | value |",
         "|---|---|",
         f"| prep: clips written per core-second (1 Ray CPU) | {prep['clips_per_core_s']:.1f} |",
-        f"| loader: clips/s, one core (real train_loader, mjpeg) | {loader:.0f} |",
+        f"| loader: clips/s, one core (real train_loader, npy.zst) | {loader:.0f} |",
         f"| step at 0.9 (tubes): s, clips/s | {median(times['0.9']):.3f}, {consumes['0.9']:.0f} |",
         f"| step at 0.0: s, clips/s | {median(times['0.0']):.3f}, {consumes['0.0']:.0f} |",
         f"| step 0.0 / step 0.9 | {median(times['0.0']) / median(times['0.9']):.2f}x |",

@@ -18,10 +18,10 @@ import numpy as np
 import zstandard
 
 FORMS = ("mjpeg", "mp4", "npy.zst")
-# Picked by benchmarks/video_data.py on the demo corpus (numbers in README "Performance"): JPEG
-# frames decode ~2x faster per core than the same clip as H.264 and are ~2.5x smaller than
-# raw + zstd, which is fastest to decode but too large to stream at Kinetics scale.
-DEFAULT_FORM = "mjpeg"
+# Picked by benchmarks/video_data.py (README "Performance"): raw + zstd decodes into the
+# training input 2x faster per core than per-frame JPEG and 10x faster than H.264; it is 2-3x
+# larger than JPEG on disk, which ``clip_format: mjpeg`` trades back where storage is short.
+DEFAULT_FORM = "npy.zst"
 _SOI = b"\xff\xd8\xff"  # start of a JPEG image; inside entropy-coded data 0xFF is always stuffed
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from benchmarks import attention_kernels, audio_data, mask_ratio_step, pretrain_vs_hf
+from benchmarks import attention_kernels, audio_data, mask_ratio_step, pretrain_vs_hf, video_data
 
 
 def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
@@ -80,3 +80,14 @@ def test_audio_data_measures_prep_loader_and_both_steps(tmp_path):
     assert result["prep"]["audio_hours"] > 0 and result["prep"]["hours_per_core_hour"] > 0
     assert result["loader_audio_s_per_s"] > 0
     assert set(result["consumes_audio_s_per_s"]) == {"0.8", "0.0"}
+
+
+def test_video_data_measures_clip_forms_baseline_prep_loader_and_both_steps(tmp_path):
+    args = ["--videos", "6", "--short-side", "36", "--frame-size", "32", "--clips", "3",
+            "--rounds", "1", "--batch", "2", "--batches", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert video_data.main(args) == 0
+    result = json.loads((tmp_path / "video_data.json").read_text())
+    assert set(result["forms"]) == {"mjpeg", "mp4", "npy.zst"}
+    assert all(r["clips_per_s"] > 0 and r["bytes_per_clip"] > 0 for r in result["forms"].values())
+    assert result["baseline_clips_per_s"] > 0 and result["loader_clips_per_s"] > 0
+    assert result["prep"]["clips"] > 0 and set(result["consumes_clips_per_s"]) == {"0.9", "0.0"}

@@ -105,11 +105,6 @@ def test_audio_quickstart_pretraining_beats_random_init_on_classification(quicks
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not yet: at the quickstart's scale CTC from the pretrained encoder reaches WER 62.2 "
-    "against 56.8 from random init; see the README's audio section",
-)
 def test_audio_quickstart_pretraining_lowers_wer(quickstart_metrics):
     ctc = quickstart_metrics["ctc"]
     assert ctc["pretrained"]["wer"] < ctc["random_init"]["wer"], ctc
