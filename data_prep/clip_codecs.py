@@ -18,9 +18,10 @@ import numpy as np
 import zstandard
 
 FORMS = ("mjpeg", "mp4", "npy.zst")
-# Picked by benchmarks/video_data.py (README "Performance"): raw + zstd decodes into the
-# training input 2x faster per core than per-frame JPEG and 10x faster than H.264; it is 2-3x
-# larger than JPEG on disk, which ``clip_format: mjpeg`` trades back where storage is short.
+# Picked by benchmarks/video_data.py (README "Performance"): into the training input raw + zstd
+# decodes 1.5x faster per core than per-frame JPEG at the quickstart's 56 px and 1.2x at
+# Kinetics' 256 px, and 3-19x faster than H.264; it is 2-3.3x larger than JPEG on disk, which
+# ``clip_format: mjpeg`` trades back where storage or I/O is short (the K400 recipe does).
 DEFAULT_FORM = "npy.zst"
 _SOI = b"\xff\xd8\xff"  # start of a JPEG image; inside entropy-coded data 0xFF is always stuffed
 

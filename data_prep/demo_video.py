@@ -97,10 +97,11 @@ def render_clip(label: str, width: int, height: int, frames: int, rng) -> np.nda
     colour = tuple(int(c) for c in rng.integers(30, 226, size=3))
     side = min(width, height)
     size0, angle0 = rng.uniform(0.22, 0.4) * side, rng.uniform(0, 360)
-    travel = rng.uniform(0.3, 0.5) * width  # moving: pixels over the clip
-    spin = rng.uniform(90, 180)  # rotating: degrees over the clip
-    growth = rng.uniform(1.8, 2.6)  # growing: end size / start size
-    x0, y0 = rng.uniform(0.35, 0.65) * width, rng.uniform(0.35, 0.65) * height
+    # Fast enough that a sampled clip (a third to a half of the video) shows it plainly.
+    travel = rng.uniform(0.6, 0.8) * width  # moving: pixels over the video
+    spin = rng.uniform(270, 450)  # rotating: degrees over the video
+    growth = rng.uniform(2.5, 3.5)  # growing: end size / start size
+    x0, y0 = rng.uniform(0.45, 0.55) * width, rng.uniform(0.35, 0.65) * height
     out = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         u = t / (frames - 1) - 0.5  # -0.5 .. 0.5: symmetric, so no class has its own positions
@@ -119,8 +120,8 @@ def render_clip(label: str, width: int, height: int, frames: int, rng) -> np.nda
 
 
 def _background(width: int, height: int, rng) -> np.ndarray:
-    """A smooth random colour field: low-resolution noise scaled up (bicubic)."""
-    coarse = rng.integers(40, 216, size=(4, 5, 3)).astype(np.uint8)
+    """A smooth, muted random colour field: low-resolution noise scaled up (bicubic)."""
+    coarse = rng.integers(80, 176, size=(3, 4, 3)).astype(np.uint8)
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
 
 

@@ -9,7 +9,9 @@ import torch
 
 from data_prep.clip_codecs import encode_clip
 from data_prep.shard_format import read_shard_samples, shard_urls
+from training.config import ModelConfig
 from training.flops import mae_forward_flops
+from training.mae import MaskedAutoencoder
 from training.masking import make_masks, visible_count
 from training.modalities import modality
 from training.modalities.video import VideoInputConfig, VideoTasksConfig, eval_views
@@ -36,8 +38,15 @@ def test_tube_masking_at_0_9_shows_the_encoder_exactly_a_tenth_of_the_tokens():
     g = VIDEO.geometry(VideoInputConfig(num_frames=16, frame_size=160, patch_size=16))
     assert g.grid == (8, 10, 10)
     mask = make_masks("tube", 0, 5, ["a", "b", "c"], g, 0.9)
-    assert mask.ids_keep.shape == (3, g.num_tokens // 10)  # + cls in the encoder
+    assert mask.ids_keep.shape == (3, g.num_tokens // 10)
     assert (mask.masked.sum(dim=1) == g.num_tokens * 9 // 10).all()
+    model = MaskedAutoencoder(
+        ModelConfig(preset="nano", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2), g
+    )
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    model(torch.randn(3, g.num_tokens, g.values_per_token), mask)
+    assert seen == [torch.Size([3, 1 + 80, 96])]  # 800 tubelets: 80 visible + cls
 
 
 @pytest.mark.parametrize("ratio", [0.75, 0.9, 0.95])
@@ -52,8 +61,6 @@ def test_every_time_step_of_a_tube_mask_hides_the_same_patches(ratio):
 
 
 def test_flops_count_the_tubes_visible_tokens():
-    from training.config import ModelConfig
-
     g = VIDEO.geometry(VideoInputConfig())
     cfg = ModelConfig(preset="base")
     tube, rand = (mae_forward_flops(cfg, g, 0.9, kind=k) for k in ("tube", "random"))
