@@ -83,3 +83,10 @@ def test_each_clip_form_stores_the_planned_frames(clip_corpus, tmp_path, form):
     assert stored.shape == wanted.shape
     error = np.abs(stored.astype(int) - wanted.astype(int)).mean()
     assert error < 6, error  # lossy, close
+
+
+def test_short_videos_are_skipped_and_counted_when_padding_is_off(clip_corpus, tmp_path):
+    out = tmp_path / "shards"
+    stats = prep_video(video_prep_config(clip_corpus, out, pad_short=False, splits=["train"]))
+    assert stats["train"]["skipped"]["too_short"] >= 1  # the 6-frame clip
+    assert "padded_short_video" not in stats["train"].get("converted", {})

@@ -4,17 +4,13 @@ quickstart (pretrained beats random init on the probe and on WER) is the slow te
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline.runner import run_pipeline
 from pipeline.schema import load_run_config
 from pipeline.state import read_state
-
-QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_audio.yaml"
+from tests.pipeline.quickstart_run import quickstart_metrics
 
 RUN = """
 name: tiny_audio
@@ -85,26 +81,20 @@ def test_every_stage_finishes_with_wer_and_seconds_of_audio(audio_run):
 
 
 @pytest.fixture(scope="module")
-def quickstart_metrics(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("quickstart_audio") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(QUICKSTART), f"run_dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=2400,
+def quickstart(tmp_path_factory):
+    return quickstart_metrics(
+        "quickstart_audio.yaml", tmp_path_factory.mktemp("quickstart_audio") / "run"
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_audio_quickstart_pretraining_beats_random_init_on_classification(quickstart_metrics):
+def test_audio_quickstart_pretraining_beats_random_init_on_classification(quickstart):
     for task in ("linear_probe", "finetune"):
-        scores = quickstart_metrics[task]
+        scores = quickstart[task]
         assert scores["pretrained"]["top1"] > scores["random_init"]["top1"], (task, scores)
 
 
 @pytest.mark.slow
-def test_audio_quickstart_pretraining_lowers_wer(quickstart_metrics):
-    ctc = quickstart_metrics["ctc"]
+def test_audio_quickstart_pretraining_lowers_wer(quickstart):
+    ctc = quickstart["ctc"]
     assert ctc["pretrained"]["wer"] < ctc["random_init"]["wer"], ctc

@@ -4,17 +4,13 @@ multi-view test, report. The shipped video quickstart (pretrained beats random i
 probe) is the slow test below."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline.runner import run_pipeline
 from pipeline.schema import load_run_config
 from pipeline.state import read_state
-
-QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_video.yaml"
+from tests.pipeline.quickstart_run import quickstart_metrics
 
 RUN = """
 name: tiny_video
@@ -73,19 +69,13 @@ def test_every_stage_finishes_with_tube_masking_and_clips_per_second(video_run):
 
 
 @pytest.fixture(scope="module")
-def quickstart_metrics(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("quickstart_video") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(QUICKSTART), f"run_dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=2400,
+def quickstart(tmp_path_factory):
+    return quickstart_metrics(
+        "quickstart_video.yaml", tmp_path_factory.mktemp("quickstart_video") / "run"
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_video_quickstart_pretraining_beats_random_init_on_the_action_probe(quickstart_metrics):
-    scores = quickstart_metrics["linear_probe"]
+def test_video_quickstart_pretraining_beats_random_init_on_the_action_probe(quickstart):
+    scores = quickstart["linear_probe"]
     assert scores["pretrained"]["top1"] > scores["random_init"]["top1"], scores
