@@ -12,6 +12,7 @@ others stay selectable with ``prep.clip_format``.
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -51,10 +52,14 @@ def _h264(frames: np.ndarray, quality: int, fps: float) -> bytes:
         stream.pix_fmt = "yuv420p"
         # JPEG quality 90 and CRF 18 are both "visually lossless"; 3 quality points per CRF step
         crf = min(51, max(0, 18 + (90 - quality) // 3))
-        stream.options = {"crf": str(crf), "preset": "fast", "g": str(len(frames))}
+        # no lookahead or mb-tree: with them the same clip encoded to different bytes run to run
+        stream.options = {"crf": str(crf), "preset": "fast", "g": str(len(frames)),
+                          "rc-lookahead": "0", "mbtree": "0"}  # fmt: skip
         stream.codec_context.thread_count = 1
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, max(1, round(fps)))  # reproducible bytes
+            out.mux(stream.encode(frame))
         out.mux(stream.encode())
     return buf.getvalue()
 

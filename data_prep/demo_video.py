@@ -19,6 +19,7 @@ import csv
 import logging
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -37,6 +38,9 @@ CLASSES = (
     "rotating anticlockwise",
 )
 CSV_FIELDS = ("label", "youtube_id", "time_start", "time_end", "split")
+# x264 options under which the same frames give the same bytes (measured: with the lookahead and
+# mb-tree on, one to all of 8 clips came out different on a second encode, threads 1 or not).
+X264_REPRODUCIBLE = {"rc-lookahead": "0", "mbtree": "0"}
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -140,13 +144,25 @@ def write_video(path: Path, frames: np.ndarray, fps: int, options: dict | None =
     """Encode RGB frames by the file's extension: H.264 in mp4/mkv, VP9 in webm."""
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
-    with av.open(str(path), "w", options=options or {}) as out:
+    # bitexact: no random segment id or date in matroska/webm headers, so a rerun is the same
+    with av.open(str(path), "w", options={"fflags": "+bitexact", **(options or {})}) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        stream.codec_context.thread_count = 1  # the encoders' threads vary the bytes too
+        if codec == "libx264":  # its lookahead (mb-tree) varied the bytes run to run, even so
+            stream.options = X264_REPRODUCIBLE
+        for i, f in enumerate(frames):
+            out.mux(stream.encode(video_frame(f, i, fps)))
         out.mux(stream.encode())
+
+
+def video_frame(rgb: np.ndarray, index: int, fps: float) -> av.VideoFrame:
+    """A frame with its timestamp set: frames without one got arbitrary timestamps, which the
+    encoders' rate control reads, so the same frames encoded to different bytes run to run."""
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frame.pts, frame.time_base = index, Fraction(1, max(1, round(fps)))
+    return frame
 
 
 def _write_clip(root: Path, split: str, label: str, clip, fps: int, ext: str, rng) -> dict:

@@ -65,3 +65,19 @@ def test_class_folders_keep_same_named_files_of_two_classes_apart(clip_corpus, t
 def test_a_folder_in_no_layout_is_refused_with_what_was_expected(tmp_path):
     with pytest.raises(LayoutError, match=r"train\.csv"):
         detect_layout(tmp_path)
+
+
+def test_the_demo_corpus_is_the_same_bytes_every_time(tmp_path):
+    """The quickstart's numbers repeat only if its corpus does: x264's threads made the mp4s
+    (and so the clips) differ from run to run."""
+    from data_prep.demo_video import VideoDemoConfig, write_video_demo
+
+    def digest(out):
+        cfg = VideoDemoConfig(out=str(tmp_path / out), clips_per_class=1, val_clips_per_class=1,
+                              width=96, height=72, seconds=2.6, corrupt=True)  # fmt: skip
+        root = write_video_demo(cfg)
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.*"))}
+
+    first, second = digest("a"), digest("b")
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
