@@ -37,9 +37,9 @@ import torch
 
 from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
 from benchmarks.pretrain_vs_hf import MasterWeights
-from data_prep.clip_codecs import FORMS, decode_clip, encode_clip
 from data_prep.demo_video import VideoDemoConfig, write_video_demo
 from data_prep.video_clips import plan_clips
+from data_prep.video_codecs import FORMS, decode_clip, encode_clip
 from data_prep.video_io import read_video, scaled_size
 from data_prep.video_layout import split_items
 from data_prep.video_prep import VideoPrepConfig, prep_video

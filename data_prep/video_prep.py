@@ -4,7 +4,7 @@ fixed-length clips, each one sample.
 A video is decoded once (``data_prep.video_io``, PyAV), its shorter side resized to
 ``short_side``, and cut into up to ``clips_per_video`` clips of ``frames`` frames every ``stride``
 source frames, spread evenly over it (``data_prep.video_clips``). Each clip is stored in the form
-the training loader decodes fastest (``data_prep.clip_codecs``; ``clip_format``), so training
+the training loader decodes fastest (``data_prep.video_codecs``; ``clip_format``), so training
 never touches the source videos. Each sample is ``<video>_clipNN.<form>``, ``.cls`` (class index)
 and ``.json`` (label, source, video, clip, first frame, stride, fps, sizes).
 
@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.clip_codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
 from data_prep.corpus import CorpusReader, prep_problems
 from data_prep.demo_video import VideoDemoConfig, write_video_demo
 from data_prep.job import run_prep
 from data_prep.video_clips import plan_clips, span
+from data_prep.video_codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
 from data_prep.video_io import read_video
 from data_prep.video_layout import VideoItem, class_names, split_items
 from data_prep.writer import Converted, Sample, SkipSample
@@ -43,7 +43,7 @@ class VideoPrepConfig:
     stride: int = 4  # source frames between a clip's frames (VideoMAE: 4 for K400, 2 for SSv2)
     clips_per_video: int = 4  # spread evenly; fewer when the video is too short for them
     pad_short: bool = True  # a video shorter than one clip: repeat its last frame (else skip)
-    clip_format: str = DEFAULT_FORM  # mjpeg | mp4 | npy.zst (data_prep.clip_codecs)
+    clip_format: str = DEFAULT_FORM  # mjpeg | mp4 | npy.zst (data_prep.video_codecs)
     quality: int = 90  # JPEG quality; mp4: the matching CRF
     samples_per_shard: int = 200
     seed: int = 0

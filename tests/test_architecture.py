@@ -5,7 +5,7 @@ cluster launches. So no package imports one above it: data_prep imports none of 
 imports none of ours (and no torch: a login node renders and submits jobs without it); training
 reads what data_prep wrote through the on-disk format alone (``data_prep.shard_format``, and
 ``data_prep.audio_features``: the one definition of the log-mel features whose statistics the
-prep measures and training normalises with; ``data_prep.clip_codecs``: the forms a video clip
+prep measures and training normalises with; ``data_prep.video_codecs``: the forms a video clip
 member is stored in, written by the prep and decoded by the loader) and uses cluster's node helpers (``cluster.local``: a free port, the preemption exit status);
 pipeline may import them all.
 """
@@ -29,7 +29,7 @@ ALLOWED = {
         "training",
         "data_prep.shard_format",
         "data_prep.audio_features",
-        "data_prep.clip_codecs",
+        "data_prep.video_codecs",
         "cluster.local",
     ),
     "pipeline": PACKAGES,
@@ -79,11 +79,11 @@ print("LOADED", loaded)
 
 
 # Image-only words, and the modules where they belong: a modality's own (its reader, its demo
-# corpus, its encoder, training/modalities/, the shared task helpers; video's clip codecs, which
+# corpus, its encoder, training/modalities/, the shared task helpers; video's codecs, which
 # store frames as JPEG) and the record of the
 # image-only layout before modalities (pipeline/legacy_image.py).
 IMAGE_WORDS = re.compile(r"\bjpg\b|image_size|patchify|ImagePrepConfig|images_per_s")
-OWN = re.compile(r"image|imagenet|modalit|/tasks/|demo|video|clip")
+OWN = re.compile(r"image|imagenet|modalit|/tasks/|demo|video")
 
 
 def test_shared_modules_name_no_modality():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.clip_codecs import decode_clip
 from data_prep.shard_format import file_sha256, read_labels, read_manifest, read_stats, shard_urls
 from data_prep.video_clips import plan_clips
+from data_prep.video_codecs import decode_clip
 from data_prep.video_io import read_video
 from data_prep.video_layout import split_items
 from data_prep.video_prep import prep_video

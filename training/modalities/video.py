@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from data_prep.clip_codecs import video_of
+from data_prep.video_codecs import video_of
 from training.modalities import Modality, TokenGeometry
 from training.tasks.config import FinetuneConfig, KnnConfig, ProbeConfig
 

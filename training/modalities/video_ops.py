@@ -4,7 +4,7 @@ into tubelet tokens, its downstream tasks, its report figure.
 A training clip gets one random box (``crop_scale`` of the frame's area, aspect 3/4-4/3) for all
 its frames, and a flip when ``hflip`` is on; an evaluation clip gets the square of the shorter
 side at ``eval_crop``. The clip member is whichever form the prep stored
-(``data_prep.clip_codecs``); frames are resized with OpenCV in the loader's workers, so the batch
+(``data_prep.video_codecs``); frames are resized with OpenCV in the loader's workers, so the batch
 that reaches the device is uint8 ``[B, T, S, S, 3]`` and tokenizing is a normalise + reshape.
 """
 
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from data_prep.clip_codecs import FORMS, decode_clip
+from data_prep.video_codecs import FORMS, decode_clip
 from training.modalities import Example, ModalityOps
 from training.modalities.figures import masked_and_reconstructed, picture_grid
 from training.modalities.image_ops import random_resized_crop_box

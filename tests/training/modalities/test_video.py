@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.clip_codecs import encode_clip
 from data_prep.shard_format import read_shard_samples, shard_urls
+from data_prep.video_codecs import encode_clip
 from training.config import ModelConfig
 from training.flops import mae_forward_flops
 from training.mae import MaskedAutoencoder
