@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo demo-audio demo-video test test-slow lint format install clean slurm espeak
+.PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ demo-audio: $(STAMP)
 
 demo-video: $(STAMP)
 	$(BIN)/maskmill run configs/quickstart_video.yaml
+
+demo-text: $(STAMP)
+	$(BIN)/maskmill run configs/quickstart_text.yaml
 
 # The audio demo corpus is spoken by espeak-ng (Debian's package). As root it is installed here;
 # otherwise the audio demo and its tests say how to get it.

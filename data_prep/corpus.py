@@ -32,6 +32,7 @@ READERS = {
     "image": "data_prep.imagenet",
     "audio": "data_prep.librilight",
     "video": "data_prep.video_prep",
+    "text": "data_prep.text_prep",
 }
 
 

@@ -15,14 +15,17 @@ from data_prep.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 MANIFEST = "manifest.parquet"
 LABELS = "labels.json"  # beside the splits: the label list, index order
@@ -118,6 +121,24 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def npy_zst_bytes(array: np.ndarray, level: int = 3) -> bytes:
+    """An array as a ``.npy`` file compressed with zstd: the ``*.npy.zst`` member form (video
+    clips, text token ids)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
+
+
+def npy_zst_array(data: bytes) -> np.ndarray:
+    """The array of a ``*.npy.zst`` member; ValueError when the bytes do not decode."""
+    try:
+        return np.load(
+            io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False
+        )
+    except (zstandard.ZstdError, ValueError, OSError) as err:
+        raise ValueError(f"corrupt npy.zst member: {err}") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -16,7 +16,8 @@ from fractions import Fraction
 
 import cv2
 import numpy as np
-import zstandard
+
+from data_prep.shard_format import npy_zst_array, npy_zst_bytes
 
 FORMS = ("mjpeg", "mp4", "npy.zst")
 # Picked by benchmarks/video_data.py (README "Performance"): into the training input raw + zstd
@@ -36,9 +37,7 @@ def encode_clip(frames: np.ndarray, form: str, quality: int, fps: float = 25.0) 
     if form == "mp4":
         return _h264(frames, quality, fps)
     if form == "npy.zst":
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(frames), allow_pickle=False)
-        return zstandard.ZstdCompressor(level=3).compress(buf.getvalue())
+        return npy_zst_bytes(frames)
     raise ValueError(f"unknown clip form {form!r}; expected one of {', '.join(FORMS)}")
 
 
@@ -76,11 +75,7 @@ def decode_clip(form: str, data: bytes) -> np.ndarray:
     if form == "mp4":
         return _decode_h264(data)
     if form == "npy.zst":
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        except (zstandard.ZstdError, ValueError, OSError) as err:
-            raise ValueError(f"corrupt npy.zst clip: {err}") from None
+        return npy_zst_array(data)
     raise ValueError(f"unknown clip form {form!r}")
 
 

@@ -170,14 +170,15 @@ def _add_demo_data(sub) -> None:
         description="Write a small corpus the project generates itself, in the modality's real "
         "layout (image: ImageNet with its quirks; audio: LibriLight chapters + LibriSpeech-form "
         "digit strings spoken by espeak-ng; video: Kinetics-layout clips of six motion classes "
-        "encoded with PyAV). Options are the keys of the run YAML's `demo_data` "
+        "encoded with PyAV; text: stdlib docstrings as C4 json.gz, Pile jsonl.zst, Wikipedia "
+        "parquet and txt, plus a labelled set). Options are the keys of the run YAML's `demo_data` "
         f"section, as key=value or --some-key VALUE. Keys: {keys}.",
     )
     demo.add_argument("out")
     demo.add_argument(
         "options",
         nargs=argparse.REMAINDER,
-        help="--modality image|audio|video (default image), then keys, e.g. --classes 8 --corrupt 3",
+        help="--modality image|audio|video|text (default image), then keys, e.g. --classes 8 --corrupt 3",
     )
 
 

@@ -20,14 +20,16 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from data_prep.shard_format import read_stats
+from data_prep.text_tokenizer import TOKENIZER_FILE, load_tokenizer
 from pipeline.schema import RunConfig
 from training.config import EVAL_METRICS
-from training.export import load_mae
+from training.export import load_model
 from training.export_format import read_export
 from training.loader import eval_batches
 from training.masking import make_masks, visible_count
 from training.metrics import read_metrics
 from training.modalities import modality
+from training.objectives import step_inputs
 from training.pretrain import zero_stage_of
 
 REPORT = "report.html"
@@ -79,16 +81,27 @@ def plot_curves(curve: list[dict], unit: str):
 def plot_reconstructions(cfg: RunConfig):
     """The modality's figure of what the model makes of masked val samples."""
     export = read_export(cfg.evaluate.export_dir)
-    model = load_mae(cfg.evaluate.export_dir).eval()
+    model = load_model(cfg.evaluate.export_dir).eval()
     ops = modality(export.modality).ops
+    mask_cfg = cfg.pretrain.mask
+    title = f"masked {mask_cfg.ratio:.0%}"
+    if export.objective == "mlm":  # held-out corpus sequences, shown with the tokenizer
+        val = Path(cfg.pretrain.train_shards).parent / "val"
+        x, _, keys = next(
+            eval_batches(str(val), export.modality, export.input, cfg.report.reconstructions)
+        )
+        batch = step_inputs(
+            "mlm", mask_cfg, cfg.seed, 0, keys, x, modality(export.modality), export.input
+        )
+        tokenizer = load_tokenizer(val.parent / TOKENIZER_FILE)
+        return ops.reconstruction_figure(export.input, model, x, batch, title, tokenizer=tokenizer)
     x, _, keys = next(
         eval_batches(
             cfg.evaluate.val_shards, export.modality, export.input, cfg.report.reconstructions
         )
     )
-    mask_cfg = cfg.pretrain.mask
     mask = make_masks(mask_cfg.kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
-    return ops.reconstruction_figure(export.input, model, x, mask, f"masked {mask_cfg.ratio:.0%}")
+    return ops.reconstruction_figure(export.input, model, x, mask, title)
 
 
 def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> str:
@@ -103,12 +116,8 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         ("run", cfg.name),
         ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
         ("encoder", f"ViT {m.preset} ({m.embed_dim}-d, {m.depth} blocks, {tokens} tokens)"),
-        ("decoder", f"{m.decoder_depth} blocks x {m.decoder_embed_dim}"),
-        (
-            "mask",
-            f"{p.mask.kind}, ratio {p.mask.ratio:.2f} "
-            f"({visible_count(p.mask.kind, grid, p.mask.ratio)} of {tokens} tokens visible)",
-        ),
+        _head_fact(modality(cfg.modality).objective, m),
+        _mask_fact(modality(cfg.modality).objective, p.mask, grid),
         (
             "steps",
             f"{last.get('step', 0)} x batch {p.batch_size} x {cfg.launch.ranks} ranks x accum {p.grad_accum}",
@@ -135,6 +144,24 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         _data_table(cfg),
     ]
     return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
+
+
+def _head_fact(objective: str, m) -> tuple[str, str]:
+    if objective == "mlm":
+        return ("head", "MLM head tied to the token embeddings (run on the chosen tokens only)")
+    return ("decoder", f"{m.decoder_depth} blocks x {m.decoder_embed_dim}")
+
+
+def _mask_fact(objective: str, mask, grid) -> tuple[str, str]:
+    tokens = math.prod(grid)
+    if objective == "mlm":
+        return (
+            "mask",
+            f"{mask.kind}, ratio {mask.ratio:.2f}: the encoder reads all {tokens} tokens, "
+            "so its cost does not fall with the ratio (MAE's does); the head's does",
+        )
+    visible = visible_count(mask.kind, grid, mask.ratio)
+    return ("mask", f"{mask.kind}, ratio {mask.ratio:.2f} ({visible} of {tokens} tokens visible)")
 
 
 def _eval_table(metrics: dict, unit: str) -> str:

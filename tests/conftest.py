@@ -149,6 +149,32 @@ def video_corpus(clip_corpus):
     return clip_corpus, {k: getattr(cfg, k) for k in keys}
 
 
+@pytest.fixture(scope="session")
+def text_demo(tmp_path_factory) -> Path:
+    """A small text demo: 300 stdlib docstrings in C4 / Pile / Wikipedia / txt forms, every quirk
+    (bad lines, copies, a 64 KB document), and a labelled set of 20 + 8 paragraphs per class."""
+    from data_prep.demo_text import TextDemoConfig, write_text_demo
+
+    cfg = TextDemoConfig(
+        out=str(tmp_path_factory.mktemp("text") / "raw"),
+        max_documents=300,
+        labelled_per_class=20,
+        val_per_class=8,
+        long_document_kb=64,
+        corrupt=True,
+    )
+    return write_text_demo(cfg)
+
+
+TEXT_PREP_KEYS = {"seq_len": 32, "vocab_size": 400, "val_fraction": 0.1}
+
+
+@pytest.fixture(scope="session")
+def text_corpus(text_demo):
+    """The text modality's raw corpus for the modality contract test, and its prep keys."""
+    return text_demo / "corpus", TEXT_PREP_KEYS
+
+
 def prep_config(source: Path, out: Path, **overrides) -> ImagePrepConfig:
     values = dict(
         source=str(source), out=str(out), shorter_side=40, samples_per_shard=20, num_cpus=2

@@ -34,14 +34,15 @@ MAX_BUCKET = 5 * 10**8  # DeepSpeed's own default
 
 
 def parameter_count(cfg: PretrainConfig) -> int:
-    """Parameters of the MAE that ``cfg`` builds, counted on the meta device (nothing allocated)."""
+    """Parameters of the model that ``cfg`` builds, counted on the meta device (nothing allocated)."""
     import torch
 
-    from training.mae import MaskedAutoencoder
     from training.modalities import modality
+    from training.objectives import build_model
 
+    m = modality(cfg.modality)
     with torch.device("meta"):
-        model = MaskedAutoencoder(cfg.model, modality(cfg.modality).geometry(cfg.input))
+        model = build_model(m.objective, cfg.model, m.geometry(cfg.input))
     return sum(p.numel() for p in model.parameters())
 
 

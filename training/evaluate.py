@@ -20,10 +20,11 @@ from data_prep.shard_format import read_labels, read_manifest, read_shard_sample
 from training.config import EVAL_METRICS as METRICS
 from training.config import EvalConfig, eval_schema
 from training.entry import config_from_argv
-from training.export import load_encoder
+from training.export import load_encoder, load_model
 from training.export_format import ExportInfo, read_export
 from training.mae import ViTEncoder
 from training.modalities import modality as modality_named
+from training.objectives import build_model
 from training.tasks.downstream import Downstream
 from training.transformer import init_weights
 from training.typed_config import ConfigError
@@ -56,9 +57,14 @@ def run(cfg: EvalConfig) -> dict:
         views=views,
         group_of=group_of,
     )
-    encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
-    if cfg.baseline:
-        encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
+    if export.objective == "mae":  # the tasks need the encoder alone
+        encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
+        if cfg.baseline:
+            encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
+    else:  # and some need its head: the whole model is kept beside its encoder
+        encoders = {"pretrained": lambda: data.register(load_model(cfg.export_dir))}
+        if cfg.baseline:
+            encoders["random_init"] = lambda: data.register(random_model(export, cfg.seed))
     tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled]
     results: dict = {
         "encoder": {"export_dir": str(cfg.export_dir), **export.info},
@@ -86,6 +92,12 @@ def random_encoder(export: ExportInfo, seed: int) -> ViTEncoder:
     encoder = ViTEncoder(export.model, export.geometry)
     init_weights(encoder)
     return encoder
+
+
+def random_model(export: ExportInfo, seed: int) -> torch.nn.Module:
+    """The whole pretraining model (encoder and head), randomly initialised."""
+    torch.manual_seed(seed)
+    return build_model(export.objective, export.model, export.geometry)
 
 
 def _num_classes(split_dir: str) -> int:

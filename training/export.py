@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from training.export_format import ENCODER, MAE, ExportInfo, read_export, write_model_json
-from training.mae import MaskedAutoencoder, ViTEncoder
+from training.mae import ViTEncoder
+from training.objectives import build_model
 
 
 def export_from_checkpoint(
@@ -46,8 +47,12 @@ def load_encoder(export_dir: str | Path, drop_path: float = 0.0) -> ViTEncoder:
     return encoder
 
 
-def load_mae(export_dir: str | Path) -> MaskedAutoencoder:
+def load_model(export_dir: str | Path) -> torch.nn.Module:
+    """The whole pretraining model of an export (MAE with its decoder, MLM with its head)."""
     export = read_export(export_dir)
-    model = MaskedAutoencoder(export.model, export.geometry)
+    model = build_model(export.objective, export.model, export.geometry)
     model.load_state_dict(load_file(str(Path(export_dir) / MAE)))
     return model
+
+
+load_mae = load_model  # the name before other objectives

@@ -1,4 +1,4 @@
-"""Model FLOPs of an MAE training step, counted from the model config and the modality's token
+"""Model FLOPs of a training step (MAE and MLM), counted from the model config and the modality's token
 geometry (pure functions): no modality writes FLOP code of its own.
 
 Matrix products only (the 2·m·n·k of every linear layer and of attention's two products); a
@@ -78,3 +78,18 @@ def mae_step_flops(
 ) -> float:
     """Forward + backward FLOPs of a training step on ``batch`` samples."""
     return 3 * batch * mae_forward_flops(cfg, geometry, ratio, kind=kind)
+
+
+def mlm_forward_flops(cfg: ModelConfig, geometry: TokenGeometry, chosen: int) -> float:
+    """Forward FLOPs of one MLM sample: the encoder on every token (+cls; the embedding is a
+    lookup, not a product), the head on the ``chosen`` tokens (dense, then the tied vocabulary
+    projection). Unlike MAE's, the encoder's share does not fall with the ratio."""
+    c = cfg.resolved()
+    d = c.embed_dim
+    encoder = c.depth * block_flops(geometry.num_tokens + 1, d, c.mlp_ratio)
+    return encoder + 2 * chosen * d * d + 2 * chosen * d * geometry.vocab_size
+
+
+def mlm_step_flops(cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int) -> float:
+    """Forward + backward FLOPs of an MLM step on ``batch`` full sequences."""
+    return 3 * batch * mlm_forward_flops(cfg, geometry, round(ratio * geometry.num_tokens))

@@ -26,6 +26,8 @@ from training.modalities import TokenGeometry
 from training.positions import sincos_positions
 from training.transformer import Block, gather_tokens, init_weights
 
+PAD_ID = 0  # the padding id of id tokens (data_prep.text_tokenizer's [PAD])
+
 
 class ViTEncoder(nn.Module):
     """ViT with a cls token and fixed sin-cos positions of the token grid; runs on any subset of
@@ -36,7 +38,12 @@ class ViTEncoder(nn.Module):
         cfg = cfg.resolved()
         self.cfg = cfg
         self.geometry = geometry
-        self.patch_embed = nn.Linear(geometry.values_per_token, cfg.embed_dim)
+        # Value tokens (patches, tubelets) are projected; token ids (text) index a table.
+        self.patch_embed = (
+            nn.Embedding(geometry.vocab_size, cfg.embed_dim)
+            if geometry.vocab_size
+            else nn.Linear(geometry.values_per_token, cfg.embed_dim)
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.register_buffer(
             "pos_embed", sincos_positions(cfg.embed_dim, geometry.grid)[None], persistent=False
@@ -56,16 +63,38 @@ class ViTEncoder(nn.Module):
         if ids_keep is not None:
             tokens = gather_tokens(tokens, ids_keep)
             pos = gather_tokens(pos, ids_keep)
-        x = self.patch_embed(tokens) + pos.to(tokens.dtype)
+        x = self.patch_embed(tokens)
+        if self.geometry.vocab_size:
+            x = x * self.cfg.embed_dim**0.5  # see init_weights: as large as the positions
+        x = x + pos.to(x.dtype)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        key_bias = self._padding_bias(tokens)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, key_bias=key_bias)
         return self.norm(x)
 
+    def _padding_bias(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """``[B, 1, 1, 1 + N]``: -inf at padding ids (text; the cls slot is never padding)."""
+        if not self.geometry.vocab_size:
+            return None
+        pad = torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1) == PAD_ID
+        if not pad.any():
+            return None
+        return torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))[
+            :, None, None
+        ]
+
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, D]`` of unmasked token values ``[B, N, P]``."""
+        """Pooled features ``[B, D]`` of unmasked tokens ``[B, N, P]`` (or ids ``[B, N]``)."""
         encoded = self.forward(tokens)
-        return encoded[:, 0] if self.cfg.pool == "cls" else encoded[:, 1:].mean(dim=1)
+        return encoded[:, 0] if self.cfg.pool == "cls" else self.mean_pool(encoded, tokens)
+
+    def mean_pool(self, encoded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean of the encoded tokens ``[B, 1 + N, D]`` (cls left out), padding ids too."""
+        if not self.geometry.vocab_size:
+            return encoded[:, 1:].mean(dim=1)
+        real = (tokens != PAD_ID).unsqueeze(-1).to(encoded.dtype)
+        return (encoded[:, 1:] * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
 
 
 class MAEDecoder(nn.Module):

@@ -45,10 +45,9 @@ from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
 from training.loader import train_loader, train_spec_for
-from training.mae import MaskedAutoencoder
-from training.masking import make_masks
 from training.metrics import MetricsLog
 from training.modalities import modality as modality_named
+from training.objectives import build_model, step_inputs
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
 from training.typed_config import to_yaml
@@ -58,7 +57,6 @@ log = logging.getLogger("training.pretrain")
 EXPORT_DIR = "export"
 CKPT_DIR = "checkpoints"
 DONE = "_DONE"
-MAE_OBJECTIVE = "mae"
 
 _preempt_requested = False
 
@@ -177,7 +175,8 @@ def _finish(
             "mask_ratio": cfg.mask.ratio,
             "train_samples": plan.train_samples,
         }
-        export = ExportInfo(cfg.modality, MAE_OBJECTIVE, cfg.input, cfg.model, facts)
+        objective = modality_named(cfg.modality).objective
+        export = ExportInfo(cfg.modality, objective, cfg.input, cfg.model, facts)
         export_from_checkpoint(ckpt_dir, tag, out / EXPORT_DIR, export, zero_stage)
         (out / DONE).write_text(f"{plan.total_steps}\n")
         log.info("exported encoder to %s", out / EXPORT_DIR)
@@ -193,7 +192,7 @@ def _build_engine(
 ):
     import deepspeed
 
-    model = MaskedAutoencoder(cfg.model, geometry)
+    model = build_model(modality_named(cfg.modality).objective, cfg.model, geometry)
     on_cuda = info.device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay),
@@ -286,12 +285,16 @@ class _Step:
     def __call__(self, batch, micro_step: int) -> torch.Tensor:
         x, _, keys = batch
         c = self.cfg
-        mask = make_masks(c.mask.kind, c.seed, micro_step, keys, self.geometry, c.mask.ratio)
+        m = self.modality
+        inputs = step_inputs(m.objective, c.mask, c.seed, micro_step, keys, x, m, c.input)
         if self.pin:
-            mask = mask.pin_memory()
-        mask = mask.to(self.device, non_blocking=True)
-        tokens = self.modality.ops.tokenize(c.input, x.to(self.device, non_blocking=True))
-        loss = self.engine(tokens.to(self.dtype), mask)
+            inputs = inputs.pin_memory()
+        inputs = inputs.to(self.device, non_blocking=True)
+        if m.objective == "mlm":  # token ids: nothing to tokenize or cast
+            loss = self.engine(inputs.inputs, inputs.targets)
+        else:
+            tokens = m.ops.tokenize(c.input, x.to(self.device, non_blocking=True))
+            loss = self.engine(tokens.to(self.dtype), inputs)
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach()

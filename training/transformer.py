@@ -29,7 +29,12 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, n, d = x.shape
         h = self.heads
         if context is None:
@@ -37,15 +42,26 @@ class Attention(nn.Module):
         else:
             q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
             k, v = self.kv(context).reshape(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        out = attend(q, k, v, self.impl)
+        out = attend(q, k, v, self.impl, key_bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-    """``softmax(q kᵀ / √d) v`` over ``[B, H, N, d]`` heads (see the module docstring)."""
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    impl: str = "auto",
+    key_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``softmax(q kᵀ / √d + key_bias) v`` over ``[B, H, N, d]`` heads (see the module
+    docstring); ``key_bias`` ``[B, 1, 1, N]`` is added to every query's scores (-inf: a padding
+    token no one attends to)."""
     if impl == "sdpa" or (impl == "auto" and (q.is_cuda or q.dtype == torch.float32)):
-        return F.scaled_dot_product_attention(q, k, v)
+        bias = None if key_bias is None else key_bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if key_bias is not None:
+        scores = scores + key_bias.to(scores.dtype)
     # In the input's dtype: torch's CPU softmax takes its max and sum in fp32 even for bf16, and
     # probabilities stored in bf16 are what fused kernels feed their second product too.
     return scores.softmax(dim=-1) @ v
@@ -72,9 +88,14 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         ctx = None if self.norm_context is None else self.norm_context(context)
-        x = x + drop_path(self.attn(self.norm1(x), ctx), self.drop_path, self.training)
+        x = x + drop_path(self.attn(self.norm1(x), ctx, key_bias), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
@@ -93,8 +114,14 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def init_weights(model: nn.Module) -> None:
     """MAE's initialisation: xavier-uniform linears, unit layer norms, small tokens."""
+    tables = set()
     for m in model.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Embedding):
+            # Token ids (text): N(0, 1/d), read scaled by √d (the Transformer's), so a token's
+            # embedding is as large as its sin-cos position and the tied head starts near 1/V.
+            nn.init.normal_(m.weight, std=m.weight.shape[1] ** -0.5)
+            tables.add(id(m.weight))
+        elif isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -104,7 +131,7 @@ def init_weights(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         if name.endswith(("cls_token", "mask_token")):
             nn.init.normal_(p, std=0.02)
-        if name.endswith("patch_embed.weight"):
+        if name.endswith("patch_embed.weight") and id(p) not in tables:
             # As MAE: initialise the token projection like a conv kernel of the same shape.
             bound = math.sqrt(6.0 / (p.shape[0] + p.shape[1]))
             nn.init.uniform_(p, -bound, bound)

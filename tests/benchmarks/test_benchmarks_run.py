@@ -91,3 +91,30 @@ def test_video_data_measures_clip_forms_baseline_prep_loader_and_both_steps(tmp_
     assert all(r["clips_per_s"] > 0 and r["bytes_per_clip"] > 0 for r in result["forms"].values())
     assert result["baseline_clips_per_s"] > 0 and result["loader_clips_per_s"] > 0
     assert result["prep"]["clips"] > 0 and set(result["consumes_clips_per_s"]) == {"0.9", "0.0"}
+
+
+def test_mlm_vs_hf_times_both_kernels_of_hf_and_reports_mfu(tmp_path):
+    pytest.importorskip("transformers", reason="the comparison needs the 'bench' extra")
+    from benchmarks import mlm_vs_hf
+
+    args = ["--preset", "nano", "--seq-len", "32", "--batch", "2", "--vocab", "300",
+            "--rounds", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert mlm_vs_hf.main(args) == 0
+    results = json.loads(next(tmp_path.glob("*.json")).read_text())["results"]
+    assert set(results) == {
+        "maskmill",
+        "HF BertForMaskedLM (sdpa)",
+        "HF BertForMaskedLM (eager)",
+    }
+    assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 for r in results.values())
+
+
+def test_text_prep_counts_the_same_corpus_both_ways(tmp_path, text_demo):
+    from benchmarks import text_prep
+
+    args = ["--source", str(text_demo / "corpus"), "--rounds", "1", "--vocab", "300",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert text_prep.main(args) == 0
+    result = json.loads((tmp_path / "source.json").read_text())
+    # the plain loop counts copies and no separators; maskmill drops copies, adds one per document
+    assert 0.8 * result["plain_tokens"] < result["tokens"] < 1.2 * result["plain_tokens"]

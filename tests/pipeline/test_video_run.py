@@ -76,11 +76,6 @@ def quickstart(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not yet: on the reproducible demo corpus the quickstart's pretrained encoder does "
-    "not beat random init on the action probe; see the README's video section",
-)
 def test_video_quickstart_pretraining_beats_random_init_on_the_action_probe(quickstart):
     scores = quickstart["linear_probe"]
     assert scores["pretrained"]["top1"] > scores["random_init"]["top1"], scores

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-NAMES: tuple[str, ...] = ("image", "audio", "video")
+NAMES: tuple[str, ...] = ("image", "audio", "video", "text")
 DEFAULT = "image"
 
 
@@ -36,6 +36,9 @@ class TokenGeometry:
 
     grid: tuple[int, ...]
     values_per_token: int
+    # Tokens are ids into a vocabulary of this size (text), embedded by a table, not values
+    # projected by a linear layer; 0 for value tokens.
+    vocab_size: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -69,7 +72,7 @@ class ModalityOps:
 class Modality:
     name: str
     unit: str  # what throughput counts: "images", "seconds of audio", "clips", "tokens"
-    objective: str  # "mae" (visible-only encoder + decoder)
+    objective: str  # "mae" (visible-only encoder + decoder) or "mlm" (all tokens + tied head)
     members: tuple[str, ...]  # shard members the loader reads
     mask_kinds: tuple[str, ...]  # accepted values of pretrain.mask.kind
     mask_ratio: float  # the default of pretrain.mask.ratio (the first mask kind is the default)

@@ -35,7 +35,7 @@ class Classifier(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         encoded = self.encoder(tokens)
-        return self.head(self.fc_norm(encoded[:, 1:].mean(dim=1)))
+        return self.head(self.fc_norm(self.encoder.mean_pool(encoded, tokens)))
 
 
 class Finetune:

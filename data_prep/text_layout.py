@@ -1,0 +1,176 @@
+"""Text corpora in the formats they ship in -> documents, and what cannot be read, by reason.
+
+Formats, found by file name anywhere under the source folder (sorted, so listings are stable):
+
+* ``*.json.gz``, ``*.jsonl.gz``: C4's (one JSON object per line: ``text``, ``url``, ``timestamp``);
+* ``*.jsonl.zst``, ``*.jsonl``: the Pile's (``text``, ``meta``);
+* ``*.parquet``: Wikipedia dumps as HF datasets ships them (``id``, ``url``, ``title``, ``text``);
+* ``*.txt``: plain text, one document per file.
+
+The text field is configurable (``text_field``). A line that is not valid UTF-8, not JSON, or has no
+or an empty text field is not a document: :func:`read_documents` yields a :class:`BadLine` with
+the reason (``invalid_utf8``, ``malformed_json``, ``missing_text``, ``empty_text``) and goes on.
+Text is normalised (Unicode NFC, runs of whitespace to one space or one newline) before it is
+hashed, deduplicated or tokenised, so two copies differing only in spacing are one document.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep.corpus import LayoutError
+
+FORMATS = {  # suffix -> reader name; the longest matching suffix wins
+    ".json.gz": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".jsonl.zst": "jsonl",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
+BAD_LINE_REASONS = ("invalid_utf8", "malformed_json", "missing_text", "empty_text")
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """One input file: ``path`` relative to ``root``."""
+
+    root: str
+    path: str
+    format: str
+
+    @property
+    def file(self) -> Path:
+        return Path(self.root) / self.path
+
+    @property
+    def key(self) -> str:
+        """The file's path as a sample-key prefix (webdataset keys hold no dots)."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.path)
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class Document:
+    index: int  # position among the file's lines / rows (a stable name within the file)
+    text: str  # normalised
+    label: str | None = None  # the label field's value, when one was asked for and is there
+
+
+@dataclass(frozen=True)
+class BadLine:
+    index: int
+    reason: str  # one of BAD_LINE_REASONS
+    detail: str = ""
+
+
+def text_files(root: Path) -> list[TextFile]:
+    """Every file of a known format under ``root``, sorted by path."""
+    if not root.is_dir():
+        raise LayoutError(f"{root} is not a folder")
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        fmt = format_of(path.name)
+        if fmt:
+            files.append(TextFile(str(root), path.relative_to(root).as_posix(), fmt))
+    return files
+
+
+def format_of(name: str) -> str | None:
+    suffix = max((s for s in FORMATS if name.endswith(s)), key=len, default=None)
+    return FORMATS[suffix] if suffix else None
+
+
+def normalise(text: str) -> str:
+    """NFC, trimmed; runs of spaces/tabs to one space, runs of blank lines to one newline."""
+    text = unicodedata.normalize("NFC", text)
+    text = re.sub(r"[ \t\f\v\r]+", " ", text)
+    return re.sub(r" ?\n[\s]*", "\n", text).strip()
+
+
+def read_documents(
+    file: TextFile, text_field: str = "text", label_field: str | None = None
+) -> Iterator[Document | BadLine]:
+    """The documents of one file in order, with a :class:`BadLine` for each unusable line; with
+    ``label_field`` (JSON lines only) each document carries that field as a string."""
+    if file.format == "parquet":
+        yield from _parquet_documents(file.file, text_field)
+    elif file.format == "txt":
+        yield _txt_document(file.file)
+    else:
+        yield from _jsonl_documents(file.file, text_field, label_field)
+
+
+def _open_lines(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")))
+    return path.open("rb")
+
+
+def _jsonl_documents(
+    path: Path, text_field: str, label_field: str | None
+) -> Iterator[Document | BadLine]:
+    with _open_lines(path) as f:
+        for index, raw in enumerate(f):
+            if not raw.strip():
+                continue  # a blank line is not a record
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield BadLine(index, "invalid_utf8", f"{path.name}:{index + 1}: {e.reason}")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield BadLine(index, "malformed_json", f"{path.name}:{index + 1}: {e.msg}")
+                continue
+            if not isinstance(record, dict):
+                yield BadLine(index, "missing_text", f"{path.name}:{index + 1}: not an object")
+                continue
+            label = record.get(label_field) if label_field else None
+            yield _document(index, record.get(text_field), None if label is None else str(label))
+
+
+def _document(index: int, text, label: str | None = None) -> Document | BadLine:
+    if not isinstance(text, str):
+        return BadLine(index, "missing_text")
+    text = normalise(text)
+    return Document(index, text, label) if text else BadLine(index, "empty_text")
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[Document | BadLine]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    if text_field not in parquet.schema_arrow.names:
+        raise LayoutError(
+            f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names})"
+        )
+    index = 0
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            yield _document(index, text)
+            index += 1
+
+
+def _txt_document(path: Path) -> Document | BadLine:
+    """A plain-text file is one document; lines that are not UTF-8 make it unusable."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadLine(0, "invalid_utf8", f"{path.name}: {e.reason} at byte {e.start}")
+    return _document(0, text)

@@ -1,0 +1,79 @@
+"""The tokenizer: a WordPiece (BERT's) or byte-level BPE model trained with HF ``tokenizers`` on a
+sample of the training documents, or a given ``tokenizer.json``; saved beside the shards.
+
+Special tokens have fixed ids, the same for both kinds, so training needs no lookup: ``[PAD]`` 0,
+``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3 (the document separator in packed sequences), ``[MASK]`` 4.
+A loaded tokenizer must have them at those ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+# One thread per tokenizer: the prep's parallelism is its Ray tasks, one per core.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL))
+KINDS = ("wordpiece", "bpe")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase: bool):
+    """A new tokenizer fitted on ``texts`` (already normalised)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIAL), min_frequency=2
+        )
+    else:
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL),
+            min_frequency=2,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    """A saved tokenizer, checked for the special ids training relies on."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    wrong = [f"{t}={tok.token_to_id(t)}" for i, t in enumerate(SPECIAL) if tok.token_to_id(t) != i]
+    if wrong:
+        raise ValueError(
+            f"{path}: special tokens must have ids {', '.join(f'{t}={i}' for i, t in enumerate(SPECIAL))}; "
+            f"got {', '.join(wrong)}"
+        )
+    return tok
+
+
+def ids_dtype(vocab_size: int):
+    """The smallest unsigned type that holds every id: uint16 up to 65,536 entries."""
+    import numpy as np
+
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def word_starts(encoding) -> list[int]:
+    """1 where a token begins a word (a pre-tokenizer piece), else 0: what whole-word and span
+    masking group by."""
+    starts, previous = [], None
+    for word in encoding.word_ids:
+        starts.append(int(word is None or word != previous))
+        previous = word
+    return starts

@@ -1,0 +1,53 @@
+"""The pretraining objectives, looked up by the modality's ``objective`` word: which model a run
+trains, and what one micro step feeds it.
+
+* ``mae`` (``training.mae``): the encoder sees the visible tokens only; a light decoder
+  reconstructs the masked ones. Masks depend on the token grid alone (``training.masking``).
+* ``mlm`` (``training.mlm``): the encoder sees every token, masked ones replaced 80/10/10; a head
+  tied to the embeddings predicts them. Which tokens are chosen depends on the ids themselves
+  (special tokens and word boundaries: ``training.mlm_masking``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from training.config import ModelConfig
+from training.modalities import TokenGeometry
+
+OBJECTIVES = ("mae", "mlm")
+PLACEHOLDER_VOCAB = 30522  # sizes an MLM before its tokenizer exists (BERT's vocabulary)
+
+
+def build_model(objective: str, cfg: ModelConfig, geometry: TokenGeometry) -> nn.Module:
+    if objective == "mae":
+        from training.mae import MaskedAutoencoder
+
+        return MaskedAutoencoder(cfg, geometry)
+    if objective == "mlm":
+        from training.mlm import MaskedLanguageModel
+
+        if not geometry.vocab_size:
+            geometry = dataclasses.replace(geometry, vocab_size=PLACEHOLDER_VOCAB)
+        return MaskedLanguageModel(cfg, geometry)
+    raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+
+
+def step_inputs(
+    objective: str, mask_cfg, seed: int, step: int, keys, x: torch.Tensor, modality, input_cfg
+):
+    """What the model's forward takes for one micro step, on the CPU: (tokens, Mask) for MAE,
+    (inputs, targets) for MLM. ``tokens`` are still the collated batch for MAE: the modality
+    tokenizes them on the device."""
+    geometry = modality.geometry(input_cfg)
+    if objective == "mlm":
+        from training.mlm_masking import mlm_batch
+
+        batch = mlm_batch(mask_cfg.kind, seed, step, keys, x, mask_cfg.ratio, geometry.vocab_size)
+        return batch
+    from training.masking import make_masks
+
+    return make_masks(mask_cfg.kind, seed, step, keys, geometry, mask_cfg.ratio)
