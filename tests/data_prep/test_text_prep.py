@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import webdataset as wds
 
 from data_prep.shard_format import npy_zst_array, read_shard_samples, read_stats, shard_urls
 from data_prep.text_layout import BadLine, normalise, read_documents, text_files
-from data_prep.text_prep import TextPrepConfig, held_out, prep_text
+from data_prep.text_prep import TextPrepConfig, fit, held_out, items, prep_text
 from data_prep.text_tokenizer import PAD, load_tokenizer
 from tests.conftest import TEXT_PREP_KEYS
 
@@ -105,3 +107,31 @@ def test_the_held_out_split_is_a_stable_hash_of_the_text():
     assert held_out("doc 7", 0.1, 0) == held_out("doc 7", 0.1, 0)
     digest = hashlib.blake2b(b"0:doc 7", digest_size=8).digest()
     assert held_out("doc 7", 0.1, 0) == (int.from_bytes(digest, "little") / 2**64 < 0.1)
+
+
+def test_a_rerun_keeps_the_tokenizer_it_trained(prepared):
+    cfg, out = prepared
+    before = (out / "tokenizer.json").read_bytes()
+    state = fit(cfg, items(cfg, "train"))  # what a rerun after a crash does first
+    assert (out / "tokenizer.json").read_bytes() == before
+    assert Path(state["tokenizer"]) == out / "tokenizer.json"
+
+
+_TRAIN = """
+import hashlib, sys
+from data_prep.text_tokenizer import train_tokenizer
+texts = [f"word{i % 97} piece{i % 13}s and more text {i % 7}" for i in range(3000)]
+print(hashlib.sha256(train_tokenizer(texts, "bpe", 300, True).to_str().encode()).hexdigest())
+"""
+
+
+def test_byte_level_bpe_trains_to_the_same_tokenizer_in_every_process():
+    # Each process gets a new hash seed: WordPiece differs between them (tokenizers#1794), BPE
+    # must not, since the quickstart relies on it for numbers that repeat from a fresh clone.
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(runs) == 1, runs
