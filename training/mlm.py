@@ -5,7 +5,7 @@ Reads top to bottom: the head, then the model and its loss. Unlike MAE, the enco
 tokens (masked ones as ``[MASK]``, a random token or themselves: ``training.mlm_masking``), so
 its cost does not fall with the ratio. Only the head's work does: it runs on the chosen positions
 alone, not on every position as HF's ``BertForMaskedLM`` does, and at seq 128 with a 30k
-vocabulary that projection is a third of BERT-base's matrix FLOPs at 15% masking.
+vocabulary that projection is a fifth of BERT-base's matrix FLOPs per token.
 """
 
 from __future__ import annotations
