@@ -1,5 +1,6 @@
-"""Running a shipped quickstart as a user does (``maskmill run CONFIG``, a fresh run_dir) for the
-opt-in slow tests of each modality."""
+"""Running pipelines for the end-to-end tests of each modality: a tiny run from a YAML template,
+in process, and a shipped quickstart as a user does (``maskmill run CONFIG``, a fresh run_dir)
+for the opt-in slow tests."""
 
 import json
 import subprocess
@@ -20,3 +21,15 @@ def quickstart_metrics(config: str, run_dir: Path, timeout: int = 2400) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run_dir / "report.html").exists()
     return json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+
+
+def tiny_run(root: Path, template: str):
+    """(config, run dir) of the run YAML ``template`` (``{run_dir}`` filled in) run end to end."""
+    from pipeline.runner import run_pipeline
+    from pipeline.schema import load_run_config
+
+    path = root / "run.yaml"
+    path.write_text(template.format(run_dir=root / "run"))
+    cfg = load_run_config(path)
+    run_pipeline(cfg)
+    return cfg, root / "run"

@@ -7,10 +7,8 @@ import shutil
 
 import pytest
 
-from pipeline.runner import run_pipeline
-from pipeline.schema import load_run_config
 from pipeline.state import read_state
-from tests.pipeline.quickstart_run import quickstart_metrics
+from tests.pipeline.quickstart_run import quickstart_metrics, tiny_run
 
 RUN = """
 name: tiny_audio
@@ -50,12 +48,7 @@ report: {{reconstructions: 2}}
 def audio_run(tmp_path_factory):
     if shutil.which("espeak-ng") is None:  # `make test` installs it as root; CI runs as root
         pytest.skip("espeak-ng is not installed (`make install` as root)")
-    root = tmp_path_factory.mktemp("audio_pipeline")
-    path = root / "run.yaml"
-    path.write_text(RUN.format(run_dir=root / "run"))
-    cfg = load_run_config(path)
-    run_pipeline(cfg)
-    return cfg, root / "run"
+    return tiny_run(tmp_path_factory.mktemp("audio_pipeline"), RUN)
 
 
 def test_every_stage_finishes_with_wer_and_seconds_of_audio(audio_run):

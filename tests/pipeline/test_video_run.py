@@ -7,10 +7,8 @@ import json
 
 import pytest
 
-from pipeline.runner import run_pipeline
-from pipeline.schema import load_run_config
 from pipeline.state import read_state
-from tests.pipeline.quickstart_run import quickstart_metrics
+from tests.pipeline.quickstart_run import quickstart_metrics, tiny_run
 
 RUN = """
 name: tiny_video
@@ -40,12 +38,7 @@ report: {{reconstructions: 2}}
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("video_pipeline")
-    path = root / "run.yaml"
-    path.write_text(RUN.format(run_dir=root / "run"))
-    cfg = load_run_config(path)
-    run_pipeline(cfg)
-    return cfg, root / "run"
+    return tiny_run(tmp_path_factory.mktemp("video_pipeline"), RUN)
 
 
 def test_every_stage_finishes_with_tube_masking_and_clips_per_second(video_run):
