@@ -3,7 +3,7 @@
 Six classes that only motion tells apart: a shape moving left or right, growing or shrinking,
 rotating clockwise or anticlockwise. Every class draws the same shapes, colours, backgrounds,
 positions, sizes and angles, so one frame carries no class information; two frames do. A clip
-is ``seconds`` long at ``fps`` over a textured background with a little sensor noise, encoded as
+is ``seconds`` long at ``fps`` over a smooth, muted background with a little sensor noise, encoded as
 H.264 mp4 (one mkv and one webm among them, as Kinetics downloads mix containers).
 
 Layout (Kinetics-400's): ``train.csv`` and ``validate.csv`` with ``label,youtube_id,time_start,
