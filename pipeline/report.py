@@ -90,9 +90,7 @@ def plot_reconstructions(cfg: RunConfig):
         x, _, keys = next(
             eval_batches(str(val), export.modality, export.input, cfg.report.reconstructions)
         )
-        batch = step_inputs(
-            "mlm", mask_cfg, cfg.seed, 0, keys, x, modality(export.modality), export.input
-        )
+        batch = step_inputs("mlm", mask_cfg, cfg.seed, 0, keys, x, export.geometry)
         tokenizer = load_tokenizer(val.parent / TOKENIZER_FILE)
         return ops.reconstruction_figure(export.input, model, x, batch, title, tokenizer=tokenizer)
     x, _, keys = next(

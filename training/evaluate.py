@@ -57,14 +57,7 @@ def run(cfg: EvalConfig) -> dict:
         views=views,
         group_of=group_of,
     )
-    if export.objective == "mae":  # the tasks need the encoder alone
-        encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
-        if cfg.baseline:
-            encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
-    else:  # and some need its head: the whole model is kept beside its encoder
-        encoders = {"pretrained": lambda: data.register(load_model(cfg.export_dir))}
-        if cfg.baseline:
-            encoders["random_init"] = lambda: data.register(random_model(export, cfg.seed))
+    encoders = _encoders(cfg, export, data)
     tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled]
     results: dict = {
         "encoder": {"export_dir": str(cfg.export_dir), **export.info},
@@ -85,6 +78,21 @@ def run(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _encoders(cfg: EvalConfig, export: ExportInfo, data: Downstream) -> dict:
+    """Name -> a function that builds the encoder to score: the pretrained one and, with
+    ``baseline``, a random-init one of the same shape."""
+    if export.objective == "mae":  # the tasks need the encoder alone
+        encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
+        if cfg.baseline:
+            encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
+        return encoders
+    # some tasks need the head too: the whole model is kept beside its encoder
+    encoders = {"pretrained": lambda: data.register(load_model(cfg.export_dir))}
+    if cfg.baseline:
+        encoders["random_init"] = lambda: data.register(random_model(export, cfg.seed))
+    return encoders
 
 
 def random_encoder(export: ExportInfo, seed: int) -> ViTEncoder:

@@ -36,18 +36,14 @@ def build_model(objective: str, cfg: ModelConfig, geometry: TokenGeometry) -> nn
     raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
 
 
-def step_inputs(
-    objective: str, mask_cfg, seed: int, step: int, keys, x: torch.Tensor, modality, input_cfg
-):
-    """What the model's forward takes for one micro step, on the CPU: (tokens, Mask) for MAE,
-    (inputs, targets) for MLM. ``tokens`` are still the collated batch for MAE: the modality
-    tokenizes them on the device."""
-    geometry = modality.geometry(input_cfg)
+def step_inputs(objective: str, mask_cfg, seed: int, step: int, keys, x: torch.Tensor, geometry):
+    """The masking of one micro step, on the CPU: a ``Mask`` over the token grid for MAE (the
+    modality tokenizes ``x`` on the device), an ``MlmBatch`` (inputs, targets) made from the ids
+    in ``x`` for MLM."""
     if objective == "mlm":
         from training.mlm_masking import mlm_batch
 
-        batch = mlm_batch(mask_cfg.kind, seed, step, keys, x, mask_cfg.ratio, geometry.vocab_size)
-        return batch
+        return mlm_batch(mask_cfg.kind, seed, step, keys, x, mask_cfg.ratio, geometry.vocab_size)
     from training.masking import make_masks
 
     return make_masks(mask_cfg.kind, seed, step, keys, geometry, mask_cfg.ratio)

@@ -286,7 +286,7 @@ class _Step:
         x, _, keys = batch
         c = self.cfg
         m = self.modality
-        inputs = step_inputs(m.objective, c.mask, c.seed, micro_step, keys, x, m, c.input)
+        inputs = step_inputs(m.objective, c.mask, c.seed, micro_step, keys, x, self.geometry)
         if self.pin:
             inputs = inputs.pin_memory()
         inputs = inputs.to(self.device, non_blocking=True)

@@ -29,19 +29,18 @@ class Downstream:
     # sample key whose equal values are averaged (video's multi-view test: crops x clips).
     views: list = field(default_factory=list)
     group_of: Callable[[str], str] | None = None
-    # encoder -> the whole pretraining model it belongs to (tasks that need the MLM head)
-    models: dict = field(default_factory=dict, repr=False)
+    # the whole pretraining model of the encoder being scored (tasks that need the MLM head)
+    _model: torch.nn.Module | None = field(default=None, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
 
     def register(self, model: torch.nn.Module) -> torch.nn.Module:
         """Keep ``model`` for :meth:`pretraining_model`; returns its encoder (what tasks get)."""
-        self.models = {"current": model}
+        self._model = model
         return model.encoder
 
     def pretraining_model(self, encoder: torch.nn.Module) -> torch.nn.Module:
-        for model in self.models.values():
-            if model.encoder is encoder:
-                return model
+        if self._model is not None and self._model.encoder is encoder:
+            return self._model
         raise LookupError("this task needs the whole pretraining model, not only its encoder")
 
     def tokens(self, batch: torch.Tensor) -> torch.Tensor:
