@@ -2,7 +2,7 @@
 
 By default the job starts its own local Ray head (``num_cpus`` from the config) with token
 authentication on; given an address (``auto`` inside a Ray job, or ``ray://host:10001``) it joins
-that cluster instead. Finished units (completion records in ``_work/``) are never redone, so a
+that cluster instead. Finished units (completion records in ``.maskmill/work/``) are never redone, so a
 killed job reruns to the same output.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from data_prep.plan import WorkUnit
-from data_prep.shard_format import SUCCESS, WORK_DIR, shard_name
+from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def prepare_split(
 
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
+    adopt_legacy_records(split_dir)
     (split_dir / SUCCESS).unlink(missing_ok=True)
     _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
     results: dict[int, UnitResult] = {}

@@ -3,10 +3,16 @@
 A prepared split is a directory holding::
 
     shard-000000.tar  shard-000001.tar  ...   plain POSIX (ustar) tars, WebDataset convention
-    manifest.parquet                          one row per shard (see ShardRecord)
-    stats.json                                inputs seen, written, skipped by reason, bytes, time
-    _SUCCESS                                  written last; a split without it is incomplete
-    _work/                                    per-shard completion records used for resume
+    .maskmill/manifest.parquet                one row per shard (see ShardRecord)
+    .maskmill/stats.json                      inputs seen, written, skipped by reason, bytes, time
+    .maskmill/_SUCCESS                        written last; a split without it is incomplete
+    .maskmill/work/                           per-shard completion records used for resume
+
+The records sit in a hidden folder so that readers pointed at the split folder see only the
+tars: ``ray.data.read_webdataset`` skips names starting with ``.`` or ``_``, HF ``datasets``
+only those starting with ``.``, and both fail on a parquet or an empty file among the shards.
+Splits prepared before kept the records beside the tars; they are still read, and a prep into
+one moves them (:func:`adopt_legacy_records`).
 
 This module is small on purpose: training imports it to find and check shards, nothing else
 from data_prep.
@@ -27,14 +33,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-MANIFEST = "manifest.parquet"
+META_DIR = ".maskmill"
+MANIFEST = f"{META_DIR}/manifest.parquet"
 LABELS = "labels.json"  # beside the splits: the label list, index order
 LEGACY_LABELS = "classes.json"  # its name before modalities
 # beside the splits: statistics of the features training computes, measured once at prep time
 FEATURE_STATS = "feature_stats.json"
-STATS = "stats.json"
-SUCCESS = "_SUCCESS"
-WORK_DIR = "_work"
+STATS = f"{META_DIR}/stats.json"
+SUCCESS = f"{META_DIR}/_SUCCESS"
+WORK_DIR = f"{META_DIR}/work"
+_LEGACY_WORK_DIR = "_work"
 
 
 def shard_name(index: int) -> str:
@@ -76,14 +84,33 @@ def write_manifest(split_dir: Path, records: list[ShardRecord]) -> None:
     atomic_write(split_dir / MANIFEST, lambda tmp: pq.write_table(table, tmp))
 
 
+def split_record(split_dir: str | Path, name: str) -> Path:
+    """Where one of a split's records (MANIFEST, STATS, SUCCESS) is: in the records folder, or
+    beside the tars for a split prepared before that folder existed."""
+    path = Path(split_dir) / name
+    legacy = Path(split_dir) / Path(name).name
+    return legacy if not path.exists() and legacy.exists() else path
+
+
+def adopt_legacy_records(split_dir: Path) -> None:
+    """Move an older split's records into the records folder, so a prep into it resumes."""
+    moves = [(Path(n).name, n) for n in (MANIFEST, STATS, SUCCESS)]
+    moves.append((_LEGACY_WORK_DIR, WORK_DIR))
+    for old, new in moves:
+        if (split_dir / old).exists() and not (split_dir / new).exists():
+            (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
+            os.replace(split_dir / old, split_dir / new)
+
+
 def read_manifest(split_dir: str | Path) -> list[ShardRecord]:
     """The shard records of a complete split; raises IncompleteSplitError otherwise."""
     split_dir = Path(split_dir)
-    if not (split_dir / SUCCESS).exists():
+    if not split_record(split_dir, SUCCESS).exists():
         raise IncompleteSplitError(
             f"{split_dir} is not a finished prepared split (no {SUCCESS}); run the prep stage first"
         )
-    records = [ShardRecord(**row) for row in pq.read_table(split_dir / MANIFEST).to_pylist()]
+    table = pq.read_table(split_record(split_dir, MANIFEST))
+    records = [ShardRecord(**row) for row in table.to_pylist()]
     if not records or sum(r.samples for r in records) == 0:
         raise IncompleteSplitError(f"{split_dir} holds no samples")
     return records
@@ -105,7 +132,7 @@ def read_labels(prep_dir: str | Path) -> list[dict] | None:
 
 
 def read_stats(split_dir: str | Path) -> dict:
-    return json.loads((Path(split_dir) / STATS).read_text())
+    return json.loads(split_record(split_dir, STATS).read_text())
 
 
 def atomic_write(path: Path, write) -> None:

@@ -1,6 +1,6 @@
 """Writing one work unit to one shard, atomically and reproducibly, and finishing a split.
 
-A unit is done when its completion record ``_work/shard-NNNNNN.json`` exists; the tar is renamed
+A unit is done when its completion record ``.maskmill/work/shard-NNNNNN.json`` exists; the tar is renamed
 into place before that record is written, so a record always points at a whole shard. Tar
 headers carry fixed owners and times, so the same inputs give byte-identical shards and a
 rerun after a kill reproduces the same sha256 in the manifest.
@@ -22,6 +22,7 @@ from typing import Any
 
 from data_prep.plan import WorkUnit
 from data_prep.shard_format import (
+    META_DIR,
     STATS,
     SUCCESS,
     WORK_DIR,
@@ -98,7 +99,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     """Encode every item of ``unit`` into shard ``unit.index``; bad items are skipped, counted."""
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
-    (split_dir / WORK_DIR).mkdir(exist_ok=True)
+    (split_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     skipped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
     final = split_dir / shard_name(unit.index)
@@ -151,6 +152,7 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
         "bytes": sum(r.record.bytes for r in results),
         "seconds": round(seconds, 3),
     }
+    (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
     write_manifest(split_dir, [r.record for r in results])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(split_dir / SUCCESS, "")

@@ -29,7 +29,7 @@ from cluster.local import (
 )
 from data_prep.corpus import corpus_reader
 from data_prep.job import run_prep, summary_line
-from data_prep.shard_format import MANIFEST, file_sha256
+from data_prep.shard_format import MANIFEST, file_sha256, split_record
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS
@@ -201,7 +201,7 @@ STAGES: tuple[Stage, ...] = (
         "pretrain",
         "masked pretraining (DeepSpeed)",
         section=_pretrain_section,
-        inputs=lambda cfg: _digest(Path(cfg.pretrain.train_shards) / MANIFEST),
+        inputs=lambda cfg: _digest(split_record(cfg.pretrain.train_shards, MANIFEST)),
         output=lambda cfg: Path(cfg.pretrain.out_dir),
         execute=_pretrain,
         preflight=_pretrain_preflight,
@@ -215,8 +215,8 @@ STAGES: tuple[Stage, ...] = (
             for p in (
                 Path(cfg.evaluate.export_dir) / ENCODER,
                 Path(cfg.evaluate.export_dir) / MODEL_JSON,
-                Path(cfg.evaluate.train_shards) / MANIFEST,
-                Path(cfg.evaluate.val_shards) / MANIFEST,
+                split_record(cfg.evaluate.train_shards, MANIFEST),
+                split_record(cfg.evaluate.val_shards, MANIFEST),
             )
         ),
         output=lambda cfg: Path(cfg.evaluate.out_dir),

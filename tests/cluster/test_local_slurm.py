@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from cluster.slurm import job_states
+from data_prep.shard_format import read_manifest, read_stats
 from pipeline.schema import load_run_config
 from pipeline.submit import read_submissions, wait_slurm
 
@@ -149,9 +150,8 @@ def test_prep_ran_on_a_ray_cluster_inside_the_allocation(preempted_run):
     _, sub, run_dir, _ = preempted_run
     log = Path(sub.logs[sub.stages.index("prep")]).read_text(errors="replace")
     assert "ray cluster at" in log and "has 1 node(s)" in log
-    manifest = run_dir / "shards" / "train" / "manifest.parquet"
-    assert manifest.exists()
-    stats = json.loads((run_dir / "shards" / "train" / "stats.json").read_text())
+    assert read_manifest(run_dir / "shards" / "train")
+    stats = read_stats(run_dir / "shards" / "train")
     assert sum(stats["skipped"].values()) == 2
 
 

@@ -16,6 +16,7 @@ from data_prep.shard_format import (
     file_sha256,
     read_labels,
     read_manifest,
+    read_stats,
     shard_urls,
 )
 from data_prep.voice_segments import clean_intervals, plan_segments
@@ -65,7 +66,7 @@ def test_every_second_of_voice_activity_lands_in_exactly_one_segment(
 
 
 def test_bad_inputs_are_counted_by_reason(speech_prepared):
-    stats = {s: json.loads((speech_prepared / s / "stats.json").read_text()) for s in
+    stats = {s: read_stats(speech_prepared / s) for s in
              ("train", "val", "labelled_train", "labelled_val")}  # fmt: skip
     skipped = {k: v for s in ("train", "val") for k, v in stats[s]["skipped"].items()}
     converted: dict[str, int] = {}

@@ -4,7 +4,7 @@ import tarfile
 import pytest
 
 from data_prep.plan import WorkUnit
-from data_prep.shard_format import WORK_DIR, read_manifest, shard_name
+from data_prep.shard_format import META_DIR, WORK_DIR, read_manifest, shard_name
 from data_prep.writer import Sample, SkipSample, finish_split, unit_is_done, write_unit
 
 
@@ -47,7 +47,7 @@ def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path):
         write_unit(WorkUnit(0, ("a", "boom")), tmp_path, explode)
     assert not (tmp_path / shard_name(0)).exists()
     assert unit_is_done(tmp_path, 0) is None
-    assert [p.name for p in tmp_path.iterdir() if p.name != WORK_DIR] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name != META_DIR] == []
 
 
 def test_a_shard_without_its_record_is_redone(tmp_path):

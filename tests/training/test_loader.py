@@ -124,6 +124,7 @@ def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
                     info.size = len(trap)
                     tar.addfile(info, io.BytesIO(trap))
     write_manifest(split, records)
+    (split / SUCCESS).parent.mkdir(exist_ok=True)
     (split / SUCCESS).touch()
     list(eval_batches(str(split), "image", ImageInputConfig(32), 8))
     spec = train_spec_for(
