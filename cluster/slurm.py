@@ -34,14 +34,19 @@ def submit(script: Path, after: int | None = None) -> int:
     A job whose dependency can never be met (the earlier job failed) is cancelled by Slurm
     instead of waiting forever.
     """
-    cmd = [_tool("sbatch"), "--parsable"]
-    if after is not None:
-        cmd += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
-    cmd.append(str(script))
+    cmd = sbatch_command(script, after, sbatch=_tool("sbatch"))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SlurmError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return int(proc.stdout.strip().split(";")[0])
+
+
+def sbatch_command(script: Path, after: int | str | None, sbatch: str = "sbatch") -> list[str]:
+    """The ``sbatch`` argv that submits ``script`` to start after job ``after`` succeeds."""
+    cmd = [sbatch, "--parsable"]
+    if after is not None:
+        cmd += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
+    return [*cmd, str(script)]
 
 
 def submit_chain(scripts: Sequence[Path]) -> list[int]:

@@ -1,12 +1,16 @@
 """The ``maskmill`` command.
 
-    maskmill run RUN.yaml [key=value ...] [--force STAGE]   run (or resume) every stage
+    maskmill run RUN.yaml [MORE.yaml] [key=value ...] [--force STAGE]   run (or resume) every stage
     maskmill status RUN.yaml [key=value ...]                 each stage's state, cluster jobs
     maskmill submit RUN.yaml --slurm [--dry-run] [--wait]    one Slurm job per stage, chained
     maskmill submit RUN.yaml --ray ADDRESS [--retries N]     prep as a job on a Ray cluster
     maskmill stage RUN.yaml STAGE[,STAGE] [key=value ...]    run some stages (what a job runs)
+    maskmill export RUN.yaml --format hf|timm [--out DIR]    the encoder for transformers / timm
     maskmill prep MODALITY SRC OUT [key=value ...]           shard a raw corpus (image: ImageNet layout)
     maskmill demo-data OUT [--modality M] [options]          write a demo corpus
+
+Every command that reads a run YAML takes several, merged in order (later files win), and
+``key=value`` overrides anywhere on the line, applied last.
 
 Exit status: 0 success, 1 a stage or job failed, 2 bad configuration or usage, 75 a training
 stage was preempted after saving a checkpoint (run it again to resume).
@@ -17,8 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import logging
 import sys
+from pathlib import Path
 
 from cluster.local import PREEMPTED_EXIT
 from cluster.ray_jobs import RayJobError
@@ -30,13 +36,16 @@ from pipeline.schema import load_run_config
 from pipeline.stages import StageFailed, StagePreempted, stage_names
 from pipeline.submit import (
     describe_submission,
+    dry_run_commands,
     read_submissions,
     render_slurm,
     submit_ray,
     submit_slurm,
     wait_slurm,
 )
-from training.typed_config import ConfigError, load_config
+from training.export_format import MODEL_JSON
+from training.export_interop import FORMATS, write_interop
+from training.typed_config import COMMAND_LINE, ConfigError, load_config
 
 log = logging.getLogger("maskmill")
 
@@ -46,10 +55,12 @@ PREP_ALIASES_TEXT = ", ".join(f"prep {a} = prep {m}" for a, m in PREP_ALIASES.it
 EPILOG = """examples:
   maskmill run configs/quickstart_image.yaml
   maskmill run configs/quickstart_image.yaml pretrain.steps=50 pretrain.mask.ratio=0.9
+  maskmill run configs/imagenet_mae_vitb.yaml site.yaml launch.ranks=8
   maskmill status configs/quickstart_image.yaml
   maskmill submit configs/quickstart_image.yaml --slurm --dry-run
   maskmill submit configs/quickstart_image.yaml --slurm --wait
   maskmill submit configs/quickstart_image.yaml --ray http://127.0.0.1:8265 --retries 2
+  maskmill export configs/quickstart_image.yaml --format hf
   maskmill prep image /data/imagenet /data/imagenet-shards shorter_side=256 num_cpus=32
   maskmill demo-data /tmp/demo --classes 8 --corrupt 3
   maskmill demo-data /tmp/speech --modality audio
@@ -65,18 +76,57 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"maskmill {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_status, _add_submit, _add_stage, _add_prep, _add_demo_data):
+    for add in (
+        _add_run,
+        _add_status,
+        _add_submit,
+        _add_stage,
+        _add_export,
+        _add_prep,
+        _add_demo_data,
+    ):
         add(sub)
     return parser
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("maskmill")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_config(parser, extra: str = "") -> None:
+    parser.add_argument(
+        "config",
+        nargs="+",
+        metavar="RUN.yaml [key=value]",
+        help="one or more run YAML files (see configs/), merged in order, later files winning; "
+        f"{extra}then dotted overrides such as pretrain.steps=100, which may also come after "
+        "the options and are applied last",
+    )
+
+
+def split_config_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """The YAML files and the ``key=value`` overrides of a command line, each in order."""
+    files = [i for i in items if "=" not in i]
+    if not files:
+        raise ConfigError([("RUN.yaml", "a run YAML file before the overrides")], COMMAND_LINE)
+    return files, [i for i in items if "=" in i]
+
+
+def _run_config(items: list[str]):
+    files, overrides = split_config_args(items)
+    return load_run_config(files, overrides)
 
 
 def _add_run(sub) -> None:
     run = sub.add_parser(
         "run", help="run a pipeline YAML: skip finished stages, resume failed ones"
     )
-    run.add_argument("config", help="run YAML (see configs/)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pretrain.steps=100")
+    _add_config(run)
     run.add_argument(
         "--force",
         action="append",
@@ -88,9 +138,14 @@ def _add_run(sub) -> None:
 
 
 def _add_status(sub) -> None:
-    status = sub.add_parser("status", help="show each stage's state for a run YAML")
-    status.add_argument("config")
-    status.add_argument("overrides", nargs="*")
+    status = sub.add_parser(
+        "status",
+        help="show each stage's state for a run YAML",
+        description="Each stage's state: done, pending, running, failed, interrupted, or stale "
+        "(its config or inputs changed, or a stage it reads from did: it will run again), and "
+        "the Slurm or Ray jobs of the last submission.",
+    )
+    _add_config(status)
 
 
 def _add_submit(sub) -> None:
@@ -101,15 +156,16 @@ def _add_submit(sub) -> None:
         "them chained with afterok; training jobs checkpoint and requeue themselves on SIGUSR2 "
         "before their time limit. Ray: submit the demo-data and prep stages as one Ray job.",
     )
-    submit.add_argument("config")
-    submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. launch.nodes=2")
+    _add_config(submit)
     target = submit.add_mutually_exclusive_group(required=True)
     target.add_argument("--slurm", action="store_true", help="submit every stage to Slurm")
     target.add_argument(
         "--ray", metavar="ADDRESS", help="Ray job server, e.g. http://head:8265 (token auth)"
     )
     submit.add_argument(
-        "--dry-run", action="store_true", help="Slurm: print the scripts, submit nothing"
+        "--dry-run",
+        action="store_true",
+        help="Slurm: print the scripts and the sbatch command lines that chain them, submit nothing",
     )
     submit.add_argument(
         "--wait", action="store_true", help="follow the jobs until they end; exit 1 if one failed"
@@ -133,9 +189,28 @@ def _add_stage(sub) -> None:
     stage = sub.add_parser(
         "stage", help="run the named stages of a run YAML (what each cluster job runs)"
     )
-    stage.add_argument("config")
-    stage.add_argument("stages", help=f"comma-separated, from: {', '.join(stage_names())}")
-    stage.add_argument("overrides", nargs="*")
+    _add_config(
+        stage,
+        f"then the stages to run, comma-separated, from: {', '.join(stage_names())}; ",
+    )
+
+
+def _add_export(sub) -> None:
+    export = sub.add_parser(
+        "export",
+        help="write a finished run's encoder for HF transformers or timm",
+        description="Write the pretrained encoder of a finished run in a layout another tool "
+        "loads: `hf` (a transformers ViTModel folder: config.json, model.safetensors and, for "
+        "images, the image processor) or `timm` (a VisionTransformer state dict and its keyword "
+        "arguments). Image and audio encoders; the README shows the lines that load them.",
+    )
+    _add_config(export)
+    export.add_argument(
+        "--format", required=True, choices=FORMATS, help="hf (transformers) or timm"
+    )
+    export.add_argument(
+        "--out", default=None, help="output folder (default: PRETRAIN_OUT/export/FORMAT)"
+    )
 
 
 def _add_prep(sub) -> None:
@@ -174,7 +249,7 @@ def _add_demo_data(sub) -> None:
         "parquet and txt, plus a labelled set). Options are the keys of the run YAML's `demo_data` "
         f"section, as key=value or --some-key VALUE. Keys: {keys}.",
     )
-    demo.add_argument("out")
+    demo.add_argument("out", help="output folder for the corpus")
     demo.add_argument(
         "options",
         nargs=argparse.REMAINDER,
@@ -182,8 +257,23 @@ def _add_demo_data(sub) -> None:
     )
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parsed arguments, overrides accepted anywhere on the line (as Hydra users expect)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "options") and any(o in ("-h", "--help") for o in args.options):
+        parser.parse_args([args.command, "--help"])  # prints the command's help and exits
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    unknown = [e for e in extra if e not in overrides]
+    if unknown or (overrides and not hasattr(args, "config")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.config += overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -206,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = _run_config(args.config)
     if cfg.launch.nodes > 1:
         raise ConfigError(
             [("launch.nodes", "1 on one machine; run more nodes with `maskmill submit --slurm`")]
@@ -217,7 +307,7 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = _run_config(args.config)
     lines = [
         f"run {cfg.name} in {cfg.run_dir}",
         f"{'stage':<10} {'state':<34} {'took':>8}  finished",
@@ -240,18 +330,21 @@ def _status(args) -> int:
 
 
 def _submit(args) -> int:
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = _run_config(args.config)
     if args.ray:
         if args.dry_run:
-            raise ConfigError([("--dry-run", "applies to --slurm only")])
+            raise ConfigError([("--dry-run", "applies to --slurm only")], COMMAND_LINE)
         _, state = submit_ray(
             cfg, args.ray, python=args.python or "python", retries=args.retries, wait=args.wait
         )
         following = args.wait or args.retries
         return 0 if not following or state == "SUCCEEDED" else 1
     if args.dry_run:
-        for name, text in render_slurm(cfg, args.python):
+        rendered = render_slurm(cfg, args.python)
+        for name, text in rendered:
             sys.stdout.write(f"# ---- {name} ----\n{text}\n")
+        sys.stdout.write("# ---- the chain: what `maskmill submit --slurm` runs ----\n")
+        sys.stdout.write("\n".join(dry_run_commands(cfg, [n for n, _ in rendered])) + "\n")
         return 0
     sub = submit_slurm(cfg, args.python)
     sys.stdout.write(f"submitted {len(sub.jobs)} Slurm jobs: {' '.join(sub.jobs)}\n")
@@ -261,14 +354,35 @@ def _submit(args) -> int:
 
 
 def _stage(args) -> int:
-    cfg = load_run_config(args.config, args.overrides)
-    names = tuple(n for n in args.stages.split(",") if n)
+    files, overrides = split_config_args(args.config)
+    if len(files) < 2:
+        raise ConfigError(
+            [("STAGE", f"stages to run after the YAML, from {', '.join(stage_names())}")],
+            COMMAND_LINE,
+        )
+    *files, stages = files
+    names = tuple(n for n in stages.split(",") if n)
     unknown = [n for n in names if n not in stage_names()]
     if unknown or not names:
         raise ConfigError(
-            [("STAGE", f"stages from {', '.join(stage_names())}, got {args.stages!r}")]
+            [("STAGE", f"stages from {', '.join(stage_names())}, got {stages!r}")], COMMAND_LINE
         )
-    run_pipeline(cfg, only=names)
+    run_pipeline(load_run_config(files, overrides), only=names)
+    return 0
+
+
+def _export(args) -> int:
+    cfg = _run_config(args.config)
+    export_dir = Path(cfg.evaluate.export_dir)
+    if not (export_dir / MODEL_JSON).is_file():
+        log.error("no exported encoder in %s yet: run the pretrain stage first", export_dir)
+        return 1
+    try:
+        out = write_interop(export_dir, args.format, args.out or export_dir / args.format)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    sys.stdout.write(f"{out}\n")
     return 0
 
 
@@ -314,6 +428,7 @@ _COMMANDS = {
     "status": _status,
     "submit": _submit,
     "stage": _stage,
+    "export": _export,
     "prep": _prep,
     "demo-data": _demo_data,
 }

@@ -56,6 +56,7 @@ class StageView:
     state: StageState
     current_fingerprint: str | None  # None: inputs not there yet
     enabled: bool
+    stale_upstream: str | None = None  # an earlier stage that will run again
 
     @property
     def label(self) -> str:
@@ -64,6 +65,8 @@ class StageView:
         s = self.state
         if s.status == DONE and self.current_fingerprint not in (None, s.fingerprint):
             return "stale (config or inputs changed)"
+        if s.status == DONE and self.stale_upstream:
+            return f"stale ({self.stale_upstream} will run again)"
         if s.status == RUNNING and s.pid and not _alive(s.pid):
             return "interrupted (will resume)"
         return s.status
@@ -112,7 +115,10 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, .
 
 
 def stage_views(cfg: RunConfig) -> list[StageView]:
-    views = []
+    """Every stage's view; a done stage after one that will run again is stale too: its inputs
+    are that stage's outputs."""
+    views: list[StageView] = []
+    upstream = None
     for stage in STAGES:
         try:
             current = stage_fingerprint(stage, cfg) if stage.enabled(cfg) else None
@@ -125,8 +131,11 @@ def stage_views(cfg: RunConfig) -> list[StageView]:
                 recorded_state(stage, cfg, Path(cfg.run_dir), current),
                 current,
                 stage.enabled(cfg),
+                upstream,
             )
         )
+        if upstream is None and views[-1].enabled and views[-1].label != DONE:
+            upstream = stage.name
     return views
 
 

@@ -12,6 +12,7 @@ every section alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,10 @@ def _refuse_moved_keys(raw: Any, moved: dict[str, str]) -> None:
         raise ConfigError(problems)
 
 
-def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load and validate a run YAML; raises ``ConfigError`` naming every bad key."""
-    return load_config(run_schema, [path], overrides)
+def load_run_config(
+    paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Load and validate a run YAML (or several, merged in order); raises ``ConfigError``
+    naming every bad key and where it was set."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    return load_config(run_schema, paths, overrides)

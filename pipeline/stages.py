@@ -170,6 +170,7 @@ def _pretrain_section(cfg: RunConfig):
     )
     tree = OmegaConf.to_container(OmegaConf.structured(quiet))
     del tree["compile"]  # how the step runs, not what it computes (absent before 0.3)
+    del tree["export_formats"]  # extra copies of the result (`maskmill export` writes them later)
     return {"pretrain": tree, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
 
 

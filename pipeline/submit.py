@@ -119,6 +119,26 @@ def render_slurm(cfg: RunConfig, python: str | None = None) -> list[tuple[str, s
     return [(name, render(spec)) for name, spec in slurm_jobs(cfg, Path.cwd(), py)]
 
 
+def script_path(cfg: RunConfig, index: int, stage: str) -> Path:
+    return submit_dir(cfg) / f"{index:02d}-{stage}.sbatch"
+
+
+def dry_run_commands(cfg: RunConfig, stages: list[str]) -> list[str]:
+    """The shell lines that would submit the chain: each job id kept in a variable (Slurm hands
+    out the real ones) and named in the next job's ``afterok``."""
+    lines, before = [], None
+    for i, stage in enumerate(stages):
+        argv = slurm.sbatch_command(script_path(cfg, i, stage), "@AFTER@" if before else None)
+        cmd = " ".join(
+            f'"{a.replace("@AFTER@", "${" + before + "}")}"' if "@AFTER@" in a else shlex.quote(a)
+            for a in argv
+        )
+        var = f"JOB_{stage.upper()}"
+        lines.append(f"{var}=$({cmd})")
+        before = var
+    return lines
+
+
 def submit_slurm(cfg: RunConfig, python: str | None = None) -> Submission:
     """Write the frozen config and the scripts under ``RUN_DIR/submit`` and submit the chain."""
     out = submit_dir(cfg)
@@ -127,7 +147,7 @@ def submit_slurm(cfg: RunConfig, python: str | None = None) -> Submission:
     (Path(cfg.run_dir) / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
     names, scripts = [], []
     for i, (name, text) in enumerate(render_slurm(cfg, python)):
-        path = out / f"{i:02d}-{name}.sbatch"
+        path = script_path(cfg, i, name)
         path.write_text(text)
         names.append(name)
         scripts.append(path)

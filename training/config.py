@@ -171,6 +171,10 @@ class PretrainConfig:
     # torch.compile the model (inductor; one graph per mask ratio): +6% per ViT-B step on CPU after
     # a ~75 s compile. ZeRO 0-2 only: ZeRO-3's parameter hooks keep the compiler out.
     compile: bool = False
+    # Also write the encoder for other tools beside the export: hf (transformers ViTModel) and/or
+    # timm (VisionTransformer); image and audio only (training.export_interop). `maskmill export`
+    # writes them for a finished run.
+    export_formats: list[str] = field(default_factory=list)
 
     def problems(self):
         allowed = modality_named(self.modality).mask_kinds
@@ -196,6 +200,7 @@ class PretrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             yield ("device", f"auto, cpu or cuda, got {self.device!r}")
+        yield from _export_format_problems(self.export_formats, self.modality)
         for name in (
             "batch_size",
             "grad_accum",
@@ -246,3 +251,13 @@ def eval_schema(raw: Any) -> EvalConfig:
     """The defaults an ``EvalConfig`` YAML is validated against: typed by its modality."""
     name = modality_of(raw)
     return EvalConfig(modality=name, tasks=modality_named(name).tasks_config())
+
+
+def _export_format_problems(formats: list[str], modality: str):
+    from training.export_interop import FORMATS, interop_problem
+
+    for fmt in formats:
+        if fmt not in FORMATS:
+            yield ("export_formats", f"a list from {', '.join(FORMATS)}, got {fmt!r}")
+    if formats and interop_problem(modality):
+        yield ("export_formats", f"[] for {modality}: {interop_problem(modality)}")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from training.typed_config import ConfigError, load_config
+from training.typed_config import ConfigError, describe_keys, load_config
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def config_from_argv(schema: type[T] | Callable[[Any], T], argv: list[str] | Non
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(usage + "\n")
+        sys.stdout.write(f"{usage}\nconfig keys (type = default):\n{describe_keys(schema)}\n")
         raise SystemExit(0 if argv else 2)
     try:
         return load_config(schema, [argv[0]], argv[1:])

@@ -44,6 +44,7 @@ from training.ds_config import deepspeed_config, resolved_zero_stage
 from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
+from training.export_interop import write_interop
 from training.loader import train_loader, train_spec_for
 from training.metrics import MetricsLog
 from training.modalities import modality as modality_named
@@ -178,6 +179,8 @@ def _finish(
         objective = modality_named(cfg.modality).objective
         export = ExportInfo(cfg.modality, objective, cfg.input, cfg.model, facts)
         export_from_checkpoint(ckpt_dir, tag, out / EXPORT_DIR, export, zero_stage)
+        for fmt in cfg.export_formats:
+            write_interop(out / EXPORT_DIR, fmt, out / EXPORT_DIR / fmt)
         (out / DONE).write_text(f"{plan.total_steps}\n")
         log.info("exported encoder to %s", out / EXPORT_DIR)
 

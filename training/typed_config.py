@@ -36,15 +36,38 @@ from omegaconf.errors import (
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run. ``str()`` names every bad key and what it expects."""
+COMMAND_LINE = "the command line"
 
-    def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None):
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. ``str()`` names every bad key, what it expects, and
+    where the bad value came from (a file, or the command line) when that is known.
+
+    ``source`` is one place for every problem, or a function from a problem's key to its place.
+    """
+
+    def __init__(
+        self,
+        problems: Sequence[tuple[str, str]],
+        source: str | Callable[[str], str | None] | None = None,
+    ):
         self.problems = list(problems)
-        where = f" in {source}" if source else ""
-        lines = [f"invalid configuration{where}:"]
-        lines += [f"  {key}: {what}" for key, what in self.problems]
+        places = [source(k) if callable(source) else source for k, _ in self.problems]
+        if len(set(places)) <= 1:
+            where = f" ({_place(places[0])})" if places and places[0] else ""
+            lines = [f"invalid configuration{where}:"]
+            lines += [f"  {key}: {what}" for key, what in self.problems]
+        else:
+            lines = ["invalid configuration:"]
+            lines += [
+                f"  {key}: {what}" + (f" ({_place(p)})" if p else "")
+                for (key, what), p in zip(self.problems, places)
+            ]
         super().__init__("\n".join(lines))
+
+
+def _place(source: str) -> str:
+    return f"from {source}" if source == COMMAND_LINE else f"in {source}"
 
 
 def load_config(
@@ -60,32 +83,57 @@ def load_config(
     strings. Raises :class:`ConfigError` on any problem.
     """
     sources = list(sources)
-    source_name = next((str(s) for s in reversed(sources) if not isinstance(s, dict)), None)
-    bad = [o for o in overrides if "=" not in o]
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
-        raise ConfigError([(o, "override must look like key=value") for o in bad])
+        raise ConfigError([(o, "an override looks like key=value") for o in bad], COMMAND_LINE)
+    names = [None if isinstance(s, dict) else str(s) for s in sources] + [COMMAND_LINE]
+    layers = [OmegaConf.create(s) if isinstance(s, dict) else _load_yaml(Path(s)) for s in sources]
     try:
-        layers = [
-            OmegaConf.create(s) if isinstance(s, dict) else _load_yaml(Path(s)) for s in sources
-        ]
         layers.append(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError([_describe(err)], COMMAND_LINE) from None
+
+    def origin(key: str) -> str | None:
+        """The last layer that sets ``key`` (or a parent of it): where a bad value came from."""
+        for name, layer in zip(reversed(names), reversed(layers)):
+            parts = key.split(".")
+            if any(
+                OmegaConf.select(layer, ".".join(parts[:i])) is not None
+                for i in range(len(parts), 0, -1)
+            ):
+                return name
+        return None
+
+    try:
         if not isinstance(schema, type):
             try:
                 schema = schema(OmegaConf.merge(*layers))
             except ConfigError as err:
-                raise ConfigError(err.problems, source_name) from None
+                raise ConfigError(err.problems, origin) from None
         merged = OmegaConf.structured(schema)
         OmegaConf.set_struct(merged, True)
-        for layer in layers:
-            merged = OmegaConf.merge(merged, layer)
+        for name, layer in zip(names, layers):
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except OmegaConfBaseException as err:
+                raise ConfigError([_describe(err)], name) from None
+        missing = sorted(k for k in OmegaConf.missing_keys(merged) if not _interpolated(merged, k))
+        if missing:
+            raise ConfigError([(k, "required: no value is set") for k in missing])
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise ConfigError([_describe(err)], source_name) from None
+        raise ConfigError([_describe(err)], origin) from None
     problems = list(find_problems(obj))
     if problems:
-        raise ConfigError(problems, source_name)
+        raise ConfigError(problems, origin)
     return obj  # type: ignore[return-value]
+
+
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return OmegaConf.is_interpolation(node, leaf)
 
 
 def find_problems(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -100,6 +148,24 @@ def find_problems(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
         yield from find_problems(getattr(obj, f.name), f"{prefix}{f.name}.")
 
 
+def describe_keys(schema: type | Callable[[DictConfig], Any]) -> str:
+    """Every key of a config, dotted, with its type and default: the ``--help`` of an entry
+    point. A two-pass schema is shown with its defaults (the default modality's sections)."""
+    obj = schema() if isinstance(schema, type) else schema(OmegaConf.create({}))
+    return "\n".join(_key_lines(obj, ""))
+
+
+def _key_lines(obj: Any, prefix: str) -> Iterator[str]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _key_lines(value, f"{prefix}{f.name}.")
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        shown = "(required)" if value == "???" else repr(value)
+        yield f"  {prefix}{f.name}: {kind} = {shown}"
+
+
 def to_yaml(obj: Any) -> str:
     """The YAML text of a (resolved) config dataclass, for run directories and fingerprints."""
     return OmegaConf.to_yaml(OmegaConf.structured(obj), sort_keys=False)
@@ -108,7 +174,12 @@ def to_yaml(obj: Any) -> str:
 def _load_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError([("<file>", f"config file {path} does not exist")])
-    layer = OmegaConf.load(path)
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as err:  # yaml's errors say the line and column
+        raise ConfigError(
+            [("<file>", f"{path} is not valid YAML: {' '.join(str(err).split())}")]
+        ) from None
     if not isinstance(layer, DictConfig):
         raise ConfigError([("<file>", f"{path} must hold a mapping at the top level")])
     return layer

@@ -110,3 +110,95 @@ def test_help_lists_the_commands():
     ).stdout
     for command in ("run", "status", "prep", "demo-data"):
         assert command in out
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_typo_on_the_command_line_is_blamed_on_the_command_line(tmp_path):
+    path = _write(tmp_path)
+    err = _cli("status", path, "pretrain.stepz=5").stderr
+    assert "invalid configuration (from the command line):" in err
+    assert "pretrain.stepz: unknown key" in err and str(path) not in err
+    (tmp_path / "typo.yaml").write_text(MINIMAL.format(run_dir=tmp_path) + "seeed: 1\n")
+    err = _cli("status", tmp_path / "typo.yaml", "seed=2").stderr
+    assert f"invalid configuration (in {tmp_path / 'typo.yaml'}):" in err and "seeed" in err
+
+
+def test_a_missing_name_is_reported_as_name(tmp_path):
+    path = _write(tmp_path, "prep: {{source: /data}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert err.value.problems == [("name", "required: no value is set")]
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_place(tmp_path):
+    path = _write(tmp_path, "name: t\nprep: {{source: [1,\n")
+    proc = _cli("status", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not valid YAML" in proc.stderr and "line 3" in proc.stderr
+
+
+def test_several_yaml_files_merge_in_order_and_overrides_go_anywhere(tmp_path):
+    base = _write(tmp_path)
+    site = tmp_path / "site.yaml"
+    site.write_text("seed: 3\npretrain: {steps: 20}\nlaunch: {ranks: 4}\n")
+    cfg = load_run_config([base, site], ["launch.ranks=1"])
+    assert (cfg.seed, cfg.pretrain.steps, cfg.launch.ranks) == (3, 20, 1)
+    # On the command line: overrides between the files and after the options, applied last.
+    from pipeline.cli import _run_config, parse_args
+
+    args = parse_args(
+        ["run", str(base), "seed=9", str(site), "--force", "report", "launch.ranks=1"]
+    )
+    assert args.force == ["report"]
+    cfg = _run_config(args.config)
+    assert (cfg.seed, cfg.pretrain.steps, cfg.launch.ranks) == (9, 20, 1)
+    assert _cli("status", base, "--bogus").returncode == 2  # not an override: a usage error
+
+
+def test_submit_dry_run_prints_the_sbatch_chain(tmp_path):
+    out = _cli("submit", _write(tmp_path), "--slurm", "--dry-run").stdout
+    chain = out.split("# ---- the chain")[1].strip().splitlines()[1:]
+    assert [line.split("=")[0] for line in chain] == [
+        "JOB_PREP",
+        "JOB_PRETRAIN",
+        "JOB_EVALUATE",
+        "JOB_REPORT",
+    ]
+    assert "--dependency" not in chain[0]
+    assert '"--dependency=afterok:${JOB_PREP}"' in chain[1]
+    assert chain[1].endswith("01-pretrain.sbatch)")
+
+
+def test_every_argument_of_every_command_has_help():
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"maskmill {name} {action.dest} has no help"
+    assert _cli("--version").stdout.startswith("maskmill ")
+    # Their options are free-form (key=value or --key value); --help among them still helps.
+    for command in (["demo-data", "out"], ["prep", "image", "src", "out"]):
+        proc = _cli(*command, "--classes", "3", "--help")
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: maskmill {command[0]}")
+
+
+def test_the_training_entry_points_list_their_config_keys():
+    helps = {
+        module: subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+        ).stdout
+        for module in ("training.pretrain", "training.evaluate")
+    }
+    assert "config keys (type = default):\n" in helps["training.evaluate"]
+    assert "\n  mask.ratio: float = 0.75\n" in helps["training.pretrain"]
+    assert "\n  train_shards: str = (required)\n" in helps["training.pretrain"]

@@ -90,6 +90,18 @@ def test_execution_only_settings_do_not_invalidate(finished_run):
     assert {v.label for v in stage_views(cfg)} == {"done"}
 
 
+def test_status_marks_every_stage_after_a_stale_one_stale(finished_run):
+    path, _ = finished_run
+    labels = {v.name: v.label for v in stage_views(load_run_config(path, ["pretrain.steps=7"]))}
+    assert labels == {
+        "demo_data": "done",
+        "prep": "done",
+        "pretrain": "stale (config or inputs changed)",
+        "evaluate": "stale (pretrain will run again)",
+        "report": "stale (pretrain will run again)",
+    }
+
+
 def test_status_command_shows_each_stage(finished_run):
     path, _ = finished_run
     out = subprocess.run(
