@@ -3,17 +3,23 @@ one process; and what launchers need on a node (a free port, cleaning up after k
 
 Torch-free on purpose, like all of ``cluster``: a login node renders and submits jobs without it.
 
-The child's output goes both to the console (progress bars intact: bytes are copied as they
-come, carriage returns included) and to a log file.
+The child's output goes to a log file whole, and to the console without the launcher's and
+DeepSpeed's internals (:data:`LAUNCHER_NOISE`). Progress bars stay live on a terminal; in the log
+file, and on a console that is not a terminal, a bar is written as a line at most every
+:data:`BAR_EVERY_S` seconds (and its last state), not as hundreds of carriage-return redraws.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 # A training job that stopped on request after saving a checkpoint exits with this status
 # (sysexits' EX_TEMPFAIL); the Slurm script requeues it and the pipeline reports "preempted".
@@ -50,25 +56,98 @@ def python_command(module: str, args: list[str]) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+# Lines the user has no use for on screen (they stay in the stage's log): DeepSpeed's launcher
+# (world info, CUDA_VISIBLE_DEVICES, spawned commands, hostfile), its accelerator guess, the JIT
+# build of its CPU communication op, and zero_to_fp32's progress while exporting.
+LAUNCHER_NOISE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|DEBUG)\] "
+    r"|^\[\d{4}-\d\d-\d\d [\d:,]+\] \[WARNING\] \[(real_accelerator|runner)\.py:"
+    r"|^DeepSpeed \S+ built successfully"
+    r"|^Using \S+ as PyTorch extensions root"
+    r"|^(Emitting ninja build file|Building extension module|Allowing ninja to set"
+    r"|Loading extension module|ninja: no work to do|Time to load \S+ op)"
+    r"|^(Processing zero checkpoint|Parsing checkpoint created by deepspeed"
+    r"|Detected checkpoint of type zero stage|Reconstructed fp32 state dict)"
+)
+BAR_EVERY_S = 30.0
+
+
 def run_logged(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
-    """Run ``cmd``, copying its output to the console and ``log_path``; returns its exit code."""
+    """Run ``cmd``, copying its output to ``log_path`` and the console; returns its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    console_is_tty = sys.stderr.isatty()
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if not console_is_tty:  # nobody watches the bars live: redraw them rarely
+        child_env.setdefault("TQDM_MININTERVAL", str(BAR_EVERY_S))
     with open(log_path, "ab") as log:
         log.write(f"$ {' '.join(cmd)}\n".encode())
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env
         )
         assert proc.stdout is not None
+        copy = OutputCopy(log, sys.stderr.buffer, console_is_tty)
         try:
             while chunk := proc.stdout.read1(65536):
-                log.write(chunk)
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
+                copy.feed(chunk)
         except KeyboardInterrupt:
             proc.terminate()
             raise
+        finally:
+            copy.close()
         return proc.wait()
+
+
+class OutputCopy:
+    """A child's output, split into lines and bar redraws, copied to a log and a console."""
+
+    def __init__(self, log: BinaryIO, console: BinaryIO, live_bars: bool):
+        self.log, self.console, self.live_bars = log, console, live_bars
+        self.pending = b""  # the piece whose end has not come yet
+        self.shown = 0  # how much of it a live console has already shown
+        self.after_cr = False  # it follows a carriage return: a bar, drawn live
+        self.bar_written = float("-inf")
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        while True:
+            end = min(
+                (i for i in (self.pending.find(b"\n"), self.pending.find(b"\r")) if i >= 0),
+                default=-1,
+            )
+            if end < 0:
+                break
+            piece, delim = self.pending[:end], self.pending[end : end + 1]
+            self.pending = self.pending[end + 1 :]
+            self._piece(piece, delim)
+        if self.after_cr and self.live_bars and len(self.pending) > self.shown:
+            self.console.write(self.pending[self.shown :])
+            self.console.flush()
+            self.shown = len(self.pending)
+
+    def close(self) -> None:
+        if self.pending:
+            self._piece(self.pending, b"\n")
+        self.log.flush()
+
+    def _piece(self, piece: bytes, delim: bytes) -> None:
+        unseen = piece[self.shown :] if self.after_cr else piece
+        self.shown = 0
+        if delim == b"\n":
+            self.log.write(piece + b"\n")
+            text = piece.decode(errors="replace")
+            if not LAUNCHER_NOISE.search(text) and (self.live_bars or text.strip()):
+                self.console.write(unseen + b"\n")
+            self.after_cr, self.bar_written = False, float("-inf")
+        else:  # a progress bar redrawn in place
+            if piece.strip() and time.monotonic() - self.bar_written >= BAR_EVERY_S:
+                self.log.write(piece + b"\n")
+                if not self.live_bars:
+                    self.console.write(piece + b"\n")
+                self.bar_written = time.monotonic()
+            if self.live_bars:
+                self.console.write(unseen + b"\r")
+            self.after_cr = True
+        self.console.flush()
 
 
 def free_port() -> int:
@@ -99,3 +178,42 @@ def remove_shm_segments(port: int | str | None, rank: int | str = "*") -> int:
         except FileNotFoundError:  # a peer rank got there first
             pass
     return removed
+
+
+class LineConsole:
+    """A text stream for a console that is not a terminal (a log file, CI): what is written
+    passes through :class:`OutputCopy`, so progress bars drawn in this process become a line
+    every :data:`BAR_EVERY_S` seconds instead of carriage-return redraws. Ray's log thread
+    writes too, hence the lock."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.buffer = stream.buffer
+        self._copy = OutputCopy(_Discard(), stream.buffer, live_bars=False)
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        self.stream.flush()
+        with self._lock:
+            self._copy.feed(text.encode(errors="replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.buffer.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     # Ray reads its auth mode when imported: set it first. Token auth is on unless the user
     # chose otherwise; the local head writes ~/.ray/auth_token if there is none.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if not sys.stderr.isatty():  # workers' lines copied to a file or pipe: no colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     import ray
 
     if ray.is_initialized():
@@ -82,7 +85,7 @@ def prepare_split(
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
 
-    task = ray.remote(_write_unit_task)
+    task = ray.remote(write_shard)
     pending = [task.remote(u, str(split_dir), encode, describe) for u in todo]
     bar = tqdm(total=len(units), initial=len(results), desc=desc, unit="shard", dynamic_ncols=True)
     with bar:
@@ -90,16 +93,18 @@ def prepare_split(
             ready, pending = ray.wait(pending, num_returns=1)
             result: UnitResult = ray.get(ready[0])
             results[result.record.unit] = result
-            bar.update(1)
             bar.set_postfix(
                 samples=sum(r.record.samples for r in results.values()),
                 skipped=sum(sum(r.skipped.values()) for r in results.values()),
+                refresh=False,  # drawn by update(), at most every mininterval
             )
+            bar.update(1)
     return finish_split(split_dir, results.values(), time.perf_counter() - start)
 
 
-def _write_unit_task(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
-    logging.basicConfig(level=logging.WARNING)
+def write_shard(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
+    """The Ray task (its name prefixes the worker's lines on the driver's console)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return write_unit(unit, Path(split_dir), encode, describe)
 
 

@@ -23,10 +23,11 @@ import dataclasses
 import datetime
 import importlib.metadata
 import logging
+import os
 import sys
 from pathlib import Path
 
-from cluster.local import PREEMPTED_EXIT
+from cluster.local import BAR_EVERY_S, PREEMPTED_EXIT, LineConsole
 from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
 from data_prep.corpus import READERS, SourceError, corpus_reader
@@ -274,6 +275,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not sys.stderr.isatty():  # a log file, not a person: progress bars as rare lines
+        os.environ.setdefault("TQDM_MININTERVAL", str(BAR_EVERY_S))
+        sys.stderr = LineConsole(sys.stderr)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -21,8 +21,10 @@ def config_from_argv(schema: type[T] | Callable[[Any], T], argv: list[str] | Non
     """
     argv = sys.argv[1:] if argv is None else argv
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # as the maskmill command's, so a stage's lines read alike
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(f"{usage}\nconfig keys (type = default):\n{describe_keys(schema)}\n")

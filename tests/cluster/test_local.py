@@ -1,0 +1,51 @@
+"""What a stage's child process shows on the console and keeps in its log."""
+
+from __future__ import annotations
+
+import io
+
+from cluster.local import BAR_EVERY_S, OutputCopy
+
+DS_LINES = [
+    b"[2026-11-22 07:20:20,984] [WARNING] [real_accelerator.py:213:get_accelerator] Setting "
+    b"accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.",
+    b"[2026-11-22 07:20:21,437] [WARNING] [runner.py:214:fetch_hostfile] Unable to find "
+    b"hostfile, will proceed with training with local resources only.",
+    b"[2026-11-22 07:20:23,440] [INFO] [launch.py:174:main] Setting CUDA_VISIBLE_DEVICES=0,1",
+    b"DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
+    b"Processing zero checkpoint '/run/pretrain/checkpoints/step-00000006'",
+]
+OURS = b"07:21:08 INFO training.pretrain: pretrain image: 2 ranks on cpu, 6 steps"
+DS_ERROR = b"[2026-11-22 07:20:23,440] [ERROR] [launch.py:321:sigkill_handler] exits with 1"
+
+
+def _copy(chunks: list[bytes], live: bool) -> tuple[bytes, bytes]:
+    log, console = io.BytesIO(), io.BytesIO()
+    copy = OutputCopy(log, console, live_bars=live)
+    for chunk in chunks:
+        copy.feed(chunk)
+    copy.close()
+    return log.getvalue(), console.getvalue()
+
+
+def test_launcher_internals_go_to_the_log_only():
+    text = b"\n".join([*DS_LINES, OURS, DS_ERROR]) + b"\n"
+    # Fed in awkward pieces, as a pipe hands them over.
+    log, console = _copy([text[i : i + 7] for i in range(0, len(text), 7)], live=True)
+    assert log == text
+    assert console == OURS + b"\n" + DS_ERROR + b"\n"
+
+
+def test_bars_stay_live_on_a_terminal():
+    redraws = [b"\rpretrain:  10%|#  | 1/10", b"\rpretrain:  20%|## | 2/10", b"\rdone 10/10\n"]
+    log, console = _copy(redraws, live=True)
+    assert console == b"".join(redraws)
+    assert log == b"pretrain:  10%|#  | 1/10\ndone 10/10\n"  # one line per BAR_EVERY_S, the last
+
+
+def test_bars_in_a_file_are_lines_not_redraws():
+    redraws = [f"\rpretrain: {i}/500".encode() for i in range(500)] + [b"\rpretrain: 500/500\n"]
+    log, console = _copy(redraws, live=False)
+    assert b"\r" not in log + console
+    assert console.splitlines() == log.splitlines() == [b"pretrain: 0/500", b"pretrain: 500/500"]
+    assert BAR_EVERY_S >= 10
