@@ -63,15 +63,17 @@ def write_report(cfg: RunConfig) -> Path:
 def plot_curves(curve: list[dict], unit: str):
     fig = Figure(figsize=(13, 3.4))
     axes = fig.subplots(1, 3)
-    for ax, key, title in zip(
+    for ax, key, title, ylabel in zip(
         axes,
         ("loss", "lr", _throughput_key(curve)),
-        ("training loss (masked tokens)", "learning rate", f"throughput ({unit}/s)"),
+        ("training loss (masked tokens)", "learning rate", "throughput"),
+        ("loss (log scale)", "learning rate", f"{unit} / s"),
     ):
         points = [(r["step"], r[key]) for r in curve if key in r]
         ax.plot([p[0] for p in points], [p[1] for p in points], color="#1f5fa8", lw=1.6)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     fig.tight_layout()
@@ -132,7 +134,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         f"<p class=muted>written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         _table(["", ""], facts, cls="facts"),
         "<h2>What pretraining bought</h2>",
-        _eval_table(metrics, unit),
+        _eval_table(metrics, unit, _vocab_size(cfg)),
         "<h2>Training curves</h2>",
         _img(fig_dir / "curves.png"),
         "<h2>Reconstructions (val split)</h2>",
@@ -162,35 +164,70 @@ def _mask_fact(objective: str, mask, grid) -> tuple[str, str]:
     return ("mask", f"{mask.kind}, ratio {mask.ratio:.2f} ({visible} of {tokens} tokens visible)")
 
 
-def _eval_table(metrics: dict, unit: str) -> str:
+# Metrics reported in percent (gains in percentage points); the others (perplexity) are not.
+PERCENT = {"top1", "top5", "accuracy", "wer", "cer"}
+
+
+def _eval_table(metrics: dict, unit: str, vocab: int | None = None) -> str:
+    data = metrics.get("data", {})
+    classes = data.get("classes")
     rows = []
     for key, task in metrics.get("tasks", LEGACY_TASKS).items():
         if key not in metrics:
             continue
         pre, rnd = metrics[key].get("pretrained", {}), metrics[key].get("random_init", {})
         for name, better in task["better"].items():
-            if name in pre:
-                rows.append((f"{task['title']} {name}", *_scores(pre[name], rnd.get(name), better)))
-    data = metrics.get("data", {})
+            if name not in pre or (name == "top5" and classes is not None and classes < 10):
+                continue  # top-5 of under 10 classes says little (of 6: chance is 83%)
+            chance = chance_level(key, name, classes, vocab)
+            rows.append(
+                (
+                    f"{task['title']} {name}",
+                    *_scores(pre[name], rnd.get(name), better, name in PERCENT),
+                    "-" if chance is None else f"{chance:.2f}",
+                )
+            )
     note = (
-        f"<p class=muted>val split: {data.get('val_samples')} {unit}, {data.get('classes')} "
-        "classes. A gain is green when it goes the better way for its metric.</p>"
+        f"<p class=muted>val split: {data.get('val_samples')} {unit}, {classes} classes. "
+        "Accuracies and error rates are in percent, their gains in percentage points (pp); a "
+        "gain is green when it goes the better way for its metric. Chance: what guessing "
+        "uniformly scores (top-k: k / classes; masked tokens: 1 / vocabulary, perplexity = "
+        "the vocabulary size).</p>"
     )
-    return _table(["task", "pretrained", "random init", "gain"], rows, raw=True) + note
+    header = ["task", "pretrained", "random init", "gain", "chance"]
+    return _table(header, rows, raw=True) + note
 
 
-def _scores(pre: float, rnd: float | None, better: str) -> tuple[str, str, str]:
+def chance_level(task: str, metric: str, classes: int | None, vocab: int | None) -> float | None:
+    """What a uniform guess scores on ``metric``, or None where that is not defined (WER)."""
+    if metric in ("top1", "top5") and classes:
+        k = 1 if metric == "top1" else 5
+        return 100.0 * min(k, classes) / classes
+    if task == "mlm" and vocab:
+        return 100.0 / vocab if metric == "accuracy" else float(vocab)
+    return None
+
+
+def _scores(pre: float, rnd: float | None, better: str, percent: bool) -> tuple[str, str, str]:
     """Cells for one metric: pretrained (bold), random init, and the gain coloured by whether it
     went the better way (up for accuracy, down for WER or perplexity)."""
     if rnd is None:
         return f"<b>{pre:.2f}</b>", "-", "-"
     gain = pre - rnd
     good = gain > 0 if better == HIGHER else gain < 0
+    shown = f"{gain:+.2f} pp" if percent else f"{gain:+.2f}"
     return (
         f"<b>{pre:.2f}</b>",
         f"{rnd:.2f}",
-        f"<span class={'good' if good else 'bad'}>{gain:+.2f}</span>",
+        f"<span class={'good' if good else 'bad'}>{shown}</span>",
     )
+
+
+def _vocab_size(cfg: RunConfig) -> int | None:
+    try:
+        return read_export(cfg.evaluate.export_dir).geometry.vocab_size or None
+    except (OSError, ValueError):
+        return None
 
 
 def _describe_input(input_cfg) -> str:

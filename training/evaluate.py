@@ -77,7 +77,20 @@ def run(cfg: EvalConfig) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).write_text(json.dumps(results, indent=2) + "\n")
+    write_tensorboard(results, out / "tensorboard", step=int(export.info.get("step", 0)))
     return results
+
+
+def write_tensorboard(results: dict, tb_dir: Path, step: int) -> None:
+    """Each score as ``eval/<task>/<metric>`` with one curve per encoder (pretrained, random
+    init), at the pretraining step evaluated, beside the pretraining curves."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as tb:
+        for task in results["tasks"]:
+            for encoder, scores in results.get(task, {}).items():
+                for metric, value in scores.items():
+                    tb.add_scalars(f"eval/{task}/{metric}", {encoder: value}, step)
 
 
 def _encoders(cfg: EvalConfig, export: ExportInfo, data: Downstream) -> dict:

@@ -26,7 +26,8 @@ class MetricsLog:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items():
-            if key != "step" and isinstance(value, int | float):
+            # Wall-clock time stays in metrics.jsonl: charted it is a flat line at ~1.8e9.
+            if key not in ("step", "time") and isinstance(value, int | float):
                 self.tb.add_scalar(f"pretrain/{key}", value, record["step"])
 
     def close(self) -> None:

@@ -89,6 +89,30 @@ def test_every_stage_finishes_and_writes_its_outputs(finished_run):
     assert "What pretraining bought" in html and "random init" in html
     assert html.count("data:image/png;base64,") == 2
     assert "empty_file: 1" in html  # the prep's skip reasons reach the report
+    assert "<th>chance</th>" in html and " pp</span>" in html
+
+
+def test_evaluation_scores_are_in_tensorboard_and_wall_clock_is_not(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run = finished_run
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    scalars = {}
+    for events in (run / "evaluate" / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        encoder = events.parent.name.rpartition("_")[2]  # add_scalars: one folder per curve
+        for tag in acc.Tags()["scalars"]:
+            scalars[(tag, encoder)] = acc.Scalars(tag)[-1]
+    probe = scalars[("eval/linear_probe/top1", "pretrained")]
+    assert probe.step == 6 and probe.value == pytest.approx(
+        metrics["linear_probe"]["pretrained"]["top1"]
+    )
+    assert ("eval/knn/top1", "init") in scalars  # random_init's folder ends in "init"
+    pretrain = EventAccumulator(str(run / "pretrain" / "tensorboard"))
+    pretrain.Reload()
+    assert "pretrain/loss" in pretrain.Tags()["scalars"]
+    assert "pretrain/time" not in pretrain.Tags()["scalars"]
 
 
 def test_second_run_skips_every_stage(finished_run):

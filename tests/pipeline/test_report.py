@@ -1,0 +1,59 @@
+"""The report as a person reads it: chance beside each score, gains in percentage points,
+labelled axes (pure pieces; the whole page is checked by the end-to-end runs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.report import _eval_table, chance_level, plot_curves
+
+
+def _metrics(classes: int) -> dict:
+    return {
+        "data": {"val_samples": 60, "classes": classes},
+        "tasks": {
+            "linear_probe": {
+                "title": "Linear probe",
+                "better": {"top1": "higher", "top5": "higher"},
+            },
+            "mlm": {
+                "title": "Masked tokens",
+                "better": {"accuracy": "higher", "perplexity": "lower"},
+            },
+        },
+        "linear_probe": {
+            "pretrained": {"top1": 37.5, "top5": 90.0},
+            "random_init": {"top1": 20.0, "top5": 85.0},
+        },
+        "mlm": {
+            "pretrained": {"accuracy": 14.5, "perplexity": 331.9},
+            "random_init": {"accuracy": 0.0, "perplexity": 13943.5},
+        },
+    }
+
+
+def test_chance_is_what_a_uniform_guess_scores():
+    assert chance_level("linear_probe", "top1", 4, None) == 25.0
+    assert chance_level("knn", "top5", 20, None) == 25.0
+    assert chance_level("knn", "top5", 3, None) == 100.0
+    assert chance_level("mlm", "accuracy", None, 8000) == pytest.approx(0.0125)
+    assert chance_level("mlm", "perplexity", None, 8000) == 8000.0
+    assert chance_level("ctc", "wer", 20, None) is None
+
+
+def test_the_table_has_chance_and_gains_in_points_and_no_top5_of_few_classes():
+    few = _eval_table(_metrics(6), "images", vocab=8000)
+    assert "Linear probe top5" not in few  # of 6 classes, top-5 chance is 83%
+    assert "<td>Linear probe top1</td><td><b>37.50</b></td><td>20.00</td>" in few
+    assert "+17.50 pp</span></td><td>16.67</td>" in few
+    assert "-13611.60</span></td><td>8000.00</td>" in few  # perplexity: no pp
+    many = _eval_table(_metrics(20), "images", vocab=8000)
+    assert "Linear probe top5" in many and "+5.00 pp</span></td><td>25.00</td>" in many
+
+
+def test_every_curve_has_labelled_axes():
+    curve = [{"step": s, "loss": 1.0 / s, "lr": 1e-3, "units_per_s": 100.0} for s in (1, 2, 3)]
+    fig = plot_curves(curve, "images")
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel()
+    assert fig.axes[2].get_ylabel() == "images / s"
