@@ -1,10 +1,14 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-# Both create .venv on first use: the CPU build of torch first (so no dependency pulls a CUDA
-# torch), then maskmill and its dependencies.
+# Both create .venv on first use: torch first, from the index you choose (so no dependency pulls
+# another build), then maskmill and its dependencies.
+#   CPU only (the default; this machine's build):   make demo
+#   a CUDA build:  make demo TORCH=torch==2.8.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# TORCH is one pip requirement; TORCH_INDEX, if set, is the only index torch is taken from.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.maskmill-installed
 
 .PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak
@@ -15,8 +19,8 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory espeak
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,6 +149,27 @@ class OutputCopy:
                 self.console.write(unseen + b"\r")
             self.after_cr = True
         self.console.flush()
+
+
+def compiler_problem(env: dict[str, str] | None = None) -> str | None:
+    """Why DeepSpeed's CPU communication op cannot be built at first use, or None.
+
+    DeepSpeed compiles that op (C++, through torch's extension builder) the first time a CPU
+    run starts; without a compiler the ranks die minutes in with a build traceback. A build
+    already cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) needs
+    no compiler."""
+    env = os.environ if env is None else env
+    compiler = env.get("CXX", "c++")
+    if shutil.which(compiler):
+        return None
+    cache = Path(env.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    if any(cache.glob("*/deepspeed_shm_comm/deepspeed_shm_comm*.so")):
+        return None
+    return (
+        f"no C++ compiler ({compiler!r} is not on PATH): DeepSpeed builds its CPU communication "
+        "op at first use. Install one (Debian/Ubuntu: apt-get install g++; or set CXX), "
+        "then run again"
+    )
 
 
 def free_port() -> int:

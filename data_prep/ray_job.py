@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cluster.ray_token import ensure_private_token
 from data_prep.plan import WorkUnit
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     """Connect to Ray for the duration of a job; start (and stop) a local head when needed."""
     # Ray reads its auth mode when imported: set it first. Token auth is on unless the user
-    # chose otherwise; the local head writes ~/.ray/auth_token if there is none.
+    # chose otherwise; the local head's token file is made private (cluster.ray_token).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not sys.stderr.isatty():  # workers' lines copied to a file or pipe: no colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
@@ -41,6 +42,8 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
+        if os.environ["RAY_AUTH_MODE"] == "token":
+            ensure_private_token()
         ray.init(
             # "local": a new head even when `ray start` left a cluster on this machine, which a
             # bare ray.init() would join.

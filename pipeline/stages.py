@@ -92,6 +92,7 @@ def _pretrain(cfg: RunConfig) -> None:
 
 def _pretrain_preflight(cfg: RunConfig) -> None:
     if cfg.pretrain.device != "cuda":
+        _cpu_preflight(cfg)
         return
     from training.distributed import DeviceUnavailable, wants_cuda
 
@@ -99,6 +100,20 @@ def _pretrain_preflight(cfg: RunConfig) -> None:
         wants_cuda(cfg.pretrain.device)
     except DeviceUnavailable as err:
         raise ConfigError([("pretrain.device", str(err))]) from None
+
+
+def _cpu_preflight(cfg: RunConfig) -> None:
+    """A CPU run (``device: cpu``, or ``auto`` without a GPU) needs a compiler for DeepSpeed's op."""
+    from cluster.local import compiler_problem
+
+    if cfg.pretrain.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    problem = compiler_problem()
+    if problem:
+        raise StageFailed(f"pretrain cannot start: {problem}")
 
 
 def _evaluate(cfg: RunConfig) -> None:

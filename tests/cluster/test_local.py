@@ -49,3 +49,15 @@ def test_bars_in_a_file_are_lines_not_redraws():
     assert b"\r" not in log + console
     assert console.splitlines() == log.splitlines() == [b"pretrain: 0/500", b"pretrain: 500/500"]
     assert BAR_EVERY_S >= 10
+
+
+def test_a_cpu_run_without_a_compiler_is_told_before_it_starts(tmp_path):
+    from cluster.local import compiler_problem
+
+    env = {"CXX": "no-such-c++", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    assert "apt-get install g++" in compiler_problem(env)
+    built = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    built.parent.mkdir(parents=True)
+    built.touch()  # a build from an earlier run needs no compiler
+    assert compiler_problem(env) is None
+    assert compiler_problem({"CXX": "c++", "TORCH_EXTENSIONS_DIR": str(tmp_path / "x")}) is None
