@@ -27,6 +27,7 @@ pretrain:
   checkpoint_every: 3
   log_every: 1
   loader: {{workers: 1, shuffle_buffer: 16}}
+  export_formats: [hf]
 evaluate:
   tasks:
     linear_probe: {{epochs: 5, batch_size: 32}}
@@ -113,6 +114,57 @@ def test_evaluation_scores_are_in_tensorboard_and_wall_clock_is_not(finished_run
     pretrain.Reload()
     assert "pretrain/loss" in pretrain.Tags()["scalars"]
     assert "pretrain/time" not in pretrain.Tags()["scalars"]
+
+
+def test_the_hf_export_of_a_run_gives_its_features(finished_run):
+    transformers = pytest.importorskip("transformers", reason="transformers is the bench extra")
+    import torch
+
+    from training.export import load_encoder
+    from training.loader import eval_batches
+    from training.modalities.image_patches import normalize_pixels, patchify
+
+    _, run = finished_run
+    export = run / "pretrain" / "export"
+    model = transformers.AutoModel.from_pretrained(export / "hf", add_pooling_layer=False).eval()
+    encoder = load_encoder(export).eval()
+    images, _, _ = next(
+        eval_batches(str(run / "shards" / "val"), "image", encoder_input(export), 8)
+    )
+    images = normalize_pixels(images)  # what the processor does: / 255, ImageNet mean and std
+    with torch.no_grad():
+        theirs = model(pixel_values=images).last_hidden_state[:, 1:].mean(1)
+        ours = encoder.features(patchify(images, 4))
+    assert (theirs - ours).abs().max().item() <= 1e-5
+
+
+def test_export_command_writes_a_format_for_a_finished_run(finished_run, tmp_path):
+    path, run = finished_run
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "export",
+            str(path),
+            "--format",
+            "timm",
+            "--out",
+            str(tmp_path / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "timm_config.json").read_text())["global_pool"] == "avg"
+
+
+def encoder_input(export_dir):
+    from training.export_format import read_export
+
+    return read_export(export_dir).input
 
 
 def test_second_run_skips_every_stage(finished_run):
