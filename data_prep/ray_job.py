@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cluster.ray_token import ensure_private_token
 from data_prep.plan import WorkUnit
+from data_prep.ray_token import ensure_private_token
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     """Connect to Ray for the duration of a job; start (and stop) a local head when needed."""
     # Ray reads its auth mode when imported: set it first. Token auth is on unless the user
-    # chose otherwise; the local head's token file is made private (cluster.ray_token).
+    # chose otherwise; the local head's token file is made private (data_prep.ray_token).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not sys.stderr.isatty():  # workers' lines copied to a file or pipe: no colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")

@@ -44,8 +44,7 @@ from pipeline.submit import (
     submit_slurm,
     wait_slurm,
 )
-from training.export_format import MODEL_JSON
-from training.export_interop import FORMATS, write_interop
+from training.export_format import FORMATS, MODEL_JSON
 from training.typed_config import COMMAND_LINE, ConfigError, load_config
 
 log = logging.getLogger("maskmill")
@@ -381,6 +380,8 @@ def _export(args) -> int:
     if not (export_dir / MODEL_JSON).is_file():
         log.error("no exported encoder in %s yet: run the pretrain stage first", export_dir)
         return 1
+    from training.export_interop import write_interop  # torch: loaded only to export
+
     try:
         out = write_interop(export_dir, args.format, args.out or export_dir / args.format)
     except ValueError as err:

@@ -80,10 +80,11 @@ print("LOADED", loaded)
 
 # Image-only words, and the modules where they belong: a modality's own (its reader, its demo
 # corpus, its encoder, training/modalities/, the shared task helpers; video's codecs, which
-# store frames as JPEG) and the record of the
-# image-only layout before modalities (pipeline/legacy_image.py).
+# store frames as JPEG), the record of the
+# image-only layout before modalities (pipeline/legacy_image.py), and the export to HF's ViT,
+# whose config names its input `image_size` whatever the picture is (an image, a spectrogram).
 IMAGE_WORDS = re.compile(r"\bjpg\b|image_size|patchify|ImagePrepConfig|images_per_s")
-OWN = re.compile(r"image|imagenet|modalit|/tasks/|demo|video")
+OWN = re.compile(r"image|imagenet|modalit|/tasks/|demo|video|export_interop")
 
 
 def test_shared_modules_name_no_modality():

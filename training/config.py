@@ -254,7 +254,7 @@ def eval_schema(raw: Any) -> EvalConfig:
 
 
 def _export_format_problems(formats: list[str], modality: str):
-    from training.export_interop import FORMATS, interop_problem
+    from training.export_format import FORMATS, interop_problem
 
     for fmt in formats:
         if fmt not in FORMATS:

@@ -16,6 +16,9 @@ from typing import Any
 from training.config import ModelConfig
 from training.modalities import DEFAULT, TokenGeometry, modality
 
+# The layouts other tools load (training.export_interop): transformers' ViTModel, timm's
+# VisionTransformer.
+FORMATS = ("hf", "timm")
 ENCODER = "encoder.safetensors"
 MAE = "mae.safetensors"
 MODEL_JSON = "model.json"
@@ -60,3 +63,8 @@ def read_export(export_dir: str | Path) -> ExportInfo:
         model=ModelConfig(**desc["model"]),
         info=rest,
     )
+
+
+def interop_problem(modality_name: str) -> str | None:
+    """Why a modality's encoder cannot be exported to HF / timm, or None when it can."""
+    return modality(modality_name).foreign_export_problem

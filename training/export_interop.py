@@ -12,8 +12,9 @@ Our encoder keeps four things that a guessed mapping gets silently wrong; each i
   final-normed patch tokens, cls left out (timm: ``global_pool="avg", fc_norm=False``; HF:
   ``last_hidden_state[:, 1:].mean(1)``), or the cls token with ``pool: cls``.
 
-Which of our modalities fit (:func:`interop_problem`): image, and audio (a log-mel spectrogram
-is a one-channel picture to a ViT). Video and text have no class in either tool that holds our
+Which of our modalities fit is the modality's to say (``foreign_export_problem``, and its
+``hf_processor`` for the input transform): image, and audio (a log-mel spectrogram is a
+one-channel picture to a ViT). Video and text have no class in either tool that holds our
 encoder exactly; the reason is given to the user.
 
 The mappings are pure functions of a state dict; the writers add the config files.
@@ -27,28 +28,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.export_format import ENCODER, ExportInfo, read_export
+from training.export_format import ENCODER, FORMATS, ExportInfo, interop_problem, read_export
+from training.modalities import modality
 from training.positions import sincos_positions
 
-FORMATS = ("hf", "timm")
 HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
 HF_PROCESSOR = "preprocessor_config.json"
 TIMM_WEIGHTS = "model.safetensors"
 TIMM_CONFIG = "timm_config.json"  # VisionTransformer's keyword arguments
-
-_NO_FIT = {
-    "video": "no class in HF or timm holds it: HF's VideoMAEModel has no cls token and computes "
-    "1-D positions over the flattened tubelet index, ours are 3-D over (time, row, col)",
-    "text": "no class in HF or timm holds it: BERT and RoBERTa are post-norm with learned "
-    "positions and an embedding LayerNorm; ours is pre-norm with sin-cos positions and a cls "
-    "vector that is not a vocabulary id",
-}
-
-
-def interop_problem(modality: str) -> str | None:
-    """Why a modality's encoder cannot be exported to HF / timm, or None when it can."""
-    return _NO_FIT.get(modality)
 
 
 def patch_size(export: ExportInfo) -> int:
@@ -171,26 +159,6 @@ def hf_config(export: ExportInfo) -> dict:
     }
 
 
-def hf_image_processor(export: ExportInfo) -> dict:
-    """ConvNeXT's processor does our evaluation transform: the shorter side resized to
-    ``size / 0.875``, a centre crop of ``size``, ImageNet mean and std (ViT's processor warps
-    the whole picture to a square instead)."""
-    from training.modalities.image_patches import PIXEL_MEAN, PIXEL_STD
-
-    return {
-        "image_processor_type": "ConvNextImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": export.input.image_size},
-        "crop_pct": 0.875,
-        "resample": 3,  # bicubic, as our loader
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(PIXEL_MEAN),
-        "image_std": list(PIXEL_STD),
-    }
-
-
 def write_interop(export_dir: str | Path, fmt: str, out: str | Path) -> Path:
     """Write export ``export_dir`` as ``fmt`` (hf | timm) into ``out``; returns ``out``."""
     export = read_export(export_dir)
@@ -207,8 +175,9 @@ def write_interop(export_dir: str | Path, fmt: str, out: str | Path) -> Path:
         depth = export.model.resolved().depth
         save_file(hf_state_dict(timm_state, depth), str(out / HF_WEIGHTS), {"format": "pt"})
         _write_json(out / HF_CONFIG, hf_config(export))
-        if export.modality == "image":
-            _write_json(out / HF_PROCESSOR, hf_image_processor(export))
+        processor = modality(export.modality).hf_processor
+        if processor is not None:
+            _write_json(out / HF_PROCESSOR, processor(export.input))
     else:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return out

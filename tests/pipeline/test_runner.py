@@ -139,7 +139,7 @@ def test_the_hf_export_of_a_run_gives_its_features(finished_run):
 
 
 def test_export_command_writes_a_format_for_a_finished_run(finished_run, tmp_path):
-    path, run = finished_run
+    path, _ = finished_run
     proc = subprocess.run(
         [
             sys.executable,

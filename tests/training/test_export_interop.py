@@ -11,14 +11,8 @@ import torch
 
 from training.config import ModelConfig
 from training.export import load_encoder, write_export
-from training.export_format import ExportInfo
-from training.export_interop import (
-    HF_PROCESSOR,
-    TIMM_CONFIG,
-    TIMM_WEIGHTS,
-    interop_problem,
-    write_interop,
-)
+from training.export_format import ExportInfo, interop_problem
+from training.export_interop import HF_PROCESSOR, TIMM_CONFIG, TIMM_WEIGHTS, write_interop
 from training.modalities.audio import AudioInputConfig
 from training.modalities.image import ImageInputConfig
 from training.modalities.image_patches import normalize_pixels, patchify

@@ -99,6 +99,11 @@ class Modality:
     upgrade_export: Callable[[dict], dict] = lambda desc: desc
     # Run-YAML keys of an older layout -> where they live now (named in the error).
     moved_keys: dict[str, str] = field(default_factory=dict)
+    # Why the encoder has no exact HF transformers / timm form (training.export_interop), or
+    # None when it is a ViT over patches of a picture (image; audio's spectrogram).
+    foreign_export_problem: str | None = "no HF or timm mapping is written for it"
+    # input config -> the HF image processor's config that does the evaluation transform
+    hf_processor: Callable[[Any], dict] | None = None
 
     @functools.cached_property
     def ops(self) -> ModalityOps:

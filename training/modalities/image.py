@@ -62,6 +62,26 @@ def upgrade_export(desc: dict) -> dict:
             "input": {"image_size": size, "patch_size": patch}}  # fmt: skip
 
 
+def hf_processor(cfg: ImageInputConfig) -> dict:
+    """ConvNeXT's processor does our evaluation transform: the shorter side resized to
+    ``image_size / 0.875``, a centre crop of ``image_size``, ImageNet mean and std, bicubic
+    (ViT's processor squashes the whole picture to a square instead)."""
+    from training.modalities.image_patches import PIXEL_MEAN, PIXEL_STD
+
+    return {
+        "image_processor_type": "ConvNextImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": cfg.image_size},
+        "crop_pct": 0.875,
+        "resample": 3,  # bicubic, as our loader
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(PIXEL_MEAN),
+        "image_std": list(PIXEL_STD),
+    }
+
+
 MODALITY = Modality(
     name="image",
     unit="images",
@@ -74,6 +94,8 @@ MODALITY = Modality(
     geometry=geometry,
     ops_module="training.modalities.image_ops",
     upgrade_export=upgrade_export,
+    foreign_export_problem=None,
+    hf_processor=hf_processor,
     moved_keys={  # the image-only layout before modalities
         "pretrain.model.image_size": "pretrain.input.image_size",
         "pretrain.model.patch_size": "pretrain.input.patch_size",

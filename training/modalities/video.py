@@ -97,4 +97,7 @@ MODALITY = Modality(
     geometry=geometry,
     ops_module="training.modalities.video_ops",
     eval_views=eval_views,
+    foreign_export_problem="no class in HF or timm holds it: HF's VideoMAEModel has no cls "
+    "token and computes 1-D positions over the flattened tubelet index, ours are 3-D over "
+    "(time, row, col)",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from cluster.ray_token import default_token_path, ensure_private_token
+from data_prep.ray_token import default_token_path, ensure_private_token
 
 
 def _mode(path) -> int:
