@@ -217,6 +217,10 @@ class LineConsole:
     def write(self, text: str) -> int:
         self.stream.flush()
         with self._lock:
+            if text and not text.startswith("\r") and self._copy.after_cr:
+                # A line (a Ray worker's, a log record) while a bar is drawn: the bar gets a
+                # line of its own first, rather than the line glued to its end.
+                self._copy.feed(b"\n")
             self._copy.feed(text.encode(errors="replace"))
         return len(text)
 

@@ -61,3 +61,25 @@ def test_a_cpu_run_without_a_compiler_is_told_before_it_starts(tmp_path):
     built.touch()  # a build from an earlier run needs no compiler
     assert compiler_problem(env) is None
     assert compiler_problem({"CXX": "c++", "TORCH_EXTENSIONS_DIR": str(tmp_path / "x")}) is None
+
+
+def test_a_line_written_while_a_bar_is_drawn_gets_its_own_line():
+    import io as _io
+
+    from cluster.local import LineConsole
+
+    class Stream(_io.TextIOWrapper):
+        pass
+
+    raw = _io.BytesIO()
+    console = LineConsole(Stream(raw, encoding="utf-8"))
+    console.write("\rprep train:   0%| 0/7")  # tqdm: one write per redraw
+    console.write("(write_shard pid=1) WARNING data_prep.writer: skipped x (empty_file)")
+    console.write("\n")  # print() ends the line in a second write
+    console.write("\rprep train: 100%| 7/7")
+    console.write("\n")
+    assert raw.getvalue().decode().splitlines() == [
+        "prep train:   0%| 0/7",
+        "(write_shard pid=1) WARNING data_prep.writer: skipped x (empty_file)",
+        "prep train: 100%| 7/7",
+    ]
