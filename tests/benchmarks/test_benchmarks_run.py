@@ -60,6 +60,7 @@ def test_image_loader_compares_before_and_after_on_both_corpora(tmp_path):
     assert "cores per H100" in (tmp_path / "image_loader.md").read_text()
 
 
+@pytest.mark.slow  # four 2-rank DeepSpeed launches (~35 s); the ZeRO stages train in test_pretrain_distributed
 def test_zero_stages_reports_each_stage_from_both_ranks(tmp_path):
     from benchmarks import zero_stages
 

@@ -211,6 +211,7 @@ def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_pa
     )
 
 
+@pytest.mark.slow  # three 2-rank launches (~42 s) for runs begun before ZeRO-2 was the default
 def test_a_run_begun_under_zero3_resumes_under_zero3_unless_told_otherwise(tmp_path, prepared):
     """A run started before ZeRO-2 became the default goes on under the stage it began with;
     asking for a stage its checkpoint cannot be loaded under fails before any work."""
