@@ -93,16 +93,7 @@ def load_config(
     except OmegaConfBaseException as err:
         raise ConfigError([_describe(err)], COMMAND_LINE) from None
 
-    def origin(key: str) -> str | None:
-        """The last layer that sets ``key`` (or a parent of it): where a bad value came from."""
-        for name, layer in zip(reversed(names), reversed(layers)):
-            parts = key.split(".")
-            if any(
-                OmegaConf.select(layer, ".".join(parts[:i])) is not None
-                for i in range(len(parts), 0, -1)
-            ):
-                return name
-        return None
+    origin = _origins(names, layers)
 
     try:
         if not isinstance(schema, type):
@@ -128,6 +119,25 @@ def load_config(
     if problems:
         raise ConfigError(problems, origin)
     return obj  # type: ignore[return-value]
+
+
+def _origins(names: list[str | None], layers: list[DictConfig]) -> Callable[[str], str | None]:
+    """A function from a dotted key to the last layer that sets it (or, failing that, the
+    nearest parent of it): where a bad value came from."""
+
+    def sets(layer: DictConfig, key: str) -> bool:
+        return OmegaConf.select(layer, key, default=None) is not None
+
+    def origin(key: str) -> str | None:
+        parts = key.split(".")
+        for depth in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:depth])
+            for name, layer in zip(reversed(names), reversed(layers)):
+                if sets(layer, prefix):
+                    return name
+        return None
+
+    return origin
 
 
 def _interpolated(cfg: DictConfig, key: str) -> bool:

@@ -129,6 +129,13 @@ def test_a_typo_on_the_command_line_is_blamed_on_the_command_line(tmp_path):
     (tmp_path / "typo.yaml").write_text(MINIMAL.format(run_dir=tmp_path) + "seeed: 1\n")
     err = _cli("status", tmp_path / "typo.yaml", "seed=2").stderr
     assert f"invalid configuration (in {tmp_path / 'typo.yaml'}):" in err and "seeed" in err
+    # A bad value is blamed on the file that set it, not on an override of its section.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        MINIMAL.format(run_dir=tmp_path).replace("steps: 10", "steps: 10, mask: {ratio: 1.5}")
+    )
+    err = _cli("status", bad, "pretrain.steps=5").stderr
+    assert f"(in {bad}):\n  pretrain.mask.ratio: a float in [0, 0.95]" in err
 
 
 def test_a_missing_name_is_reported_as_name(tmp_path):
