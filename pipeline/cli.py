@@ -218,8 +218,9 @@ def _add_prep(sub) -> None:
         "prep",
         help="shard a raw corpus into WebDataset tars (local Ray, or --ray-address)",
         description="Shard a raw corpus into WebDataset tars: one prepared split per split, "
-        "with manifest.parquet, stats.json and _SUCCESS. Options are the keys of the modality's "
-        "`prep` section (see README), as key=value; `--some-key VALUE` works too. "
+        "its records (manifest.parquet, stats.json, _SUCCESS) in SPLIT/.maskmill/. Options are "
+        "the keys of the modality's `prep` section (see README), as key=value; `--some-key "
+        "VALUE` works too. "
         + "Layouts: "
         + "; ".join(f"{m}: {corpus_reader(m).layout}" for m in READERS)
         + f". `{PREP_ALIASES_TEXT}` name the same forms.",
