@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cluster.slurm_config import SlurmConfig
 from data_prep.corpus import corpus_reader
@@ -52,12 +52,16 @@ class LaunchConfig:
             yield ("nodes", f"an int >= 1, got {self.nodes}")
         if self.launcher not in LAUNCHERS:
             yield ("launcher", f"one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.master_port is not None and not 1 <= self.master_port <= 65535:
+            yield ("master_port", f"a TCP port in [1, 65535] or null, got {self.master_port}")
         if self.launcher == "python" and self.world_size != 1:
             yield ("ranks", "launcher 'python' starts one rank; use 'deepspeed' for more")
 
 
 @dataclass
 class ReportConfig:
+    POSITIVE: ClassVar = ("reconstructions",)
+
     reconstructions: int = 8  # val images in the original | masked | reconstruction grid
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.modalities import NAMES as MODALITIES
@@ -35,6 +35,16 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass
 class ModelConfig:
     """Transformer encoder + light MAE decoder. Unset encoder sizes come from ``preset``."""
+
+    POSITIVE: ClassVar = (
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "decoder_embed_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+    )
 
     preset: str = "base"
     embed_dim: int | None = None
@@ -134,6 +144,8 @@ class OptimConfig:
 @dataclass
 class LoaderConfig:
     """How shards are streamed; what a sample decodes to is the modality's (``pretrain.input``)."""
+
+    POSITIVE: ClassVar = ("prefetch_factor",)
 
     workers: int = 2
     shuffle_buffer: int = 1000
@@ -235,6 +247,8 @@ def default_mask(m) -> MaskConfig:
 @dataclass
 class EvalConfig:
     """``evaluate`` section: which encoder, which splits, which tasks (typed by the modality)."""
+
+    POSITIVE: ClassVar = ("batch_size",)
 
     modality: str = DEFAULT_MODALITY
     export_dir: str = "???"

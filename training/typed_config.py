@@ -147,15 +147,38 @@ def _interpolated(cfg: DictConfig, key: str) -> bool:
 
 
 def find_problems(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Yield ``(dotted key, expectation)`` for every failed value check in a dataclass tree."""
+    """Yield ``(dotted key, expectation)`` for every failed value check in a dataclass tree.
+
+    Every number is checked first (:func:`range_problems`); a section whose numbers are out of
+    range is not asked for its own ``problems()``, which may divide by them."""
     if not dataclasses.is_dataclass(obj):
         return
+    ranges = list(range_problems(obj))
+    for key, what in ranges:
+        yield (f"{prefix}{key}", what)
     own = getattr(obj, "problems", None)
-    if callable(own):
+    if callable(own) and not ranges:
         for key, what in own():
             yield (f"{prefix}{key}", what)
     for f in dataclasses.fields(obj):
         yield from find_problems(getattr(obj, f.name), f"{prefix}{f.name}.")
+
+
+def range_problems(obj: Any) -> Iterator[tuple[str, str]]:
+    """The range every number of a config section must be in: >= 0, unless the class lists it
+    in ``SIGNED`` (a mean may be negative); > 0 for those in ``POSITIVE`` (sizes, counts,
+    divisors); unset (None) is left to the section's own checks."""
+    signed = getattr(obj, "SIGNED", ())
+    positive = getattr(obj, "POSITIVE", ())
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or f.name in signed:
+            continue
+        kind = "an int" if isinstance(value, int) else "a number"
+        if f.name in positive and not value > 0:
+            yield (f.name, f"{kind} > 0, got {value}")
+        elif value < 0:
+            yield (f.name, f"{kind} >= 0, got {value}")
 
 
 def describe_keys(schema: type | Callable[[DictConfig], Any]) -> str:

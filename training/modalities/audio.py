@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from data_prep.shard_format import FEATURE_STATS
 from training.modalities import Modality, TokenGeometry
@@ -26,6 +27,9 @@ FRAME_LENGTH, FRAME_SHIFT = 400, 160  # 25 ms, 10 ms
 @dataclass
 class AudioInputConfig:
     """``pretrain.input``: the clip the model sees and how it becomes patch tokens."""
+
+    SIGNED: ClassVar = ("mel_mean",)  # log-mel values: negative is usual
+    POSITIVE: ClassVar = ("frames", "patch_size", "mel_std")
 
     frames: int = 1024  # log-mel frames per clip (10 ms each): AudioMAE's 10.24 s
     patch_size: int = 16  # square patches over (time x frequency)

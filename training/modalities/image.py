@@ -8,6 +8,7 @@ patch grid. Downstream: linear probe, k-NN and fine-tuning, all top-1/top-5 accu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from training.modalities import Modality, TokenGeometry
 from training.tasks.config import FinetuneConfig, KnnConfig, ProbeConfig
@@ -16,6 +17,8 @@ from training.tasks.config import FinetuneConfig, KnnConfig, ProbeConfig
 @dataclass
 class ImageInputConfig:
     """``pretrain.input``: the square crops the model sees and how they become patch tokens."""
+
+    POSITIVE: ClassVar = ("image_size", "patch_size")
 
     image_size: int = 224
     patch_size: int = 16  # ViT-H in the MAE paper uses 14

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from data_prep.video_codecs import video_of
 from training.modalities import Modality, TokenGeometry
@@ -25,6 +26,8 @@ EVAL_CROPS = ("first", "centre", "last")  # along the longer side: left/right or
 @dataclass
 class VideoInputConfig:
     """``pretrain.input``: the clip the model sees and how it becomes tubelet tokens."""
+
+    POSITIVE: ClassVar = ("num_frames", "frame_size", "patch_size", "tubelet")
 
     num_frames: int = 16  # frames per clip (the prep's `frames`; others are resampled evenly)
     frame_size: int = 224  # square crop side
