@@ -32,7 +32,7 @@ from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
 from data_prep.corpus import READERS, SourceError, corpus_reader
 from data_prep.job import run_prep, summary_line
-from pipeline.runner import RunLockedError, run_pipeline, stage_views
+from pipeline.runner import ForeignOutputError, RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
 from pipeline.stages import StageFailed, StagePreempted, stage_names
 from pipeline.submit import (
@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     except SourceError as err:
+        log.error("%s", err)
+        return 2
+    except ForeignOutputError as err:
         log.error("%s", err)
         return 2
     except StagePreempted as err:

@@ -105,6 +105,7 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, .
     selected = [s for s in STAGES if s.enabled(cfg) and (not only or s.name in only)]
     for stage in selected:  # before any work: a stage that cannot run here fails the run now
         if stage.name in force or read_state(run_dir, stage.name).status != DONE:
+            _check_output(stage, stage.output(cfg))
             stage.preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not only:
@@ -150,7 +151,7 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None
         _clear_output(stage.output(cfg))
     elif previous.status in (RUNNING, FAILED):
         log.info("%-9s resuming after an interrupted or failed attempt", stage.name)
-    _claim_output(stage.output(cfg))
+    _claim_output(stage, stage.output(cfg))
     log.info("%-9s %s", stage.name, stage.describe)
     state = StageState(status=RUNNING, fingerprint=fp, started=time.time(), pid=os.getpid())
     write_state(run_dir, stage.name, state)
@@ -169,13 +170,22 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None
     log.info("%-9s done in %.1fs", stage.name, state.seconds)
 
 
-def _claim_output(path: Path) -> None:
-    """Mark ``path`` as made by maskmill; refuse a non-empty directory we did not make."""
-    if path.exists() and any(path.iterdir()) and not (path / OUTPUT_MARKER).exists():
-        raise RuntimeError(
-            f"{path} already holds files that maskmill did not write; point the stage's output "
-            "elsewhere or empty it (maskmill never deletes data it did not create)"
+class ForeignOutputError(RuntimeError):
+    """A stage's output folder holds files maskmill did not write."""
+
+
+def _check_output(stage: Stage, path: Path) -> None:
+    """Refuse a non-empty output folder we did not make (before any stage runs)."""
+    if path.is_dir() and any(path.iterdir()) and not (path / OUTPUT_MARKER).exists():
+        raise ForeignOutputError(
+            f"{stage.name}: its output {path} already holds files that maskmill did not write; "
+            "point it elsewhere or empty it (maskmill never deletes data it did not create)"
         )
+
+
+def _claim_output(stage: Stage, path: Path) -> None:
+    """Mark ``path`` as made by maskmill."""
+    _check_output(stage, path)
     path.mkdir(parents=True, exist_ok=True)
     (path / OUTPUT_MARKER).write_text(
         "written by maskmill; removed and rewritten when its stage reruns\n"

@@ -209,3 +209,15 @@ def test_the_training_entry_points_list_their_config_keys():
     assert "config keys (type = default):\n" in helps["training.evaluate"]
     assert "\n  mask.ratio: float = 0.75\n" in helps["training.pretrain"]
     assert "\n  train_shards: str = (required)\n" in helps["training.pretrain"]
+
+
+def test_an_output_folder_holding_the_users_files_is_refused_in_one_line_before_any_work(tmp_path):
+    path = _write(tmp_path)
+    mine = tmp_path / "run" / "shards" / "notes.txt"  # prep's output folder
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    proc = _cli("run", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "prep: its output" in proc.stderr and "already holds files" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["shards"]  # nothing ran
+    assert mine.read_text() == "mine"
