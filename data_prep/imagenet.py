@@ -72,7 +72,7 @@ def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sampl
         "passthrough": image.passthrough,
     }
     yield Sample(
-        key=sample_key(item.path),
+        key=item.key or sample_key(item.path),
         members={
             "jpg": image.jpeg,
             "cls": str(item.label).encode(),

@@ -14,6 +14,9 @@ torchvision's ImageFolder and every ImageNet checkpoint.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ class ImageItem:
     path: str  # relative to the source root
     label: int
     wnid: str
+    key: str = ""  # the sample key, unique in the split (see unique_keys)
 
     def __str__(self) -> str:
         return self.path
@@ -46,8 +50,11 @@ class ImageNetLayout:
         if not split_dir.is_dir():
             raise LayoutError(f"{self.root} has no {split}/ folder")
         if split == "val" and (self.root / VAL_CSV).is_file():
-            return self._items_from_csv(split_dir)
-        return self._items_from_folders(split_dir)
+            items = self._items_from_csv(split_dir)
+        else:
+            items = self._items_from_folders(split_dir)
+        keys = unique_keys([i.path for i in items])
+        return [dataclasses.replace(i, key=k) for i, k in zip(items, keys)]
 
     def _items_from_folders(self, split_dir: Path) -> list[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
@@ -76,6 +83,29 @@ class ImageNetLayout:
                 raise LayoutError(f"{VAL_CSV} labels {f.stem} with unknown synset {wnid}")
             items.append(ImageItem(str(f.relative_to(self.root)), index[wnid], wnid))
         return items
+
+
+def unique_keys(paths: list[str]) -> list[str]:
+    """Dot-free sample keys, one per path and all distinct: the file's stem (ImageNet's names
+    are unique: ``n01440764_10026``), or, where stems collide (two classes holding ``1.jpg``;
+    ``a.jpg`` beside ``a.png``), the path below the split folder with a short hash of it.
+
+    Only colliding paths get the long form, so the keys of a corpus without collisions, which
+    seed its masks and crops, are those it always had."""
+    stems = [Path(p).stem.replace(".", "_") for p in paths]
+    counts = Counter(stems)
+    keys = []
+    for path, stem in zip(paths, stems):
+        if counts[stem] == 1:
+            keys.append(stem)
+            continue
+        below_split = "_".join(Path(path).parts[1:]).replace(".", "_")
+        keys.append(f"{below_split}_{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+    if len(set(keys)) != len(keys):  # a long form equal to someone's stem: not in any real corpus
+        raise LayoutError(
+            f"sample keys collide: {sorted(k for k, n in Counter(keys).items() if n > 1)[:5]}"
+        )
+    return keys
 
 
 def read_layout(root: str | Path) -> ImageNetLayout:

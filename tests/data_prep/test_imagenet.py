@@ -95,3 +95,27 @@ def test_empty_source_fails_at_once(tmp_path):
     (tmp_path / "src" / "train").mkdir(parents=True)
     with pytest.raises(LayoutError, match="no synset folders"):
         prep_imagenet(prep_config(tmp_path / "src", tmp_path / "out"))
+
+
+def test_files_of_the_same_name_in_two_classes_get_distinct_keys(demo_corpus, tmp_path):
+    from data_prep.imagenet_layout import unique_keys
+
+    src = tmp_path / "raw"
+    shutil.copytree(demo_corpus, src)
+    wnids = sorted(p.name for p in (src / "train").iterdir())
+    donor = next((src / "train" / wnids[0]).glob("*_1.JPEG"))
+    for wnid in wnids[:3]:  # the same file name in three classes, and beside a PNG of it
+        shutil.copy(donor, src / "train" / wnid / "same.JPEG")
+    Image.open(donor).save(src / "train" / wnids[0] / "same.png")
+    prep_imagenet(prep_config(src, tmp_path / "out"))
+    samples = _read_all(tmp_path / "out" / "train")
+    keys = [s["__key__"] for s in samples]
+    assert (
+        len(keys)
+        == len(set(keys))
+        == sum(r.samples for r in read_manifest(tmp_path / "out" / "train"))
+    )
+    same = [json.loads(s["json"])["source"] for s in samples if "same" in s["__key__"]]
+    assert len(same) == 4
+    # Keys that do not collide are the stems they always were (they seed masks and crops).
+    assert unique_keys(["train/n1/n1_7.JPEG", "train/n2/x.JPEG"]) == ["n1_7", "x"]
