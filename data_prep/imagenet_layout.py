@@ -34,8 +34,8 @@ class ImageItem:
     wnid: str
     key: str = ""  # the sample key, unique in the split (see unique_keys)
 
-    def __str__(self) -> str:
-        return self.path
+    def __str__(self) -> str:  # printable even for a file name that is not UTF-8
+        return self.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,34 @@ def unique_keys(paths: list[str]) -> list[str]:
     counts = Counter(stems)
     keys = []
     for path, stem in zip(paths, stems):
-        if counts[stem] == 1:
+        digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+        if not _storable(stem):
+            keys.append(f"h{digest[:24]}")  # the original name stays in the json member
+        elif counts[stem] == 1:
             keys.append(stem)
-            continue
-        below_split = "_".join(Path(path).parts[1:]).replace(".", "_")
-        keys.append(f"{below_split}_{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+        else:
+            below_split = "_".join(Path(path).parts[1:]).replace(".", "_")
+            key = f"{below_split}_{digest[:8]}"
+            keys.append(key if _storable(key) else f"h{digest[:24]}")
     if len(set(keys)) != len(keys):  # a long form equal to someone's stem: not in any real corpus
         raise LayoutError(
             f"sample keys collide: {sorted(k for k, n in Counter(keys).items() if n > 1)[:5]}"
         )
     return keys
+
+
+# A tar member's name is at most 100 bytes in ustar (no pax: our reader and plain webdataset
+# both read ustar); the longest extension we add is ".json".
+_MAX_KEY_BYTES = 100 - len(".json")
+
+
+def _storable(key: str) -> bool:
+    """A key a plain ustar member name can hold: UTF-8 (a file name that is not, such as
+    Latin-1 bytes, comes as surrogates) and short enough."""
+    try:
+        return len(key.encode("utf-8")) <= _MAX_KEY_BYTES
+    except UnicodeEncodeError:
+        return False
 
 
 def read_layout(root: str | Path) -> ImageNetLayout:

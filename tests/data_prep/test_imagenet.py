@@ -119,3 +119,25 @@ def test_files_of_the_same_name_in_two_classes_get_distinct_keys(demo_corpus, tm
     assert len(same) == 4
     # Keys that do not collide are the stems they always were (they seed masks and crops).
     assert unique_keys(["train/n1/n1_7.JPEG", "train/n2/x.JPEG"]) == ["n1_7", "x"]
+
+
+def test_long_and_non_utf8_file_names_are_stored_under_hashed_keys(demo_corpus, tmp_path):
+    from data_prep.shard_format import read_shard_samples
+
+    src = tmp_path / "raw"
+    shutil.copytree(demo_corpus, src)
+    wnid = sorted(p.name for p in (src / "train").iterdir())[0]
+    donor = next((src / "train" / wnid).glob("*_1.JPEG"))
+    long_name = "x" * 150 + ".JPEG"  # over ustar's 100-byte member name
+    shutil.copy(donor, src / "train" / wnid / long_name)
+    latin1 = os.fsencode(src / "train" / wnid) + b"/caf\xe9.JPEG"  # not UTF-8
+    shutil.copy(donor, latin1)
+    prep_imagenet(prep_config(src, tmp_path / "out"))
+    split = tmp_path / "out" / "train"
+    plain = _read_all(split)  # plain webdataset
+    ours = [s for url in shard_urls(split) for s in read_shard_samples(url)]
+    assert len(plain) == len(ours) == sum(r.samples for r in read_manifest(split))
+    sources = {json.loads(s["json"])["source"]: s["__key__"] for s in ours}
+    assert sources[f"train/{wnid}/{long_name}"].startswith("h")
+    assert sources[f"train/{wnid}/caf\udce9.JPEG"].startswith("h")  # the name as Python reads it
+    assert len(set(sources.values())) == len(ours)
