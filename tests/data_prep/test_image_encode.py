@@ -57,3 +57,30 @@ def test_truncated_jpeg_is_skipped():
     with pytest.raises(SkipSample) as err:
         normalize_image(data[: len(data) // 2], shorter_side=64, quality=90)
     assert err.value.reason == TRUNCATED
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_16_bit_png_keeps_its_tonal_range():
+    import numpy as np
+
+    ramp = (np.arange(256 * 64, dtype=np.uint32).reshape(64, 256) * 4).astype(np.uint16)  # 0..65532
+    data = _png(Image.fromarray(ramp))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")  # Pillow reads it as 16-bit
+    out = np.asarray(Image.open(io.BytesIO(normalize_image(data, 64, 95).jpeg)).convert("L"))
+    # A ramp stays a ramp: Pillow's own convert clipped at 255, 90% of the pixels white.
+    assert abs(float(np.median(out)) - 127.5) < 10
+    assert np.percentile(out, 10) < 40 and np.percentile(out, 90) > 215
+
+
+def test_a_picture_too_wide_for_jpeg_is_skipped_not_fatal():
+    from data_prep.image_encode import TOO_WIDE
+
+    data = _png(Image.new("RGB", (70000, 8), "gray"))
+    with pytest.raises(SkipSample) as err:
+        normalize_image(data, 8, 90)
+    assert err.value.reason == TOO_WIDE
