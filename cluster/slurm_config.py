@@ -29,8 +29,6 @@ class SlurmStage:
     def problems(self):
         if self.nodes is not None and self.nodes < 1:
             yield ("nodes", f"an int >= 1, got {self.nodes}")
-        if self.gpus_per_node < 0:
-            yield ("gpus_per_node", f"an int >= 0, got {self.gpus_per_node}")
         if self.cpus_per_task < 1:
             yield ("cpus_per_task", f"an int >= 1, got {self.cpus_per_task}")
         if not _TIME.match(self.time):
@@ -59,8 +57,6 @@ class SlurmConfig:
     report: SlurmStage = field(default_factory=SlurmStage)
 
     def problems(self):
-        if self.signal_seconds < 0:
-            yield ("signal_seconds", f"an int >= 0, got {self.signal_seconds}")
         for name in ("demo_data", "pretrain", "evaluate", "report"):
             if getattr(self, name).nodes is not None:
                 where = "launch.nodes" if name == "pretrain" else "nothing: it runs on one node"

@@ -62,8 +62,6 @@ class DemoCorpusConfig:
                 "object_scale",
                 f"[min, max] with 0.1 <= min <= max <= 1, got {self.object_scale}",
             )
-        if self.corrupt < 0:
-            yield ("corrupt", f"an int >= 0, got {self.corrupt}")
 
 
 def wnid(index: int) -> str:

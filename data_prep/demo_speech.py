@@ -128,8 +128,6 @@ class SpeechDemoConfig:
                 "speakers",
                 f"an int in [2, {len(VOICES)} - held_out_voices], got {self.speakers}",
             )
-        if self.held_out_voices < 0:
-            yield ("held_out_voices", f"an int >= 0, got {self.held_out_voices}")
         for key in ("chapters_per_speaker", "sentences_per_chapter", "repeats"):
             if getattr(self, key) < 1:
                 yield (key, f"an int >= 1, got {getattr(self, key)}")

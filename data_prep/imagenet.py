@@ -72,18 +72,13 @@ def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sampl
         "passthrough": image.passthrough,
     }
     yield Sample(
-        key=item.key or sample_key(item.path),
+        key=item.key,
         members={
             "jpg": image.jpeg,
             "cls": str(item.label).encode(),
             "json": json.dumps(meta, sort_keys=True).encode(),
         },
     )
-
-
-def sample_key(relative_path: str) -> str:
-    """A dot-free WebDataset key from a source path: ``train/n01/n01_7.JPEG`` -> ``n01_7``."""
-    return Path(relative_path).stem.replace(".", "_")
 
 
 READER = CorpusReader(

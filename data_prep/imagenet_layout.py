@@ -32,7 +32,7 @@ class ImageItem:
     path: str  # relative to the source root
     label: int
     wnid: str
-    key: str = ""  # the sample key, unique in the split (see unique_keys)
+    key: str = ""  # the sample key, unique in the split: set by ImageNetLayout.items (unique_keys)
 
     def __str__(self) -> str:  # printable even for a file name that is not UTF-8
         return self.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

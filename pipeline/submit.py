@@ -128,14 +128,12 @@ def dry_run_commands(cfg: RunConfig, stages: list[str]) -> list[str]:
     out the real ones) and named in the next job's ``afterok``."""
     lines, before = [], None
     for i, stage in enumerate(stages):
-        argv = slurm.sbatch_command(script_path(cfg, i, stage), "@AFTER@" if before else None)
-        cmd = " ".join(
-            f'"{a.replace("@AFTER@", "${" + before + "}")}"' if "@AFTER@" in a else shlex.quote(a)
-            for a in argv
-        )
-        var = f"JOB_{stage.upper()}"
-        lines.append(f"{var}=$({cmd})")
-        before = var
+        after = f"${{{before}}}" if before else None
+        argv = slurm.sbatch_command(script_path(cfg, i, stage), after)
+        # A word naming the variable is double-quoted so the shell expands it.
+        cmd = " ".join(f'"{a}"' if "${" in a else shlex.quote(a) for a in argv)
+        before = f"JOB_{stage.upper()}"
+        lines.append(f"{before}=$({cmd})")
     return lines
 
 

@@ -89,8 +89,6 @@ class ModelConfig:
             yield ("attention", f"'auto', 'sdpa' or 'matmul', got {self.attention!r}")
         if self.decoder_embed_dim % self.decoder_num_heads:
             yield ("decoder_embed_dim", f"divisible by decoder_num_heads {self.decoder_num_heads}")
-        if self.decoder_depth < 1:
-            yield ("decoder_depth", f"an int >= 1, got {self.decoder_depth}")
         if self.pool not in ("mean", "cls"):
             yield ("pool", f"'mean' or 'cls', got {self.pool!r}")
 
@@ -137,8 +135,6 @@ class OptimConfig:
             yield ("betas", f"two floats in [0, 1), got {self.betas}")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
             yield ("warmup_steps", "set warmup_steps or warmup_epochs, not both")
-        if self.grad_clip < 0:
-            yield ("grad_clip", f"a float >= 0, got {self.grad_clip}")
 
 
 @dataclass
@@ -150,10 +146,6 @@ class LoaderConfig:
     workers: int = 2
     shuffle_buffer: int = 1000
     prefetch_factor: int = 4
-
-    def problems(self):
-        if self.workers < 0:
-            yield ("workers", f"an int >= 0, got {self.workers}")
 
 
 @dataclass

@@ -26,9 +26,7 @@ class ImageInputConfig:
     hflip: bool = True
 
     def problems(self):
-        if self.patch_size < 1:
-            yield ("patch_size", f"an int >= 1, got {self.patch_size}")
-        elif self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:
             yield (
                 "image_size",
                 f"a multiple of patch_size {self.patch_size}, got {self.image_size}",
