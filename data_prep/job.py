@@ -5,7 +5,8 @@ The reader (``data_prep.corpus``) says what the inputs are and how one becomes s
 module does the rest the same way for all of them: inputs are listed (a bad source fails before
 any work), the reader fits once on the driver, each split is planned into work units
 (``data_prep.plan``, pure) and written one shard per Ray task (``data_prep.ray_job``), finished
-units are kept on a rerun.
+units are kept on a rerun once checked against their shards. The output records the settings
+that made it and is locked while a prep writes (``data_prep.prep_record``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 
 from data_prep.corpus import CorpusReader, SourceError
 from data_prep.plan import plan_shards
+from data_prep.prep_record import settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import LABELS, atomic_write_text
 
 
-def run_prep(reader: CorpusReader, cfg: Any) -> dict[str, dict]:
+def run_prep(reader: CorpusReader, cfg: Any, rebuild: bool = False) -> dict[str, dict]:
     """Prepare every configured split of ``cfg.source`` into ``cfg.out/<split>``; returns
-    ``{split: stats}``."""
+    ``{split: stats}``. An output made with other settings is refused, or emptied first with
+    ``rebuild``."""
     # Absolute paths: Ray workers do not share the driver's working directory.
     absolute = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
@@ -34,7 +37,11 @@ def run_prep(reader: CorpusReader, cfg: Any) -> dict[str, dict]:
         if not split_items:
             raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout})")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, settings_of(cfg), rebuild):
+        return _write_splits(reader, cfg, items, out)
+
+
+def _write_splits(reader: CorpusReader, cfg: Any, items: dict, out: Path) -> dict[str, dict]:
     state = reader.fit(cfg, items.get("train", ()))
     labels = reader.labels(cfg)
     if labels is not None:

@@ -80,7 +80,7 @@ def prepare_split(
     results: dict[int, UnitResult] = {}
     todo = []
     for unit in units:
-        done = unit_is_done(split_dir, unit.index)
+        done = unit_is_done(split_dir, unit, describe)
         if done is None:
             todo.append(unit)
         else:

@@ -1,13 +1,16 @@
 """Writing one work unit to one shard, atomically and reproducibly, and finishing a split.
 
-A unit is done when its completion record ``.maskmill/work/shard-NNNNNN.json`` exists; the tar is renamed
-into place before that record is written, so a record always points at a whole shard. Tar
-headers carry fixed owners and times, so the same inputs give byte-identical shards and a
-rerun after a kill reproduces the same sha256 in the manifest.
+A unit is done when its completion record ``.maskmill/work/shard-NNNNNN.json`` exists and the
+files agree with it: the tar is renamed into place before that record is written, so a record
+always points at a whole shard, and a rerun checks the shard's size and sha256 and the unit's
+inputs against the record before keeping it, so a shard damaged or deleted after prep, or a unit
+planned over other inputs, is written again. Tar headers carry fixed owners and times, so the
+same inputs give byte-identical shards and a rerun reproduces the same sha256 in the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -30,6 +33,7 @@ from data_prep.shard_format import (
     atomic_write_text,
     file_sha256,
     shard_name,
+    shard_problem,
     write_manifest,
 )
 
@@ -80,15 +84,24 @@ class UnitResult:
 Encoder = Callable[[Any], Iterable["Sample | SkipSample | Converted"]]  # one input -> 0..n samples
 
 
-def unit_is_done(split_dir: Path, index: int) -> UnitResult | None:
-    """The stored result of a finished unit, or None when it must be (re)written."""
-    done = split_dir / WORK_DIR / f"{shard_name(index)}.json"
+def inputs_digest(unit: WorkUnit, describe=str) -> str:
+    """What a unit was planned over: its inputs' names in order, hashed."""
+    return hashlib.sha256("\n".join(map(describe, unit.items)).encode()).hexdigest()
+
+
+def unit_is_done(split_dir: Path, unit: WorkUnit, describe=str) -> UnitResult | None:
+    """The stored result of a finished unit, or None when it must be (re)written: no record,
+    a record of other inputs, or a shard missing or changed since (size and sha256)."""
+    done = split_dir / WORK_DIR / f"{shard_name(unit.index)}.json"
     if not done.exists():
         return None
     data = json.loads(done.read_text())
     record = ShardRecord(**data["record"])
-    shard = split_dir / record.file
-    if not shard.exists() or shard.stat().st_size != record.bytes:
+    if data.get("inputs_digest", inputs_digest(unit, describe)) != inputs_digest(unit, describe):
+        return None
+    problem = shard_problem(split_dir / record.file, record, sha256=True)
+    if problem:
+        log.warning("%s: %s; writing it again", record.file, problem)
         return None
     return UnitResult(
         record, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {})
@@ -130,7 +143,8 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     result = UnitResult(
         record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted)
     )
-    atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(asdict(result)))
+    done = asdict(result) | {"inputs_digest": inputs_digest(unit, describe)}
+    atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(done))
     return result
 
 

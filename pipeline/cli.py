@@ -6,6 +6,7 @@
     maskmill submit RUN.yaml --ray ADDRESS [--retries N]     prep as a job on a Ray cluster
     maskmill stage RUN.yaml STAGE[,STAGE] [key=value ...]    run some stages (what a job runs)
     maskmill export RUN.yaml --format hf|timm [--out DIR]    the encoder for transformers / timm
+    maskmill verify RUN.yaml | SPLIT_DIR                      check shards against their manifests
     maskmill prep MODALITY SRC OUT [key=value ...]           shard a raw corpus (image: ImageNet layout)
     maskmill demo-data OUT [--modality M] [options]          write a demo corpus
 
@@ -32,6 +33,8 @@ from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
 from data_prep.corpus import READERS, SourceError, corpus_reader
 from data_prep.job import run_prep, summary_line
+from data_prep.prep_record import PrepOutputError
+from data_prep.shard_format import BadShardError
 from pipeline.runner import ForeignOutputError, RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
 from pipeline.stages import StageFailed, StagePreempted, stage_names
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_submit,
         _add_stage,
         _add_export,
+        _add_verify,
         _add_prep,
         _add_demo_data,
     ):
@@ -213,6 +217,41 @@ def _add_export(sub) -> None:
     )
 
 
+def _add_verify(sub) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check every shard's size and sha256 against its manifest",
+        description="Check prepared splits: _SUCCESS, every shard's size and sha256 against "
+        "the manifest, and the manifest against stats.json. One line per shard; exit 0 when "
+        "all are intact, 1 otherwise (with how to repair).",
+    )
+    verify.add_argument(
+        "target",
+        nargs="+",
+        metavar="RUN.yaml|FOLDER",
+        help="a run YAML (with key=value overrides: every split the run prepares or reads), or "
+        "a prepared split folder, or a prep output folder holding splits",
+    )
+    verify.add_argument(
+        "--size-only", action="store_true", help="skip the sha256 (one stat per shard)"
+    )
+
+
+def _verify(args) -> int:
+    from pipeline.verify import report, splits_of_folder, splits_of_run
+
+    folder = Path(args.target[0])
+    if len(args.target) == 1 and folder.is_dir():
+        splits = splits_of_folder(folder)
+        if not splits:
+            raise ConfigError([("FOLDER", f"a prepared split or prep output, got {folder}")])
+    else:
+        splits = splits_of_run(_run_config(args.target))
+    lines, intact = report(splits, sha256=not args.size_only)
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if intact else 1
+
+
 def _add_prep(sub) -> None:
     prep = sub.add_parser(
         "prep",
@@ -229,7 +268,16 @@ def _add_prep(sub) -> None:
         "modality", choices=[*READERS, *PREP_ALIASES], metavar="MODALITY", help=", ".join(READERS)
     )
     prep.add_argument("source", help="the raw corpus folder")
-    prep.add_argument("out", help="output folder; one prepared split per split")
+    prep.add_argument(
+        "out",
+        help="output folder; one prepared split per split. A rerun into it resumes and repairs "
+        "damaged shards; other settings are refused unless --rebuild",
+    )
+    prep.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="empty OUT first when it was prepared with other settings (default: refuse)",
+    )
     prep.add_argument(
         "options", nargs=argparse.REMAINDER, help="key=value, e.g. samples_per_shard=1000"
     )
@@ -285,19 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _COMMANDS[args.command](args)
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
-    except SourceError as err:
-        log.error("%s", err)
-        return 2
-    except ForeignOutputError as err:
-        log.error("%s", err)
+    except (ConfigError, SourceError, ForeignOutputError, PrepOutputError) as err:
+        log.error("%s", err)  # refused before any work
         return 2
     except StagePreempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
-    except (StageFailed, RunLockedError, SlurmError, RayJobError) as err:
+    except (StageFailed, RunLockedError, SlurmError, RayJobError, BadShardError) as err:
         log.error("%s", err)
         return 1
 
@@ -398,8 +440,10 @@ def _export(args) -> int:
 def _prep(args) -> int:
     reader = corpus_reader(PREP_ALIASES.get(args.modality, args.modality))
     base = {"source": args.source, "out": args.out}
-    cfg = load_config(reader.config, [base], prep_overrides(args.options))
-    for split, stats in run_prep(reader, cfg).items():
+    rebuild = args.rebuild or "--rebuild" in args.options
+    options = [o for o in args.options if o != "--rebuild"]
+    cfg = load_config(reader.config, [base], prep_overrides(options))
+    for split, stats in run_prep(reader, cfg, rebuild).items():
         sys.stdout.write(summary_line(split, stats) + "\n")
     return 0
 
@@ -438,6 +482,7 @@ _COMMANDS = {
     "submit": _submit,
     "stage": _stage,
     "export": _export,
+    "verify": _verify,
     "prep": _prep,
     "demo-data": _demo_data,
 }

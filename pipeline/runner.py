@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.shard_format import atomic_write_text
 from pipeline.legacy_image import v1_sections
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES, Stage
@@ -57,6 +58,7 @@ class StageView:
     current_fingerprint: str | None  # None: inputs not there yet
     enabled: bool
     stale_upstream: str | None = None  # an earlier stage that will run again
+    damage: str | None = None  # what is wrong with a done stage's output now
 
     @property
     def label(self) -> str:
@@ -67,6 +69,8 @@ class StageView:
             return "stale (config or inputs changed)"
         if s.status == DONE and self.stale_upstream:
             return f"stale ({self.stale_upstream} will run again)"
+        if s.status == DONE and self.damage:
+            return "damaged (rerun repairs it)"
         if s.status == RUNNING and s.pid and not _alive(s.pid):
             return "interrupted (will resume)"
         return s.status
@@ -108,11 +112,13 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, .
             _check_output(stage, stage.output(cfg))
             stage.preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not only:
-        (run_dir / "run.yaml").write_text(to_yaml(cfg))
     with _run_lock(run_dir):
+        if not only:  # the settings of the run now working; run.yaml once it has finished
+            atomic_write_text(run_dir / STATE_DIR / "run-attempt.yaml", to_yaml(cfg))
         for stage in selected:
             _run_stage(stage, cfg, run_dir, force=stage.name in force)
+        if not only:
+            atomic_write_text(run_dir / "run.yaml", to_yaml(cfg))
 
 
 def stage_views(cfg: RunConfig) -> list[StageView]:
@@ -125,14 +131,17 @@ def stage_views(cfg: RunConfig) -> list[StageView]:
             current = stage_fingerprint(stage, cfg) if stage.enabled(cfg) else None
         except (FileNotFoundError, OSError):
             current = None
+        state = recorded_state(stage, cfg, Path(cfg.run_dir), current)
+        damage = _damage(stage, cfg) if state.status == DONE and stage.enabled(cfg) else None
         views.append(
             StageView(
                 stage.name,
                 stage.describe,
-                recorded_state(stage, cfg, Path(cfg.run_dir), current),
+                state,
                 current,
                 stage.enabled(cfg),
                 upstream,
+                damage,
             )
         )
         if upstream is None and views[-1].enabled and views[-1].label != DONE:
@@ -143,12 +152,18 @@ def stage_views(cfg: RunConfig) -> list[StageView]:
 def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None:
     fp = stage_fingerprint(stage, cfg)
     previous = recorded_state(stage, cfg, run_dir, fp, adopt=True)
-    if previous.status == DONE and previous.fingerprint == fp and not force:
+    same = previous.fingerprint == fp
+    damage = _damage(stage, cfg) if previous.status == DONE and same else None
+    if previous.status == DONE and same and not force and not damage:
         log.info("%-9s up to date, skipped", stage.name)
         return
-    changed = previous.status != PENDING and previous.fingerprint != fp
-    if changed or force:
+    changed = previous.status != PENDING and not same
+    if changed or (force and not stage.redo_in_place):
         _clear_output(stage.output(cfg))
+    elif damage:
+        log.warning("%-9s output damaged (%s): repairing it", stage.name, damage)
+    elif force:
+        log.info("%-9s forced: checking its output and redoing what is wrong", stage.name)
     elif previous.status in (RUNNING, FAILED):
         log.info("%-9s resuming after an interrupted or failed attempt", stage.name)
     _claim_output(stage, stage.output(cfg))
@@ -168,6 +183,13 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None
     state.status, state.finished = DONE, time.time()
     write_state(run_dir, stage.name, state)
     log.info("%-9s done in %.1fs", stage.name, state.seconds)
+
+
+def _damage(stage: Stage, cfg: RunConfig) -> str | None:
+    try:
+        return stage.damage(cfg)
+    except (OSError, ValueError) as err:  # records unreadable: damaged too
+        return f"{type(err).__name__}: {err}"
 
 
 class ForeignOutputError(RuntimeError):

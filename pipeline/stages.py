@@ -29,7 +29,15 @@ from cluster.local import (
 )
 from data_prep.corpus import corpus_reader
 from data_prep.job import run_prep, summary_line
-from data_prep.shard_format import MANIFEST, file_sha256, split_record
+from data_prep.shard_format import (
+    MANIFEST,
+    bad_shard_error,
+    file_sha256,
+    prepared_splits,
+    read_manifest,
+    shard_problem,
+    split_record,
+)
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS
@@ -60,6 +68,12 @@ class Stage:
     # What only the machine that runs the stage can tell (a GPU); raises ConfigError. Checked
     # for every stage still to run before the first one starts.
     preflight: Callable[[RunConfig], None] = lambda cfg: None
+    # What is wrong with a finished stage's output now (one stat per file), or None: a damaged
+    # output is redone in place, and `maskmill status` shows it.
+    damage: Callable[[RunConfig], str | None] = lambda cfg: None
+    # Rerun (forced or repairing) in place rather than from an empty output: the stage checks
+    # what it finds (prep verifies every shard) and rewrites only what is wrong.
+    redo_in_place: bool = False
 
 
 def _demo_data(cfg: RunConfig) -> None:
@@ -71,7 +85,35 @@ def _prep(cfg: RunConfig) -> None:
         log.info(summary_line(split, stats))
 
 
+def _prep_damage(cfg: RunConfig) -> str | None:
+    """Shards of the finished prep that are missing or changed size (sha256: `maskmill verify`)."""
+    damaged = [
+        f"{split.name}/{r.file}"
+        for split in prepared_splits(cfg.prep.out)
+        for r in read_manifest(split)
+        if shard_problem(split / r.file, r, sha256=False)
+    ]
+    if not damaged:
+        return None
+    return (
+        f"{len(damaged)} shard(s) missing or truncated: "
+        + ", ".join(damaged[:3])
+        + (", ..." if len(damaged) > 3 else "")
+    )
+
+
+def _intact_shards(*split_dirs: str) -> None:
+    """Before ranks start: every shard the stage reads is there at its manifest size (one clear
+    failure here, rather than one traceback per rank and loader worker)."""
+    for split in split_dirs:
+        for r in read_manifest(split):
+            problem = shard_problem(Path(split) / r.file, r, sha256=False)
+            if problem:
+                raise bad_shard_error(Path(split) / r.file, problem)
+
+
 def _pretrain(cfg: RunConfig) -> None:
+    _intact_shards(cfg.pretrain.train_shards)
     config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
     config_path.write_text(to_yaml(cfg.pretrain))
     args = [str(config_path)]
@@ -117,6 +159,7 @@ def _cpu_preflight(cfg: RunConfig) -> None:
 
 
 def _evaluate(cfg: RunConfig) -> None:
+    _intact_shards(cfg.evaluate.train_shards, cfg.evaluate.val_shards)
     config_path = Path(cfg.run_dir) / STATE_DIR / "evaluate.yaml"
     config_path.write_text(to_yaml(cfg.evaluate))
     _run_child("evaluate", python_command("training.evaluate", [str(config_path)]), cfg)
@@ -135,7 +178,25 @@ def _run_child(stage: str, cmd: list[str], cfg: RunConfig) -> None:
     if code == PREEMPTED_EXIT:
         raise StagePreempted(f"{stage} was preempted after saving a checkpoint; rerun to resume")
     if code != 0:
-        raise StageFailed(f"{stage} exited with status {code}; see {log_path}")
+        reason = last_error(log_path)
+        raise StageFailed(
+            f"{stage} exited with status {code}"
+            + (f": {reason}" if reason else "")
+            + f"; see {log_path}"
+        )
+
+
+def last_error(log_path: Path) -> str | None:
+    """The message of the last ERROR line a stage logged (what it said it died of), if any."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-200:]):
+        _, found, message = line.partition(" ERROR ")
+        if found:
+            return message.partition(": ")[2] or message
+    return None
 
 
 def _prep_section(cfg: RunConfig):
@@ -186,6 +247,8 @@ def _pretrain_section(cfg: RunConfig):
     tree = OmegaConf.to_container(OmegaConf.structured(quiet))
     del tree["compile"]  # how the step runs, not what it computes (absent before 0.3)
     del tree["export_formats"]  # extra copies of the result (`maskmill export` writes them later)
+    for key in ("verify_sha256", "on_bad_shard"):  # how shards are checked, not what trains
+        del tree["loader"][key]
     return {"pretrain": tree, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
 
 
@@ -212,6 +275,8 @@ STAGES: tuple[Stage, ...] = (
         inputs=_prep_inputs,
         output=lambda cfg: Path(cfg.prep.out),
         execute=_prep,
+        damage=_prep_damage,
+        redo_in_place=True,
     ),
     Stage(
         "pretrain",

@@ -146,6 +146,14 @@ class LoaderConfig:
     workers: int = 2
     shuffle_buffer: int = 1000
     prefetch_factor: int = 4
+    # Each shard's sha256 is checked against the manifest the first time a worker opens it (its
+    # size at every open): about 1% of loader time (benchmarks/shard_integrity.py).
+    verify_sha256: bool = True
+    on_bad_shard: str = "error"  # error: stop naming the shard | skip: warn, count, go on
+
+    def problems(self):
+        if self.on_bad_shard not in ("error", "skip"):
+            yield ("on_bad_shard", f"'error' or 'skip', got {self.on_bad_shard!r}")
 
 
 @dataclass

@@ -125,30 +125,37 @@ class Verdict:
     loss: float  # mean over the micro steps of every rank
     non_finite_ranks: int
     stop: bool
+    skipped_samples: int = 0  # by every rank's loader since the run (re)started
+    skipped_shards: int = 0
 
 
 class StepAgreement:
-    """The one collective of a training step: the summed loss, a non-finite flag and a stop flag,
-    kept on the rank's device. Micro-step losses are added there without a host copy; ``agree``
-    reduces them in one all-reduce and reads the three numbers back in one copy, the step's only
-    device-to-host synchronisation in our code."""
+    """The one collective of a training step: the summed loss, a non-finite flag, a stop flag
+    and what the loaders skipped, kept on the rank's device. Micro-step losses are added there
+    without a host copy; ``agree`` reduces them in one all-reduce and reads the numbers back in
+    one copy, the step's only device-to-host synchronisation in our code."""
 
-    def __init__(self, device: torch.device, micro_steps_per_rank: int):
-        self.sums = torch.zeros(3, device=device)
+    def __init__(self, device: torch.device, micro_steps_per_rank: int, skips=None):
+        self.sums = torch.zeros(5, device=device)
         self.micro_steps_per_rank = micro_steps_per_rank
+        self.skips = skips  # the rank's loader SkipCounts, or None
 
     def add(self, loss: torch.Tensor) -> None:
         self.sums[0] += loss.detach().float()
 
     def reduce(self, stop: bool) -> torch.Tensor:
-        """The all-reduced ``[loss sum, non-finite ranks, stop ranks]``, still on the device."""
+        """The all-reduced ``[loss sum, non-finite ranks, stop ranks, skipped samples, skipped
+        shards]``, still on the device."""
         self.sums[1] = (~torch.isfinite(self.sums[0])).float()
         self.sums[2] = float(stop)
+        if self.skips is not None:
+            self.sums[3], self.sums[4] = float(self.skips.samples), float(self.skips.shards)
         dist.all_reduce(self.sums)
         return self.sums
 
     def agree(self, stop: bool) -> Verdict:
-        loss_sum, non_finite, stops = self.reduce(stop).tolist()
+        loss_sum, non_finite, stops, samples, shards = self.reduce(stop).tolist()
         self.sums.zero_()
         world = dist.get_world_size()
-        return Verdict(loss_sum / (self.micro_steps_per_rank * world), int(non_finite), stops > 0)
+        mean = loss_sum / (self.micro_steps_per_rank * world)
+        return Verdict(mean, int(non_finite), stops > 0, int(samples), int(shards))

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from data_prep.shard_format import read_labels, read_manifest, read_shard_samples, shard_urls
+from data_prep.shard_format import (
+    BadShardError,
+    read_labels,
+    read_manifest,
+    read_shard_samples,
+    shard_urls,
+)
 from training.config import EVAL_METRICS as METRICS
 from training.config import EvalConfig, eval_schema
 from training.entry import config_from_argv
@@ -133,7 +139,12 @@ def _num_classes(split_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(config_from_argv(eval_schema, argv, __doc__))
+    cfg = config_from_argv(eval_schema, argv, __doc__)
+    try:
+        run(cfg)
+    except BadShardError as err:  # one line, not a traceback from inside the loader
+        log.error("%s", err)
+        return 1
     return 0
 
 

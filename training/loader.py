@@ -17,7 +17,13 @@ Training stream (:func:`train_loader`):
   batches an uninterrupted run would. Finished epochs are skipped by arithmetic on the
   manifest's sample counts, shards of the current epoch with nothing left to emit are never
   opened, and only emitted samples are decoded (``stream_order.resume_point``).
-* **Nothing is unpickled**: members are decoded by the modality's own functions.
+* **Nothing is unpickled**: members are decoded by the modality's own functions; members no prep
+  writes (links, names outside the shard) are skipped unread.
+* **Shards are checked when opened**: size against the manifest always, sha256 once per worker
+  (``loader.verify_sha256``; about 1% of loader time, ``python -m benchmarks.shard_integrity``).
+  A damaged, truncated or missing shard is one :class:`BadShardError` naming it, or with
+  ``loader.on_bad_shard: skip`` a warning and a count (:class:`SkipCounts`, reported in the
+  metrics). A sample that does not decode is skipped, named with its shard, and counted.
 * **Lean shard reading**: shards are opened by ``read_shard_samples`` (our own shards are plain
   ustar), which skips the members training does not read; ``tarfile``'s full header parsing
   took a third of the loader's time (``python -m benchmarks.data_path``).
@@ -30,20 +36,53 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
+import multiprocessing
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import webdataset as wds
 
-from data_prep.shard_format import indexed_shard_samples, read_manifest, shard_urls
+from data_prep.shard_format import (
+    BadShardError,
+    ShardRecord,
+    bad_shard_error,
+    indexed_shard_samples,
+    read_manifest,
+    shard_problem,
+)
 from training.config import LoaderConfig
 from training.modalities import Example, modality
 from training.stream_order import epoch_order, resume_point
 
+log = logging.getLogger(__name__)
+
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]  # collated inputs, labels, keys
+
+
+class SkipCounts:
+    """Samples and shards one rank's stream skipped, shared with its loader worker processes
+    (a forked worker inherits the shared array)."""
+
+    def __init__(self):
+        self._counts = multiprocessing.get_context("fork").Array("q", 2)
+
+    def add(self, samples: int = 0, shards: int = 0) -> None:
+        with self._counts.get_lock():
+            self._counts[0] += samples
+            self._counts[1] += shards
+
+    @property
+    def samples(self) -> int:
+        return self._counts[0]
+
+    @property
+    def shards(self) -> int:
+        return self._counts[1]
 
 
 def split_skip(batches: int, workers: int) -> tuple[int, int]:
@@ -60,8 +99,8 @@ def split_skip(batches: int, workers: int) -> tuple[int, int]:
 class TrainStreamSpec:
     """Everything a loader worker needs (it is pickled to each one): plain data only."""
 
-    urls: tuple[str, ...]
-    counts: tuple[int, ...]  # samples per shard, from the manifest
+    split_dir: str
+    records: tuple[ShardRecord, ...]  # the manifest's rows, in order
     modality: str
     input: Any  # the modality's input config
     batch_size: int
@@ -75,9 +114,10 @@ class TrainStreamSpec:
 class TrainStream(torch.utils.data.IterableDataset):
     """Endless stream of augmented training batches for one rank (see module docstring)."""
 
-    def __init__(self, spec: TrainStreamSpec):
+    def __init__(self, spec: TrainStreamSpec, skips: SkipCounts | None = None):
         super().__init__()
         self.spec = spec
+        self.skips = skips or SkipCounts()
 
     def __iter__(self) -> Iterator[Batch]:
         s = self.spec
@@ -86,12 +126,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         slot, slots = s.rank * workers + worker, s.world_size * workers
         skip = split_skip(s.skip_batches, workers)[0] * s.batch_size
         m = modality(s.modality)
+        shards = _ShardReader(s.split_dir, s.loader, self.skips, m.members)
         pipeline = wds.DataPipeline(
-            functools.partial(_slot_samples, s, slot, slots, skip, m.members),
+            functools.partial(_slot_samples, s, slot, slots, skip, shards),
             # Augmentation seeded by the sample's place in the stream: a resumed run redraws it.
             wds.map(
-                lambda item: m.ops.decode(
-                    s.input, item[1], random.Random(f"{s.seed}:{slot}:{item[0]}")
+                lambda item: _decoded(
+                    m, s.input, item[1], random.Random(f"{s.seed}:{slot}:{item[0]}"), self.skips
                 )
             ),
             wds.select(lambda example: example is not None),
@@ -100,27 +141,33 @@ class TrainStream(torch.utils.data.IterableDataset):
         return iter(pipeline)
 
 
-def train_loader(spec: TrainStreamSpec, pin_memory: bool = False) -> Iterator[Batch]:
-    """An endless iterator of ``(inputs [B, ...], labels [B], keys)`` for one rank."""
+def train_loader(
+    spec: TrainStreamSpec, pin_memory: bool = False, skips: SkipCounts | None = None
+) -> Iterator[Batch]:
+    """An endless iterator of ``(inputs [B, ...], labels [B], keys)`` for one rank; what it
+    skips is added to ``skips``."""
     workers = spec.loader.workers
     loader = torch.utils.data.DataLoader(
-        TrainStream(spec),
+        TrainStream(spec, skips),
         batch_size=None,
         num_workers=workers,
         prefetch_factor=spec.loader.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
     )
-    return itertools.islice(iter(loader), split_skip(spec.skip_batches, workers)[1], None)
+    batches = itertools.islice(iter(loader), split_skip(spec.skip_batches, workers)[1], None)
+    return _plain_errors(batches)
 
 
 def eval_batches(split_dir: str, modality_name: str, input_cfg, batch_size: int) -> Iterator[Batch]:
-    """Every sample of a split once, in manifest order, decoded without augmentation."""
+    """Every sample of a split once, in manifest order, decoded without augmentation; every
+    shard is checked (size and sha256) when opened, and a damaged one is a BadShardError."""
     m = modality(modality_name)
+    skips = SkipCounts()
+    shards = _ShardReader(str(split_dir), LoaderConfig(), skips, ())
     dataset = wds.DataPipeline(
-        wds.SimpleShardList(shard_urls(split_dir)),
-        wds.tarfile_to_samples(),
-        wds.map(lambda sample: m.ops.decode(input_cfg, sample, None)),
+        lambda: (s for r in read_manifest(split_dir) for _, s in shards.samples(r)),
+        wds.map(lambda sample: _decoded(m, input_cfg, sample, None, skips)),
         wds.select(lambda example: example is not None),
         wds.batched(batch_size, collation_fn=_collate, partial=True),
     )
@@ -140,8 +187,8 @@ def train_spec_for(
 ) -> TrainStreamSpec:
     """The training stream of one rank over a prepared split (pretraining and fine-tuning)."""
     return TrainStreamSpec(
-        urls=tuple(shard_urls(split_dir)),
-        counts=tuple(r.samples for r in read_manifest(split_dir)),
+        split_dir=str(Path(split_dir).resolve()),
+        records=tuple(read_manifest(split_dir)),
         modality=modality_name,
         input=input_cfg,
         batch_size=batch_size,
@@ -154,50 +201,118 @@ def train_spec_for(
 
 
 def _slot_samples(
-    s: TrainStreamSpec, slot: int, slots: int, skip: int, members: tuple[str, ...]
-) -> Iterator[tuple[int, dict]]:
-    """``(index in the slot's stream, sample)`` from ``skip`` on, epoch after epoch."""
-    first_epoch, into = resume_point(s.counts, slot, slots, s.seed, skip)
+    s: TrainStreamSpec, slot: int, slots: int, skip: int, shards: _ShardReader
+) -> Iterator[tuple[int, dict | None]]:
+    """``(index in the slot's stream, sample or None where it was skipped)`` from ``skip`` on,
+    epoch after epoch."""
+    counts = [r.samples for r in s.records]
+    first_epoch, into = resume_point(counts, slot, slots, s.seed, skip)
     index = skip
     for epoch in itertools.count(first_epoch):
-        shards, sizes, order = epoch_order(
-            s.counts, slot, slots, s.seed, epoch, s.loader.shuffle_buffer
+        chosen, sizes, order = epoch_order(
+            counts, slot, slots, s.seed, epoch, s.loader.shuffle_buffer
         )
         order.skip(into if epoch == first_epoch else 0)
-        samples = _EpochSamples([s.urls[i] for i in shards], sizes, order.pending(), members)
+        samples = _EpochSamples([s.records[i] for i in chosen], sizes, order.pending(), shards)
         for position in order:
             yield index, samples.take(position)
             index += 1
 
 
+class _ShardReader:
+    """Opens shards for one loader process: checks each against its manifest row first (size
+    at every open, sha256 at the first), then reads its samples; a damaged shard is raised or,
+    with ``on_bad_shard: skip``, logged, counted and read as empty."""
+
+    def __init__(self, split_dir: str, cfg: LoaderConfig, skips: SkipCounts, members):
+        self.split_dir, self.cfg, self.skips, self.members = Path(split_dir), cfg, skips, members
+        self.hashed: set[str] = set()
+
+    def samples(self, record: ShardRecord, keep=None) -> Iterator[tuple[int, dict]]:
+        path = self.split_dir / record.file
+        first = self.cfg.verify_sha256 and record.file not in self.hashed
+        problem = shard_problem(path, record, sha256=first)
+        try:
+            if problem:
+                raise bad_shard_error(path, problem)
+            self.hashed.add(record.file)
+            yield from indexed_shard_samples(path, self.members, keep, self._skipped_member)
+        except BadShardError as err:
+            if self.cfg.on_bad_shard != "skip":
+                raise
+            log.warning("%s; skipped (loader.on_bad_shard: skip)", err)
+            self.skips.add(shards=1)
+
+    def _skipped_member(self, reason: str, name: str) -> None:
+        log.warning("skipped member %r of a shard in %s: %s", name, self.split_dir, reason)
+        self.skips.add(samples=1)
+
+
 class _EpochSamples:
     """One epoch's samples by position: shards are read forward, keeping only pending positions
-    until the shuffle asks for them; a shard with none pending is not opened."""
+    until the shuffle asks for them; a shard with none pending is not opened. Positions of a
+    skipped shard come out as None."""
 
-    def __init__(self, urls: list[str], sizes: list[int], pending, members: tuple[str, ...]):
-        self.held: dict[int, dict] = {}
-        self.reading = self._read(urls, sizes, pending, members)
+    def __init__(self, records: list[ShardRecord], sizes: list[int], pending, shards):
+        self.held: dict[int, dict | None] = {}
+        self.reading = self._read(records, sizes, pending, shards)
 
-    def take(self, position: int) -> dict:
+    def take(self, position: int) -> dict | None:
         while position not in self.held:
             got, sample = next(self.reading)
             self.held[got] = sample
         return self.held.pop(position)
 
     @staticmethod
-    def _read(urls, sizes, pending, members) -> Iterator[tuple[int, dict]]:
+    def _read(records, sizes, pending, shards) -> Iterator[tuple[int, dict | None]]:
         start = 0
-        for url, size in zip(urls, sizes):
+        for record, size in zip(records, sizes):
             if pending.any_in(start, start + size):
                 wanted = functools.partial(_is_pending, pending, start)
-                for ordinal, sample in indexed_shard_samples(url, members, wanted):
+                seen = set()
+                for ordinal, sample in shards.samples(record, wanted):
                     if ordinal < size:
+                        seen.add(ordinal)
                         yield start + ordinal, sample
+                # What a skipped (or short) shard did not give: empty places in the order.
+                for ordinal in range(size):
+                    if ordinal not in seen and wanted(ordinal):
+                        yield start + ordinal, None
             start += size
 
 
 def _is_pending(pending, start: int, ordinal: int) -> bool:
     return start + ordinal in pending
+
+
+def _decoded(m, input_cfg, sample: dict | None, rng, skips: SkipCounts) -> Example | None:
+    """The modality's decoding of ``sample``, or None (counted) when it was skipped or does not
+    decode; whatever a decoder raises on hostile bytes is one skipped sample, not a dead loader."""
+    if sample is None:
+        return None
+    why = ""
+    try:
+        example = m.ops.decode(input_cfg, sample, rng)
+    except Exception as err:  # any decoder failure on hostile bytes is a skipped sample
+        example, why = None, f" ({type(err).__name__}: {err})"
+    if example is None:
+        skips.add(samples=1)
+        log.warning("skipped sample %s%s", _where(sample), why)
+    return example
+
+
+def _where(sample: dict) -> str:
+    return f"{sample.get('__key__')} of {sample.get('__url__')}"
+
+
+def _plain_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """``batches``, with a BadShardError a loader worker raised re-raised as its one-line message
+    (the DataLoader wraps it in the worker's traceback)."""
+    try:
+        yield from batches
+    except BadShardError as err:
+        last = str(err).strip().splitlines()[-1]
+        raise BadShardError(last.split("BadShardError: ", 1)[-1]) from None
 
 
 def _collate(examples: list[Example]) -> Batch:

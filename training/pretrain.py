@@ -29,13 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from cluster.local import PREEMPTED_EXIT, remove_shm_segments
-from data_prep.shard_format import read_manifest
+from data_prep.shard_format import BadShardError, read_manifest
 from training import checkpoint
 from training.config import PretrainConfig, pretrain_schema
 from training.distributed import (
     DeviceUnavailable,
     DistInfo,
     StepAgreement,
+    Verdict,
     init_distributed,
     launch_env,
     leave_process_group,
@@ -45,7 +46,7 @@ from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
 from training.export_interop import write_interop
-from training.loader import train_loader, train_spec_for
+from training.loader import SkipCounts, train_loader, train_spec_for
 from training.metrics import MetricsLog
 from training.modalities import modality as modality_named
 from training.objectives import build_model, step_inputs
@@ -246,9 +247,10 @@ def _train(
         world_size=info.world_size,
         skip_batches=start * cfg.grad_accum,
     )
-    batches = train_loader(spec, pin_memory=info.device.type == "cuda")
+    skips = SkipCounts()
+    batches = train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips)
     step_fn = _Step(cfg, info, engine)
-    agreement = StepAgreement(info.device, cfg.grad_accum)
+    agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, plan, info, engine, start)
     try:
         for step in range(start, plan.total_steps):
@@ -262,7 +264,7 @@ def _train(
                     f"precision=fp32. The last complete checkpoint is kept in {ckpt_dir}."
                 )
             done = step + 1
-            metrics.step_done(done, verdict.loss)
+            metrics.step_done(done, verdict)
             preempted = verdict.stop and done < plan.total_steps
             if (done % cfg.checkpoint_every == 0 or preempted) and done < plan.total_steps:
                 checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
@@ -323,7 +325,8 @@ class _Progress:
         self.window_start = time.perf_counter()
         self.window_steps = 0
 
-    def step_done(self, done: int, loss: float) -> None:
+    def step_done(self, done: int, verdict: Verdict) -> None:
+        loss = verdict.loss
         self.bar.update(1)
         self.window_steps += 1
         if not self.log or (done % self.cfg.log_every and done != self.plan.total_steps):
@@ -337,6 +340,9 @@ class _Progress:
             "samples_per_s": samples / elapsed,
             "units_per_s": samples * self.per_sample / elapsed,  # in the modality's unit
             "time": time.time(),
+            # what the loaders skipped since this attempt started (undecodable, damaged)
+            "skipped_samples": verdict.skipped_samples,
+            "skipped_shards": verdict.skipped_shards,
         }
         self.log.write(record)
         per_s = f"{record['units_per_s']:.0f}"
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
-    except (DeviceUnavailable, checkpoint.StageMismatch) as err:
+    except (DeviceUnavailable, checkpoint.StageMismatch, BadShardError) as err:
         log.error("%s", err)
         return 2
     finally:

@@ -46,15 +46,32 @@ def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path):
     with pytest.raises(RuntimeError):
         write_unit(WorkUnit(0, ("a", "boom")), tmp_path, explode)
     assert not (tmp_path / shard_name(0)).exists()
-    assert unit_is_done(tmp_path, 0) is None
+    assert unit_is_done(tmp_path, WorkUnit(0, ("a", "boom"))) is None
     assert [p.name for p in tmp_path.iterdir() if p.name != META_DIR] == []
 
 
 def test_a_shard_without_its_record_is_redone(tmp_path):
-    write_unit(WorkUnit(0, ("a",)), tmp_path, _encode)
-    assert unit_is_done(tmp_path, 0) is not None
+    unit = WorkUnit(0, ("a",))
+    write_unit(unit, tmp_path, _encode)
+    assert unit_is_done(tmp_path, unit) is not None
     (tmp_path / WORK_DIR / f"{shard_name(0)}.json").unlink()
-    assert unit_is_done(tmp_path, 0) is None
+    assert unit_is_done(tmp_path, unit) is None
+
+
+def test_a_record_is_checked_against_the_shard_and_the_inputs(tmp_path):
+    """A completion record is not trusted: a shard whose bytes changed (same size), a deleted
+    shard, or a unit now planned over other inputs is written again."""
+    unit = WorkUnit(0, ("a", "b"))
+    write_unit(unit, tmp_path, _encode)
+    assert unit_is_done(tmp_path, unit) is not None
+    assert unit_is_done(tmp_path, WorkUnit(0, ("a", "c"))) is None
+    shard = tmp_path / shard_name(0)
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF  # inside the first member's data: the size stays
+    shard.write_bytes(bytes(data))
+    assert unit_is_done(tmp_path, unit) is None
+    shard.unlink()
+    assert unit_is_done(tmp_path, unit) is None
 
 
 def test_keys_with_dots_are_rejected():

@@ -97,12 +97,13 @@ def test_eval_stream_reads_every_sample_once_in_order(prepared):
 
 
 def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
+    import dataclasses
     import io
     import pickle
     import shutil
     import tarfile
 
-    from data_prep.shard_format import SUCCESS, read_manifest, write_manifest
+    from data_prep.shard_format import SUCCESS, file_sha256, read_manifest, write_manifest
 
     class Trap:
         def __reduce__(self):
@@ -123,6 +124,10 @@ def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
                     info = tarfile.TarInfo(member.name.rsplit(".", 1)[0] + "." + ext)
                     info.size = len(trap)
                     tar.addfile(info, io.BytesIO(trap))
+    # The manifest made to match, as one hand-made alongside such a shard would be.
+    records[0] = dataclasses.replace(
+        records[0], bytes=shard.stat().st_size, sha256=file_sha256(shard)
+    )
     write_manifest(split, records)
     (split / SUCCESS).parent.mkdir(exist_ok=True)
     (split / SUCCESS).touch()
@@ -155,7 +160,7 @@ def test_resume_late_in_a_run_reads_only_what_it_emits(prepared, monkeypatch):
     monkeypatch.setattr(
         loader_module,
         "indexed_shard_samples",
-        lambda url, members, keep: opened.append(url) or real_read(url, members, keep),
+        lambda url, *rest: opened.append(url) or real_read(url, *rest),
     )
     monkeypatch.setitem(
         modality("image").__dict__,
@@ -173,3 +178,187 @@ def test_resume_late_in_a_run_reads_only_what_it_emits(prepared, monkeypatch):
     assert len(decoded) <= 5 * 8 + 1  # nothing skipped is decoded (webdataset's batcher reads
     # one sample ahead to close a batch)
     assert len(opened) <= 2 * 5  # the current epoch's shards at most, with the next one's
+
+
+# --- damaged shards and hostile members -------------------------------------------------------
+
+
+def _copy_split(prepared, tmp_path, name="train"):
+    import shutil
+
+    split = tmp_path / name
+    shutil.copytree(prepared / name, split)
+    return split
+
+
+def _flip_byte_in_first_jpeg(shard):
+    """Flip one byte inside the first JPEG member's data: the size stays, the sha256 does not."""
+    data = bytearray(shard.read_bytes())
+    data[512 + 300] ^= (
+        0xFF  # 300 bytes into the first member (a .jpg: members sort cls, jpg, json?)
+    )
+    shard.write_bytes(bytes(data))
+
+
+def _train(split, **loader):
+    spec = train_spec_for(
+        str(split),
+        "image",
+        ImageInputConfig(32),
+        batch_size=8,
+        seed=0,
+        loader=LoaderConfig(**{"workers": 0, "shuffle_buffer": 10, **loader}),
+    )
+    return spec
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_shard_is_one_error_naming_it(prepared, tmp_path, damage, workers):
+    """Before: bytes flipped trained on with a vague warning; a truncated or deleted shard gave
+    a traceback per worker (ValueError, FileNotFoundError). Now one BadShardError naming the
+    shard and what to do, its message one line even from a worker process."""
+    from data_prep.shard_format import BadShardError, read_manifest
+
+    split = _copy_split(prepared, tmp_path)
+    shard = split / read_manifest(split)[0].file
+    if damage == "flip":
+        _flip_byte_in_first_jpeg(shard)
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-1500])
+    else:
+        shard.unlink()
+    with pytest.raises(BadShardError) as err:
+        list(itertools.islice(train_loader(_train(split, workers=workers)), 40))
+    message = str(err.value)
+    assert shard.name in message and "maskmill verify" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert {"flip": "sha256", "truncate": "bytes where", "delete": "missing"}[damage] in message
+
+
+def test_with_on_bad_shard_skip_the_stream_goes_on_and_counts_it(prepared, tmp_path):
+    from data_prep.shard_format import read_manifest, read_shard_samples
+    from training.loader import SkipCounts
+
+    split = _copy_split(prepared, tmp_path)
+    bad = split / read_manifest(split)[0].file
+    lost = {s["__key__"] for s in read_shard_samples(bad)}
+    bad.write_bytes(bad.read_bytes()[:-1500])
+    skips = SkipCounts()
+    batches = list(
+        itertools.islice(train_loader(_train(split, on_bad_shard="skip"), skips=skips), 30)
+    )
+    seen = {k for _, _, keys in batches for k in keys}
+    assert len(batches) == 30 and not seen & lost
+    assert skips.shards >= 1 and skips.samples == 0
+
+
+def test_a_damaged_tar_header_is_named_even_without_sha256(prepared, tmp_path):
+    """The size is right and sha256 checking is off: the header checksum still catches it."""
+    from data_prep.shard_format import BadShardError, read_manifest
+
+    split = _copy_split(prepared, tmp_path)
+    shard = split / read_manifest(split)[0].file
+    data = bytearray(shard.read_bytes())
+    data[124:136] = b"77777777777\0"  # the first member's size field
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BadShardError, match="checksum"):
+        list(itertools.islice(train_loader(_train(split, verify_sha256=False)), 40))
+
+
+def test_evaluation_on_a_truncated_val_shard_is_one_clear_error(prepared, tmp_path):
+    """Before: a tarfile.ReadError traceback from inside webdataset."""
+    from data_prep.shard_format import BadShardError, read_manifest
+
+    split = _copy_split(prepared, tmp_path, "val")
+    shard = split / read_manifest(split)[0].file
+    shard.write_bytes(shard.read_bytes()[:-700])
+    with pytest.raises(BadShardError, match=shard.name):
+        list(eval_batches(str(split), "image", ImageInputConfig(32), 8))
+
+
+def _rewrite_first_shard(split, extra):
+    """Rewrite the split's first shard with ``extra(tar, sample name)`` after each sample's
+    members, and its manifest row to match (as a hand-made shard and manifest would be)."""
+    import dataclasses
+    import io
+    import tarfile
+
+    from data_prep.shard_format import file_sha256, read_manifest, write_manifest
+
+    records = read_manifest(split)
+    shard = split / records[0].file
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+            if member.name.endswith(".json"):
+                extra(tar, member.name.rsplit(".", 1)[0], io.BytesIO)
+    records[0] = dataclasses.replace(
+        records[0], bytes=shard.stat().st_size, sha256=file_sha256(shard)
+    )
+    write_manifest(split, records)
+    return shard
+
+
+def test_hostile_members_are_skipped_and_counted_not_fatal(prepared, tmp_path):
+    """Before: the loader died with a ValueError on a symlink member."""
+    import tarfile
+
+    from training.loader import SkipCounts
+
+    def hostile(tar, name, buffer):
+        link = tarfile.TarInfo(f"{name}x.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        climb = tarfile.TarInfo(f"../../{name}y.jpg")
+        climb.size = 4
+        tar.addfile(climb, buffer(b"\xff\xd8\xff\xd9"))
+
+    split = _copy_split(prepared, tmp_path)
+    _rewrite_first_shard(split, hostile)
+    skips = SkipCounts()
+    spec = _train(split, shuffle_buffer=1)
+    batches = list(itertools.islice(train_loader(spec, skips=skips), 20))
+    keys = [k for _, _, ks in batches for k in ks]
+    assert len(keys) == 160 and not any(k.endswith(("x", "y")) or ".." in k for k in keys)
+    assert skips.samples > 0
+
+
+def test_decompression_bombs_are_counted_skips(prepared, tmp_path):
+    """A PNG of 20000 x 20000 pixels (Pillow refuses it: DecompressionBombError) and a JPEG whose
+    header claims 60000 x 60000 are skipped before decoding, in training and in evaluation
+    (before: DecompressionBombError stopped both loaders)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from training.loader import SkipCounts
+
+    png = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(png, "PNG")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(jpeg, "JPEG")
+    claims = bytearray(jpeg.getvalue())
+    sof = claims.index(b"\xff\xc0")
+    claims[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2
+    bombs = {"pngbomb": png.getvalue(), "jpgbomb": bytes(claims)}
+
+    def add_bombs(tar, name, buffer):
+        for kind, image in bombs.items():
+            for ext, data in (("jpg", image), ("cls", b"0")):
+                info = tarfile.TarInfo(f"{name}{kind}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, buffer(data))
+
+    split = _copy_split(prepared, tmp_path, "val")
+    _rewrite_first_shard(split, add_bombs)
+    keys = [
+        k for _, _, ks in eval_batches(str(split), "image", ImageInputConfig(32), 8) for k in ks
+    ]
+    assert keys and not any(k.endswith("bomb") for k in keys)
+    skips = SkipCounts()
+    list(itertools.islice(train_loader(_train(split, shuffle_buffer=1), skips=skips), 3))
+    assert skips.samples >= 2

@@ -51,6 +51,11 @@ REDUCED = {
 }
 
 
+# Larger pictures are refused before decoding: Pillow's bomb limit (2x its warning size), far
+# over what prep writes (shorter side 256 by default).
+MAX_PIXELS = 178_956_970
+
+
 def decode(cfg: ImageInputConfig, sample: dict, rng: random.Random | None) -> Example | None:
     """A shard sample -> uint8 ``[3, S, S]``: random-resized crop + flip with ``rng``, else
     resize and centre-crop."""
@@ -58,6 +63,13 @@ def decode(cfg: ImageInputConfig, sample: dict, rng: random.Random | None) -> Ex
     size = None if data is None else _header_size(data)
     if size is None:
         log.warning("cannot decode sample %s: not an image", sample.get("__key__"))
+        return None
+    if size[0] * size[1] > MAX_PIXELS:
+        log.warning(
+            "cannot decode sample %s: %dx%d pixels (a decompression bomb?)",
+            sample.get("__key__"),
+            *size,
+        )
         return None
     flip = False
     if rng is not None:

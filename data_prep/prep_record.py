@@ -1,0 +1,96 @@
+"""What a prep output folder records about the prep writing it: the settings that made its
+shards, and a lock held while one prep writes.
+
+``OUT/.maskmill/prep.json`` holds the ``prep`` section less the keys that do not change a
+shard (the Ray session, which splits to write). A prep into an output made with other settings
+is refused before any work, naming the keys that differ, or with ``rebuild`` empties the output
+first: shards of two settings never mix in one output. ``OUT/.maskmill/prep.lock`` is held
+(``flock``) while a prep writes, so a second prep into the same output at the same time is
+refused rather than interleaved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from data_prep.shard_format import META_DIR, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SETTINGS = f"{META_DIR}/prep.json"
+LOCK = f"{META_DIR}/prep.lock"
+# How a prep runs or which of its splits it writes: not what any shard holds.
+NOT_SETTINGS = ("num_cpus", "ray_address", "splits")
+
+
+class PrepOutputError(RuntimeError):
+    """The output folder cannot take this prep: another prep is writing it, or its shards were
+    made with other settings."""
+
+
+def settings_of(cfg: Any) -> dict:
+    """The settings a prep output records: the config as JSON values, less NOT_SETTINGS."""
+    values = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return {k: v for k, v in sorted(values.items()) if k not in NOT_SETTINGS}
+
+
+def changed_keys(recorded: dict, settings: dict) -> list[str]:
+    return sorted(
+        k for k in recorded.keys() | settings.keys() if recorded.get(k) != settings.get(k)
+    )
+
+
+@contextlib.contextmanager
+def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
+    """Hold ``out`` for one prep with ``settings`` (see module docstring)."""
+    (out / META_DIR).mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise PrepOutputError(
+                f"another prep ({holder}) is writing {out}; wait for it to finish, or prepare "
+                "into another output folder"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        lock.flush()
+        _claim(out, settings, rebuild)
+        yield
+
+
+def _claim(out: Path, settings: dict, rebuild: bool) -> None:
+    record = out / SETTINGS
+    if record.is_file():
+        differ = changed_keys(json.loads(record.read_text()), settings)
+        if differ and not rebuild:
+            raise PrepOutputError(
+                f"{out} holds shards prepared with other settings ({', '.join(differ)} differ); "
+                "prepare into another output folder, or rebuild it whole (`maskmill prep ... "
+                "--rebuild`; in a run, a prep.out the run made is rebuilt when its settings change)"
+            )
+        if differ:
+            log.warning("%s: %s changed; removing its shards to rebuild it", out, ", ".join(differ))
+            _empty(out)
+    atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
+
+
+def _empty(out: Path) -> None:
+    """Remove what earlier preps wrote in ``out``: all but the records folder and the output
+    marker a run keeps there."""
+    for entry in out.iterdir():
+        if entry.name == META_DIR or entry.name.startswith(".maskmill"):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
