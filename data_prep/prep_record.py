@@ -2,7 +2,7 @@
 shards, and a lock held while one prep writes.
 
 ``OUT/.maskmill/prep.json`` holds the ``prep`` section less the keys that do not change a
-shard (the Ray session, which splits to write). A prep into an output made with other settings
+shard (the output's own path, the Ray session, which splits to write). A prep into an output made with other settings
 is refused before any work, naming the keys that differ, or with ``rebuild`` empties the output
 first: shards of two settings never mix in one output. ``OUT/.maskmill/prep.lock`` is held
 (``flock``) while a prep writes, so a second prep into the same output at the same time is
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 SETTINGS = f"{META_DIR}/prep.json"
 LOCK = f"{META_DIR}/prep.lock"
-# How a prep runs or which of its splits it writes: not what any shard holds.
-NOT_SETTINGS = ("num_cpus", "ray_address", "splits")
+# Where and how a prep runs, which of its splits it writes: not what any shard holds.
+NOT_SETTINGS = ("out", "num_cpus", "ray_address", "splits")
 
 
 class PrepOutputError(RuntimeError):

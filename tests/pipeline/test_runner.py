@@ -232,6 +232,8 @@ def test_missing_inputs_stop_a_stage_before_it_starts(finished_run):
     with pytest.raises(FileNotFoundError):
         run_pipeline(cfg)
     assert read_state(run, "pretrain").status == "done"
+    # run.yaml is the run that finished, not this attempt (before: written at every start)
+    assert "/nonexistent/export" not in (run / "run.yaml").read_text()
 
 
 def test_an_interrupted_stage_resumes_in_place(finished_run, caplog):
@@ -264,3 +266,41 @@ def test_a_stage_that_0_1_finished_with_the_same_config_stays_done(finished_run)
     assert read_state(run, "pretrain").fingerprint == v1  # status only looks
     assert recorded_state(stage, cfg, run, today, adopt=True).status == "done"
     assert read_state(run, "pretrain").fingerprint == today  # recorded under today's
+
+
+def test_a_damaged_prep_shows_in_status_and_verify_and_a_rerun_repairs_exactly_it(finished_run):
+    """Before: status said done, prep trusted its completion records, and pretraining died with
+    a traceback per rank. Now status says damaged, `maskmill verify` names the shards (exit 1),
+    and rerunning rewrites exactly them, byte-identical, leaving later stages done."""
+    path, run = finished_run
+    cfg = load_run_config(path)
+    train = run / "shards" / "train"
+    shards = sorted(train.glob("shard-*.tar"))
+    original = {p.name: p.read_bytes() for p in shards}
+    manifest = (train / ".maskmill" / "manifest.parquet").read_bytes()
+    untouched = shards[2].stat().st_mtime_ns
+    shards[0].unlink()
+    shards[1].write_bytes(original[shards[1].name][:-512])
+    assert {v.name: v.label for v in stage_views(cfg)}["prep"] == "damaged (rerun repairs it)"
+    verify = [sys.executable, "-m", "pipeline.cli", "verify", str(path)]
+    out = subprocess.run(verify, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert f"BAD {shards[0].name}  missing" in out.stdout
+    assert f"BAD {shards[1].name}" in out.stdout and "truncated" in out.stdout
+    pretrained = read_state(run, "pretrain").finished
+    run_pipeline(cfg)
+    assert {p.name: p.read_bytes() for p in shards} == original
+    assert (train / ".maskmill" / "manifest.parquet").read_bytes() == manifest
+    assert shards[2].stat().st_mtime_ns == untouched  # only the damaged ones were written
+    assert read_state(run, "pretrain").finished == pretrained
+    # bytes changed in place (same size): verify's sha256 finds it, a forced prep repairs it
+    flipped = bytearray(original[shards[3].name])
+    flipped[900] ^= 0xFF
+    shards[3].write_bytes(bytes(flipped))
+    out = subprocess.run(verify, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "sha256" in out.stdout and "--force prep" in out.stdout
+    run_pipeline(cfg, force=("prep",))
+    assert shards[3].read_bytes() == original[shards[3].name]
+    assert shards[2].stat().st_mtime_ns == untouched
+    assert subprocess.run(verify, capture_output=True, timeout=300).returncode == 0
+    assert read_state(run, "pretrain").finished == pretrained
