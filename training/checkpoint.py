@@ -10,6 +10,9 @@ a checkpoint holds one shard per rank. Resuming with another world size (more or
 goes through DeepSpeed's *universal* checkpoint: the newest checkpoint is converted once, by
 ``deepspeed.checkpoint.ds_to_universal``, into per-parameter files under ``universal/<tag>``,
 and the engine, built with ``checkpoint.load_universal``, loads and re-partitions them.
+
+Every checkpoint file is loaded as weights only (``training.safe_load``): a planted pickle is
+refused, not run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch.distributed as dist
+
+from training.safe_load import weights_only_loading
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +157,7 @@ def make_universal(ckpt_dir: Path) -> Path:
     # unescaped regular expressions, so a run directory holding "$", "(" or "+" broke it.
     subprocess.run(
         [
-            sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+            sys.executable, "-m", "training.safe_load", "deepspeed.checkpoint.ds_to_universal",
             "--input_folder", tag, "--output_folder", str(tmp.relative_to(ckpt_dir)),
             "--num_extract_workers", "1", "--num_merge_workers", "1",
         ],
@@ -172,7 +177,8 @@ def resume(engine, ckpt_dir: Path, universal: bool = False) -> int:
     if not tags:
         return 0
     load_dir = ckpt_dir / UNIVERSAL if universal else ckpt_dir
-    _, client = engine.load_checkpoint(str(load_dir), tag=tags[-1])
+    with weights_only_loading():
+        _, client = engine.load_checkpoint(str(load_dir), tag=tags[-1])
     step = int(client["step"])
     log.info("resumed from %s (step %d)", ckpt_dir / tags[-1], step)
     return step

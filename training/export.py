@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from training.export_format import ENCODER, MAE, ExportInfo, read_export, write_model_json
 from training.mae import ViTEncoder
 from training.objectives import build_model
+from training.safe_load import weights_only_loading
 
 
 def export_from_checkpoint(
@@ -21,13 +22,14 @@ def export_from_checkpoint(
     With ZeRO (stages 1-3) the fp32 master weights are gathered from every rank's partition, as
     DeepSpeed's ``zero_to_fp32`` does; without ZeRO the one model-state file holds them all.
     """
-    if zero_stage > 0:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with weights_only_loading():  # no pickle in a checkpoint runs code
+        if zero_stage > 0:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    else:
-        path = ckpt_dir / tag / "mp_rank_00_model_states.pt"
-        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        else:
+            path = ckpt_dir / tag / "mp_rank_00_model_states.pt"
+            state = torch.load(path, map_location="cpu")["module"]
     write_export({k: v.float() for k, v in state.items()}, out_dir, export)
 
 

@@ -50,6 +50,7 @@ from training.loader import SkipCounts, train_loader, train_spec_for
 from training.metrics import MetricsLog
 from training.modalities import modality as modality_named
 from training.objectives import build_model, step_inputs
+from training.safe_load import UnsafeCheckpointError
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
 from training.typed_config import to_yaml
@@ -371,7 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s", err)
         return PREEMPTED_EXIT
-    except (DeviceUnavailable, checkpoint.StageMismatch, BadShardError) as err:
+    except (
+        DeviceUnavailable,
+        checkpoint.StageMismatch,
+        BadShardError,
+        UnsafeCheckpointError,
+    ) as err:
         log.error("%s", err)
         return 2
     finally:

@@ -254,3 +254,57 @@ def test_a_compiled_model_trains_under_zero2(tmp_path, prepared):
     assert all(
         torch.isfinite(p).all() for p in load_encoder(tmp_path / "run" / "export").parameters()
     )
+
+
+class _Payload:
+    """What an attacker plants: unpickling it calls ``open(path, "w")``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, prepared):
+    """Before: resume unpickled checkpoints with weights_only=False (ours and DeepSpeed's
+    loader), so the payload ran. Now the resume refuses the file, naming it and the global."""
+    run = [sys.executable, "-m", "training.pretrain"]
+    first = _config(tmp_path, prepared, steps=2, checkpoint_every=1)
+    proc = subprocess.run([*run, str(first)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tag = sorted((tmp_path / "run" / "checkpoints").glob(f"step-*/{COMPLETE}"))[-1].parent
+    marker = tmp_path / "PAYLOAD_RAN"
+    for name in ("mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        state = torch.load(tag / name, weights_only=False)
+        state["note"] = _Payload(str(marker))
+        torch.save(state, tag / name)
+    again = _config(tmp_path, prepared, steps=4, checkpoint_every=1)
+    proc = subprocess.run([*run, str(again)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "holds objects other than weights" in proc.stderr and tag.name in proc.stderr
+    assert "builtins.open" in proc.stderr or "GLOBAL" in proc.stderr
+    assert not marker.exists()
+
+
+def test_deepspeeds_own_loader_is_weights_only_inside_our_loading():
+    """DeepSpeed's checkpoint engine hard-codes weights_only=False; inside
+    ``weights_only_loading`` it is refused as well, while real DeepSpeed state still loads."""
+    import tempfile
+
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from training.safe_load import UnsafeCheckpointError, weights_only_loading
+
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = os.path.join(tmp, "PAYLOAD_RAN")
+        planted, fine = os.path.join(tmp, "planted.pt"), os.path.join(tmp, "fine.pt")
+        torch.save({"w": torch.ones(2), "x": _Payload(marker)}, planted)
+        torch.save({"w": torch.ones(2), "stage": ZeroStageEnum.gradients}, fine)
+        engine = TorchCheckpointEngine(None)
+        with weights_only_loading():
+            with pytest.raises(UnsafeCheckpointError, match=r"planted\.pt"):
+                engine.load(planted)
+            assert engine.load(fine)["stage"] == ZeroStageEnum.gradients
+        assert not os.path.exists(marker)
