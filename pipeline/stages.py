@@ -246,6 +246,7 @@ def _pretrain_section(cfg: RunConfig):
     )
     tree = OmegaConf.to_container(OmegaConf.structured(quiet))
     del tree["compile"]  # how the step runs, not what it computes (absent before 0.3)
+    del tree["stall_timeout_s"]  # when a stalled job gives up, not what it trains
     del tree["export_formats"]  # extra copies of the result (`maskmill export` writes them later)
     for key in ("verify_sha256", "on_bad_shard"):  # how shards are checked, not what trains
         del tree["loader"][key]

@@ -178,6 +178,9 @@ class PretrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    # A rank whose heartbeat stays still this long ends the job, naming it (training.watchdog);
+    # 0 turns the watch off. Above the longest step or checkpoint save.
+    stall_timeout_s: float = 600.0
     log_every: int = 10
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     # torch.compile the model (inductor; one graph per mask ratio): +6% per ViT-B step on CPU after

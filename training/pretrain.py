@@ -54,6 +54,7 @@ from training.safe_load import UnsafeCheckpointError
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
 from training.typed_config import to_yaml
+from training.watchdog import Watchdog
 
 log = logging.getLogger("training.pretrain")
 
@@ -253,6 +254,7 @@ def _train(
     step_fn = _Step(cfg, info, engine)
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, plan, info, engine, start)
+    watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
     try:
         for step in range(start, plan.total_steps):
             for micro in range(cfg.grad_accum):
@@ -266,12 +268,16 @@ def _train(
                 )
             done = step + 1
             metrics.step_done(done, verdict)
+            watchdog.beat(done)
             preempted = verdict.stop and done < plan.total_steps
             if (done % cfg.checkpoint_every == 0 or preempted) and done < plan.total_steps:
+                watchdog.beat(done, force=True)  # a save is slow, not stalled: timed from here
                 checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
+                watchdog.beat(done, force=True)
             if preempted:
                 raise Preempted(done)
     finally:
+        watchdog.close()
         metrics.close()
 
 

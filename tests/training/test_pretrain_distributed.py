@@ -1,6 +1,7 @@
 """Real DeepSpeed runs on CPU (gloo): 2 ranks under the ``deepspeed`` launcher, ZeRO-2 (the
 default for every ViT preset) and ZeRO-3."""
 
+import contextlib
 import json
 import os
 import signal
@@ -308,3 +309,57 @@ def test_deepspeeds_own_loader_is_weights_only_inside_our_loading():
                 engine.load(planted)
             assert engine.load(fine)["stage"] == ZeroStageEnum.gradients
         assert not os.path.exists(marker)
+
+
+def _rank_process(launcher_pid: int, rank: int, deadline: float):
+    import psutil
+
+    while time.time() < deadline:
+        for child in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                if "training.pretrain" in " ".join(child.cmdline()) and (
+                    child.environ().get("RANK") == str(rank)
+                ):
+                    return child
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} process found")
+
+
+def test_a_stopped_rank_ends_the_job_naming_it_and_the_step(tmp_path, prepared):
+    """Before: with one rank stopped (SIGSTOP: a wedged GPU or an NFS stall looks the same) the
+    job waited 634 s in a collective and said nothing. Now its ring neighbour sees its heartbeat
+    stand still for stall_timeout_s and ends the job, naming the rank and its last step; the
+    last complete checkpoint is kept."""
+    config = _config(
+        tmp_path, prepared, steps=100000, checkpoint_every=3, stall_timeout_s=6, precision="fp32"
+    )
+    ckpt = tmp_path / "run" / "checkpoints"
+    port = _port()
+    log_path = tmp_path / "launcher.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            _deepspeed(config, port=port), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while not list(ckpt.glob(f"step-*/{COMPLETE}")) and time.time() < deadline:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        rank1 = _rank_process(proc.pid, 1, deadline)
+        os.kill(rank1.pid, signal.SIGSTOP)
+        try:
+            proc.wait(timeout=200)  # generous: 6 s to notice, the launcher's 30 s grace, slack
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job still ran 200 s after one rank was stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        remove_shm_segments(port)
+    out = log_path.read_text()
+    assert proc.returncode != 0
+    assert "rank 1 (pid" in out and "made no progress for" in out and "after step" in out
+    assert list(ckpt.glob(f"step-*/{COMPLETE}"))  # kept for the rerun
