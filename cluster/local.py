@@ -11,6 +11,7 @@ file, and on a console that is not a terminal, a bar is written as a line at mos
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -199,6 +200,38 @@ def remove_shm_segments(port: int | str | None, rank: int | str = "*") -> int:
             removed += 1
         except FileNotFoundError:  # a peer rank got there first
             pass
+    return removed
+
+
+def orphan_shm_segments() -> list[Path]:
+    """This user's DeepSpeed segments that no living process maps or holds open, whatever
+    their port: those of ranks killed with their launcher, which no port-named cleanup finds."""
+    segments = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*"))
+    if not segments:
+        return []
+    in_use: set[str] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            in_use.update(
+                line.split(None, 5)[5].removesuffix(" (deleted)")
+                for line in (proc / "maps").read_text().splitlines()
+                if "/dev/shm/deepspeed_allreduce_buffer_" in line
+            )
+            in_use.update(
+                os.readlink(fd) for fd in (proc / "fd").iterdir() if "/dev/shm/" in os.readlink(fd)
+            )
+        except OSError:  # gone, or not ours to read
+            continue
+    return [s for s in segments if str(s) not in in_use]
+
+
+def remove_orphan_shm_segments() -> int:
+    """Unlink :func:`orphan_shm_segments`; run before a job's ranks start. Returns how many."""
+    removed = 0
+    for path in orphan_shm_segments():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
     return removed
 
 

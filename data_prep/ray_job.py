@@ -1,7 +1,8 @@
 """Run a split's work units as Ray tasks, one shard per task, resuming finished ones.
 
 By default the job starts its own local Ray head (``num_cpus`` from the config) with token
-authentication on; given an address (``auto`` inside a Ray job, or ``ray://host:10001``) it joins
+authentication on, listening on loopback only, and guarded so that a killed prep leaves no Ray
+process behind (``data_prep.ray_reaper``); given an address (``auto`` inside a Ray job, or ``ray://host:10001``) it joins
 that cluster instead. Finished units (completion records in ``.maskmill/work/``) are never redone, so a
 killed job reruns to the same output.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from data_prep.plan import WorkUnit
+from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
@@ -39,11 +41,15 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    guard = None
+    stack = contextlib.ExitStack()
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
         if os.environ["RAY_AUTH_MODE"] == "token":
             ensure_private_token()
+        reap_stale_sessions()
+        stack.enter_context(_loopback_only())
         ray.init(
             # "local": a new head even when `ray start` left a cluster on this machine, which a
             # bare ray.init() would join.
@@ -53,10 +59,35 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
             logging_level=logging.WARNING,
             log_to_driver=True,
         )
+        guard = SessionGuard(ray._private.worker._global_node.get_session_dir_path())
     try:
         yield
     finally:
         ray.shutdown()
+        if guard is not None:
+            guard.close()
+        stack.close()
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make a one-machine head listen on loopback only. Ray binds its servers to the node's
+    address, which it resolves to a reachable interface unless clusters are off, as on macOS
+    and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); read at import, so the loaded
+    constant is set too. Token authentication stays on."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+        if before[0] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before[0]
 
 
 def prepare_split(

@@ -23,6 +23,7 @@ from cluster.local import (
     deepspeed_command,
     free_port,
     python_command,
+    remove_orphan_shm_segments,
     remove_shm_segments,
     run_logged,
     srun_command,
@@ -114,6 +115,9 @@ def _intact_shards(*split_dirs: str) -> None:
 
 def _pretrain(cfg: RunConfig) -> None:
     _intact_shards(cfg.pretrain.train_shards)
+    orphans = remove_orphan_shm_segments()  # of ranks killed in earlier runs, any port
+    if orphans:
+        log.info("removed %d /dev/shm segments left by killed ranks of earlier runs", orphans)
     config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
     config_path.write_text(to_yaml(cfg.pretrain))
     args = [str(config_path)]

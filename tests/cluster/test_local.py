@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 from cluster.local import BAR_EVERY_S, OutputCopy
 
@@ -83,3 +84,39 @@ def test_a_line_written_while_a_bar_is_drawn_gets_its_own_line():
         "(write_shard pid=1) WARNING data_prep.writer: skipped x (empty_file)",
         "prep train: 100%| 7/7",
     ]
+
+
+def test_shm_segments_of_dead_ranks_are_removed_whatever_their_port(tmp_path):
+    """Before: segments were removed by the port of the run that made them, so those of ranks
+    killed with their launcher stayed in /dev/shm (RAM) for good. Now the next run removes
+    every segment that no living process maps, and keeps one that is mapped."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from cluster.local import orphan_shm_segments, remove_orphan_shm_segments
+
+    def segment(port):
+        path = Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_0")
+        path.write_bytes(b"\0" * 4096)
+        return path
+
+    dead, live = segment(1), segment(2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import mmap,time;f=open('{live}','r+b');m=mmap.mmap(f.fileno(),4096);f.close();"
+         "print('mapped',flush=True);time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        assert dead in orphan_shm_segments() and live not in orphan_shm_segments()
+        assert remove_orphan_shm_segments() >= 1
+        assert not dead.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        time.sleep(0.1)
+        live.unlink(missing_ok=True)
+        dead.unlink(missing_ok=True)
