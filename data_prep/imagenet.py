@@ -17,7 +17,7 @@ from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
 from data_prep.image_encode import normalize_image
 from data_prep.imagenet_layout import ImageItem, read_layout
 from data_prep.job import run_prep
-from data_prep.writer import Sample
+from data_prep.writer import Sample, SkipSample
 
 
 @dataclass
@@ -57,9 +57,7 @@ def labels(cfg: ImagePrepConfig) -> list[dict]:
 
 def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sample]:
     """One source image -> its sample (``SkipSample`` raised on bad input)."""
-    image = normalize_image(
-        (Path(cfg.source) / item.path).read_bytes(), cfg.shorter_side, cfg.jpeg_quality
-    )
+    image = normalize_image(_source_bytes(cfg, item), cfg.shorter_side, cfg.jpeg_quality)
     meta = {
         "wnid": item.wnid,
         "label": item.label,
@@ -79,6 +77,20 @@ def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sampl
             "json": json.dumps(meta, sort_keys=True).encode(),
         },
     )
+
+
+def _source_bytes(cfg: ImagePrepConfig, item: ImageItem) -> bytes:
+    """The file's bytes, or a counted skip: a val image without a row in the label CSV, a folder
+    named like an image, a link that loops or dangles, a file that cannot be read."""
+    if item.label < 0:
+        raise SkipSample("no_label_row", f"{item} has no row in LOC_val_solution.csv")
+    path = Path(cfg.source) / item.path
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise SkipSample("not_a_file", f"{item} is a folder") from None
+    except OSError as err:  # ELOOP, a dangling link, EACCES, EIO
+        raise SkipSample("unreadable_file", f"{item}: {err.strerror or err}") from None
 
 
 READER = CorpusReader(

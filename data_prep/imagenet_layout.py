@@ -16,11 +16,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.corpus import LayoutError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 VAL_CSV = "LOC_val_solution.csv"
@@ -58,8 +61,16 @@ class ImageNetLayout:
 
     def _items_from_folders(self, split_dir: Path) -> list[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
+        class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        loose = [f for f in split_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+        if loose and not class_dirs:
+            raise LayoutError(
+                f"{split_dir} holds {len(loose)} image files but nothing labels them: put "
+                f"{VAL_CSV} (ImageId,PredictionString) beside {split_dir.name}/, or the images "
+                f"in {split_dir.name}/<wnid>/ folders"
+            )
         items = []
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for class_dir in class_dirs:
             if class_dir.name not in index:
                 raise LayoutError(f"{class_dir} is not a train synset folder")
             for f in sorted(class_dir.iterdir()):
@@ -76,7 +87,10 @@ class ImageNetLayout:
                 labels[row["ImageId"]] = row["PredictionString"].split()[0]
         items = []
         for f in sorted(split_dir.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or f.stem not in labels:
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if f.stem not in labels:  # kept, to be skipped and counted (no_label_row)
+                items.append(ImageItem(str(f.relative_to(self.root)), -1, ""))
                 continue
             wnid = labels[f.stem]
             if wnid not in index:
@@ -137,6 +151,13 @@ def read_layout(root: str | Path) -> ImageNetLayout:
     wnids = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
     if not wnids:
         raise LayoutError(f"{train} holds no synset folders")
+    for wnid in wnids:
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (train / wnid).iterdir()):
+            log.warning(
+                "%s holds no image files: the class keeps its index %d (indices follow the "
+                "sorted synset folders, as ImageNet checkpoints expect) but has no samples",
+                train / wnid, wnids.index(wnid),
+            )  # fmt: skip
     names = {}
     if (root / SYNSETS).is_file():
         for line in (root / SYNSETS).read_text().splitlines():

@@ -119,3 +119,15 @@ def test_text_prep_counts_the_same_corpus_both_ways(tmp_path, text_demo):
     result = json.loads((tmp_path / "source.json").read_text())
     # the plain loop counts copies and no separators; maskmill drops copies, adds one per document
     assert 0.8 * result["plain_tokens"] < result["tokens"] < 1.2 * result["plain_tokens"]
+
+
+def test_shard_integrity_times_the_loader_with_sha256_on_and_off(tmp_path):
+    from benchmarks import shard_integrity
+
+    args = ["--images", "24", "--batches", "1", "--rounds", "1", "--out", str(tmp_path)]
+    assert shard_integrity.main(args) == 0
+    results = json.loads((tmp_path / "shard_integrity.json").read_text())
+    assert {k: len(v) for k, v in results["images_per_cpu_s"].items()} == {"off": 1, "on": 1}
+    assert (
+        results["sha256_mb_per_s"] > 0 and "vs off" in (tmp_path / "shard_integrity.md").read_text()
+    )

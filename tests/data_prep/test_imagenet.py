@@ -141,3 +141,42 @@ def test_long_and_non_utf8_file_names_are_stored_under_hashed_keys(demo_corpus, 
     assert sources[f"train/{wnid}/{long_name}"].startswith("h")
     assert sources[f"train/{wnid}/caf\udce9.JPEG"].startswith("h")  # the name as Python reads it
     assert len(set(sources.values())) == len(ours)
+
+
+def test_odd_entries_in_the_source_tree_are_counted_skips_not_tracebacks(
+    demo_corpus, tmp_path, caplog
+):
+    """Before: a symlink loop or a folder named *.JPEG ended the prep with a traceback, a val
+    image without a CSV row vanished without a count, an empty class folder said nothing."""
+    import os
+    import shutil
+
+    from data_prep.shard_format import read_stats
+
+    src = tmp_path / "raw"
+    shutil.copytree(demo_corpus, src, symlinks=True)
+    wnid = sorted(p.name for p in (src / "train").iterdir())[0]
+    os.symlink("loop.JPEG", src / "train" / wnid / "loop.JPEG")  # points at itself
+    os.symlink("/nonexistent/x.JPEG", src / "train" / wnid / "dangling.JPEG")
+    (src / "train" / wnid / "folder.JPEG").mkdir()
+    (src / "train" / "n99999999").mkdir()  # an empty class
+    unlabelled = next((src / "val").glob("*.JPEG"))
+    shutil.copy(unlabelled, src / "val" / "ILSVRC2012_val_99999999.JPEG")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        prep_imagenet(prep_config(src, out))
+    train, val = read_stats(out / "train"), read_stats(out / "val")
+    assert train["skipped"]["unreadable_file"] == 2 and train["skipped"]["not_a_file"] == 1
+    assert val["skipped"]["no_label_row"] == 1
+    assert "n99999999 holds no image files" in caplog.text
+
+
+def test_a_val_folder_without_labels_says_so(demo_corpus, tmp_path):
+    """Before: "holds no image files", though it held them."""
+    import shutil
+
+    src = tmp_path / "raw"
+    shutil.copytree(demo_corpus, src)
+    (src / "LOC_val_solution.csv").unlink()
+    with pytest.raises(LayoutError, match=r"image files but nothing labels them"):
+        prep_imagenet(prep_config(src, tmp_path / "out"))
