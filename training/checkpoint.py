@@ -59,10 +59,17 @@ def client_state(step: int) -> dict:
     return {"step": step, UNIVERSAL_CHECKPOINT_INFO: info}
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); the last complete one stays."""
+
+
 def save(engine, ckpt_dir: Path, step: int, keep: int, is_main: bool) -> str:
     """Save on every rank (DeepSpeed hangs otherwise), mark complete, prune old ones."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state(step))
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state(step))
+    except (OSError, RuntimeError) as err:  # torch.save reports ENOSPC as a RuntimeError
+        raise _write_error(ckpt_dir, tag, err) from None
     dist.barrier()
     if is_main:
         (ckpt_dir / tag / COMPLETE).write_text(f"{step}\n")
@@ -71,6 +78,20 @@ def save(engine, ckpt_dir: Path, step: int, keep: int, is_main: bool) -> str:
             shutil.rmtree(ckpt_dir / UNIVERSAL / old, ignore_errors=True)
     dist.barrier()
     return tag
+
+
+def _write_error(ckpt_dir: Path, tag: str, err: Exception) -> CheckpointWriteError:
+    """The error for a failed save, after removing the partial checkpoint (it is never resumed
+    from: it has no completion marker) so that the space it took is free for the rerun."""
+    shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+    free = shutil.disk_usage(ckpt_dir).free
+    kept = complete_tags(ckpt_dir)
+    return CheckpointWriteError(
+        f"could not write checkpoint {tag} to {ckpt_dir} ({str(err).splitlines()[0]}); "
+        f"{free / 2**20:.1f} MiB free there now. "
+        + (f"The last complete checkpoint, {kept[-1]}, is kept: " if kept else "")
+        + "free space (or lower keep_checkpoints) and rerun to resume"
+    )
 
 
 def saved_world_size(ckpt_dir: Path, tag: str) -> int | None:

@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         log.error("%s", err)
         return 2
+    except checkpoint.CheckpointWriteError as err:
+        log.error("%s", err)
+        return 1
     finally:
         leave_process_group()
         remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))

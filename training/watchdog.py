@@ -34,11 +34,12 @@ class Watchdog:
     def __init__(self, out_dir: Path, rank: int, world_size: int, timeout_s: float):
         self.dir = Path(out_dir) / HEARTBEAT_DIR
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
-        self.every_s = min(10.0, timeout_s / 8) if timeout_s > 0 else float("inf")
+        self.on = timeout_s > 0 and world_size > 1  # one rank: nobody to watch or be watched
+        self.every_s = min(10.0, timeout_s / 8) if self.on else float("inf")
         self.last_beat = 0.0
         self.stop = threading.Event()
         self.thread = None
-        if timeout_s > 0 and world_size > 1:
+        if self.on:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.beat(-1, force=True)
             self.thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
@@ -47,7 +48,7 @@ class Watchdog:
     def beat(self, step: int, force: bool = False) -> None:
         """Record progress at ``step`` (written at most every ``every_s`` unless forced)."""
         now = time.monotonic()
-        if self.timeout_s <= 0 or (not force and now - self.last_beat < self.every_s):
+        if not self.on or (not force and now - self.last_beat < self.every_s):
             return
         self.last_beat = now
         path = self.dir / f"rank-{self.rank}"

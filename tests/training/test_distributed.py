@@ -330,3 +330,14 @@ def test_ranks_started_by_srun_know_their_world_before_the_process_group(monkeyp
     monkeypatch.setenv("MASTER_ADDR", "node1")
     assert distributed.launch_env() == (1, 2)
     assert os.environ["LOCAL_RANK"] == "1"
+
+
+def test_the_watchdog_of_a_single_rank_writes_nothing(tmp_path):
+    """One rank has no peer to watch: no heartbeat folder, and beats (forced ones around a
+    checkpoint too) are no-ops rather than writes into a folder that does not exist."""
+    from training.watchdog import Watchdog
+
+    dog = Watchdog(tmp_path, rank=0, world_size=1, timeout_s=600)
+    dog.beat(1, force=True)
+    dog.close()
+    assert list(tmp_path.iterdir()) == []
