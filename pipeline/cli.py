@@ -137,7 +137,9 @@ def _add_run(sub) -> None:
         default=[],
         choices=stage_names(),
         metavar="STAGE",
-        help=f"rerun STAGE from scratch even if up to date ({', '.join(stage_names())}); repeatable",
+        help=f"rerun STAGE even if up to date ({', '.join(stage_names())}); repeatable. From "
+        "scratch, but prep reruns in place: it checks every shard (sha256) and rewrites the "
+        "damaged ones",
     )
 
 

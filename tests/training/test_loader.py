@@ -97,40 +97,22 @@ def test_eval_stream_reads_every_sample_once_in_order(prepared):
 
 
 def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
-    import dataclasses
-    import io
     import pickle
-    import shutil
     import tarfile
-
-    from data_prep.shard_format import SUCCESS, file_sha256, read_manifest, write_manifest
 
     class Trap:
         def __reduce__(self):
             return (open, (str(tmp_path / "UNPICKLED"), "w"))
 
-    split = tmp_path / "val"
-    shutil.copytree(prepared / "val", split)
-    records = read_manifest(split)
-    shard = split / records[0].file
-    with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for member, data in members:
-            tar.addfile(member, io.BytesIO(data))
-            if member.name.endswith(".cls"):
-                for ext in ("pyd", "pickle"):
-                    trap = pickle.dumps(Trap())
-                    info = tarfile.TarInfo(member.name.rsplit(".", 1)[0] + "." + ext)
-                    info.size = len(trap)
-                    tar.addfile(info, io.BytesIO(trap))
-    # The manifest made to match, as one hand-made alongside such a shard would be.
-    records[0] = dataclasses.replace(
-        records[0], bytes=shard.stat().st_size, sha256=file_sha256(shard)
-    )
-    write_manifest(split, records)
-    (split / SUCCESS).parent.mkdir(exist_ok=True)
-    (split / SUCCESS).touch()
+    def traps(tar, name, buffer):
+        for ext in ("pyd", "pickle"):
+            trap = pickle.dumps(Trap())
+            info = tarfile.TarInfo(f"{name}.{ext}")
+            info.size = len(trap)
+            tar.addfile(info, buffer(trap))
+
+    split = _copy_split(prepared, tmp_path, "val")
+    _rewrite_first_shard(split, traps)
     list(eval_batches(str(split), "image", ImageInputConfig(32), 8))
     spec = train_spec_for(
         str(split),
