@@ -5,8 +5,8 @@ as it trains, and a thread on each rank watches the next rank's file, round the 
 work grows with the ranks and not with their square. A peer whose heartbeat has not changed
 for ``stall_timeout_s``, timed by the watcher's own clock (no agreement between nodes' clocks is
 needed), has stalled: a wedged GPU, a stalled NFS read and a SIGSTOP look alike from outside.
-The watcher logs the rank, its host and last step, and ends its own rank with
-:data:`STALLED_EXIT`; the launcher (DeepSpeed's, or ``srun --kill-on-bad-exit``) then ends the
+The watcher logs the rank, its host and last step, SIGKILLs it when it runs on the same node,
+and ends its own rank with :data:`STALLED_EXIT`; the launcher (DeepSpeed's, or ``srun --kill-on-bad-exit``) then ends the
 others, the stopped one by SIGKILL after its grace period. Without this the job waits in a
 collective until its timeout (measured: 634 s with one rank stopped) and says nothing of why.
 The last complete checkpoint is kept, so a rerun resumes.
@@ -14,8 +14,10 @@ The last complete checkpoint is kept, so a rerun resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -85,6 +87,11 @@ class Watchdog:
             "job; the last complete checkpoint is kept and a rerun resumes from it",
             peer, pid, host, silent_s, where, self.timeout_s,
         )  # fmt: skip
+        if host == socket.gethostname() and pid.isdigit():
+            # A stopped process ignores the launcher's SIGTERM until its grace runs out (30 s
+            # for DeepSpeed's); on this node the stalled rank is ended now, freeing its device.
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()

@@ -62,6 +62,7 @@ def test_a_killed_prep_leaves_no_ray_process(demo_corpus, tmp_path):
     assert not record_path.exists()
 
 
+@pytest.mark.slow  # the guardian's own fallback; the guardian is tested in the default run
 def test_the_next_prep_reaps_a_session_whose_guardian_died_too(demo_corpus, tmp_path):
     record, record_path, proc = _killed_prep(demo_corpus, tmp_path)
     guardian = next(

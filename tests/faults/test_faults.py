@@ -35,7 +35,7 @@ def _shards(split: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(split.glob("shard-*.tar"))}
 
 
-@pytest.mark.parametrize("after_shards", [1, 4])
+@pytest.mark.parametrize("after_shards", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_prep_killed_after_some_shards_reruns_to_the_same_output(
     demo_corpus, prepared, tmp_path, after_shards
 ):
@@ -127,7 +127,15 @@ def _broken_yaml(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("entry", ENTRY_POINTS)
+# A bad value at every entry point is also tested beside each (tests/pipeline/test_cli.py,
+# tests/training/test_config_ranges.py); the suite keeps three in the default run.
+FAST_ENTRIES = ("maskmill run", "python -m training.pretrain", "a YAML syntax error")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [e if e in FAST_ENTRIES else pytest.param(e, marks=pytest.mark.slow) for e in ENTRY_POINTS],
+)
 def test_a_bad_config_at_each_entry_point_is_one_line_before_any_work(tmp_path, entry):
     proc = subprocess.run(
         [sys.executable, "-m", *ENTRY_POINTS[entry](tmp_path)],
@@ -206,3 +214,32 @@ def test_one_rank_killed_ends_the_job_and_the_rerun_resumes(prepared, tmp_path):
         "non-zero exit" if proc.returncode else "exit 0", ended < 60))  # fmt: skip
     again = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=400)
     report("rerun after a killed rank", (0, True), (again.returncode, "(from " in again.stderr))
+
+
+@pytest.mark.slow  # two single-rank runs, one killed while a checkpoint is half written
+def test_training_killed_mid_checkpoint_resumes_from_the_last_complete_one(prepared, tmp_path):
+    from tests.training.test_pretrain_distributed import _config
+    from training.metrics import read_metrics
+
+    config = _config(tmp_path, prepared, steps=40, checkpoint_every=2, precision="fp32")
+    ckpt = tmp_path / "run" / "checkpoints"
+    run = [sys.executable, "-m", "training.pretrain", str(config)]
+    proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, half = time.time() + 240, None
+    while half is None and time.time() < deadline and proc.poll() is None:
+        tags = [p for p in ckpt.glob("step-*") if any(p.iterdir())] if ckpt.is_dir() else []
+        half = next((t for t in tags if not (t / "_COMPLETE").exists()), None)
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    complete = sorted(p.parent.name for p in ckpt.glob("step-*/_COMPLETE"))
+    again = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+    resumed_from = int(complete[-1].split("-")[1]) if complete else 0
+    report(
+        "training killed mid-checkpoint, rerun",
+        (True, 0, f"(from {resumed_from})", list(range(1, 41))),
+        (half is not None, again.returncode,
+         f"(from {resumed_from})" if f"(from {resumed_from})" in again.stderr else "elsewhere",
+         steps),
+    )  # fmt: skip
