@@ -91,6 +91,6 @@ def _empty(out: Path) -> None:
     """Remove what earlier preps wrote in ``out``: all but the records folder and the output
     marker a run keeps there."""
     for entry in out.iterdir():
-        if entry.name == META_DIR or entry.name.startswith(".maskmill"):
+        if entry.name.startswith(META_DIR):  # the records folder, a run's .maskmill-stage
             continue
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -41,8 +41,7 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    guard = None
-    stack = contextlib.ExitStack()
+    stack = contextlib.ExitStack()  # what a local head needs undone after ray.shutdown()
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
@@ -60,12 +59,11 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
             log_to_driver=True,
         )
         guard = SessionGuard(ray._private.worker._global_node.get_session_dir_path())
+        stack.callback(guard.close)
     try:
         yield
     finally:
         ray.shutdown()
-        if guard is not None:
-            guard.close()
         stack.close()
 
 

@@ -212,6 +212,15 @@ def shard_problem(path: str | Path, record: ShardRecord, sha256: bool = True) ->
     return None
 
 
+def resized_shards(split_dir: str | Path) -> list[tuple[Path, str]]:
+    """``(shard path, problem)`` of every shard of a split that is missing or not at its
+    manifest size: one ``stat`` each (the sha256 is ``maskmill verify``'s)."""
+    split_dir = Path(split_dir)
+    found = ((split_dir / r.file, shard_problem(split_dir / r.file, r, sha256=False))
+             for r in read_manifest(split_dir))  # fmt: skip
+    return [(path, problem) for path, problem in found if problem]
+
+
 def bad_shard_error(path: str | Path, problem: str) -> BadShardError:
     split = Path(path).parent
     return BadShardError(

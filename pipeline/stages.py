@@ -35,8 +35,7 @@ from data_prep.shard_format import (
     bad_shard_error,
     file_sha256,
     prepared_splits,
-    read_manifest,
-    shard_problem,
+    resized_shards,
     split_record,
 )
 from pipeline.schema import RunConfig
@@ -89,10 +88,9 @@ def _prep(cfg: RunConfig) -> None:
 def _prep_damage(cfg: RunConfig) -> str | None:
     """Shards of the finished prep that are missing or changed size (sha256: `maskmill verify`)."""
     damaged = [
-        f"{split.name}/{r.file}"
+        f"{split.name}/{path.name}"
         for split in prepared_splits(cfg.prep.out)
-        for r in read_manifest(split)
-        if shard_problem(split / r.file, r, sha256=False)
+        for path, _ in resized_shards(split)
     ]
     if not damaged:
         return None
@@ -107,10 +105,8 @@ def _intact_shards(*split_dirs: str) -> None:
     """Before ranks start: every shard the stage reads is there at its manifest size (one clear
     failure here, rather than one traceback per rank and loader worker)."""
     for split in split_dirs:
-        for r in read_manifest(split):
-            problem = shard_problem(Path(split) / r.file, r, sha256=False)
-            if problem:
-                raise bad_shard_error(Path(split) / r.file, problem)
+        for path, problem in resized_shards(split)[:1]:
+            raise bad_shard_error(path, problem)
 
 
 def _pretrain(cfg: RunConfig) -> None:

@@ -37,7 +37,7 @@ class Watchdog:
         self.dir = Path(out_dir) / HEARTBEAT_DIR
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
         self.on = timeout_s > 0 and world_size > 1  # one rank: nobody to watch or be watched
-        self.every_s = min(10.0, timeout_s / 8) if self.on else float("inf")
+        self.every_s = min(10.0, timeout_s / 8)
         self.last_beat = 0.0
         self.stop = threading.Event()
         self.thread = None

@@ -114,18 +114,7 @@ def test_pickled_members_in_a_shard_are_never_unpickled(tmp_path, prepared):
     split = _copy_split(prepared, tmp_path, "val")
     _rewrite_first_shard(split, traps)
     list(eval_batches(str(split), "image", ImageInputConfig(32), 8))
-    spec = train_spec_for(
-        str(split),
-        "image",
-        ImageInputConfig(32),
-        batch_size=4,
-        rank=0,
-        world_size=1,
-        seed=0,
-        skip_batches=0,
-        loader=LoaderConfig(workers=0),
-    )
-    assert len(list(itertools.islice(train_loader(spec), 3))) == 3
+    assert len(list(itertools.islice(train_loader(_train(split)), 3))) == 3
     assert not (tmp_path / "UNPICKLED").exists()
 
 
@@ -176,14 +165,13 @@ def _copy_split(prepared, tmp_path, name="train"):
 def _flip_byte_in_first_jpeg(shard):
     """Flip one byte inside the first JPEG member's data: the size stays, the sha256 does not."""
     data = bytearray(shard.read_bytes())
-    data[512 + 300] ^= (
-        0xFF  # 300 bytes into the first member (a .jpg: members sort cls, jpg, json?)
-    )
+    data[512 + 300] ^= 0xFF  # 300 bytes into the first member, the sample's .jpg (written first)
     shard.write_bytes(bytes(data))
 
 
 def _train(split, **loader):
-    spec = train_spec_for(
+    """The training stream's spec over ``split``: one process, batches of 8."""
+    return train_spec_for(
         str(split),
         "image",
         ImageInputConfig(32),
@@ -191,7 +179,6 @@ def _train(split, **loader):
         seed=0,
         loader=LoaderConfig(**{"workers": 0, "shuffle_buffer": 10, **loader}),
     )
-    return spec
 
 
 @pytest.mark.parametrize("workers", [0, 2])
