@@ -23,6 +23,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from cluster.local import PREEMPTED_EXIT
+from cluster.slurm_config import time_limit_seconds
 
 KINDS = ("plain", "training", "ray")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.,:@%/+=-]+$")
@@ -89,6 +90,11 @@ def sbatch_options(spec: JobSpec) -> list[tuple[str, object]]:
         if value:
             opts.append((key, value))
     if spec.kind == "training":
+        if spec.signal_seconds >= time_limit_seconds(spec.time):
+            raise ValueError(
+                f"signal_seconds {spec.signal_seconds} is not below the time limit {spec.time}: "
+                "USR2 would arrive as the job starts and requeue it forever"
+            )
         opts += [("--requeue", None), ("--signal", f"B:USR2@{spec.signal_seconds}")]
     for extra in spec.extra_sbatch:
         key, _, value = extra.partition("=")

@@ -15,6 +15,22 @@ from dataclasses import dataclass, field
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 
 
+def time_limit_seconds(text: str) -> int:
+    """Seconds in a Slurm time limit: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``
+    (sbatch(1) reads a bare number as minutes, and after a day count the first field as hours)."""
+    if not _TIME.match(text):
+        raise ValueError(f"not a Slurm time limit: {text!r}")
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, minutes, seconds = 0, parts[0], parts[1] if len(parts) == 2 else 0
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 @dataclass
 class SlurmStage:
     """Resources of one stage's job."""
@@ -61,6 +77,14 @@ class SlurmConfig:
             if getattr(self, name).nodes is not None:
                 where = "launch.nodes" if name == "pretrain" else "nothing: it runs on one node"
                 yield (f"{name}.nodes", f"unset (the node count comes from {where})")
+        limit = self.pretrain.time
+        if _TIME.match(limit) and not 0 < self.signal_seconds < time_limit_seconds(limit):
+            yield (
+                "signal_seconds",
+                f"between 0 and pretrain.time ({limit} = {time_limit_seconds(limit)} s): USR2 "
+                f"that long before the limit would arrive as the job starts and requeue it "
+                f"forever, got {self.signal_seconds}",
+            )
         for option in self.extra_sbatch:
             if not option.startswith("--"):
                 yield ("extra_sbatch", f"long options such as --constraint=a100, got {option!r}")

@@ -219,7 +219,7 @@ def test_each_rank_and_its_loader_workers_get_the_jobs_cpus_per_task(slurm_clust
         workdir=str(Path(__file__).resolve().parents[2]),
         log=str(tmp_path / "job.log"),
         cpus_per_task=2,
-        time="5",
+        time="10",  # above the USR2 lead (300 s), or USR2 arrives at the start
         setup=[f"export PATH={shim}:$PATH"],
     )
     script = tmp_path / "job.sh"

@@ -143,6 +143,23 @@ def test_bad_slurm_settings_fail_before_anything_is_written(tmp_path):
     assert not (tmp_path / "runs").exists() and not Path("runs/x").exists()
 
 
+def test_a_usr2_lead_as_long_as_the_time_limit_is_refused(tmp_path):
+    """Before: ``--time=5 --signal=B:USR2@300`` was rendered; Slurm sent USR2 as the job began,
+    the job checkpointed and requeued itself, and so on without end."""
+    from cluster.slurm_config import time_limit_seconds
+
+    assert [time_limit_seconds(t) for t in ("5", "5:30", "01:00:00", "2-00:00:00", "1-2:30")] == [
+        300, 330, 3600, 172800, 95400,
+    ]  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\nprep: {source: /data}\n")
+    with pytest.raises(ConfigError, match="slurm.signal_seconds: between 0 and pretrain.time"):
+        load_run_config(path, ["slurm.pretrain.time=5"])
+    spec = JobSpec(name="x", kind="training", command=["true"], workdir="/", log="/x", time="5")
+    with pytest.raises(ValueError, match="requeue it forever"):
+        render(spec)
+
+
 def test_dry_run_prints_every_script_and_submits_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "run.yaml"
