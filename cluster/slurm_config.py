@@ -23,7 +23,7 @@ def time_limit_seconds(text: str) -> int:
     days, _, rest = text.rpartition("-")
     parts = [int(x) for x in rest.split(":")]
     if days:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
+        hours, minutes, seconds = [*parts, 0, 0][:3]
     elif len(parts) == 3:
         hours, minutes, seconds = parts
     else:

@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,48 +22,82 @@ from pipeline.schema import load_run_config
 from pipeline.submit import read_submissions
 
 
+class RayHead:
+    """``ray start --head --block`` on loopback with a token of its own and a job server."""
+
+    def __init__(self, log: Path):
+        token = secrets.token_hex(16)
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+            # The job's entrypoint says `python`: the head's PATH must find this environment's.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        self.log = log
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        dashboard = free_port()
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                    "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--ray-client-server-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    "--num-cpus=2", "--disable-usage-stats",
+                ],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_job_server(self.address, self.env)
+
+    def ready(self) -> tuple[str, dict]:
+        """(address, env) of a head whose job server answers. A head found dead is started
+        again, with a warning that quotes its log: these tests are about `maskmill submit`,
+        and CI once lost the head between tests (the log says why, next time)."""
+        if self.proc.poll() is not None or not _job_server_answers(self.address, self.env):
+            dashboard = Path("/tmp/ray/session_latest/logs/dashboard.log")
+            tail = self.log.read_text()[-2000:] + (
+                dashboard.read_text()[-3000:] if dashboard.exists() else ""
+            )
+            warnings.warn(
+                f"the Ray head stopped answering (exit {self.proc.poll()}):\n{tail}", stacklevel=2
+            )
+            self.stop()
+            self.start()
+        return self.address, self.env
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head with token auth and a job server; yields (address, env with the token)."""
-    token = secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        # The job's entrypoint says `python`: the head's PATH must find this environment's.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    dashboard = free_port()
-    head = subprocess.Popen(
-        [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            "--num-cpus=2", "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dashboard}"
+    """A Ray head with token auth and a job server: its ``ready()`` gives (address, env)."""
+    head = RayHead(tmp_path_factory.mktemp("ray_head") / "head.log")
     try:
-        _wait_for_job_server(address, env)
-        yield address, env
+        yield head
     finally:
-        head.terminate()
-        head.wait(timeout=60)
+        head.stop()
+
+
+def _job_server_answers(address: str, env: dict) -> bool:
+    probe = f"from ray.job_submission import JobSubmissionClient as C; C({address!r}).list_jobs()"
+    return (
+        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+    )
 
 
 def _wait_for_job_server(address: str, env: dict, timeout: float = 120) -> None:
-    probe = f"from ray.job_submission import JobSubmissionClient as C; C({address!r}).list_jobs()"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (
-            subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode
-            == 0
-        ):
+        if _job_server_answers(address, env):
             return
         time.sleep(1)
     raise AssertionError(f"ray job server at {address} did not come up in {timeout}s")
@@ -85,7 +120,7 @@ def maskmill(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_prep_job_on_ray_matches_a_local_prep(ray_head, demo_corpus, prepared, tmp_path):
-    address, env = ray_head
+    address, env = ray_head.ready()
     path = write_run(tmp_path, demo_corpus)
     done = maskmill("submit", str(path), "--ray", address, "--wait", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -102,7 +137,7 @@ def test_prep_job_on_ray_matches_a_local_prep(ray_head, demo_corpus, prepared, t
 
 
 def test_a_wrong_token_is_refused_with_a_clear_error(ray_head, demo_corpus, tmp_path):
-    address, env = ray_head
+    address, env = ray_head.ready()
     path = write_run(tmp_path, demo_corpus)
     refused = maskmill(
         "submit", str(path), "--ray", address, env={**env, "RAY_AUTH_TOKEN": "not-the-token"}
@@ -114,7 +149,7 @@ def test_a_wrong_token_is_refused_with_a_clear_error(ray_head, demo_corpus, tmp_
 
 
 def test_a_failed_job_is_resubmitted_up_to_retries(ray_head, tmp_path):
-    address, env = ray_head
+    address, env = ray_head.ready()
     empty = tmp_path / "not_imagenet"
     empty.mkdir()
     path = write_run(tmp_path, empty)  # no train/ folder: the job fails on the cluster

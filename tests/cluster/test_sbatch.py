@@ -153,7 +153,7 @@ def test_a_usr2_lead_as_long_as_the_time_limit_is_refused(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "run.yaml"
     path.write_text("name: x\nprep: {source: /data}\n")
-    with pytest.raises(ConfigError, match="slurm.signal_seconds: between 0 and pretrain.time"):
+    with pytest.raises(ConfigError, match=r"slurm\.signal_seconds: between 0 and pretrain\.time"):
         load_run_config(path, ["slurm.pretrain.time=5"])
     spec = JobSpec(name="x", kind="training", command=["true"], workdir="/", log="/x", time="5")
     with pytest.raises(ValueError, match="requeue it forever"):
