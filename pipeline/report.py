@@ -26,7 +26,7 @@ from training.config import EVAL_METRICS
 from training.export import load_model
 from training.export_format import read_export
 from training.loader import eval_batches
-from training.masking import make_masks, visible_count
+from training.masking import MODEL_SCORED_KINDS, make_masks, visible_count
 from training.metrics import read_metrics
 from training.modalities import modality
 from training.objectives import step_inputs
@@ -100,7 +100,9 @@ def plot_reconstructions(cfg: RunConfig):
             cfg.evaluate.val_shards, export.modality, export.input, cfg.report.reconstructions
         )
     )
-    mask = make_masks(mask_cfg.kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
+    # HPM's masks need the loss head, which the export leaves out: its figure masks at random.
+    kind = "random" if mask_cfg.kind in MODEL_SCORED_KINDS else mask_cfg.kind
+    mask = make_masks(kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
     return ops.reconstruction_figure(export.input, model, x, mask, title)
 
 

@@ -27,7 +27,7 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "huge": (1280, 32, 16),
 }
 
-MAX_MASK_RATIO = 0.95
+MAX_MASK_RATIO = 0.98
 EVAL_METRICS = "metrics.json"  # what evaluation writes to its out_dir
 PRECISIONS = ("fp32", "bf16")
 
@@ -96,12 +96,24 @@ class ModelConfig:
 @dataclass
 class MaskConfig:
     """Per-sample masks, reproducible from (seed, step, sample key); ``kind`` is one the
-    modality allows (random: MAE's)."""
+    modality allows (``training.masking``): random (MAE's), block (BEiT's), noise_lowpass /
+    noise_highpass / noise_bandpass (ColorMAE's filtered noise), hpm (hard patches mining: the
+    model's loss head picks what to hide), tube (VideoMAE's), time_frequency (AudioMAE's)."""
 
     kind: str = "random"
     ratio: float = 0.75
+    # Masked views of each decoded sample in a step (data2vec 2.0's multi-mask): the encoder
+    # and decoder run on per_sample x batch_size rows; loading and decoding are shared.
+    per_sample: int = 1
+    # hpm: the share of hidden tokens chosen by predicted loss at the end of training (rising
+    # linearly from 0; HPM's 0.5), the rest hidden at random.
+    hard_share: float = 0.5
 
     def problems(self):
+        if self.per_sample < 1:
+            yield ("per_sample", f"an int >= 1, got {self.per_sample}")
+        if not 0.0 <= self.hard_share <= 1.0:
+            yield ("hard_share", f"a float in [0, 1], got {self.hard_share}")
         if not 0.0 <= self.ratio <= MAX_MASK_RATIO:
             yield (
                 "ratio",
@@ -198,6 +210,8 @@ class PretrainConfig:
                 "mask.kind",
                 f"one of {', '.join(allowed)} for {self.modality}, got {self.mask.kind!r}",
             )
+        if self.mask.per_sample > 1 and modality_named(self.modality).objective != "mae":
+            yield ("mask.per_sample", "1 for an MLM (one masked copy of each sequence)")
         if (self.steps is None) == (self.epochs is None):
             yield ("steps", "set exactly one of steps or epochs")
         if self.steps is not None and self.steps < 1:

@@ -42,7 +42,7 @@ def parameter_count(cfg: PretrainConfig) -> int:
 
     m = modality(cfg.modality)
     with torch.device("meta"):
-        model = build_model(m.objective, cfg.model, m.geometry(cfg.input))
+        model = build_model(m.objective, cfg.model, m.geometry(cfg.input), cfg.mask.kind)
     return sum(p.numel() for p in model.parameters())
 
 

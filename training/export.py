@@ -37,6 +37,8 @@ def write_export(state: dict[str, torch.Tensor], out_dir: Path, export: ExportIn
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in state.items()}
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    # HPM's loss head chose masks while training; the exported MAE reconstructs without it.
+    state = {k: v for k, v in state.items() if not k.startswith("loss_head.")}
     save_file(state, str(out_dir / MAE))
     save_file(encoder, str(out_dir / ENCODER))
     write_model_json(out_dir, export)

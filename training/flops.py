@@ -73,11 +73,34 @@ def mae_forward_flops(
     return encoder + 2 * visible * c.embed_dim * d + blocks + 2 * targets * d * patch_dim
 
 
+def hpm_scoring_flops(cfg: ModelConfig, geometry: TokenGeometry) -> float:
+    """Forward FLOPs of HPM's scoring pass over one unmasked sample (no backward): the encoder
+    and decoder on every token, and the loss head (``MaskedAutoencoder.predicted_loss``)."""
+    c = cfg.resolved()
+    n = geometry.num_tokens
+    full = mae_forward_flops(c, geometry, 0.0)  # at ratio 0 every token is visible and predicted
+    return (
+        full - 2 * n * c.decoder_embed_dim * geometry.values_per_token + 2 * n * c.decoder_embed_dim
+    )
+
+
 def mae_step_flops(
-    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int, kind: str = "random"
+    cfg: ModelConfig,
+    geometry: TokenGeometry,
+    ratio: float,
+    batch: int,
+    kind: str = "random",
+    per_sample: int = 1,
 ) -> float:
-    """Forward + backward FLOPs of a training step on ``batch`` samples."""
-    return 3 * batch * mae_forward_flops(cfg, geometry, ratio, kind=kind)
+    """Forward + backward FLOPs of a training step on ``batch`` decoded samples, each trained
+    under ``per_sample`` masks; HPM adds its scoring pass per sample and its loss head."""
+    views = batch * per_sample
+    step = 3 * views * mae_forward_flops(cfg, geometry, ratio, kind=kind)
+    if kind == "hpm":
+        d = cfg.resolved().decoder_embed_dim
+        step += 3 * views * 2 * predicted_patches(cfg, geometry, ratio, kind=kind) * d
+        step += batch * hpm_scoring_flops(cfg, geometry)
+    return step
 
 
 def mlm_forward_flops(cfg: ModelConfig, geometry: TokenGeometry, chosen: int) -> float:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import ModelConfig
-from training.masking import Mask, masked_ids
+from training.masking import HardPatchDraw, Mask, hard_patch_mask, masked_ids
 from training.modalities import TokenGeometry
 from training.positions import sincos_positions
 from training.transformer import Block, gather_tokens, init_weights
@@ -121,8 +121,15 @@ class MAEDecoder(nn.Module):
         self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor
     ) -> torch.Tensor:
         """Encoder output ``[B, 1 + K, D]`` of tokens ``ids_keep`` -> value predictions
-        ``[B, S, P]`` of tokens ``ids_pred``. Attention ignores token order, so tokens are
-        placed by their position embeddings alone, with no un-shuffling."""
+        ``[B, S, P]`` of tokens ``ids_pred``."""
+        return self.pred(self.features(latent, ids_keep, ids_pred))
+
+    def features(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder's last hidden states ``[B, S, d]`` of tokens ``ids_pred``, before the value
+        projection. Attention ignores token order, so tokens are placed by their position
+        embeddings alone, with no un-shuffling."""
         x = self.embed(latent)
         pos = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
         visible = torch.cat([x[:, :1], x[:, 1:] + gather_tokens(pos, ids_keep)], dim=1)
@@ -139,20 +146,27 @@ class MAEDecoder(nn.Module):
             for block in self.blocks:
                 x = block(x)
             queries = x[:, visible.shape[1] :]
-        return self.pred(self.norm(queries))
+        return self.norm(queries)
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, geometry: TokenGeometry):
+    """Encoder + decoder + loss. ``predict_loss`` adds HPM's loss predictor: a linear head on the
+    decoder's hidden states that learns which tokens reconstruct worst, and picks the hidden
+    tokens of a ``HardPatchDraw`` (``training.masking``)."""
+
+    def __init__(self, cfg: ModelConfig, geometry: TokenGeometry, predict_loss: bool = False):
         super().__init__()
         self.cfg = cfg.resolved()
         self.geometry = geometry
         self.encoder = ViTEncoder(self.cfg, geometry)
         self.decoder = MAEDecoder(self.cfg, geometry)
+        self.loss_head = nn.Linear(self.cfg.decoder_embed_dim, 1) if predict_loss else None
         init_weights(self)
 
-    def forward(self, tokens: torch.Tensor, mask: Mask) -> torch.Tensor:
-        """Token values ``[B, N, P]`` -> the loss on the reconstructed masked tokens."""
+    def forward(self, tokens: torch.Tensor, mask: Mask | HardPatchDraw) -> torch.Tensor:
+        """Token values ``[B, N, P]`` -> the loss on the reconstructed masked tokens. A mask of
+        ``V * B`` rows trains each sample under ``V`` masks (rows ``i * V ... i * V + V - 1``);
+        the tokens are shared, the encoder runs once per view."""
         return self._loss_and_predictions(tokens, mask)[0]
 
     @torch.no_grad()
@@ -165,13 +179,39 @@ class MaskedAutoencoder(nn.Module):
         )
         return loss, full
 
-    def _loss_and_predictions(self, tokens: torch.Tensor, mask: Mask):
+    def _loss_and_predictions(self, tokens: torch.Tensor, mask: Mask | HardPatchDraw):
+        views = mask_rows(mask) // tokens.shape[0]
+        if isinstance(mask, HardPatchDraw):
+            # HPM scores every token of the unmasked sample; its mask hides the worst predicted.
+            mask = hard_patch_mask(mask, self.predicted_loss(tokens).repeat_interleave(views, 0))
+        if views > 1:
+            tokens = tokens.repeat_interleave(views, 0)
         latent = self.encoder(tokens, mask.ids_keep)
         fraction = self.cfg.decoder_predict_fraction if self.training else 1.0
         ids_pred = masked_ids(mask, fraction)
-        pred = self.decoder(latent, mask.ids_keep, ids_pred)
         target = gather_tokens(tokens, ids_pred)
-        return reconstruction_loss(pred, target, self.cfg.norm_pix_loss), pred, ids_pred
+        if self.loss_head is None:
+            pred = self.decoder(latent, mask.ids_keep, ids_pred)
+            return reconstruction_loss(pred, target, self.cfg.norm_pix_loss), pred, ids_pred
+        hidden = self.decoder.features(latent, mask.ids_keep, ids_pred)
+        pred = self.decoder.pred(hidden)
+        per_token = token_losses(pred, target, self.cfg.norm_pix_loss)
+        ranking = loss_ranking_loss(self.loss_head(hidden).squeeze(-1).float(), per_token.detach())
+        return per_token.mean() + ranking, pred, ids_pred
+
+    @torch.no_grad()
+    def predicted_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` the loss head's score of every token of unmasked samples: the encoder and
+        decoder see every token once (HPM scores with an EMA teacher; this model scores itself,
+        which keeps no second copy of the weights under ZeRO)."""
+        b, n = tokens.shape[:2]
+        every = torch.arange(n, device=tokens.device).expand(b, n)
+        hidden = self.decoder.features(self.encoder(tokens), every, every)
+        return self.loss_head(hidden).squeeze(-1).float()
+
+
+def mask_rows(mask: Mask | HardPatchDraw) -> int:
+    return (mask.noise if isinstance(mask, HardPatchDraw) else mask.ids_keep).shape[0]
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
@@ -181,6 +221,26 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool
     with torch.no_grad():
         target = norm_pix_target(target.float()) if norm_pix else target.float()
     return F.mse_loss(pred.float(), target)
+
+
+def token_losses(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """``[B, S]`` the squared error of each reconstructed token (its mean is
+    :func:`reconstruction_loss`), what HPM's loss head learns to rank."""
+    with torch.no_grad():
+        target = norm_pix_target(target.float()) if norm_pix else target.float()
+    return (pred.float() - target).pow(2).mean(dim=-1)
+
+
+def loss_ranking_loss(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+    """HPM's objective for the loss head, over every pair of reconstructed tokens of a sample:
+    binary cross-entropy of ``predicted[j] - predicted[i]`` against whether token ``j``'s loss
+    exceeds token ``i``'s (pairs of equal loss left out). Only the order is learnt, so the
+    head need not follow the loss's scale as it falls."""
+    diff = predicted.unsqueeze(1) - predicted.unsqueeze(2)
+    above = actual.unsqueeze(1) > actual.unsqueeze(2)
+    valid = above | (actual.unsqueeze(1) < actual.unsqueeze(2))
+    bce = F.binary_cross_entropy_with_logits(diff, above.float(), reduction="none")
+    return (bce * valid).sum() / valid.sum().clamp(min=1)
 
 
 def norm_pix_target(target: torch.Tensor) -> torch.Tensor:

@@ -198,7 +198,7 @@ def _build_engine(
 ):
     import deepspeed
 
-    model = build_model(modality_named(cfg.modality).objective, cfg.model, geometry)
+    model = build_model(modality_named(cfg.modality).objective, cfg.model, geometry, cfg.mask.kind)
     on_cuda = info.device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay),
@@ -251,7 +251,7 @@ def _train(
     )
     skips = SkipCounts()
     batches = train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips)
-    step_fn = _Step(cfg, info, engine)
+    step_fn = _Step(cfg, info, engine, plan.total_steps * cfg.grad_accum)
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, plan, info, engine, start)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
@@ -287,8 +287,9 @@ class _Step:
     the device. Inputs reach the device without blocking the host: batches come from the
     loader's pinned memory, masks are pinned here."""
 
-    def __init__(self, cfg: PretrainConfig, info: DistInfo, engine):
+    def __init__(self, cfg: PretrainConfig, info: DistInfo, engine, total_micro_steps: int):
         self.cfg, self.device, self.engine = cfg, info.device, engine
+        self.total = total_micro_steps
         self.pin = info.device.type == "cuda"
         self.modality = modality_named(cfg.modality)
         self.geometry = self.modality.geometry(cfg.input)
@@ -298,7 +299,10 @@ class _Step:
         x, _, keys = batch
         c = self.cfg
         m = self.modality
-        inputs = step_inputs(m.objective, c.mask, c.seed, micro_step, keys, x, self.geometry)
+        progress = (micro_step + 1) / self.total  # HPM's hard share rises with it
+        inputs = step_inputs(
+            m.objective, c.mask, c.seed, micro_step, keys, x, self.geometry, progress
+        )
         if self.pin:
             inputs = inputs.pin_memory()
         inputs = inputs.to(self.device, non_blocking=True)

@@ -1,7 +1,14 @@
 import pytest
+import torch
 
 from training.config import ModelConfig
-from training.flops import block_flops, mae_forward_flops, mae_step_flops, predicted_patches
+from training.flops import (
+    block_flops,
+    hpm_scoring_flops,
+    mae_forward_flops,
+    mae_step_flops,
+    predicted_patches,
+)
 from training.modalities.image import ImageInputConfig, geometry
 
 VIT_B = ModelConfig(preset="base")
@@ -57,3 +64,35 @@ def test_predicted_patches_follow_the_fraction_in_training_only():
     assert predicted_patches(cfg, G, 0.75) == 37  # round(0.25 * 147)
     assert predicted_patches(cfg, G, 0.75, training=False) == 147
     assert predicted_patches(VIT_B, G, 0.0) == 196  # nothing masked: every patch
+
+
+@pytest.mark.parametrize("decoder", ["self", "cross"])
+def test_hpm_and_multi_mask_counts_match_torch_flop_counter(decoder):
+    """HPM's step adds a forward over every token (its scoring pass) and the loss head; K masks
+    per sample run the trained pass K times on the same tokens."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.mae import MaskedAutoencoder
+    from training.masking import make_masks
+
+    cfg = ModelConfig(
+        preset="nano", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
+        decoder_type=decoder, attention="matmul",
+    )  # fmt: skip
+    g = geometry(ImageInputConfig(image_size=32, patch_size=4))
+    tokens = torch.randn(2, g.num_tokens, g.values_per_token)
+    for kind, per_sample in (("hpm", 1), ("random", 3), ("hpm", 2)):
+        model = MaskedAutoencoder(cfg, g, predict_loss=kind == "hpm")
+        mask = make_masks(kind, 0, 0, ["a", "b"], g, 0.9, per_sample=per_sample, share=0.5)
+        with FlopCounterMode(display=False) as counter:
+            model(tokens, mask)
+        d = cfg.decoder_embed_dim
+        views = 2 * per_sample
+        head = 2 * predicted_patches(cfg, g, 0.9) * d if kind == "hpm" else 0
+        forward = views * (mae_forward_flops(cfg, g, 0.9) + head)
+        forward += 2 * hpm_scoring_flops(cfg, g) if kind == "hpm" else 0
+        assert counter.get_total_flops() == forward, (kind, per_sample)
+        step = mae_step_flops(cfg, g, 0.9, 2, kind=kind, per_sample=per_sample)
+        assert step == 3 * views * (mae_forward_flops(cfg, g, 0.9) + head) + (
+            forward - views * (mae_forward_flops(cfg, g, 0.9) + head)
+        )  # the scoring pass has no backward

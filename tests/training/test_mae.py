@@ -4,8 +4,15 @@ import torch
 
 from training.config import ModelConfig
 from training.mae import MaskedAutoencoder as _MAE
-from training.mae import reconstruction_loss
-from training.masking import masked_ids, masks_for_batch
+from training.mae import loss_ranking_loss, reconstruction_loss
+from training.masking import (
+    Mask,
+    hard_patch_mask,
+    hard_share,
+    make_masks,
+    masked_ids,
+    masks_for_batch,
+)
 from training.modalities.image import ImageInputConfig, geometry
 from training.modalities.image_patches import patchify
 from training.transformer import attend
@@ -166,3 +173,75 @@ def test_cross_decoder_never_lets_mask_tokens_see_each_other():
     a = selfdec.decoder(latent, mask.ids_keep, ids)[:, :1]
     b = selfdec.decoder(latent, mask.ids_keep, ids[:, :1])
     assert not torch.allclose(a, b, atol=1e-4)  # MAE's decoder: mask tokens attend to each other
+
+
+def test_k_masks_per_sample_average_the_losses_of_the_k_views():
+    """data2vec 2.0's multi-mask: one decoded sample, K masks, one step; the loss is the mean
+    over the views (each hides the same count), the encoder running on each view's tokens."""
+    torch.manual_seed(0)
+    model = _MAE(CFG, GEOMETRY)
+    tokens = torch.randn(3, 64, 48)
+    views = make_masks("random", 0, 0, list("abc"), GEOMETRY, 0.75, per_sample=4)
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[:2]))
+    together = model(tokens, views)
+    assert seen == [(12, 1 + 16)]
+    one_each = [
+        model(tokens, Mask(*(t[k::4] for t in (views.ids_keep, views.ids_restore, views.masked))))
+        for k in range(4)
+    ]
+    torch.testing.assert_close(together, torch.stack(one_each).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_loss_ranking_objective_rewards_the_right_order_only():
+    actual = torch.tensor([[0.1, 0.5, 0.9, 0.9]])
+    right = loss_ranking_loss(torch.tensor([[-5.0, 0.0, 5.0, 5.0]]), actual)
+    wrong = loss_ranking_loss(torch.tensor([[5.0, 0.0, -5.0, -5.0]]), actual)
+    assert right < 0.01 < 4 < wrong  # the tied pair (0.9, 0.9) counts neither way
+    scaled = loss_ranking_loss(torch.tensor([[-5.0, 0.0, 5.0, 5.0]]), actual * 100)
+    torch.testing.assert_close(right, scaled)  # the order, not the scale
+
+
+def test_hpm_learns_which_tokens_are_hard_and_masks_them():
+    """Noise in the left half of every image (unpredictable), a flat colour in the right:
+    after training, the loss head scores the left half higher, so HPM's masks hide it first,
+    while MAE's random masks hide both halves alike."""
+    torch.manual_seed(0)
+    g = geometry(ImageInputConfig(image_size=16, patch_size=4))  # 4 x 4 tokens
+    model = _MAE(CFG, g, predict_loss=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    left = (torch.arange(16) % 4 < 2).float()  # token columns 0-1
+
+    def batch(step):
+        x = torch.rand(16, 16, 48) * 0.1 + torch.rand(16, 1, 1)
+        return x + torch.randn(16, 16, 48) * left.view(1, 16, 1)
+
+    keys = [str(i) for i in range(16)]
+    for step in range(150):
+        draw = make_masks("hpm", 0, step, keys, g, 0.5, share=hard_share(0.5, step / 150))
+        loss = model(batch(step), draw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = model.predicted_loss(batch(999))
+    assert (scores[:, left.bool()].mean(1) > scores[:, ~left.bool()].mean(1)).all()
+    hpm = hard_patch_mask(make_masks("hpm", 0, 999, keys, g, 0.5, share=0.5), scores)
+    rnd = make_masks("random", 0, 999, keys, g, 0.5)
+    assert left[scores.topk(4, dim=1).indices].mean() > 0.9  # HPM's 4 hard picks: the noise
+    # 4 forced left + 4 at random from 4 left and 8 right: 2/3 of the hidden on the left
+    assert (hpm.masked * left).sum() / hpm.masked.sum() > 0.6
+    assert abs(float((rnd.masked * left).sum() / rnd.masked.sum()) - 0.5) < 0.15
+    assert model.loss_head.weight.grad is not None
+
+
+def test_an_hpm_model_exports_without_its_loss_head(tmp_path):
+    from training.export import load_model, write_export
+    from training.export_format import ExportInfo
+    from training.modalities.image import ImageInputConfig as Input
+
+    model = _MAE(CFG, GEOMETRY, predict_loss=True)
+    export = ExportInfo("image", "mae", Input(image_size=32, patch_size=4), CFG, {})
+    write_export(model.state_dict(), tmp_path, export)
+    loaded = load_model(tmp_path)
+    assert loaded.loss_head is None
+    torch.testing.assert_close(loaded.encoder.patch_embed.weight, model.encoder.patch_embed.weight)
