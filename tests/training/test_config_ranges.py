@@ -79,3 +79,20 @@ def test_values_that_used_to_pass_and_then_crash_are_refused(override, expected)
 def test_a_negative_mean_is_a_mean():
     cfg = load_run_config(CONFIGS / "quickstart_audio.yaml", ["pretrain.input.mel_mean=-4.5"])
     assert cfg.pretrain.input.mel_mean == -4.5
+
+
+def test_mask_settings_are_refused_where_they_cannot_work():
+    image, text, video = (CONFIGS / f"quickstart_{m}.yaml" for m in ("image", "text", "video"))
+    assert load_run_config(image, ["pretrain.mask.ratio=0.98"]).pretrain.mask.ratio == 0.98
+    assert "pretrain.mask.ratio: a float in [0, 0.98]" in _refused(
+        image, "pretrain.mask.ratio=0.99"
+    )
+    assert "pretrain.mask.per_sample: 1 for an MLM" in _refused(text, "pretrain.mask.per_sample=2")
+    assert "pretrain.mask.kind: one of tube, random for video" in _refused(
+        video, "pretrain.mask.kind=block"
+    )
+    assert "pretrain.mask.hard_share: a float in [0, 1]" in _refused(
+        image, "pretrain.mask.hard_share=1.5"
+    )
+    hpm = load_run_config(image, ["pretrain.mask.kind=hpm", "pretrain.mask.per_sample=4"])
+    assert (hpm.pretrain.mask.kind, hpm.pretrain.mask.per_sample) == ("hpm", 4)

@@ -3,6 +3,7 @@ default for every ViT preset) and ZeRO-3."""
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -91,6 +92,21 @@ def test_two_rank_run_trains_checkpoints_and_exports(tmp_path, prepared, zero_st
     assert model_json["step"] == 4 and model_json["model"]["embed_dim"] == 96
     # 4 optimizer steps x 2 micro steps x batch 8 x 2 ranks: the effective batch DeepSpeed used.
     assert "effective batch 32" in proc.stdout + proc.stderr
+
+
+def test_hpm_with_two_masks_per_sample_trains_under_zero3_and_exports(tmp_path, prepared):
+    """HPM's scoring pass runs inside the engine's forward (ZeRO-3 gathers the weights for it
+    too); K views multiply the rows; the export leaves the loss head out."""
+    mask = {"kind": "hpm", "ratio": 0.9, "per_sample": 2}
+    config = _config(tmp_path, prepared, precision="bf16", zero_stage=3, mask=mask)
+    proc = subprocess.run(_deepspeed(config), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert "mask hpm 0.90" in proc.stdout + proc.stderr
+    mae = load_mae(tmp_path / "run" / "export")
+    assert mae.loss_head is None
 
 
 def test_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tmp_path, prepared):
