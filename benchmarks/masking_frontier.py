@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -157,7 +158,7 @@ class Prober:
 def train_point(point: Point, seed: int, shards: Path, prober: Prober, args) -> dict:
     """Pretrain ``point`` for ``args.budget_s`` seconds of loading and training; probe at each
     share of the budget in ``args.probe_at``. Returns the probe points and the step counts."""
-    from training.config import LoaderConfig, MaskConfig, ModelConfig
+    from training.config import LoaderConfig, MaskConfig
     from training.loader import train_loader, train_spec_for
     from training.mae import MaskedAutoencoder
     from training.modalities import modality
@@ -170,14 +171,9 @@ def train_point(point: Point, seed: int, shards: Path, prober: Prober, args) -> 
     input_cfg = ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     m = modality("image")
     g = m.geometry(input_cfg)
-    model_cfg = ModelConfig(
-        preset="nano",
-        decoder_embed_dim=96,
-        decoder_depth=2,
-        decoder_num_heads=3,
-        decoder_type=point.decoder,
-    )
-    model = MaskedAutoencoder(model_cfg, g, predict_loss=point.kind == "hpm").train()
+    model = MaskedAutoencoder(
+        model_config(point.decoder), g, predict_loss=point.kind == "hpm"
+    ).train()
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=PEAK_LR, betas=(0.9, 0.95))
     mask_cfg = MaskConfig(kind=point.kind, ratio=point.ratio, per_sample=point.per_sample)
     batch = BATCH if not args.tiny else 32
@@ -221,6 +217,31 @@ def train_point(point: Point, seed: int, shards: Path, prober: Prober, args) -> 
     return {"probes": probes, "loader_wait_share": loading / trained, "steps": step}
 
 
+def model_config(decoder: str):
+    """The quickstart's nano MAE with ``decoder``."""
+    from training.config import ModelConfig
+
+    return ModelConfig(
+        preset="nano",
+        decoder_embed_dim=96,
+        decoder_depth=2,
+        decoder_num_heads=3,
+        decoder_type=decoder,
+    )
+
+
+def relative_flops(point: Point) -> float:
+    """Training FLOPs per decoded image of ``point`` over the MAE default's (same model)."""
+    from training.flops import mae_step_flops
+    from training.modalities.image import ImageInputConfig, geometry
+
+    g = geometry(ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE))
+    mine = mae_step_flops(
+        model_config(point.decoder), g, point.ratio, 1, point.kind, point.per_sample
+    )
+    return mine / mae_step_flops(model_config("self"), g, 0.75, 1)
+
+
 def summarise(points: list[Point], runs: dict[str, list[dict]]) -> dict[str, dict]:
     """Per point: at each probe share, the mean and range over seeds of accuracy, wall-clock
     and images; the images decoded per second and per trained view."""
@@ -247,6 +268,7 @@ def summarise(points: list[Point], runs: dict[str, list[dict]]) -> dict[str, dic
             "label": p.label,
             "point": dataclasses.asdict(p),
             "curve": rows,
+            "relative_flops": relative_flops(p),
             "images_per_s": statistics.mean(a["images"] / a["train_s"] for a in last),
             "views_per_s": statistics.mean(a["views"] / a["train_s"] for a in last),
             "loader_wait_share": statistics.mean(s["loader_wait_share"] for s in seeds),
@@ -315,14 +337,14 @@ def table(summary: dict[str, dict], result: dict, args, m: dict) -> list[str]:
         f"{', '.join(f'{a:.0%}' for a in args.probe_at)} of the budget; nano MAE, 64 px, batch "
         f"{32 if args.tiny else BATCH}, bf16 autocast; {m['cpu']}, {m['threads']} threads",
         "",
-        "| masking | images/s | views/s | loader wait | steps | probe top-1 (range) | k-NN | "
-        "vs MAE default |",
-        "|---|---|---|---|---|---|---|---|",
+        "| masking | FLOPs/image | images/s | views/s | loader wait | steps | probe top-1 (range) "
+        "| k-NN | vs MAE default |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary.values():
         last = s["curve"][-1]
         lines.append(
-            f"| {s['label']} | {s['images_per_s']:.0f} | {s['views_per_s']:.0f} | "
+            f"| {s['label']} | {s['relative_flops']:.2f}x | {s['images_per_s']:.0f} | {s['views_per_s']:.0f} | "
             f"{s['loader_wait_share']:.0%} | {last['steps']:.0f} | "
             f"{last['probe_top1']:.1f}% ({last['probe_min']:.1f}-{last['probe_max']:.1f}) | "
             f"{last['knn_top1']:.1f}% | "
@@ -349,6 +371,20 @@ def headline(summary: dict[str, dict], result: dict) -> str:
     )
 
 
+def measure(points: list[Point], args) -> dict[str, list[dict]]:
+    from training.modalities.image import ImageInputConfig
+
+    shards = corpus(Path(args.work), args.tiny)
+    input_cfg = ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    prober = Prober(shards, input_cfg, args.probe_epochs)
+    runs: dict[str, list[dict]] = {p.name: [] for p in points}
+    # seeds outermost: machine drift over the hour hits every configuration alike
+    todo = [(seed, p) for seed in range(args.seeds) for p in points]
+    for seed, p in tqdm(todo, desc="frontier", unit="run"):
+        runs[p.name].append(train_point(p, seed, shards, prober, args))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -360,21 +396,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--work", default="runs/masking_frontier")
     parser.add_argument("--out", default="results/masking_frontier")
+    parser.add_argument(
+        "--replot", metavar="JSON", help="summarise, plot and tabulate the runs of a saved result"
+    )
     args = parser.parse_args(argv)
     args.tiny = args.grid == "tiny"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from training.modalities.image import ImageInputConfig
-
-    shards = corpus(Path(args.work), args.tiny)
-    input_cfg = ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    prober = Prober(shards, input_cfg, args.probe_epochs)
     points = GRIDS[args.grid]
-    runs: dict[str, list[dict]] = {p.name: [] for p in points}
-    # seeds outermost: machine drift over the hour hits every configuration alike
-    todo = [(seed, p) for seed in range(args.seeds) for p in points]
-    for seed, p in tqdm(todo, desc="frontier", unit="run"):
-        runs[p.name].append(train_point(p, seed, shards, prober, args))
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        runs = saved["runs"]
+        args.budget_s, args.seeds = saved["budget_s"], len(runs[REFERENCE])
+        points = [Point(**s["point"]) for s in saved["summary"].values()]
+    else:
+        runs = measure(points, args)
     summary = summarise(points, runs)
     result = verdict(summary)
     m = machine()

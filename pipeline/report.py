@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from data_prep.shard_format import read_stats
 from data_prep.text_tokenizer import TOKENIZER_FILE, load_tokenizer
+from pipeline.frontier import frontier_figure, load_frontier, relative_cost
 from pipeline.schema import RunConfig
 from training.config import EVAL_METRICS
 from training.export import load_model
@@ -53,9 +54,10 @@ def write_report(cfg: RunConfig) -> Path:
         "curves.png": plot_curves(curve, unit),
         "reconstructions.png": plot_reconstructions(cfg),
     }
+    masking = _masking_section(cfg, fig_dir)
     for name, fig in figures.items():
         fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
-    page = _page(cfg, curve, metrics, fig_dir)
+    page = _page(cfg, curve, metrics, fig_dir, masking)
     (run_dir / REPORT).write_text(page)
     return run_dir / REPORT
 
@@ -106,7 +108,32 @@ def plot_reconstructions(cfg: RunConfig):
     return ops.reconstruction_figure(export.input, model, x, mask, title)
 
 
-def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> str:
+def _masking_section(cfg: RunConfig, fig_dir: Path) -> list[str]:
+    """The frontier figure with this run's masking on it (MAE objectives, when the measured
+    frontier ships with the checkout), and what the masking costs against MAE's default."""
+    (fig_dir / "masking.png").unlink(missing_ok=True)
+    frontier = load_frontier()
+    m = modality(cfg.modality)
+    if frontier is None or m.objective != "mae":
+        return []
+    p = cfg.pretrain
+    cost = relative_cost(p.model, m.geometry(p.input), p.mask)
+    fig = frontier_figure(frontier, cost, p.model, p.mask)
+    fig.savefig(fig_dir / "masking.png", dpi=110, bbox_inches="tight")
+    return [
+        "<h2>Masking: cost against quality</h2>",
+        f"<p>This run's masking ({html.escape(p.mask.kind)}, ratio {p.mask.ratio:.2f}, "
+        f"{p.mask.per_sample} mask(s) per sample, {html.escape(p.model.decoder_type)} decoder) "
+        f"costs <b>{cost:.2f}x</b> the training FLOPs per sample of MAE's default on this "
+        "model. Beside it, what each masking configuration reached on the demo corpus in the "
+        "same wall-clock (<code>python -m benchmarks.masking_frontier</code>).</p>",
+        _img(fig_dir / "masking.png"),
+    ]
+
+
+def _page(
+    cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path, masking: list[str]
+) -> str:
     p = cfg.pretrain
     m = p.model.resolved()
     unit = modality(cfg.modality).unit
@@ -142,6 +169,7 @@ def _page(cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path) -> st
         "<h2>Reconstructions (val split)</h2>",
         "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
         _img(fig_dir / "reconstructions.png"),
+        *masking,
         "<h2>Data</h2>",
         _data_table(cfg),
     ]
@@ -163,7 +191,11 @@ def _mask_fact(objective: str, mask, grid) -> tuple[str, str]:
             "so its cost does not fall with the ratio (MAE's does); the head's does",
         )
     visible = visible_count(mask.kind, grid, mask.ratio)
-    return ("mask", f"{mask.kind}, ratio {mask.ratio:.2f} ({visible} of {tokens} tokens visible)")
+    views = f", {mask.per_sample} masks per sample" if mask.per_sample > 1 else ""
+    return (
+        "mask",
+        f"{mask.kind}, ratio {mask.ratio:.2f} ({visible} of {tokens} tokens visible){views}",
+    )
 
 
 # Metrics reported in percent (gains in percentage points); the others (perplexity) are not.

@@ -131,3 +131,33 @@ def test_shard_integrity_times_the_loader_with_sha256_on_and_off(tmp_path):
     assert (
         results["sha256_mb_per_s"] > 0 and "vs off" in (tmp_path / "shard_integrity.md").read_text()
     )
+
+
+def test_masking_frontier_trains_each_point_for_the_budget_and_names_a_verdict(tmp_path):
+    from benchmarks import masking_frontier
+
+    args = ["--grid", "tiny", "--budget-s", "2", "--seeds", "2", "--probe-epochs", "3",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert masking_frontier.main(args) == 0
+    result = json.loads((tmp_path / "out" / "masking_frontier.json").read_text())
+    summary = result["summary"]
+    assert list(summary) == ["mae_default", "r0.90_k2", "hpm"]
+    for name, runs in result["runs"].items():
+        assert len(runs) == 2, name  # two seeds
+        for run in runs:  # a probe at half the budget and at its end, after the clock passed it
+            assert [p["train_s"] >= at * 2 for p, at in zip(run["probes"], (0.5, 1.0))] == [
+                True,
+                True,
+            ]
+    k2 = summary["r0.90_k2"]
+    assert k2["views_per_s"] == pytest.approx(2 * k2["images_per_s"])
+    assert summary["mae_default"]["relative_flops"] == 1.0 < summary["hpm"]["relative_flops"]
+    verdict = result["verdict"]
+    assert verdict["reached"] is not None or verdict["closest"]["name"] in summary
+    md = (tmp_path / "out" / "masking_frontier.md").read_text()
+    assert ("Fastest to reach" in md) != ("No configuration reached" in md)
+    assert (tmp_path / "out" / "masking_frontier.png").stat().st_size > 10_000
+    again = tmp_path / "again"  # the saved runs re-summarised without training
+    assert masking_frontier.main(["--replot", str(tmp_path / "out" / "masking_frontier.json"),
+                                  "--out", str(again)]) == 0  # fmt: skip
+    assert json.loads((again / "masking_frontier.json").read_text())["summary"] == summary

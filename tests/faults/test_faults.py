@@ -163,6 +163,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # ~12 s: two 2-rank launches around a full tmpfs
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_the_rerun_resumes(
     prepared, tmp_path, tiny_disk
 ):

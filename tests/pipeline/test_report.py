@@ -57,3 +57,41 @@ def test_every_curve_has_labelled_axes():
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel()
     assert fig.axes[2].get_ylabel() == "images / s"
+
+
+def test_the_masking_section_places_the_run_on_the_measured_frontier(tmp_path):
+    """A run's masking cost against MAE's default on its own model, and its point ringed when
+    the benchmark measured its configuration."""
+    from pipeline.frontier import frontier_figure, relative_cost, same_point
+    from training.config import MaskConfig, ModelConfig
+    from training.modalities.image import ImageInputConfig, geometry
+
+    model = ModelConfig(preset="nano", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+    g = geometry(ImageInputConfig(image_size=64, patch_size=8))
+    assert relative_cost(model, g, MaskConfig()) == 1.0
+    at_09 = relative_cost(model, g, MaskConfig(ratio=0.9))
+    assert at_09 < 1.0
+    assert relative_cost(model, g, MaskConfig(ratio=0.9, per_sample=2)) == pytest.approx(2 * at_09)
+    assert relative_cost(model, g, MaskConfig(kind="hpm")) > 1.0
+    point = {"ratio": 0.9, "kind": "random", "per_sample": 2, "decoder": "self"}
+    assert same_point(point, model, MaskConfig(ratio=0.9, per_sample=2))
+    assert not same_point(point, model, MaskConfig(ratio=0.9))
+    frontier = {
+        "budget_s": 40,
+        "summary": {
+            name: {
+                "label": name, "point": pt, "relative_flops": cost,
+                "curve": [{"probe_top1": acc, "probe_min": acc - 1, "probe_max": acc + 1}],
+            }
+            for name, pt, cost, acc in (
+                ("mae_default", {**point, "ratio": 0.75, "per_sample": 1}, 1.0, 35.0),
+                ("r0.90_k2", point, 2 * at_09, 33.0),
+            )
+        },
+    }  # fmt: skip
+    fig = frontier_figure(frontier, 2 * at_09, model, MaskConfig(ratio=0.9, per_sample=2))
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("training FLOPs per image")
+    assert any(t.get_text() == f"this run: {2 * at_09:.2f}x" for t in ax.texts)
+    rings = [line for line in ax.lines if line.get_markersize() == 14]
+    assert len(rings) == 1 and rings[0].get_xdata()[0] == pytest.approx(2 * at_09)

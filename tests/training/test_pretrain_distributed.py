@@ -283,6 +283,7 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow  # a 2-rank launch (~12 s); the weights-only loading itself is tested below
 def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, prepared):
     """Before: resume unpickled checkpoints with weights_only=False (ours and DeepSpeed's
     loader), so the payload ran. Now the resume refuses the file, naming it and the global."""
@@ -343,6 +344,7 @@ def _rank_process(launcher_pid: int, rank: int, deadline: float):
     raise AssertionError(f"no rank {rank} process found")
 
 
+@pytest.mark.slow  # ~17 s: a 2-rank run stopped and watched out (the watchdog's stall timeout)
 def test_a_stopped_rank_ends_the_job_naming_it_and_the_step(tmp_path, prepared):
     """Before: with one rank stopped (SIGSTOP: a wedged GPU or an NFS stall looks the same) the
     job waited 634 s in a collective and said nothing. Now its ring neighbour sees its heartbeat
