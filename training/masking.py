@@ -4,6 +4,11 @@ functions).
 A mask is made from per-sample noise: the tokens with the smallest noise stay visible. The
 noise of a sample depends only on its seed, so the mask of a sample is the same on any rank,
 any number of ranks and any device, and a resumed run masks exactly as an uninterrupted one.
+The kinds differ only in their noise: uniform (MAE's random), whole time columns and frequency
+bands first (AudioMAE), one spatial draw for every frame (VideoMAE's tubes), rectangles first
+(BEiT's blocks), filtered white noise (ColorMAE's patterns). HPM's noise is completed by the
+model, which hides first the tokens its loss head predicts to be hardest
+(:class:`HardPatchDraw`). ``per_sample`` views of a sample take the keys of :func:`view_keys`.
 """
 
 from __future__ import annotations
