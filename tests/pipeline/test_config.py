@@ -37,7 +37,7 @@ def test_defaults_wire_the_stages_together(tmp_path):
 @pytest.mark.parametrize(
     ("override", "key", "expected"),
     [
-        ("pretrain.mask.ratio=1.0", "pretrain.mask.ratio", "a float in [0, 0.95]"),
+        ("pretrain.mask.ratio=1.0", "pretrain.mask.ratio", "a float in [0, 0.98]"),
         (
             "pretrain.mask.ration=0.5",
             "pretrain.mask.ration",
@@ -55,7 +55,11 @@ def test_defaults_wire_the_stages_together(tmp_path):
             "pretrain.input.sise",
             "unknown key; expected one of: image_size",
         ),
-        ("pretrain.mask.kind=tube", "pretrain.mask.kind", "one of random for image"),
+        (
+            "pretrain.mask.kind=tube",
+            "pretrain.mask.kind",
+            "one of random, block, noise_lowpass, noise_highpass, noise_bandpass, hpm for image",
+        ),
         ("modality=smell", "modality", "one of image"),
         (
             "pretrain.model.image_size=64",
@@ -90,7 +94,7 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "pretrain.mask.ratio: a float in [0, 0.95]" in proc.stderr
+    assert "pretrain.mask.ratio: a float in [0, 0.98]" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -135,7 +139,7 @@ def test_a_typo_on_the_command_line_is_blamed_on_the_command_line(tmp_path):
         MINIMAL.format(run_dir=tmp_path).replace("steps: 10", "steps: 10, mask: {ratio: 1.5}")
     )
     err = _cli("status", bad, "pretrain.steps=5").stderr
-    assert f"(in {bad}):\n  pretrain.mask.ratio: a float in [0, 0.95]" in err
+    assert f"(in {bad}):\n  pretrain.mask.ratio: a float in [0, 0.98]" in err
 
 
 def test_a_missing_name_is_reported_as_name(tmp_path):
