@@ -36,10 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import machine, write_results
+from pipeline.frontier import REFERENCE, relative_cost
 
 log = logging.getLogger(__name__)
-
-REFERENCE = "mae_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,15 +230,14 @@ def model_config(decoder: str):
 
 
 def relative_flops(point: Point) -> float:
-    """Training FLOPs per decoded image of ``point`` over the MAE default's (same model)."""
-    from training.flops import mae_step_flops
+    """Training FLOPs per decoded image of ``point`` over the MAE default's (same model): the
+    report's measure of a run's masking cost."""
+    from training.config import MaskConfig
     from training.modalities.image import ImageInputConfig, geometry
 
     g = geometry(ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE))
-    mine = mae_step_flops(
-        model_config(point.decoder), g, point.ratio, 1, point.kind, point.per_sample
-    )
-    return mine / mae_step_flops(model_config("self"), g, 0.75, 1)
+    mask = MaskConfig(kind=point.kind, ratio=point.ratio, per_sample=point.per_sample)
+    return relative_cost(model_config(point.decoder), g, mask)
 
 
 def summarise(points: list[Point], runs: dict[str, list[dict]]) -> dict[str, dict]:

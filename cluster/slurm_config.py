@@ -78,10 +78,11 @@ class SlurmConfig:
                 where = "launch.nodes" if name == "pretrain" else "nothing: it runs on one node"
                 yield (f"{name}.nodes", f"unset (the node count comes from {where})")
         limit = self.pretrain.time
-        if _TIME.match(limit) and not 0 < self.signal_seconds < time_limit_seconds(limit):
+        seconds = time_limit_seconds(limit) if _TIME.match(limit) else None
+        if seconds is not None and not 0 < self.signal_seconds < seconds:
             yield (
                 "signal_seconds",
-                f"between 0 and pretrain.time ({limit} = {time_limit_seconds(limit)} s): USR2 "
+                f"between 0 and pretrain.time ({limit} = {seconds} s): USR2 "
                 f"that long before the limit would arrive as the job starts and requeue it "
                 f"forever, got {self.signal_seconds}",
             )

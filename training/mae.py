@@ -218,17 +218,19 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool
     """Mean squared error, in fp32, between predicted and target tokens ``[B, S, P]``; targets
     normalised per token when ``norm_pix`` (MAE's per-patch norm). Every token given counts: the
     decoder predicts only the (masked) tokens the loss covers."""
-    with torch.no_grad():
-        target = norm_pix_target(target.float()) if norm_pix else target.float()
-    return F.mse_loss(pred.float(), target)
+    return F.mse_loss(pred.float(), loss_target(target, norm_pix))
 
 
 def token_losses(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
     """``[B, S]`` the squared error of each reconstructed token (its mean is
     :func:`reconstruction_loss`), what HPM's loss head learns to rank."""
-    with torch.no_grad():
-        target = norm_pix_target(target.float()) if norm_pix else target.float()
-    return (pred.float() - target).pow(2).mean(dim=-1)
+    return (pred.float() - loss_target(target, norm_pix)).pow(2).mean(dim=-1)
+
+
+@torch.no_grad()
+def loss_target(target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """The fp32 target tokens a loss compares with: normalised per token when ``norm_pix``."""
+    return norm_pix_target(target.float()) if norm_pix else target.float()
 
 
 def loss_ranking_loss(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
