@@ -2,9 +2,9 @@
 
 The training world size is not here: it lives in ``launch`` (``nodes`` x ``ranks`` per node),
 because it decides the global batch, the data order and the checkpoint layout, and a run must get
-the same answer locally and on Slurm. The pretrain job asks for ``launch.nodes`` nodes with
-``launch.ranks`` tasks each; the prep job asks for ``slurm.prep.nodes`` nodes (one Ray node
-each); every other stage runs as one task on one node.
+the same answer locally and on Slurm. The training jobs (pretrain, finetune, probe) ask for
+``launch.nodes`` nodes with ``launch.ranks`` tasks each; the prep job asks for
+``slurm.prep.nodes`` nodes (one Ray node each); every other stage runs as one task on one node.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+TRAINING_STAGES = ("pretrain", "finetune", "probe")  # every rank of `launch`, requeued on USR2
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 
 
@@ -69,23 +70,26 @@ class SlurmConfig:
     demo_data: SlurmStage = field(default_factory=SlurmStage)
     prep: SlurmStage = field(default_factory=lambda: SlurmStage(nodes=1, cpus_per_task=8))
     pretrain: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
-    evaluate: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
+    finetune: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
+    probe: SlurmStage = field(default_factory=lambda: SlurmStage(cpus_per_task=8))
     report: SlurmStage = field(default_factory=SlurmStage)
 
     def problems(self):
-        for name in ("demo_data", "pretrain", "evaluate", "report"):
+        for name in ("demo_data", *TRAINING_STAGES, "report"):
             if getattr(self, name).nodes is not None:
-                where = "launch.nodes" if name == "pretrain" else "nothing: it runs on one node"
+                where = "launch.nodes" if name in TRAINING_STAGES else "nothing: one node"
                 yield (f"{name}.nodes", f"unset (the node count comes from {where})")
-        limit = self.pretrain.time
-        seconds = time_limit_seconds(limit) if _TIME.match(limit) else None
-        if seconds is not None and not 0 < self.signal_seconds < seconds:
-            yield (
-                "signal_seconds",
-                f"between 0 and pretrain.time ({limit} = {seconds} s): USR2 "
-                f"that long before the limit would arrive as the job starts and requeue it "
-                f"forever, got {self.signal_seconds}",
-            )
+        for name in TRAINING_STAGES:
+            limit = getattr(self, name).time
+            seconds = time_limit_seconds(limit) if _TIME.match(limit) else None
+            if seconds is not None and not 0 < self.signal_seconds < seconds:
+                yield (
+                    "signal_seconds",
+                    f"between 0 and {name}.time ({limit} = {seconds} s): USR2 "
+                    f"that long before the limit would arrive as the job starts and requeue it "
+                    f"forever, got {self.signal_seconds}",
+                )
+                break
         for option in self.extra_sbatch:
             if not option.startswith("--"):
                 yield ("extra_sbatch", f"long options such as --constraint=a100, got {option!r}")

@@ -48,7 +48,7 @@ def write_report(cfg: RunConfig) -> Path:
     fig_dir = run_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
     curve = read_metrics(cfg.pretrain.out_dir)
-    metrics = json.loads((Path(cfg.evaluate.out_dir) / EVAL_METRICS).read_text())
+    metrics = read_eval_metrics(cfg)
     unit = modality(cfg.modality).unit
     figures = {
         "curves.png": plot_curves(curve, unit),
@@ -60,6 +60,21 @@ def write_report(cfg: RunConfig) -> Path:
     page = _page(cfg, curve, metrics, fig_dir, masking)
     (run_dir / REPORT).write_text(page)
     return run_dir / REPORT
+
+
+def read_eval_metrics(cfg: RunConfig) -> dict:
+    """The ``probe`` and ``finetune`` stages' metrics.json as one (probe's tasks first), with
+    ``encoder`` and ``data`` from whichever ran."""
+    merged: dict = {"tasks": {}}
+    for stage in ("probe", "finetune"):
+        path = Path(cfg.evaluate.out_dir) / stage / EVAL_METRICS
+        if not path.exists():
+            continue
+        found = json.loads(path.read_text())
+        merged["tasks"].update(found.pop("tasks", {}))
+        for key, value in found.items():
+            merged.setdefault(key, value)
+    return merged
 
 
 def plot_curves(curve: list[dict], unit: str):

@@ -12,6 +12,7 @@ every section alike.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from training.modalities import modality as modality_named
 from training.typed_config import ConfigError, load_config
 
 LAUNCHERS = ("deepspeed", "python", "srun")
+# Keys of an older layout, of every modality -> where they live now.
+MOVED_KEYS = {"slurm.evaluate": "slurm.finetune and slurm.probe (one job per stage)"}
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RunConfig:
                 "prep.splits",
                 f"{', '.join(map(repr, needed))} (pretraining reads train, evaluation the others)",
             )
+        yield from _batch_problems(self)
         for section in ("pretrain", "evaluate"):
             if getattr(self, section).modality != self.modality:
                 yield (
@@ -94,13 +98,32 @@ class RunConfig:
                 )
 
 
+def _batch_problems(cfg: RunConfig):
+    """Every training task's global batch splits evenly over the ranks (and into pairs on each
+    rank where it mixes samples)."""
+    world = cfg.launch.world_size
+    tasks = cfg.evaluate.tasks
+    for f in dataclasses.fields(tasks):
+        task = getattr(tasks, f.name)
+        if not getattr(task, "enabled", False) or not hasattr(task, "batch_size"):
+            continue
+        mixing = getattr(task, "mixup", 0) > 0 or getattr(task, "cutmix", 0) > 0
+        per_rank = task.batch_size / world
+        if task.batch_size % world or (mixing and per_rank % 2):
+            need = "an even multiple" if mixing else "a multiple"
+            yield (
+                f"evaluate.tasks.{f.name}.batch_size",
+                f"{need} of the {world} ranks of launch (the global batch), got {task.batch_size}",
+            )
+
+
 def run_schema(raw: Any) -> RunConfig:
     """The defaults a run YAML is validated against, typed by its ``modality``; the stages are
     wired together by interpolation."""
     name = modality_of(raw)
     m = modality_named(name)
     reader = corpus_reader(name)
-    _refuse_moved_keys(raw, m.moved_keys)
+    _refuse_moved_keys(raw, {**MOVED_KEYS, **m.moved_keys})
     wants_demo = raw is not None and raw.get("demo_data") is not None
     eval_train, eval_val = m.eval_splits
     return RunConfig(

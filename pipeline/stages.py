@@ -1,9 +1,11 @@
-"""The stages of a run, in order: demo_data -> prep -> pretrain -> evaluate -> report.
+"""The stages of a run, in order: demo_data -> prep -> pretrain -> finetune -> probe -> report.
 
 Each stage names the config it depends on (execution-only knobs such as CPU counts or logging
 intervals are left out, so changing them does not redo work), the identity of its inputs, where
-it writes, and how it runs. Training stages run as per-rank processes under the launcher
-(``cluster.local``); the rest run in this process.
+it writes, and how it runs. Training stages (pretrain, finetune, probe) run as per-rank processes
+under the launcher (``cluster.local``); the rest run in this process. ``finetune`` runs the
+modality's tasks that train the encoder, ``probe`` those that read its frozen features
+(``training.tasks.config.STAGE_OF``); each writes ``evaluate.out_dir/<stage>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS
 from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
+from training.tasks.config import EVAL_STAGES, STAGE_OF
 from training.typed_config import ConfigError, to_yaml
 
 log = logging.getLogger(__name__)
@@ -111,58 +114,124 @@ def _intact_shards(*split_dirs: str) -> None:
 
 def _pretrain(cfg: RunConfig) -> None:
     _intact_shards(cfg.pretrain.train_shards)
+    config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
+    config_path.write_text(to_yaml(cfg.pretrain))
+    _launch("pretrain", "training.pretrain", [str(config_path)], cfg)
+
+
+def _launch(stage: str, module: str, args: list[str], cfg: RunConfig) -> None:
+    """Run ``python -m module args`` on every rank of ``launch`` under its launcher."""
     orphans = remove_orphan_shm_segments()  # of ranks killed in earlier runs, any port
     if orphans:
         log.info("removed %d /dev/shm segments left by killed ranks of earlier runs", orphans)
-    config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
-    config_path.write_text(to_yaml(cfg.pretrain))
-    args = [str(config_path)]
     port = None
     if cfg.launch.launcher == "deepspeed":
         port = cfg.launch.master_port or free_port()
-        cmd = deepspeed_command("training.pretrain", args, cfg.launch.ranks, port)
+        cmd = deepspeed_command(module, args, cfg.launch.ranks, port)
     elif cfg.launch.launcher == "srun":
         port = os.environ.get("MASTER_PORT")  # set by the sbatch script; cleans this node only
-        cmd = srun_command("training.pretrain", args)
+        cmd = srun_command(module, args)
     else:
-        cmd = python_command("training.pretrain", args)
+        cmd = python_command(module, args)
     try:
-        _run_child("pretrain", cmd, cfg)
+        _run_child(stage, cmd, cfg)
     finally:  # the ranks unlink their own; this catches those of ranks that were killed
         remove_shm_segments(port)
 
 
-def _pretrain_preflight(cfg: RunConfig) -> None:
-    if cfg.pretrain.device != "cuda":
-        _cpu_preflight(cfg)
-        return
-    from training.distributed import DeviceUnavailable, wants_cuda
+def _preflight(section: str):
+    def check(cfg: RunConfig) -> None:
+        device = getattr(cfg, section).device
+        if device != "cuda":
+            _cpu_preflight(cfg, device, section)
+            return
+        from training.distributed import DeviceUnavailable, wants_cuda
 
-    try:
-        wants_cuda(cfg.pretrain.device)
-    except DeviceUnavailable as err:
-        raise ConfigError([("pretrain.device", str(err))]) from None
+        try:
+            wants_cuda(device)
+        except DeviceUnavailable as err:
+            raise ConfigError([(f"{section}.device", str(err))]) from None
+
+    return check
 
 
-def _cpu_preflight(cfg: RunConfig) -> None:
+def _cpu_preflight(cfg: RunConfig, device: str, section: str) -> None:
     """A CPU run (``device: cpu``, or ``auto`` without a GPU) needs a compiler for DeepSpeed's op."""
     from cluster.local import compiler_problem
 
-    if cfg.pretrain.device == "auto":
+    if device == "auto":
         import torch
 
         if torch.cuda.is_available():
             return
     problem = compiler_problem()
     if problem:
-        raise StageFailed(f"pretrain cannot start: {problem}")
+        raise StageFailed(f"{section} cannot start: {problem}")
 
 
-def _evaluate(cfg: RunConfig) -> None:
-    _intact_shards(cfg.evaluate.train_shards, cfg.evaluate.val_shards)
-    config_path = Path(cfg.run_dir) / STATE_DIR / "evaluate.yaml"
-    config_path.write_text(to_yaml(cfg.evaluate))
-    _run_child("evaluate", python_command("training.evaluate", [str(config_path)]), cfg)
+def eval_out(cfg: RunConfig, stage: str) -> Path:
+    """Where the ``finetune`` or ``probe`` stage writes."""
+    return Path(cfg.evaluate.out_dir) / stage
+
+
+def _eval_stage(stage: str):
+    def execute(cfg: RunConfig) -> None:
+        _intact_shards(cfg.evaluate.train_shards, cfg.evaluate.val_shards)
+        config_path = Path(cfg.run_dir) / STATE_DIR / f"{stage}.yaml"
+        section = dataclasses.replace(cfg.evaluate, out_dir=str(eval_out(cfg, stage)))
+        config_path.write_text(to_yaml(section))
+        _launch(stage, "training.evaluate", [stage, str(config_path)], cfg)
+
+    return execute
+
+
+def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
+    """The enabled tasks of ``stage`` (names = keys of ``evaluate.tasks``)."""
+    tasks = cfg.evaluate.tasks
+    return [
+        f.name
+        for f in dataclasses.fields(tasks)
+        if STAGE_OF.get(f.name) == stage and getattr(tasks, f.name).enabled
+    ]
+
+
+def _eval_section(stage: str):
+    """What a ``finetune`` / ``probe`` result depends on: the section without the other stage's
+    tasks, and without how it runs (batch size of scoring passes, checkpoints, device, loader;
+    nor the world size: a task trains the same on any number of ranks)."""
+
+    def section(cfg: RunConfig):
+        tree = OmegaConf.to_container(OmegaConf.structured(cfg.evaluate))
+        for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "device", "loader"):
+            del tree[key]
+        tree["tasks"] = {k: v for k, v in tree["tasks"].items() if STAGE_OF.get(k) == stage}
+        return tree
+
+    return section
+
+
+def _eval_inputs(cfg: RunConfig) -> str:
+    return "|".join(
+        _digest(p)
+        for p in (
+            Path(cfg.evaluate.export_dir) / ENCODER,
+            Path(cfg.evaluate.export_dir) / MODEL_JSON,
+            split_record(cfg.evaluate.train_shards, MANIFEST),
+            split_record(cfg.evaluate.val_shards, MANIFEST),
+        )
+    )
+
+
+def _report_inputs(cfg: RunConfig) -> str:
+    metrics = [eval_out(cfg, s) / EVAL_METRICS for s in EVAL_STAGES if _eval_tasks(cfg, s)]
+    return "|".join(
+        _digest(p)
+        for p in (
+            *metrics,
+            Path(cfg.pretrain.out_dir) / TRAIN_METRICS,
+            Path(cfg.evaluate.export_dir) / MAE,
+        )
+    )
 
 
 def _report(cfg: RunConfig) -> None:
@@ -286,36 +355,33 @@ STAGES: tuple[Stage, ...] = (
         inputs=lambda cfg: _digest(split_record(cfg.pretrain.train_shards, MANIFEST)),
         output=lambda cfg: Path(cfg.pretrain.out_dir),
         execute=_pretrain,
-        preflight=_pretrain_preflight,
+        preflight=_preflight("pretrain"),
     ),
     Stage(
-        "evaluate",
-        "downstream tasks, pretrained vs random init",
-        section=lambda cfg: cfg.evaluate,
-        inputs=lambda cfg: "|".join(
-            _digest(p)
-            for p in (
-                Path(cfg.evaluate.export_dir) / ENCODER,
-                Path(cfg.evaluate.export_dir) / MODEL_JSON,
-                split_record(cfg.evaluate.train_shards, MANIFEST),
-                split_record(cfg.evaluate.val_shards, MANIFEST),
-            )
-        ),
-        output=lambda cfg: Path(cfg.evaluate.out_dir),
-        execute=_evaluate,
+        "finetune",
+        "fine-tuning tasks, pretrained vs random init (DeepSpeed)",
+        section=_eval_section("finetune"),
+        inputs=_eval_inputs,
+        output=lambda cfg: eval_out(cfg, "finetune"),
+        execute=_eval_stage("finetune"),
+        enabled=lambda cfg: bool(_eval_tasks(cfg, "finetune")),
+        preflight=_preflight("evaluate"),
+    ),
+    Stage(
+        "probe",
+        "linear probe and k-NN on frozen features, pretrained vs random init",
+        section=_eval_section("probe"),
+        inputs=_eval_inputs,
+        output=lambda cfg: eval_out(cfg, "probe"),
+        execute=_eval_stage("probe"),
+        enabled=lambda cfg: bool(_eval_tasks(cfg, "probe")),
+        preflight=_preflight("evaluate"),
     ),
     Stage(
         "report",
         "report.html with curves, reconstructions, metrics",
         section=lambda cfg: {"report": cfg.report, "val": cfg.evaluate.val_shards},
-        inputs=lambda cfg: "|".join(
-            _digest(p)
-            for p in (
-                Path(cfg.evaluate.out_dir) / EVAL_METRICS,
-                Path(cfg.pretrain.out_dir) / TRAIN_METRICS,
-                Path(cfg.evaluate.export_dir) / MAE,
-            )
-        ),
+        inputs=_report_inputs,
         output=lambda cfg: Path(cfg.run_dir) / "report",
         execute=_report,
     ),

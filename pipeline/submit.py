@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster import ray_jobs, slurm
+from cluster.slurm_config import TRAINING_STAGES
 from cluster.sbatch import JobSpec, render
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES
@@ -78,7 +79,7 @@ def slurm_jobs(cfg: RunConfig, workdir: Path, python: str) -> list[tuple[str, Jo
         if not stage.enabled(cfg):
             continue
         res = s.stage(stage.name)
-        training = stage.name == "pretrain"
+        training = stage.name in TRAINING_STAGES
         kind = "training" if training else "ray" if stage.name == "prep" else "plain"
         jobs.append(
             (

@@ -63,11 +63,16 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (a full disk, most often); the last complete one stays."""
 
 
-def save(engine, ckpt_dir: Path, step: int, keep: int, is_main: bool) -> str:
-    """Save on every rank (DeepSpeed hangs otherwise), mark complete, prune old ones."""
+def save(
+    engine, ckpt_dir: Path, step: int, keep: int, is_main: bool, extra: dict | None = None
+) -> str:
+    """Save on every rank (DeepSpeed hangs otherwise), mark complete, prune old ones; ``extra``
+    is kept in the client state (:func:`resume_state` gives it back)."""
     tag = tag_for(step)
     try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state(step))
+        engine.save_checkpoint(
+            str(ckpt_dir), tag=tag, client_state={**client_state(step), **(extra or {})}
+        )
     except (OSError, RuntimeError) as err:  # torch.save reports ENOSPC as a RuntimeError
         raise _write_error(ckpt_dir, tag, err) from None
     dist.barrier()
@@ -194,12 +199,17 @@ def make_universal(ckpt_dir: Path) -> Path:
 def resume(engine, ckpt_dir: Path, universal: bool = False) -> int:
     """Load the newest complete checkpoint (its universal copy when ``universal``); returns the
     step to continue from (0 if none)."""
+    return resume_state(engine, ckpt_dir, universal).get("step", 0)
+
+
+def resume_state(engine, ckpt_dir: Path, universal: bool = False) -> dict:
+    """Load the newest complete checkpoint; returns its client state (``step`` and what
+    :func:`save` was given as ``extra``), or ``{}`` when there is none."""
     tags = complete_tags(ckpt_dir)
     if not tags:
-        return 0
+        return {}
     load_dir = ckpt_dir / UNIVERSAL if universal else ckpt_dir
     with weights_only_loading():
         _, client = engine.load_checkpoint(str(load_dir), tag=tags[-1])
-    step = int(client["step"])
-    log.info("resumed from %s (step %d)", ckpt_dir / tags[-1], step)
-    return step
+    log.info("resumed from %s (step %d)", ckpt_dir / tags[-1], int(client["step"]))
+    return {**client, "step": int(client["step"])}

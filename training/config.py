@@ -263,9 +263,19 @@ def default_mask(m) -> MaskConfig:
 
 @dataclass
 class EvalConfig:
-    """``evaluate`` section: which encoder, which splits, which tasks (typed by the modality)."""
+    """``evaluate`` section: which encoder, which splits, which tasks (typed by the modality),
+    and how the ``finetune`` and ``probe`` stages run (their ranks are ``launch``'s).
 
-    POSITIVE: ClassVar = ("batch_size",)
+    ZeRO stage for fine-tuning: 2 by default. A fine-tuned ViT-B's whole state is 1.4 GiB and
+    ViT-H's 10 GiB, so parameters need not be partitioned; stage 2 partitions gradients and
+    optimizer state (reduce-scatter instead of all-reduce, the same traffic) and keeps every
+    forward local. Stage 3 is refused: it gathers parameters in every forward, so ranks would
+    have to run equally many val forwards, and a split is scored exactly once instead. The
+    linear probe's head runs without ZeRO (LARS scales each weight matrix by its own norm, which
+    a flattened partition does not have).
+    """
+
+    POSITIVE: ClassVar = ("batch_size", "checkpoint_every", "keep_checkpoints")
 
     modality: str = DEFAULT_MODALITY
     export_dir: str = "???"
@@ -273,9 +283,26 @@ class EvalConfig:
     val_shards: str = "???"
     out_dir: str = "???"
     seed: int = 0
-    batch_size: int = 256  # for feature extraction
+    batch_size: int = 256  # per rank, for feature extraction and scoring passes
     baseline: bool = True  # also evaluate a randomly initialised encoder
     tasks: Any = None  # the modality's tasks config (see ``eval_schema``)
+    zero_stage: int = 2  # fine-tuning's; 0, 1 or 2
+    precision: str = "bf16"  # bf16 | fp32, of the tasks that train
+    checkpoint_every: int = 200  # steps; also at the end of every epoch scored and on USR2
+    keep_checkpoints: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(workers=1))
+
+    def problems(self):
+        if self.zero_stage not in (0, 1, 2):
+            yield (
+                "zero_stage",
+                f"0, 1 or 2 (3 would make every forward a collective), got {self.zero_stage}",
+            )
+        if self.precision not in PRECISIONS:
+            yield ("precision", f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            yield ("device", f"auto, cpu or cuda, got {self.device!r}")
 
 
 def eval_schema(raw: Any) -> EvalConfig:

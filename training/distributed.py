@@ -159,3 +159,22 @@ class StepAgreement:
         world = dist.get_world_size()
         mean = loss_sum / (self.micro_steps_per_rank * world)
         return Verdict(mean, int(non_finite), stops > 0, int(samples), int(shards))
+
+
+def all_gathered(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (what rank 0 decided, e.g. a score and whether it is the
+    best so far); ``obj`` itself without a process group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

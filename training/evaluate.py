@@ -1,21 +1,30 @@
-"""Evaluate an exported encoder: ``python -m training.evaluate CONFIG.yaml [key=value ...]``.
+"""Evaluate an exported encoder, one stage at a time, on every rank of the launcher:
+``python -m training.evaluate {finetune,probe} CONFIG.yaml [key=value ...]``.
 
-Runs the downstream tasks of the encoder's modality (``evaluate.tasks``; for images: linear
-probe, k-NN, fine-tuning) on the pretrained encoder and on a randomly initialised encoder of the
-same shape, so every report shows what pretraining bought. Writes ``OUT_DIR/metrics.json``: per
-task and encoder the metrics, and under ``tasks`` each task's title and, per metric, whether
-higher or lower is better.
+Runs the downstream tasks of the encoder's modality (``evaluate.tasks``) that belong to the
+stage: ``finetune`` the tasks that train the encoder (classification fine-tuning; audio's CTC),
+``probe`` those that read frozen features (linear probe, k-NN; text's masked-token scores). Each
+runs on the pretrained encoder and on a randomly initialised encoder of the same shape, so every
+report shows what pretraining bought. A task that trains is a resumable job in
+``OUT_DIR/<task>/<encoder>/`` (``training.tasks.trainer``); a rerun skips what finished.
+
+Writes ``OUT_DIR/metrics.json``: per task and encoder the metrics, and under ``tasks`` each
+task's title and, per metric, whether higher or lower is better. Exit status: 0 done, 1 a bad
+shard, 2 bad config, 3 non-finite loss, 75 preempted (SIGUSR2; rerun to resume).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
+from cluster.local import PREEMPTED_EXIT, remove_shm_segments
 from data_prep.shard_format import (
     BadShardError,
     read_labels,
@@ -25,21 +34,25 @@ from data_prep.shard_format import (
 )
 from training.config import EVAL_METRICS as METRICS
 from training.config import EvalConfig, eval_schema
+from training.distributed import DeviceUnavailable, init_distributed, leave_process_group
 from training.entry import config_from_argv
 from training.export import load_encoder, load_model
 from training.export_format import ExportInfo, read_export
 from training.mae import ViTEncoder
 from training.modalities import modality as modality_named
 from training.objectives import build_model
+from training.tasks.config import EVAL_STAGES, STAGE_OF
 from training.tasks.downstream import Downstream
+from training.tasks.trainer import NonFiniteLoss, Preempted, TaskRun, install_stop_handler
 from training.transformer import init_weights
 from training.typed_config import ConfigError
 
 log = logging.getLogger("training.evaluate")
 
 
-def run(cfg: EvalConfig) -> dict:
+def run(cfg: EvalConfig, stage: str) -> dict:
     torch.manual_seed(cfg.seed)
+    info = init_distributed(cfg.device)
     export = read_export(cfg.export_dir)
     if export.modality != cfg.modality:
         raise ConfigError(
@@ -62,9 +75,14 @@ def run(cfg: EvalConfig) -> dict:
         seed=cfg.seed,
         views=views,
         group_of=group_of,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        loader=cfg.loader,
     )
     encoders = _encoders(cfg, export, data)
-    tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled]
+    tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled and STAGE_OF[t.name] == stage]
+    out = Path(cfg.out_dir)
     results: dict = {
         "encoder": {"export_dir": str(cfg.export_dir), **export.info},
         "data": {
@@ -75,15 +93,16 @@ def run(cfg: EvalConfig) -> dict:
         "tasks": {t.name: {"title": t.title, "better": dict(t.directions)} for t in tasks},
     }
     for name, make in encoders.items():
-        encoder = make()
+        encoder = make().to(info.device)
         for task in tasks:
-            scores = task.run(encoder, data)
+            scores = task.run(encoder, data, TaskRun(info, cfg, out / task.name / name, export))
             results.setdefault(task.name, {})[name] = scores
-            log.info("%s, %s: %s", task.title, name, scores)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS).write_text(json.dumps(results, indent=2) + "\n")
-    write_tensorboard(results, out / "tensorboard", step=int(export.info.get("step", 0)))
+            if info.is_main:
+                log.info("%s, %s: %s", task.title, name, scores)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / METRICS).write_text(json.dumps(results, indent=2) + "\n")
+        write_tensorboard(results, out / "tensorboard", step=int(export.info.get("step", 0)))
     return results
 
 
@@ -139,12 +158,34 @@ def _num_classes(split_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_argv(eval_schema, argv, __doc__)
+    install_stop_handler()  # first: a USR2 during start-up must not kill the rank
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher's
+    stage = argv[0] if argv and argv[0] in EVAL_STAGES else None
+    if stage is None and argv and argv[0] not in ("-h", "--help"):
+        sys.stderr.write(f"usage: python -m training.evaluate {{{','.join(EVAL_STAGES)}}} CONFIG.yaml\n")
+        return 2
+    cfg = config_from_argv(eval_schema, argv[1:] if stage else argv, __doc__)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     try:
-        run(cfg)
+        run(cfg, stage)
     except BadShardError as err:  # one line, not a traceback from inside the loader
         log.error("%s", err)
         return 1
+    except NonFiniteLoss as err:
+        log.error("%s", err)
+        return 3
+    except Preempted as err:
+        log.warning("%s", err)
+        return PREEMPTED_EXIT
+    except (DeviceUnavailable, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    finally:
+        leave_process_group()
+        remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))
     return 0
 
 

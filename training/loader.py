@@ -109,6 +109,9 @@ class TrainStreamSpec:
     seed: int
     skip_batches: int
     loader: LoaderConfig
+    # Rows [lo, hi) of every global batch of ``batch_size``: one stream whatever the world size
+    # (fine-tuning), each rank decoding only its rows; None: this rank's own slot (pretraining).
+    rows: tuple[int, int] | None = None
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -123,6 +126,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         s = self.spec
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if s.rows is not None:
+            return self._rows_of_global_batches(worker, workers)
         slot, slots = s.rank * workers + worker, s.world_size * workers
         skip = split_skip(s.skip_batches, workers)[0] * s.batch_size
         m = modality(s.modality)
@@ -140,6 +145,36 @@ class TrainStream(torch.utils.data.IterableDataset):
         )
         return iter(pipeline)
 
+    def _rows_of_global_batches(self, worker: int, workers: int) -> Iterator[Batch | None]:
+        """This rank's rows of the one global stream (slot 0 of 1, whatever the world size);
+        worker ``w`` makes global batches ``w, w + workers, ...`` after the skipped ones, in the
+        order the DataLoader takes them. A batch whose every row failed to decode is None."""
+        s = self.spec
+        hi = s.rows[1]
+        skip = s.skip_batches * s.batch_size
+        m = modality(s.modality)
+        shards = _ShardReader(s.split_dir, s.loader, self.skips, m.members)
+        held: list[Example] = []
+        for index, sample in _slot_samples(s, 0, 1, skip, shards, self._keeps(worker, workers)):
+            rng = random.Random(f"{s.seed}:0:{index}")  # the sample's place, not the rank's
+            example = _decoded(m, s.input, sample, rng, self.skips)
+            if example is not None:
+                held.append(example)
+            if (index - skip) % s.batch_size == hi - 1:  # the rank's last row of this batch
+                yield _collate(held) if held else None
+                held = []
+
+    def _keeps(self, worker: int, workers: int):
+        s = self.spec
+        lo, hi = s.rows
+        skip = s.skip_batches * s.batch_size
+
+        def keep(index: int) -> bool:
+            batch, row = divmod(index - skip, s.batch_size)
+            return batch % workers == worker and lo <= row < hi
+
+        return keep
+
 
 def train_loader(
     spec: TrainStreamSpec, pin_memory: bool = False, skips: SkipCounts | None = None
@@ -155,21 +190,57 @@ def train_loader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
     )
-    batches = itertools.islice(iter(loader), split_skip(spec.skip_batches, workers)[1], None)
-    return _plain_errors(batches)
+    # A rank's rows of global batches are skipped inside the stream, whole (see TrainStream).
+    dropped = 0 if spec.rows is not None else split_skip(spec.skip_batches, workers)[1]
+    return _plain_errors(itertools.islice(iter(loader), dropped, None))
 
 
-def eval_batches(split_dir: str, modality_name: str, input_cfg, batch_size: int) -> Iterator[Batch]:
+def eval_batches(
+    split_dir: str,
+    modality_name: str,
+    input_cfg,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
     """Every sample of a split once, in manifest order, decoded without augmentation; every
-    shard is checked (size and sha256) when opened, and a damaged one is a BadShardError."""
+    shard is checked (size and sha256) when opened, and a damaged one is a BadShardError.
+
+    With ``world_size`` > 1, the samples whose place in the split is ``rank`` modulo the world
+    size: the ranks' streams together hold every sample once, none padded or dropped."""
+    return (batch[:3] for batch in indexed_eval_batches(
+        split_dir, modality_name, input_cfg, batch_size, rank, world_size
+    ))  # fmt: skip
+
+
+def indexed_eval_batches(
+    split_dir: str,
+    modality_name: str,
+    input_cfg,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str], list[int]]]:
+    """:func:`eval_batches` with each sample's place in the split (manifest order) last."""
     m = modality(modality_name)
     skips = SkipCounts()
     shards = _ShardReader(str(split_dir), LoaderConfig(), skips, ())
+
+    def ours():
+        samples = (s for r in read_manifest(split_dir) for _, s in shards.samples(r))
+        for index, sample in enumerate(samples):
+            if index % world_size == rank:
+                yield index, sample
+
+    def decoded(item):
+        example = _decoded(m, input_cfg, item[1], None, skips)
+        return None if example is None else (example, item[0])
+
     dataset = wds.DataPipeline(
-        lambda: (s for r in read_manifest(split_dir) for _, s in shards.samples(r)),
-        wds.map(lambda sample: _decoded(m, input_cfg, sample, None, skips)),
-        wds.select(lambda example: example is not None),
-        wds.batched(batch_size, collation_fn=_collate, partial=True),
+        ours,
+        wds.map(decoded),
+        wds.select(lambda pair: pair is not None),
+        wds.batched(batch_size, collation_fn=_collate_indexed, partial=True),
     )
     return iter(dataset)
 
@@ -201,10 +272,11 @@ def train_spec_for(
 
 
 def _slot_samples(
-    s: TrainStreamSpec, slot: int, slots: int, skip: int, shards: _ShardReader
+    s: TrainStreamSpec, slot: int, slots: int, skip: int, shards: _ShardReader, keep=None
 ) -> Iterator[tuple[int, dict | None]]:
     """``(index in the slot's stream, sample or None where it was skipped)`` from ``skip`` on,
-    epoch after epoch."""
+    epoch after epoch; with ``keep``, only the indices it accepts (the others are not read
+    when their shard holds none that is kept)."""
     counts = [r.samples for r in s.records]
     first_epoch, into = resume_point(counts, slot, slots, s.seed, skip)
     index = skip
@@ -215,7 +287,10 @@ def _slot_samples(
         order.skip(into if epoch == first_epoch else 0)
         samples = _EpochSamples([s.records[i] for i in chosen], sizes, order.pending(), shards)
         for position in order:
-            yield index, samples.take(position)
+            if keep is None or keep(index):
+                yield index, samples.take(position)
+            else:
+                samples.drop(position)
             index += 1
 
 
@@ -255,13 +330,22 @@ class _EpochSamples:
 
     def __init__(self, records: list[ShardRecord], sizes: list[int], pending, shards):
         self.held: dict[int, dict | None] = {}
+        self.dropped: set[int] = set()
         self.reading = self._read(records, sizes, pending, shards)
 
     def take(self, position: int) -> dict | None:
         while position not in self.held:
             got, sample = next(self.reading)
-            self.held[got] = sample
+            if got in self.dropped:
+                self.dropped.discard(got)
+            else:
+                self.held[got] = sample
         return self.held.pop(position)
+
+    def drop(self, position: int) -> None:
+        """``position`` is not wanted: forget it if held, else let the reader pass it by."""
+        if self.held.pop(position, _MISSING) is _MISSING:
+            self.dropped.add(position)
 
     @staticmethod
     def _read(records, sizes, pending, shards) -> Iterator[tuple[int, dict | None]]:
@@ -279,6 +363,9 @@ class _EpochSamples:
                     if ordinal not in seen and wanted(ordinal):
                         yield start + ordinal, None
             start += size
+
+
+_MISSING = object()
 
 
 def _is_pending(pending, start: int, ordinal: int) -> bool:
@@ -321,6 +408,10 @@ def _collate(examples: list[Example]) -> Batch:
         torch.tensor([e.label for e in examples]),
         [e.key for e in examples],
     )
+
+
+def _collate_indexed(pairs: list[tuple[Example, int]]):
+    return (*_collate([e for e, _ in pairs]), [i for _, i in pairs])
 
 
 def stack_in_memory_order(xs: list[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,8 @@ class MetricsLog:
     """Appends to ``metrics.jsonl``; on resume, drops lines past the resume step so the curve
     has no repeated steps, and a line torn by a kill mid-write."""
 
-    def __init__(self, out_dir: Path, resume_step: int):
+    def __init__(self, out_dir: Path, resume_step: int, prefix: str = "pretrain"):
+        self.prefix = prefix  # of the TensorBoard tags
         self.path = out_dir / METRICS
         if self.path.exists():
             kept = [r for r in _records(self.path.read_text()) if r["step"] <= resume_step]
@@ -27,8 +28,11 @@ class MetricsLog:
         self.file.flush()
         for key, value in record.items():
             # Wall-clock time stays in metrics.jsonl: charted it is a flat line at ~1.8e9.
-            if key not in ("step", "time") and isinstance(value, int | float):
-                self.tb.add_scalar(f"pretrain/{key}", value, record["step"])
+            if isinstance(value, dict):  # a scoring: {"val": {"top1": ...}} -> val/top1
+                for name, v in value.items():
+                    self.tb.add_scalar(f"{self.prefix}/{key}/{name}", v, record["step"])
+            elif key not in ("step", "time") and isinstance(value, int | float):
+                self.tb.add_scalar(f"{self.prefix}/{key}", value, record["step"])
 
     def close(self) -> None:
         self.file.close()

@@ -87,6 +87,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path
+        # [B, 2] uniform draws deciding which samples drop the attention and MLP branches this
+        # forward (set by a fine-tuning model per step, so that the drops belong to the samples,
+        # not to a rank's random state); None: drawn here.
+        self.path_draws: torch.Tensor | None = None
 
     def forward(
         self,
@@ -95,15 +99,23 @@ class Block(nn.Module):
         key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         ctx = None if self.norm_context is None else self.norm_context(context)
-        x = x + drop_path(self.attn(self.norm1(x), ctx, key_bias), self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        pd = self.path_draws
+        draws = (None, None) if pd is None else (pd[:, 0], pd[:, 1])
+        attn = self.attn(self.norm1(x), ctx, key_bias)
+        x = x + drop_path(attn, self.drop_path, self.training, draws[0])
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, draws[1])
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop a sample's residual branch with probability ``p``."""
+def drop_path(
+    x: torch.Tensor, p: float, training: bool, draws: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stochastic depth: drop a sample's residual branch with probability ``p`` (sample ``i``
+    when ``draws[i] < p``, given uniform ``draws`` ``[B]``)."""
     if p == 0.0 or not training:
         return x
-    keep = torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) >= p
+    if draws is None:
+        draws = torch.rand(x.shape[0], device=x.device)
+    keep = (draws.to(x.device) >= p).to(x.dtype).view(-1, *[1] * (x.dim() - 1))
     return x * keep / (1 - p)
 
 

@@ -36,15 +36,47 @@ class ImageInputConfig:
 
 
 @dataclass
+class AugmentedInputConfig(ImageInputConfig):
+    """A training input with the fine-tuning recipe's per-image augmentations
+    (``image_augment``): RandAugment and random erasing, after the crop and flip."""
+
+    randaug_ops: int = 0
+    randaug_magnitude: float = 9.0
+    randaug_std: float = 0.5
+    erase_prob: float = 0.0
+
+
+@dataclass
 class ImageFinetuneConfig(FinetuneConfig):
+    """MAE's ImageNet fine-tuning recipe by default: RandAugment ``rand-m9-mstd0.5-inc1``,
+    random erasing 0.25, mixup 0.8, cutmix 1.0, switch 0.5, crops of 8-100% of the picture."""
+
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    randaug_ops: int = 2  # 0: no RandAugment
+    randaug_magnitude: float = 9.0  # of 10
+    randaug_std: float = 0.5
+    erase_prob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+
+    def problems(self):
+        yield from super().problems()
+        if self.randaug_ops < 0 or not 0 <= self.randaug_magnitude <= 10:
+            yield ("randaug_ops", "randaug_ops >= 0 and randaug_magnitude in [0, 10]")
+        if not 0 <= self.erase_prob <= 1:
+            yield ("erase_prob", f"a float in [0, 1], got {self.erase_prob}")
+
+
+@dataclass
+class ImageProbeConfig(ProbeConfig):
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # with augment
 
 
 @dataclass
 class ImageTasksConfig:
     """``evaluate.tasks``: each protocol runs on the pretrained and a random-init encoder."""
 
-    linear_probe: ProbeConfig = field(default_factory=ProbeConfig)
+    linear_probe: ImageProbeConfig = field(default_factory=ImageProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     finetune: ImageFinetuneConfig = field(default_factory=ImageFinetuneConfig)
 

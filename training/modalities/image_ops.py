@@ -29,7 +29,8 @@ from PIL import Image
 
 from training.modalities import Example, ModalityOps
 from training.modalities.figures import masked_and_reconstructed, picture_grid
-from training.modalities.image import ImageInputConfig, ImageTasksConfig
+from training.modalities.image import AugmentedInputConfig, ImageInputConfig, ImageTasksConfig
+from training.modalities.image_augment import rand_augment, random_erase
 from training.modalities.image_patches import (
     denormalize_pixels,
     normalize_pixels,
@@ -81,6 +82,9 @@ def decode(cfg: ImageInputConfig, sample: dict, rng: random.Random | None) -> Ex
     if pixels is None:
         log.warning("cannot decode sample %s: corrupt image data", sample.get("__key__"))
         return None
+    if rng is not None and isinstance(cfg, AugmentedInputConfig):
+        pixels = rand_augment(pixels, cfg.randaug_ops, cfg.randaug_magnitude, cfg.randaug_std, rng)
+        pixels = random_erase(pixels, cfg.erase_prob, rng)
     return Example(torch.from_numpy(pixels).permute(2, 0, 1), int(sample["cls"]), sample["__key__"])
 
 
@@ -123,13 +127,21 @@ def tokenize(cfg: ImageInputConfig, images: torch.Tensor) -> torch.Tensor:
 
 
 def tasks(cfg: ImageTasksConfig) -> list:
+    ft, probe = cfg.finetune, cfg.linear_probe
     return [
-        LinearProbe(cfg.linear_probe),
+        LinearProbe(
+            probe,
+            train_input=lambda c: dataclasses.replace(c, crop_scale=list(probe.crop_scale)),
+        ),
         Knn(cfg.knn),
         Finetune(
-            cfg.finetune,
-            train_input=lambda input_cfg: dataclasses.replace(
-                input_cfg, crop_scale=list(cfg.finetune.crop_scale)
+            ft,
+            train_input=lambda c: AugmentedInputConfig(
+                **{**dataclasses.asdict(c), "crop_scale": list(ft.crop_scale)},
+                randaug_ops=ft.randaug_ops,
+                randaug_magnitude=ft.randaug_magnitude,
+                randaug_std=ft.randaug_std,
+                erase_prob=ft.erase_prob,
             ),
         ),
     ]

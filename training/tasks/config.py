@@ -1,18 +1,40 @@
-"""Typed configs of the shared downstream tasks (torch-free: read when a run YAML is loaded)."""
+"""Typed configs of the shared downstream tasks (torch-free: read when a run YAML is loaded).
+
+Every ``batch_size`` here is the global batch (all ranks together), so a task trains the same
+whatever the world size; ``lr = base_lr * batch_size / 256`` as in MAE.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The pipeline stage each task runs in (keys of ``evaluate.tasks`` = task names): ``finetune``
+# trains the encoder, ``probe`` reads its frozen features.
+EVAL_STAGES = ("finetune", "probe")
+STAGE_OF = {
+    "finetune": "finetune",
+    "ctc": "finetune",
+    "linear_probe": "probe",
+    "knn": "probe",
+    "mlm": "probe",
+}
+
 
 @dataclass
 class ProbeConfig:
+    """MAE's linear probe: BatchNorm without affine + a linear head on the frozen encoder's
+    pooled features, LARS, warmup + cosine."""
+
     enabled: bool = True
     epochs: int = 90
     base_lr: float = 0.1  # lr = base_lr * batch_size / 256
     batch_size: int = 256
     weight_decay: float = 0.0
     warmup_epochs: int = 10
+    # MAE's recipe: a fresh augmented crop of every sample each epoch, through the frozen
+    # encoder. false: features of the unaugmented samples, extracted once by every rank and
+    # gathered (one forward pass per sample instead of one per sample and epoch).
+    augment: bool = True
 
     def problems(self):
         if self.batch_size < 2:
@@ -39,6 +61,9 @@ class KnnConfig:
 
 @dataclass
 class FinetuneConfig:
+    """MAE's fine-tuning: the whole encoder + a head, AdamW with layer-wise lr decay, warmup +
+    cosine, drop path, label smoothing, and mixup / cutmix (``training.tasks.mixing``)."""
+
     enabled: bool = True
     epochs: int = 100
     base_lr: float = 5e-4  # lr = base_lr * batch_size / 256
@@ -48,11 +73,23 @@ class FinetuneConfig:
     drop_path: float = 0.1
     label_smoothing: float = 0.1
     warmup_epochs: int = 5
+    mixup: float = 0.0  # Beta(α, α) of mixup; 0: off (MAE's recipe: 0.8)
+    cutmix: float = 0.0  # Beta(α, α) of cutmix; 0: off (MAE's recipe: 1.0)
+    mix_prob: float = 1.0  # chance a pair of samples is mixed at all
+    switch_prob: float = 0.5  # with both on: chance of cutmix rather than mixup
+    eval_every: int = 1  # epochs between scorings of the val split (the best model is kept)
 
     def problems(self):
         yield from schedule_problems(self)
         if not 0 <= self.drop_path < 1:
             yield ("drop_path", f"a float in [0, 1), got {self.drop_path}")
+        if self.mixup < 0 or self.cutmix < 0:
+            yield ("mixup", f"mixup and cutmix alphas >= 0, got {self.mixup}, {self.cutmix}")
+        for name in ("mix_prob", "switch_prob", "label_smoothing"):
+            if not 0 <= getattr(self, name) <= 1:
+                yield (name, f"a float in [0, 1], got {getattr(self, name)}")
+        if self.eval_every < 1:
+            yield ("eval_every", f"an int >= 1 (epochs), got {self.eval_every}")
 
 
 @dataclass
@@ -70,11 +107,14 @@ class CtcConfig:
     # Output steps per patch column: 16x16 patches give one column per 160 ms, too coarse for
     # characters (a letter of read speech lasts ~70 ms); 4 gives 40 ms steps.
     upsample: int = 4
+    eval_every: int = 1  # epochs between scorings of the val split (the best model is kept)
 
     def problems(self):
         yield from schedule_problems(self)
         if self.upsample < 1:
             yield ("upsample", f"an int >= 1, got {self.upsample}")
+        if self.eval_every < 1:
+            yield ("eval_every", f"an int >= 1 (epochs), got {self.eval_every}")
 
 
 def schedule_problems(cfg):

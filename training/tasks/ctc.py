@@ -28,7 +28,8 @@ from data_prep.shard_format import read_shard_samples, shard_urls
 from training.tasks import LOWER
 from training.tasks.config import CtcConfig
 from training.tasks.downstream import Downstream
-from training.tasks.finetune import train_layer_decayed
+from training.tasks.finetune import EncoderJob
+from training.tasks.trainer import TaskRun, schedule_for, train
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ class CtcFinetune:
         self.cfg = cfg
         self.enabled = cfg.enabled
 
-    def run(self, encoder: nn.Module, data: Downstream) -> dict[str, float]:
-        return ctc_finetune(encoder, data, self.cfg)
+    def run(self, encoder: nn.Module, data: Downstream, run: TaskRun) -> dict[str, float]:
+        job = CtcJob(encoder, data, self.cfg, run)
+        return train(job, run, schedule_for(self.cfg, job.samples), "CTC fine-tune")
 
 
 def transcripts(split_dir: str, max_seconds: float) -> dict[str, str]:
@@ -123,23 +125,43 @@ def transcripts(split_dir: str, max_seconds: float) -> dict[str, str]:
     return found
 
 
-def ctc_finetune(encoder: nn.Module, data: Downstream, cfg: CtcConfig) -> dict[str, float]:
-    torch.manual_seed(data.seed)
-    encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
-    seconds = data.modality.unit_per_sample(data.input)
-    train_text = transcripts(data.train_shards, seconds)
-    if not train_text:
-        raise ValueError(f"{data.train_shards} holds no transcribed utterance for CTC")
-    model = CtcHead(encoder, data.modality.geometry(data.input).grid, cfg.upsample)
+class CtcJob(EncoderJob):
+    """CTC on this rank's transcribed rows; scored by greedy decoding of the val split."""
 
-    def loss_of(x, labels, keys):
-        rows = [i for i, k in enumerate(keys) if k in train_text]
-        if not rows:
-            return None
-        return ctc_loss(model(data.tokens(x[rows])), [train_text[keys[i]] for i in rows])
+    metric = ("wer", LOWER)
 
-    train_layer_decayed(model, data, cfg, data.input, len(train_text), loss_of, "CTC fine-tune")
-    return score(model, data, transcripts(data.val_shards, seconds))
+    def __init__(self, encoder: nn.Module, data: Downstream, cfg: CtcConfig, run: TaskRun):
+        torch.manual_seed(data.seed)  # the head's initialisation
+        encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
+        seconds = data.modality.unit_per_sample(data.input)
+        self.train_text = transcripts(data.train_shards, seconds)
+        if not self.train_text:
+            raise ValueError(f"{data.train_shards} holds no transcribed utterance for CTC")
+        self.val_text = transcripts(data.val_shards, seconds)
+        grid = data.modality.geometry(data.input).grid
+        super().__init__(CtcHead(encoder, grid, cfg.upsample), data, cfg, data.input, run)
+        self.samples = len(self.train_text)
+
+    def loss(self, batch, step: int) -> torch.Tensor:
+        x, _, keys = batch
+        rows = [i for i, k in enumerate(keys) if k in self.train_text]
+        log_probs = self.engine(self.data.tokens(x).to(self.dtype))
+        if not rows:  # every rank steps together: a batch with no transcript adds nothing
+            return log_probs.sum() * 0.0
+        return ctc_loss(log_probs[rows], [self.train_text[keys[i]] for i in rows])
+
+    def val_rows(self):
+        for x, _, keys, places in self.data.indexed_eval_batches(self.data.val_shards):
+            log_probs = self.module(self.data.tokens(x).to(self.dtype))
+            for key, place, row in zip(keys, places, log_probs):
+                if key in self.val_text:
+                    ref = " ".join(self.val_text[key].upper().split())
+                    yield place, (ref, greedy_decode(row.float()))
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        if not outputs:
+            raise ValueError(f"{self.data.val_shards} holds no transcribed utterance for CTC")
+        return error_rates([ref for ref, _ in outputs], [hyp for _, hyp in outputs])
 
 
 def ctc_loss(log_probs: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -154,18 +176,3 @@ def ctc_loss(log_probs: torch.Tensor, texts: list[str]) -> torch.Tensor:
         blank=BLANK,
         zero_infinity=True,
     )
-
-
-@torch.no_grad()
-def score(model: CtcHead, data: Downstream, val_text: dict[str, str]) -> dict[str, float]:
-    model.eval()
-    refs, hyps = [], []
-    for x, _, keys in data.eval_batches(data.val_shards):
-        log_probs = model(data.tokens(x))
-        for key, row in zip(keys, log_probs):
-            if key in val_text:
-                refs.append(" ".join(val_text[key].upper().split()))
-                hyps.append(greedy_decode(row))
-    if not refs:
-        raise ValueError(f"{data.val_shards} holds no transcribed utterance for CTC")
-    return error_rates(refs, hyps)

@@ -1,8 +1,15 @@
-"""What every downstream task may read: splits, modality, input config, class count, and the
-features of frozen encoders (extracted once per encoder, shared by the probe and k-NN)."""
+"""What every downstream task may read: splits, modality, input config, class count, this rank's
+place in the world, and the features of frozen encoders (extracted once per encoder, shared by
+the probe and k-NN).
+
+Passes over a split are shared by the ranks: each takes the samples whose place in the split is
+its rank modulo the world size, and the outputs are gathered and put back in split order, so
+every sample counts once (``loader.indexed_eval_batches``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +17,8 @@ from typing import Any
 import torch
 
 from training.config import LoaderConfig
-from training.loader import Batch, eval_batches, train_loader, train_spec_for
+from training.distributed import all_gathered
+from training.loader import Batch, eval_batches, indexed_eval_batches, train_loader, train_spec_for
 from training.modalities import Modality
 
 
@@ -29,6 +37,10 @@ class Downstream:
     # sample key whose equal values are averaged (video's multi-view test: crops x clips).
     views: list = field(default_factory=list)
     group_of: Callable[[str], str] | None = None
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(workers=1))
     # the whole pretraining model of the encoder being scored (tasks that need the MLM head)
     _model: torch.nn.Module | None = field(default=None, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
@@ -44,22 +56,37 @@ class Downstream:
         raise LookupError("this task needs the whole pretraining model, not only its encoder")
 
     def tokens(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.modality.ops.tokenize(self.input, batch)
+        return self.modality.ops.tokenize(self.input, batch.to(self.device))
 
     def eval_batches(self, split_dir: str) -> Iterator[Batch]:
-        return eval_batches(split_dir, self.modality.name, self.input, self.batch_size)
+        """This rank's share of a split (every sample once across the ranks)."""
+        return eval_batches(
+            split_dir, self.modality.name, self.input, self.batch_size, self.rank, self.world_size
+        )
 
-    def train_batches(self, input_cfg, batch_size: int) -> Iterator[Batch]:
-        """An endless, augmented, seeded stream of the train split (one process)."""
+    def indexed_eval_batches(self, split_dir: str):
+        """:meth:`eval_batches` with each sample's place in the split."""
+        return indexed_eval_batches(
+            split_dir, self.modality.name, self.input, self.batch_size, self.rank, self.world_size
+        )
+
+    def train_batches(
+        self, input_cfg, batch_size: int, rows: tuple[int, int] | None = None, skip: int = 0
+    ) -> Iterator[Batch | None]:
+        """An endless, augmented, seeded stream of the train split in global batches of
+        ``batch_size``: this rank's ``rows`` of each, from batch ``skip`` on (the same batches
+        whatever the world size; ``loader.TrainStreamSpec.rows``)."""
         spec = train_spec_for(
             self.train_shards,
             self.modality.name,
             input_cfg,
-            LoaderConfig(workers=1, shuffle_buffer=1000),
+            self.loader,
             batch_size=batch_size,
             seed=self.seed,
+            skip_batches=skip,
         )
-        return train_loader(spec)
+        spec = dataclasses.replace(spec, rows=rows or (0, batch_size))
+        return train_loader(spec, pin_memory=torch.cuda.is_available())
 
     @torch.no_grad()
     def features(self, encoder: torch.nn.Module, split_dir: str):
@@ -75,21 +102,36 @@ class Downstream:
     @torch.no_grad()
     def scored(self, fn: Callable[[torch.Tensor], torch.Tensor], split_dir: str):
         """``fn`` (tokens -> one output row per sample) over every sample of a split, and the
-        labels: ``[N, ...]``, ``[N]``. The val split is scored under every view, the outputs of
-        a group averaged (one row per group, in order of first appearance)."""
+        labels: ``[N, ...]``, ``[N]``, on every rank. The ranks share the pass and gather the
+        outputs (see the module docstring)."""
+        gathered = all_gathered(list(self.rank_outputs(fn, split_dir)))
+        rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda r: r[0])
+        return self.classified([output for _, output in rows], split_dir)
+
+    def rank_outputs(self, fn, split_dir: str) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """``((view, place in split), (output row, label, key))`` of this rank's share of a
+        split; the val split is scored under every view (``views``)."""
         is_val = split_dir == self.val_shards
         views = (self.views if is_val else []) or [self.input]
-        group_of = self.group_of if is_val else None
-        outputs, labels, groups = [], [], []
-        for view in views:
-            for x, y, keys in eval_batches(split_dir, self.modality.name, view, self.batch_size):
-                outputs.append(fn(self.modality.ops.tokenize(view, x)).float())
-                labels.append(y)
-                groups.extend(keys)
-        out, lab = torch.cat(outputs), torch.cat(labels)
+        for v, view in enumerate(views):
+            for x, y, keys, places in indexed_eval_batches(
+                split_dir, self.modality.name, view, self.batch_size, self.rank, self.world_size
+            ):
+                tokens = self.modality.ops.tokenize(view, x.to(self.device))
+                out = fn(tokens).float().cpu()
+                for i, place in enumerate(places):
+                    yield (v, place), (out[i], int(y[i]), keys[i])
+
+    def classified(self, outputs: list[tuple], split_dir: str):
+        """The ``(output row, label, key)`` of :meth:`rank_outputs`, gathered from every rank and
+        in split order, as outputs ``[N, ...]`` and labels ``[N]``; on the val split a group's
+        outputs averaged (one row per group, in order of first appearance: video's views)."""
+        out = torch.stack([o for o, _, _ in outputs])
+        labels = torch.tensor([y for _, y, _ in outputs])
+        group_of = self.group_of if split_dir == self.val_shards else None
         if group_of is None:
-            return out, lab
-        return averaged_by_group(out, lab, [group_of(k) for k in groups])
+            return out, labels
+        return averaged_by_group(out, labels, [group_of(k) for _, _, k in outputs])
 
 
 def averaged_by_group(outputs: torch.Tensor, labels: torch.Tensor, groups: list[str]):

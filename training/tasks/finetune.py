@@ -1,25 +1,24 @@
 """Classification fine-tuning: the whole encoder + LayerNorm/linear head on mean-pooled tokens,
-AdamW with layer-wise lr decay, drop path and label smoothing (MAE's / BEiT's recipe), trained on
-the modality's augmented stream and scored on the val split.
+AdamW with layer-wise lr decay, warmup + cosine, drop path, label smoothing and mixup / cutmix
+(MAE's / BEiT's recipe), trained on the modality's augmented stream and scored on the val split,
+as a distributed, resumable job (``training.tasks.trainer``).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from data_prep.shard_format import read_manifest
-from training.schedule import warmup_cosine
 from training.tasks import ACCURACY
 from training.tasks.config import FinetuneConfig
 from training.tasks.downstream import Downstream, topk_accuracy
+from training.tasks.mixing import Mix, mixed_batch, soft_cross_entropy
+from training.tasks.trainer import Job, TaskRun, schedule_for, train
 
 
 class Classifier(nn.Module):
@@ -33,7 +32,10 @@ class Classifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, classes]``; ``draws`` ``[B, depth, 2]`` decide drop path (training)."""
+        for i, block in enumerate(self.encoder.blocks):
+            block.path_draws = None if draws is None else draws[:, i]
         encoded = self.encoder(tokens)
         return self.head(self.fc_norm(self.encoder.mean_pool(encoded, tokens)))
 
@@ -46,12 +48,13 @@ class Finetune:
         self.enabled = cfg.enabled
         self.train_input = train_input  # the pretraining input config -> fine-tuning's
 
-    def run(self, encoder: nn.Module, data: Downstream) -> dict[str, float]:
-        return finetune(encoder, data, self.cfg, self.train_input(data.input))
+    def run(self, encoder: nn.Module, data: Downstream, run: TaskRun) -> dict[str, float]:
+        job = FinetuneJob(encoder, data, self.cfg, self.train_input(data.input), run)
+        return train(job, run, schedule_for(self.cfg, job.samples), "fine-tune")
 
 
 def layer_decay_groups(
-    model: Classifier, base_lr: float, weight_decay: float, decay: float
+    model: nn.Module, base_lr: float, weight_decay: float, decay: float
 ) -> list[dict]:
     """Param groups with lr scaled by ``decay ** (L + 1 - layer)``: embeddings are layer 0,
     block i is layer i + 1, the head is layer L + 1 (BEiT / MAE fine-tuning)."""
@@ -79,47 +82,62 @@ def layer_decay_groups(
     return list(groups.values())
 
 
-def train_layer_decayed(
-    model: nn.Module, data: Downstream, cfg, train_input, samples: int, loss_of, desc: str
-) -> None:
-    """Train ``model`` (an encoder plus a head) for ``cfg.epochs`` epochs of ``samples``: AdamW
-    with layer-wise lr decay, linear warmup then cosine, on the augmented train stream.
-    ``loss_of(x, labels, keys)`` gives a batch's loss, or None to skip the batch."""
-    lr = cfg.base_lr * cfg.batch_size / 256
-    opt = torch.optim.AdamW(
-        layer_decay_groups(model, lr, cfg.weight_decay, cfg.layer_decay), lr=lr, betas=(0.9, 0.999)
-    )
-    steps_per_epoch = math.ceil(samples / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    batches = data.train_batches(train_input, cfg.batch_size)
-    model.train()
-    for step in tqdm(range(total), desc=desc, unit="step", dynamic_ncols=True, leave=False):
-        scale = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, 1.0, 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"] * scale
-        loss = loss_of(*next(batches))
-        if loss is None:
-            continue
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+def path_draws(seed: int, step: int, batch_size: int, depth: int) -> torch.Tensor:
+    """``[B, depth, 2]`` uniforms deciding drop path for every row of a global batch at
+    ``step`` (rows, not ranks, own them: the same drops whatever the world size)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.rand(batch_size, depth, 2, generator=gen)
 
 
-def finetune(encoder: nn.Module, data: Downstream, ft: FinetuneConfig, train_input) -> dict:
-    torch.manual_seed(data.seed)
-    encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
-    encoder.train()
-    for block, rate in zip(
-        encoder.blocks, torch.linspace(0, ft.drop_path, len(encoder.blocks)).tolist()
-    ):
-        block.drop_path = rate
-    model = Classifier(encoder, data.num_classes)
-    train_samples = sum(r.samples for r in read_manifest(data.train_shards))
+class EncoderJob(Job):
+    """Training the whole encoder with a head: AdamW with layer-wise lr decay, drop path drawn
+    per row, on this rank's rows of the augmented global stream."""
 
-    def loss_of(x, labels, keys):
-        return F.cross_entropy(model(data.tokens(x)), labels, label_smoothing=ft.label_smoothing)
+    def __init__(self, module: nn.Module, data: Downstream, cfg, train_input, run: TaskRun):
+        self.module, self.data, self.cfg, self.run = module, data, cfg, run
+        self.train_input = train_input
+        self.rows = run.rows(cfg.batch_size)
+        module.to(data.device)
 
-    train_layer_decayed(model, data, ft, train_input, train_samples, loss_of, "fine-tune")
-    model.eval()
-    logits, labels = data.scored(model, data.val_shards)
-    return topk_accuracy(logits, labels, data.num_classes)
+    def param_groups(self, lr: float) -> list[dict]:
+        return layer_decay_groups(self.module, lr, self.cfg.weight_decay, self.cfg.layer_decay)
+
+    def batches(self, skip_steps: int):
+        return self.data.train_batches(self.train_input, self.cfg.batch_size, self.rows, skip_steps)
+
+    def draws(self, step: int, rows: int) -> torch.Tensor:
+        depth = len(self.module.encoder.blocks)
+        lo = self.rows[0]
+        return path_draws(self.data.seed, step, self.cfg.batch_size, depth)[lo : lo + rows]
+
+
+class FinetuneJob(EncoderJob):
+    """Classification: soft-target cross-entropy on mixed, label-smoothed targets."""
+
+    def __init__(self, encoder, data: Downstream, cfg: FinetuneConfig, train_input, run: TaskRun):
+        torch.manual_seed(data.seed)  # the head's initialisation
+        encoder = copy.deepcopy(encoder)  # the tasks after this one get the encoder as it was
+        for block, rate in zip(
+            encoder.blocks, torch.linspace(0, cfg.drop_path, len(encoder.blocks)).tolist()
+        ):
+            block.drop_path = rate
+        super().__init__(Classifier(encoder, data.num_classes), data, cfg, train_input, run)
+        self.samples = sum(r.samples for r in read_manifest(data.train_shards))
+        self.mix = Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.switch_prob)
+
+    def loss(self, batch, step: int) -> torch.Tensor:
+        x, labels, _ = batch
+        x, targets = mixed_batch(
+            x, labels, self.data.num_classes, self.cfg.label_smoothing, self.mix,
+            self.data.seed, step, self.rows[0],
+        )  # fmt: skip
+        draws = self.draws(step, len(x)).to(self.data.device)
+        logits = self.engine(self.data.tokens(x).to(self.dtype), draws)
+        return soft_cross_entropy(logits, targets.to(logits.device))
+
+    def val_rows(self):
+        return self.data.rank_outputs(lambda t: self.module(t.to(self.dtype)), self.data.val_shards)
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        logits, labels = self.data.classified(outputs, self.data.val_shards)
+        return topk_accuracy(logits, labels, self.data.num_classes)

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.loader import eval_batches
+from training.distributed import all_gathered
+from training.loader import indexed_eval_batches
 from training.mlm_masking import mlm_batch
 from training.tasks import HIGHER, LOWER
 
@@ -30,22 +31,29 @@ class MlmEval:
         self.enabled = cfg.enabled
 
     @torch.no_grad()
-    def run(self, encoder, data) -> dict[str, float]:
-        model = data.pretraining_model(encoder)
+    def run(self, encoder, data, run=None) -> dict[str, float]:
+        """Each rank scores its share of the first ``max_sequences`` sequences; the sums are
+        gathered (masks are drawn from the sample key, so the split among ranks changes
+        nothing)."""
+        model = data.pretraining_model(encoder).to(data.device)
         model.eval()
         val = str(Path(data.train_shards).parent / "val")
         vocab = data.input.vocab_size
-        loss_sum, hits, count, seen = 0.0, 0, 0, 0
-        for x, _, keys in eval_batches(val, data.modality.name, data.input, self.cfg.batch_size):
+        loss_sum, hits, count = 0.0, 0, 0
+        for x, _, keys, places in indexed_eval_batches(
+            val, data.modality.name, data.input, self.cfg.batch_size, data.rank, data.world_size
+        ):
+            kept = [i for i, place in enumerate(places) if place < self.cfg.max_sequences]
+            if not kept:
+                break
+            x, keys = x[kept], [keys[i] for i in kept]
             batch = mlm_batch(self.cfg.kind, data.seed, 0, keys, x, self.cfg.ratio, vocab)
-            _, logits = model.loss_and_logits(batch)
-            targets = batch.targets[batch.chosen]
+            _, logits = model.loss_and_logits(batch.to(data.device))
+            targets = batch.targets[batch.chosen].to(logits.device)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
             hits += int((logits.argmax(-1) == targets).sum())
             count += len(targets)
-            seen += len(keys)
-            if seen >= self.cfg.max_sequences:
-                break
+        loss_sum, hits, count = (sum(v) for v in zip(*all_gathered((loss_sum, hits, count))))
         mean = loss_sum / max(1, count)
         return {
             "accuracy": round(100.0 * hits / max(1, count), 2),

@@ -4,36 +4,41 @@
 * k-NN: cosine similarity of L2-normalised features, ``k`` neighbours, votes weighted by
   ``exp(sim / T)``.
 
-Features are pooled from unaugmented evaluation inputs once per encoder (MAE augments during its
-90-epoch ImageNet probe, which matters little on small data and costs a forward pass per epoch).
+The probe trains on a fresh augmented crop of each sample every epoch through the frozen
+encoder (``augment``, MAE's ImageNet recipe), or on features of the unaugmented samples extracted
+once per encoder (a forward pass per sample instead of one per sample and epoch; what k-NN uses
+too). Either way it is a distributed, resumable job (``training.tasks.trainer``).
 """
 
 from __future__ import annotations
 
-import math
+import itertools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.lars import LARS
-from training.schedule import warmup_cosine
+from data_prep.shard_format import read_manifest
+from training.distributed import from_rank0
 from training.tasks import ACCURACY
 from training.tasks.config import KnnConfig, ProbeConfig
 from training.tasks.downstream import Downstream, topk_accuracy
+from training.tasks.trainer import Job, TaskRun, schedule_for, train
 
 
 class LinearProbe:
     name, title, directions = "linear_probe", "Linear probe", ACCURACY
 
-    def __init__(self, cfg: ProbeConfig):
+    def __init__(self, cfg: ProbeConfig, train_input: Callable[[Any], Any] = lambda c: c):
         self.cfg = cfg
         self.enabled = cfg.enabled
+        self.train_input = train_input  # the pretraining input config -> the probe's crops
 
-    def run(self, encoder: nn.Module, data: Downstream) -> dict[str, float]:
-        train_x, train_y = data.features(encoder, data.train_shards)
-        val_x, val_y = data.features(encoder, data.val_shards)
-        return linear_probe(train_x, train_y, val_x, val_y, data.num_classes, self.cfg, data.seed)
+    def run(self, encoder: nn.Module, data: Downstream, run: TaskRun) -> dict[str, float]:
+        job = ProbeJob(encoder, data, self.cfg, self.train_input(data.input), run)
+        return train(job, run, schedule_for(self.cfg, job.samples), "linear probe")
 
 
 class Knn:
@@ -43,45 +48,106 @@ class Knn:
         self.cfg = cfg
         self.enabled = cfg.enabled
 
-    def run(self, encoder: nn.Module, data: Downstream) -> dict[str, float]:
+    def run(self, encoder: nn.Module, data: Downstream, run: TaskRun) -> dict[str, float]:
         train_x, train_y = data.features(encoder, data.train_shards)
         val_x, val_y = data.features(encoder, data.val_shards)
-        return knn_classify(train_x, train_y, val_x, val_y, data.num_classes, self.cfg)
+        scores = None
+        if run.info.is_main:  # every rank holds the features; one computes the votes
+            scores = knn_classify(train_x, train_y, val_x, val_y, data.num_classes, self.cfg)
+        return from_rank0(scores)
 
 
-def linear_probe(
-    train_x, train_y, val_x, val_y, num_classes: int, cfg: ProbeConfig, seed: int
-) -> dict:
-    torch.manual_seed(seed)
-    head = nn.Sequential(
-        nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6),
-        nn.Linear(train_x.shape[1], num_classes),
-    )
-    nn.init.trunc_normal_(head[1].weight, std=0.01)
-    nn.init.zeros_(head[1].bias)
-    lr = cfg.base_lr * cfg.batch_size / 256
-    opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    head.train()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(train_x), generator=gen)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) < 2:
-                continue  # BatchNorm needs two samples
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, lr, 0.0)
-            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-    head.eval()
-    with torch.no_grad():
-        return topk_accuracy(head(val_x), val_y, num_classes)
+class ProbeHead(nn.Module):
+    """BatchNorm without affine (MAE: a per-feature standardisation the linear layer could
+    absorb, which makes LARS's lr insensitive to the features' scale) + a linear layer."""
+
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(features.float()))
+
+
+class ProbeJob(Job):
+    """The head trained with LARS on the frozen encoder's pooled features: of a fresh augmented
+    crop each step (``augment``, MAE's recipe), or of the unaugmented samples extracted once
+    (each rank its share, gathered) and dealt in global batches from a seeded permutation per
+    epoch."""
+
+    optimizer = "lars"
+    zero_stage = 0  # see EvalConfig: LARS needs each weight matrix whole
+
+    def __init__(self, encoder, data: Downstream, cfg: ProbeConfig, train_input, run: TaskRun):
+        self.encoder = encoder.to(data.device).eval()
+        self.data, self.cfg, self.train_input, self.run = data, cfg, train_input, run
+        self.rows = run.rows(cfg.batch_size)
+        if cfg.augment:
+            self.samples = sum(r.samples for r in read_manifest(data.train_shards))
+        else:
+            self.train_x, self.train_y = data.features(encoder, data.train_shards)
+            self.samples = len(self.train_x)
+        torch.manual_seed(data.seed)
+        self.module = ProbeHead(encoder.cfg.embed_dim, data.num_classes).to(data.device)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.module.parameters()), "lr": lr,
+                 "weight_decay": self.cfg.weight_decay}]  # fmt: skip
+
+    def batches(self, skip_steps: int):
+        if self.cfg.augment:
+            return self.data.train_batches(
+                self.train_input, self.cfg.batch_size, self.rows, skip_steps
+            )
+        return self._feature_batches(skip_steps)
+
+    def _feature_batches(self, skip_steps: int):
+        """Global batch ``s`` is slice ``s mod E`` of epoch ``s div E``'s permutation (E whole
+        batches an epoch); this rank takes its rows."""
+        n, size = len(self.train_x), self.cfg.batch_size
+        per_epoch = max(1, n // size)
+        lo, hi = self.rows
+        for step in itertools.count(skip_steps):
+            epoch, k = divmod(step, per_epoch)
+            order = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.data.seed + epoch)
+            )
+            take = order[k * size : (k + 1) * size][lo:hi]
+            yield self.train_x[take], self.train_y[take], None
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, input_cfg) -> torch.Tensor:
+        tokens = self.data.modality.ops.tokenize(input_cfg, x.to(self.data.device))
+        return self.encoder.features(tokens).float()
+
+    def loss(self, batch, step: int) -> torch.Tensor:
+        x, labels, keys = batch
+        feats = x if keys is None else self.features(x, self.train_input)
+        logits = self.engine(feats.to(self.data.device))
+        return F.cross_entropy(logits.float(), labels.to(logits.device))
+
+    def val_rows(self):
+        val_x, val_y = self.data.features(self.encoder, self.data.val_shards)
+        # The features are every rank's; each scores its share.
+        mine = torch.arange(self.run.info.rank, len(val_x), self.run.info.world_size)
+        for chunk in mine.split(4096):
+            logits = self.module(val_x[chunk].to(self.data.device)).float().cpu()
+            for row, i in zip(logits, chunk.tolist()):
+                yield i, (row, int(val_y[i]))
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        logits = torch.stack([o for o, _ in outputs])
+        labels = torch.tensor([y for _, y in outputs])
+        return topk_accuracy(logits, labels, self.data.num_classes)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
+            **{f"probe.{k}": v for k, v in self.module.state_dict().items()},
+        }
 
 
 def knn_classify(train_x, train_y, val_x, val_y, num_classes: int, cfg: KnnConfig) -> dict:

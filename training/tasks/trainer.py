@@ -1,0 +1,338 @@
+"""One downstream task trained on one encoder as a distributed, resumable job: the machinery the
+fine-tuning tasks (classification, CTC) and the linear probe share.
+
+* **Every rank under DeepSpeed** (the stage's launcher: ``deepspeed`` locally, ``srun`` in a
+  Slurm job), ZeRO stage ``evaluate.zero_stage`` (the probe's head: none, see ``EvalConfig``).
+* **The same training whatever the world size.** ``batch_size`` is global; each rank takes its
+  rows of one global stream (``TrainStreamSpec.rows``), and everything random belongs to a
+  sample or a step, not to a rank: augmentations are seeded by the sample's place in the
+  stream, mixup pairs by (seed, step, pair), drop path by (seed, step, row). Gradients are
+  averaged over ranks, so 2 ranks of 32 take the step 1 rank of 64 takes.
+* **Exact resume.** A checkpoint holds the step, the optimizer and schedule, and the best score
+  so far; the data stream restarts at the step's place. Checkpoints are written every
+  ``checkpoint_every`` steps, after every scoring, and on SIGUSR2 (all ranks at one step, exit
+  75; the Slurm job requeues itself). ``metrics.jsonl`` drops what a killed attempt wrote past
+  the checkpoint, so every step is logged once.
+* **Scoring the val split exactly once**: each rank scores the samples whose place in the split
+  is its rank modulo the world size; rank 0 gathers the per-sample outputs, puts them back in
+  split order and computes the metrics (no padding, no sample twice), and tells every rank.
+* **Exports**: ``best/`` after each scoring that beats the last best, ``last/`` at the end, each
+  ``model.safetensors`` (encoder + head), ``encoder.safetensors`` and ``model.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from training import checkpoint
+from training.config import EvalConfig
+from training.distributed import DistInfo, StepAgreement, all_gathered, from_rank0
+from training.export_format import ENCODER, ExportInfo, write_model_json
+from training.metrics import MetricsLog
+from training.schedule import warmup_cosine
+from training.tasks import HIGHER
+
+log = logging.getLogger(__name__)
+
+CKPT_DIR = "checkpoints"
+RESULT = "result.json"  # written last: the task is done on this encoder
+BEST, LAST = "best", "last"
+WEIGHTS = "model.safetensors"
+
+_stop_requested = False
+
+
+def _request_stop(signum, frame) -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
+def install_stop_handler() -> None:
+    """SIGUSR2 asks every rank to checkpoint at the next step and stop (the Slurm preemption
+    signal, as in pretraining)."""
+    signal.signal(signal.SIGUSR2, _request_stop)
+
+
+class Preempted(RuntimeError):
+    def __init__(self, where: Path, step: int):
+        super().__init__(f"preempted: {where} saved at step {step}; rerun to resume")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Lengths and rates of one task's training, resolved against its train split."""
+
+    epochs: int
+    batch_size: int  # global
+    steps_per_epoch: int
+    lr: float  # peak, before each group's lr_scale
+    warmup_steps: int
+    eval_every: int  # epochs
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def scores_at(self, done: int) -> bool:
+        """Whether the val split is scored after step ``done``."""
+        epoch, rest = divmod(done, self.steps_per_epoch)
+        return done == self.total or (rest == 0 and epoch % self.eval_every == 0)
+
+
+def schedule_for(task_cfg, samples: int) -> Schedule:
+    batch = task_cfg.batch_size
+    per_epoch = max(1, samples // batch)  # whole global batches (the last partial one dropped)
+    return Schedule(
+        epochs=task_cfg.epochs,
+        batch_size=batch,
+        steps_per_epoch=per_epoch,
+        lr=task_cfg.base_lr * batch / 256,
+        warmup_steps=task_cfg.warmup_epochs * per_epoch,
+        eval_every=getattr(task_cfg, "eval_every", task_cfg.epochs),
+    )
+
+
+@dataclass
+class TaskRun:
+    """What a training task gets from the stage process: the world, the section, its folder."""
+
+    info: DistInfo
+    cfg: EvalConfig
+    out: Path  # this task x encoder
+    export: ExportInfo  # of the pretrained encoder (model.json of the exports)
+
+    def rows(self, batch_size: int) -> tuple[int, int]:
+        """This rank's rows ``[lo, hi)`` of a global batch."""
+        per_rank = batch_size // self.info.world_size
+        return self.info.rank * per_rank, (self.info.rank + 1) * per_rank
+
+
+class Job:
+    """A task's side of training: the module the engine trains, its optimizer's parameter
+    groups, this rank's batches, the loss of a batch, and the scoring of the val split.
+    Subclasses fill these in (``finetune``, ``ctc``, ``probe``)."""
+
+    module: nn.Module
+    engine: Any = None  # DeepSpeed's, set by train(): training forwards go through it
+    dtype: torch.dtype = torch.float32  # of the inputs, set by train()
+    optimizer = "adamw"  # adamw | lars
+    zero_stage: int | None = None  # None: the section's
+    metric: tuple[str, str] = ("top1", HIGHER)  # what "best" is judged by
+
+    def param_groups(self, lr: float) -> list[dict]:
+        raise NotImplementedError
+
+    def batches(self, skip_steps: int) -> Iterator[Any]:
+        """This rank's rows of each global batch from step ``skip_steps`` on (an item may be None:
+        every row of it failed to decode)."""
+        raise NotImplementedError
+
+    def loss(self, batch, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def val_rows(self) -> Iterator[tuple[Any, Any]]:
+        """``(place, output)`` of every val sample this rank scores (its share of the split);
+        ``place`` sorts the gathered outputs back into split order."""
+        raise NotImplementedError
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        """The scores of every val sample's output, in split order (rank 0 only)."""
+        raise NotImplementedError
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What the exports hold: by default the whole module."""
+        return self.module.state_dict()
+
+
+def train(job: Job, run: TaskRun, schedule: Schedule, desc: str) -> dict[str, float]:
+    """Train ``job`` to the end of its schedule (resuming what a killed or preempted attempt
+    left), export the best and last models, and return the last scores (on every rank)."""
+    result_path = run.out / RESULT
+    if result_path.exists():
+        return json.loads(result_path.read_text())["last"]
+    if schedule.batch_size % run.info.world_size:
+        raise ValueError(
+            f"batch_size {schedule.batch_size} is not a multiple of the {run.info.world_size} ranks"
+        )
+    ckpt_dir = run.out / CKPT_DIR
+    engine = _engine(job, run, schedule)
+    state = checkpoint.resume_state(engine, ckpt_dir)
+    start, best = state.get("step", 0), state.get("best")
+    if run.info.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "%s: %d ranks, %d steps of %d (from %d), lr %.3g, ZeRO-%d",
+            desc, run.info.world_size, schedule.total, schedule.batch_size, start,
+            schedule.lr, engine.zero_optimization_stage(),
+        )  # fmt: skip
+    metrics_log = MetricsLog(run.out, start, prefix=desc) if run.info.is_main else None
+    try:
+        best, last = _steps(job, run, schedule, engine, start, best, metrics_log, desc)
+    finally:
+        if metrics_log:
+            metrics_log.close()
+    if run.info.is_main:
+        _export(job, run, LAST, schedule.total, last)
+        result = {"last": last, "best": best, "steps": schedule.total}
+        result_path.write_text(json.dumps(result, indent=2) + "\n")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the exports hold what is worth keeping
+    return last
+
+
+def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
+    """The training loop from ``start`` (< total: a finished loop wrote RESULT); returns the
+    best so far and the last scores."""
+    info, cfg = run.info, run.cfg
+    agreement = StepAgreement(info.device, 1)
+    batches = job.batches(start)
+    bar = tqdm(total=schedule.total, initial=start, desc=desc, unit="step",
+               disable=not info.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
+    last, previous = None, None
+    job.module.train()
+    window = time.perf_counter()
+    try:
+        for step in range(start, schedule.total):
+            batch = next(batches)
+            weight = 1.0
+            if batch is None:  # every row failed to decode: step with the last batch, no weight
+                batch, weight = previous, 0.0
+            previous = batch
+            loss = job.loss(batch, step) * weight
+            engine.backward(loss)
+            engine.step()
+            agreement.add(loss.detach())
+            verdict = agreement.agree(stop=_stop_requested)
+            if verdict.non_finite_ranks:
+                raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
+            done = step + 1
+            bar.update(1)
+            if metrics_log:
+                now = time.perf_counter()
+                metrics_log.write({
+                    "step": done, "loss": verdict.loss, "lr": engine.get_lr()[0],
+                    "samples_per_s": schedule.batch_size / (now - window), "time": time.time(),
+                })  # fmt: skip
+                window = now
+            scored = schedule.scores_at(done)
+            if scored:
+                last, counted = score(job, run)
+                improved = best is None or _better(job.metric, last, best["scores"])
+                if improved:
+                    best = {"step": done, "scores": last}
+                if info.is_main:
+                    metrics_log.write({"step": done, "epoch": done / schedule.steps_per_epoch,
+                                       "val": last, "val_samples": counted})  # fmt: skip
+                    if improved:
+                        _export(job, run, BEST, done, last)
+                window = time.perf_counter()
+            stop = verdict.stop and done < schedule.total
+            due = done % cfg.checkpoint_every == 0 or (scored and done < schedule.total)
+            if (due or stop) and done < schedule.total:
+                checkpoint.save(engine, run.out / CKPT_DIR, done, cfg.keep_checkpoints,
+                                info.is_main, extra={"best": best})  # fmt: skip
+                window = time.perf_counter()
+            if stop:
+                raise Preempted(run.out, done)
+    finally:
+        bar.close()
+    return best, last
+
+
+def score(job: Job, run: TaskRun) -> tuple[dict[str, float], int]:
+    """The val split scored once across ranks (see the module docstring), and how many samples
+    were scored; on every rank."""
+    job.module.eval()
+    with torch.no_grad():
+        mine = list(job.val_rows())
+    job.module.train()
+    gathered = [row for rows in all_gathered(mine) for row in rows]
+    scores = None
+    if run.info.is_main:
+        gathered.sort(key=lambda row: row[0])
+        places = [place for place, _ in gathered]
+        if len(set(places)) != len(places):
+            raise AssertionError("a val sample was scored twice")
+        scores = job.metrics([output for _, output in gathered])
+    return from_rank0(scores), len(gathered)
+
+
+def _better(metric: tuple[str, str], new: dict, old: dict) -> bool:
+    name, direction = metric
+    return new[name] > old[name] if direction == HIGHER else new[name] < old[name]
+
+
+def _engine(job: Job, run: TaskRun, schedule: Schedule):
+    import deepspeed
+
+    from training.lars import LARS
+
+    cfg, info = run.cfg, run.info
+    groups = job.param_groups(schedule.lr)
+    if job.optimizer == "lars":
+        optimizer = LARS(groups, lr=schedule.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, schedule.total, schedule.warmup_steps, 1.0, 0.0),
+    )
+    stage = cfg.zero_stage if job.zero_stage is None else job.zero_stage
+    on_cuda = info.device.type == "cuda"
+    bf16 = cfg.precision == "bf16" and job.optimizer != "lars"
+    engine, _, _, _ = deepspeed.initialize(
+        args=SimpleNamespace(device_rank=info.device.index if on_cuda else -1),
+        model=job.module,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config={
+            "train_micro_batch_size_per_gpu": schedule.batch_size // info.world_size,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": schedule.batch_size // info.world_size * info.world_size,
+            "zero_optimization": {"stage": stage, "overlap_comm": on_cuda},
+            "bf16": {"enabled": bf16},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        },
+    )
+    job.dtype = torch.bfloat16 if bf16 else torch.float32
+    job.engine = engine  # what a training forward goes through
+    return engine
+
+
+def _export(job: Job, run: TaskRun, name: str, step: int, scores: dict) -> None:
+    """``OUT/<name>/``: the module's weights (as fp32), its encoder alone, and model.json with the
+    task, the step and the scores (rank 0; written beside and renamed, so a kill leaves the
+    previous export whole)."""
+    out = run.out / name
+    tmp = run.out / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in job.weights().items()}
+    save_file(state, str(tmp / WEIGHTS))
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if encoder:
+        save_file(encoder, str(tmp / ENCODER))
+    facts = {**run.export.info, "task": run.out.parent.name, "task_step": step, "scores": scores}
+    write_model_json(tmp, ExportInfo(run.export.modality, run.export.objective,
+                                     run.export.input, run.export.model, facts))  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
