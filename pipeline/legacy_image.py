@@ -1,11 +1,12 @@
 """Run directories written before modalities (maskmill 0.1, images only): their fingerprints.
 
-0.1 hashed the pretrain and evaluate sections in its image-only layout: ``image_size`` and
-``patch_size`` under ``pretrain.model``, ``crop_scale`` and ``hflip`` under ``pretrain.loader``, no
-mask kind, and the protocols directly under ``evaluate``. Today's config renders differently, so
-without this a finished 0.1 stage would look changed and its output (checkpoints included) would
-be removed and redone. The runner accepts, for a stage recorded as done, the fingerprint 0.1
-would compute for today's config, and from then on records today's.
+0.1 hashed the pretrain section in its image-only layout: ``image_size`` and ``patch_size`` under
+``pretrain.model``, ``crop_scale`` and ``hflip`` under ``pretrain.loader``, no mask kind. Today's
+config renders differently, so without this a finished 0.1 pretraining would look changed and its
+output (checkpoints included) would be removed and redone. The runner accepts, for a stage
+recorded as done, the fingerprint 0.1 would compute for today's config, and from then on records
+today's. (0.1's one-process ``evaluate`` stage has no successor to keep: ``finetune`` and
+``probe`` run its protocols as distributed jobs, and run anew on a 0.1 run directory.)
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ def v1_sections(stage: str, section: Any) -> list[str]:
     """The YAML texts 0.1 may have hashed for ``section`` (today's, for ``stage``), or none when
     the layout did not change for that stage or today's config could not be written by 0.1."""
     tree = OmegaConf.to_container(OmegaConf.structured(section))
-    if stage == "pretrain":
-        candidates = _pretrain_v1(tree)
-    elif stage == "evaluate":
-        candidates = _evaluate_v1(tree)
-    else:
+    if stage != "pretrain":
         return []
+    candidates = _pretrain_v1(tree)
     return [OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=False) for c in candidates]
 
 
@@ -60,11 +58,3 @@ def _pretrain_v1(tree: dict) -> list[dict]:
         }
         out.append({"pretrain": v1, "global_batch": tree["global_batch"]})
     return out
-
-
-def _evaluate_v1(tree: dict) -> list[dict]:
-    if tree["modality"] != "image":
-        return []
-    v1 = {k: v for k, v in tree.items() if k not in ("modality", "tasks")}
-    v1.update(tree["tasks"])
-    return [v1]

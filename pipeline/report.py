@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import datetime
 import html
-import json
 import math
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from data_prep.shard_format import read_stats
 from data_prep.text_tokenizer import TOKENIZER_FILE, load_tokenizer
 from pipeline.frontier import frontier_figure, load_frontier, relative_cost
 from pipeline.schema import RunConfig
-from training.config import EVAL_METRICS
 from training.export import load_model
 from training.export_format import read_export
 from training.loader import eval_batches
 from training.masking import MODEL_SCORED_KINDS, make_masks, visible_count
-from training.metrics import read_metrics
+from training.metrics import read_eval_metrics, read_metrics
 from training.modalities import modality
 from training.objectives import step_inputs
 from training.pretrain import zero_stage_of
@@ -48,7 +46,7 @@ def write_report(cfg: RunConfig) -> Path:
     fig_dir = run_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
     curve = read_metrics(cfg.pretrain.out_dir)
-    metrics = read_eval_metrics(cfg)
+    metrics = read_eval_metrics(cfg.evaluate.out_dir)
     unit = modality(cfg.modality).unit
     figures = {
         "curves.png": plot_curves(curve, unit),
@@ -60,21 +58,6 @@ def write_report(cfg: RunConfig) -> Path:
     page = _page(cfg, curve, metrics, fig_dir, masking)
     (run_dir / REPORT).write_text(page)
     return run_dir / REPORT
-
-
-def read_eval_metrics(cfg: RunConfig) -> dict:
-    """The ``probe`` and ``finetune`` stages' metrics.json as one (probe's tasks first), with
-    ``encoder`` and ``data`` from whichever ran."""
-    merged: dict = {"tasks": {}}
-    for stage in ("probe", "finetune"):
-        path = Path(cfg.evaluate.out_dir) / stage / EVAL_METRICS
-        if not path.exists():
-            continue
-        found = json.loads(path.read_text())
-        merged["tasks"].update(found.pop("tasks", {}))
-        for key, value in found.items():
-            merged.setdefault(key, value)
-    return merged
 
 
 def plot_curves(curve: list[dict], unit: str):

@@ -102,12 +102,16 @@ def _batch_problems(cfg: RunConfig):
     """Every training task's global batch splits evenly over the ranks (and into pairs on each
     rank where it mixes samples)."""
     world = cfg.launch.world_size
+    if world < 1:
+        return  # launch's own check names it
     tasks = cfg.evaluate.tasks
     for f in dataclasses.fields(tasks):
         task = getattr(tasks, f.name)
         if not getattr(task, "enabled", False) or not hasattr(task, "batch_size"):
             continue
         mixing = getattr(task, "mixup", 0) > 0 or getattr(task, "cutmix", 0) > 0
+        if mixing and modality_named(cfg.modality).objective == "mlm":
+            yield (f"evaluate.tasks.{f.name}.mixup", "0 (mixup, cutmix) for token ids")
         per_rank = task.batch_size / world
         if task.batch_size % world or (mixing and per_rank % 2):
             need = "an even multiple" if mixing else "a multiple"

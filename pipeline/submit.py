@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster import ray_jobs, slurm
-from cluster.slurm_config import TRAINING_STAGES
 from cluster.sbatch import JobSpec, render
+from cluster.slurm_config import TRAINING_STAGES
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES
 from pipeline.state import STATE_DIR

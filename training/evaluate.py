@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher's
     stage = argv[0] if argv and argv[0] in EVAL_STAGES else None
     if stage is None and argv and argv[0] not in ("-h", "--help"):
-        sys.stderr.write(f"usage: python -m training.evaluate {{{','.join(EVAL_STAGES)}}} CONFIG.yaml\n")
+        sys.stderr.write(
+            f"usage: python -m training.evaluate {{{','.join(EVAL_STAGES)}}} CONFIG.yaml\n"
+        )
         return 2
     cfg = config_from_argv(eval_schema, argv[1:] if stage else argv, __doc__)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):

@@ -53,3 +53,18 @@ def _records(text: str) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def read_eval_metrics(evaluate_dir: str | Path) -> dict:
+    """The ``probe`` and ``finetune`` stages' ``metrics.json`` under ``evaluate.out_dir`` as one
+    (probe's tasks first), with ``encoder`` and ``data`` from whichever ran."""
+    merged: dict = {"tasks": {}}
+    for stage in ("probe", "finetune"):
+        path = Path(evaluate_dir) / stage / "metrics.json"
+        if not path.exists():
+            continue
+        found = json.loads(path.read_text())
+        merged["tasks"].update(found.pop("tasks", {}))
+        for key, value in found.items():
+            merged.setdefault(key, value)
+    return merged

@@ -1,7 +1,7 @@
 """A small pipeline submitted to the real local Slurm, preempted twice mid-training.
 
 The chain (demo data -> prep on a Ray cluster inside the allocation -> 2-rank DeepSpeed training
-launched by srun -> evaluation -> report) runs in a run directory whose path holds spaces, quotes
+launched by srun -> fine-tuning and the probe, each a 2-rank srun job -> report) runs in a run directory whose path holds spaces, quotes
 and a dollar sign. The training job is preempted twice: once the polite way (USR2 to the batch
 shell, as ``--signal=B:USR2@N`` delivers before the time limit: every rank checkpoints, the job
 requeues itself), once the rude way (``scontrol requeue``: Slurm kills the job and requeues it;
@@ -26,6 +26,7 @@ from cluster.slurm import job_states
 from data_prep.shard_format import read_manifest, read_stats
 from pipeline.schema import load_run_config
 from pipeline.submit import read_submissions, wait_slurm
+from training.metrics import read_eval_metrics
 
 STEPS = 240
 
@@ -54,7 +55,8 @@ report: {{reconstructions: 2}}
 slurm:
   prep: {{cpus_per_task: 2, time: "10"}}
   pretrain: {{cpus_per_task: 1, time: "20"}}
-  evaluate: {{cpus_per_task: 2, time: "10"}}
+  finetune: {{cpus_per_task: 1, time: "10"}}
+  probe: {{cpus_per_task: 1, time: "10"}}
 """
 
 
@@ -124,14 +126,18 @@ def preempted_run(slurm_cluster, tmp_path_factory):
 
 def test_every_job_of_the_chain_completes(preempted_run):
     _, sub, run_dir, completed = preempted_run
-    assert sub.stages == ["demo_data", "prep", "pretrain", "evaluate", "report"]
+    assert sub.stages == ["demo_data", "prep", "pretrain", "finetune", "probe", "report"]
     states = job_states([int(j) for j in sub.jobs])
     assert completed, {j: s.state for j, s in states.items()}
     assert {s.state for s in states.values()} == {"COMPLETED"}
     assert (run_dir / "report.html").exists()
-    assert (
-        json.loads((run_dir / "evaluate" / "metrics.json").read_text())["encoder"]["step"] == STEPS
-    )
+    metrics = read_eval_metrics(run_dir / "evaluate")
+    assert metrics["encoder"]["step"] == STEPS
+    assert set(metrics["tasks"]) == {"linear_probe", "knn", "finetune"}
+    # fine-tuning and the probe ran on both ranks of their own jobs, under srun
+    for stage in ("finetune", "probe"):
+        log = Path(sub.logs[sub.stages.index(stage)]).read_text(errors="replace")
+        assert re.search(r": 2 ranks, \d+ steps", log), log[-3000:]
 
 
 def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run):
@@ -185,7 +191,7 @@ def test_quickstart_submitted_to_slurm_runs_to_the_end(slurm_cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     (sub,) = read_submissions(load_run_config(QUICKSTART, [f"run_dir={run_dir}"]))
     assert {s.state for s in job_states([int(j) for j in sub.jobs]).values()} == {"COMPLETED"}
-    probe = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["linear_probe"]
+    probe = read_eval_metrics(run_dir / "evaluate")["linear_probe"]
     assert probe["pretrained"]["top1"] > probe["random_init"]["top1"], probe
 
 

@@ -33,7 +33,8 @@ slurm:
   signal_seconds: 600
   prep: {{nodes: 4, cpus_per_task: 64, time: "04:00:00"}}
   pretrain: {{gpus_per_node: 8, cpus_per_task: 12, mem: 480G, time: "2-00:00:00"}}
-  evaluate: {{gpus_per_node: 1, partition: gpu-short}}
+  finetune: {{gpus_per_node: 8, cpus_per_task: 12, partition: gpu-short}}
+  probe: {{gpus_per_node: 8, time: "04:00:00"}}
 """
 
 
@@ -55,7 +56,7 @@ def sbatch_lines(script: str) -> dict[str, str | None]:
 
 def test_training_job_asks_for_every_node_and_rank_and_preemption(multi_node):
     scripts = dict(render_slurm(multi_node, python="/opt/venv/bin/python"))
-    assert list(scripts) == ["prep", "pretrain", "evaluate", "report"]
+    assert list(scripts) == ["prep", "pretrain", "finetune", "probe", "report"]
     opts = sbatch_lines(scripts["pretrain"])
     assert opts["--nodes"] == "2" and opts["--ntasks-per-node"] == "8"
     assert opts["--cpus-per-task"] == "12" and opts["--gpus-per-node"] == "8"
@@ -85,12 +86,21 @@ def test_prep_job_starts_ray_on_every_node(multi_node):
     assert '"prep.ray_address=$ray_address"' in script
 
 
-def test_other_stages_run_one_task_with_their_own_partition(multi_node):
+def test_finetune_and_probe_are_training_jobs_with_their_own_resources(multi_node):
+    """Each evaluation stage is its own job on every rank of ``launch``, requeued on USR2 as
+    pretraining is, with its partition and time from its own ``slurm:`` entry."""
     scripts = dict(render_slurm(multi_node, python="/opt/venv/bin/python"))
-    ev = sbatch_lines(scripts["evaluate"])
-    assert ev["--nodes"] == "1" and ev["--ntasks-per-node"] == "1"
-    assert ev["--partition"] == "gpu-short" and ev["--gpus-per-node"] == "1"
-    assert "--signal" not in sbatch_lines(scripts["report"])
+    for stage in ("finetune", "probe"):
+        opts = sbatch_lines(scripts[stage])
+        assert opts["--nodes"] == "2" and opts["--ntasks-per-node"] == "8"
+        assert opts["--gpus-per-node"] == "8"
+        assert "--requeue" in opts and opts["--signal"] == "B:USR2@600"
+        assert "scontrol requeue" in scripts[stage]
+    assert sbatch_lines(scripts["finetune"])["--partition"] == "gpu-short"
+    assert sbatch_lines(scripts["probe"])["--time"] == "04:00:00"
+    report = sbatch_lines(scripts["report"])
+    assert report["--nodes"] == "1" and report["--ntasks-per-node"] == "1"
+    assert "--signal" not in report
 
 
 def test_paths_with_spaces_quotes_and_dollars_survive_both_parsers(multi_node):
@@ -167,7 +177,7 @@ def test_dry_run_prints_every_script_and_submits_nothing(tmp_path, capsys, monke
     monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch reachable: a submit would fail
     assert main(["submit", str(path), "--slurm", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("#!/bin/bash") == 4
+    assert out.count("#!/bin/bash") == 5  # prep, pretrain, finetune, probe, report
     assert "# ---- pretrain ----" in out
 
 

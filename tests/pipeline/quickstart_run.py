@@ -2,10 +2,11 @@
 in process, and a shipped quickstart as a user does (``maskmill run CONFIG``, a fresh run_dir)
 for the opt-in slow tests."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from training.metrics import read_eval_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -20,7 +21,7 @@ def quickstart_metrics(config: str, run_dir: Path, timeout: int = 2400) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run_dir / "report.html").exists()
-    return json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    return read_eval_metrics(run_dir / "evaluate")
 
 
 def tiny_run(root: Path, template: str):

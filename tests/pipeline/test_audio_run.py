@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.state import read_state
 from tests.pipeline.quickstart_run import quickstart_metrics, tiny_run
+from training.metrics import read_eval_metrics
 
 RUN = """
 name: tiny_audio
@@ -53,10 +54,10 @@ def audio_run(tmp_path_factory):
 
 def test_every_stage_finishes_with_wer_and_seconds_of_audio(audio_run):
     cfg, run = audio_run
-    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+    for stage in ("demo_data", "prep", "pretrain", "finetune", "probe", "report"):
         assert read_state(run, stage).status == "done"
     assert cfg.pretrain.mask.ratio == 0.8  # the audio default
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run / "evaluate")
     assert metrics["tasks"]["ctc"]["better"] == {"wer": "lower", "cer": "lower"}
     for encoder in ("pretrained", "random_init"):
         assert metrics["ctc"][encoder]["wer"] >= 0.0

@@ -1,11 +1,12 @@
 """The shipped quickstart, end to end, as `make demo` runs it (minutes: opt in with -m slow)."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from training.metrics import read_eval_metrics
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_image.yaml"
 
@@ -21,6 +22,6 @@ def test_quickstart_pretraining_beats_random_init(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run_dir / "report.html").exists()
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run_dir / "evaluate")
     probe = metrics["linear_probe"]
     assert probe["pretrained"]["top1"] > probe["random_init"]["top1"], probe

@@ -11,6 +11,7 @@ from pipeline.runner import recorded_state, run_pipeline, stage_fingerprint, sta
 from pipeline.schema import load_run_config
 from pipeline.stages import STAGES
 from pipeline.state import fingerprint, read_state, write_state
+from training.metrics import read_eval_metrics
 
 RUN = """
 name: tiny
@@ -79,9 +80,9 @@ def test_the_terminal_shows_no_deepspeed_or_ray_internals(finished_run):
 
 def test_every_stage_finishes_and_writes_its_outputs(finished_run):
     _, run = finished_run
-    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+    for stage in ("demo_data", "prep", "pretrain", "finetune", "probe", "report"):
         assert read_state(run, stage).status == "done"
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run / "evaluate")
     for protocol in ("linear_probe", "knn", "finetune"):
         assert set(metrics[protocol]) == {"pretrained", "random_init"}
         assert 0.0 <= metrics[protocol]["pretrained"]["top1"] <= 100.0
@@ -99,9 +100,9 @@ def test_evaluation_scores_are_in_tensorboard_and_wall_clock_is_not(finished_run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run = finished_run
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run / "evaluate")
     scalars = {}
-    for events in (run / "evaluate" / "tensorboard").rglob("events.out.tfevents.*"):
+    for events in (run / "evaluate").rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         encoder = events.parent.name.rpartition("_")[2]  # add_scalars: one folder per curve
@@ -171,7 +172,8 @@ def encoder_input(export_dir):
 
 def test_second_run_skips_every_stage(finished_run):
     path, run = finished_run
-    before = {s: read_state(run, s).finished for s in ("prep", "pretrain", "evaluate", "report")}
+    stages = ("prep", "pretrain", "finetune", "probe", "report")
+    before = {s: read_state(run, s).finished for s in stages}
     run_pipeline(load_run_config(path))
     assert {s: read_state(run, s).finished for s in before} == before
 
@@ -185,20 +187,25 @@ def test_status_marks_every_stage_after_a_stale_one_stale(finished_run):
         "demo_data": "done",
         "prep": "done",
         "pretrain": "stale (config or inputs changed)",
-        "evaluate": "stale (pretrain will run again)",
+        "finetune": "stale (pretrain will run again)",
+        "probe": "stale (pretrain will run again)",
         "report": "stale (pretrain will run again)",
     }
 
 
 def test_changed_evaluation_reruns_only_downstream_stages(finished_run):
+    """A probe setting reruns the probe and the report; fine-tuning keeps its result."""
     path, run = finished_run
-    before = {s: read_state(run, s).finished for s in ("prep", "pretrain", "evaluate", "report")}
+    stages = ("prep", "pretrain", "finetune", "probe", "report")
+    before = {s: read_state(run, s).finished for s in stages}
     run_pipeline(load_run_config(path, ["evaluate.tasks.knn.k=3"]))
     after = {s: read_state(run, s).finished for s in before}
-    assert after["prep"] == before["prep"] and after["pretrain"] == before["pretrain"]
-    assert after["evaluate"] > before["evaluate"] and after["report"] > before["report"]
+    for kept in ("prep", "pretrain", "finetune"):
+        assert after[kept] == before[kept], kept
+    assert after["probe"] > before["probe"] and after["report"] > before["report"]
     views = {v.name: v.label for v in stage_views(load_run_config(path))}
-    assert views["evaluate"] == "stale (config or inputs changed)"  # relative to the original YAML
+    assert views["probe"] == "stale (config or inputs changed)"  # relative to the original YAML
+    assert views["finetune"] == "done"
     assert {v.label for v in stage_views(load_run_config(path, ["evaluate.tasks.knn.k=3"]))} == {
         "done"
     }
@@ -221,7 +228,7 @@ def test_status_command_shows_each_stage(finished_run):
         timeout=120,
     )
     assert out.returncode == 0
-    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+    for stage in ("demo_data", "prep", "pretrain", "finetune", "probe", "report"):
         assert stage in out.stdout
     assert "done" in out.stdout
 

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.state import read_state
 from tests.pipeline.quickstart_run import quickstart_metrics, tiny_run
+from training.metrics import read_eval_metrics
 
 RUN = """
 name: tiny_text
@@ -44,9 +45,9 @@ def text_run(tmp_path_factory):
 
 def test_every_stage_finishes_with_mlm_and_tokens_per_second(text_run):
     _, run = text_run
-    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+    for stage in ("demo_data", "prep", "pretrain", "finetune", "probe", "report"):
         assert read_state(run, stage).status == "done"
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run / "evaluate")
     assert metrics["data"]["classes"] == 6
     assert metrics["tasks"]["mlm"]["better"] == {"accuracy": "higher", "perplexity": "lower"}
     for encoder in ("pretrained", "random_init"):

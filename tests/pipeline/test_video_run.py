@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.state import read_state
 from tests.pipeline.quickstart_run import quickstart_metrics, tiny_run
+from training.metrics import read_eval_metrics
 
 RUN = """
 name: tiny_video
@@ -43,10 +44,10 @@ def video_run(tmp_path_factory):
 
 def test_every_stage_finishes_with_tube_masking_and_clips_per_second(video_run):
     cfg, run = video_run
-    for stage in ("demo_data", "prep", "pretrain", "evaluate", "report"):
+    for stage in ("demo_data", "prep", "pretrain", "finetune", "probe", "report"):
         assert read_state(run, stage).status == "done"
     assert (cfg.pretrain.mask.kind, cfg.pretrain.mask.ratio) == ("tube", 0.9)  # the defaults
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = read_eval_metrics(run / "evaluate")
     assert metrics["data"]["classes"] == 6
     for task in ("linear_probe", "knn", "finetune"):
         for encoder in ("pretrained", "random_init"):

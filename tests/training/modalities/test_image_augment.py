@@ -98,7 +98,7 @@ def test_erasing_area_aspect_chance_and_fill():
     rng = random.Random(0)
     boxes, erased = [], 0
     fills = []
-    for seed in range(3000):
+    for _ in range(3000):
         img = np.full((size, size, 3), 7, np.uint8)  # 7 is no normal fill in practice
         out = random_erase(img, 0.25, rng)
         changed = (out != img).any(axis=2)

@@ -53,8 +53,15 @@ def export(tmp_path_factory):
         "image",
         "mae",
         ImageInputConfig(32, 8),
-        ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
-                    decoder_depth=1, decoder_num_heads=2),  # fmt: skip
+        ModelConfig(
+            preset="nano",
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            decoder_embed_dim=32,
+            decoder_depth=1,
+            decoder_num_heads=2,
+        ),
         {"step": 0},
     )
     model = build_model("mae", info.model, info.geometry)
@@ -152,9 +159,10 @@ def test_two_ranks_train_as_one_rank_with_the_same_global_batch(
         assert (task_dir / name / "model.safetensors").exists()
         assert (task_dir / name / "encoder.safetensors").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["finetune"]["pretrained"] == json.loads(
-        (task_dir / "result.json").read_text()
-    )["last"]
+    assert (
+        metrics["finetune"]["pretrained"]
+        == json.loads((task_dir / "result.json").read_text())["last"]
+    )
     assert not (task_dir / "checkpoints").exists()  # removed once the exports are written
 
 
@@ -213,9 +221,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     _assert_same_training(task_dir, one_rank)
 
 
-def test_every_val_sample_is_scored_once_by_two_ranks_with_an_odd_count(
-    tmp_path, prepared, export
-):
+def test_every_val_sample_is_scored_once_by_two_ranks_with_an_odd_count(tmp_path, prepared, export):
     """The train split of the fixture holds an odd number of samples; scored as the val split
     by 2 ranks (one epoch), the scoring counts each once: no padding, no drop."""
     samples = sum(r.samples for r in read_manifest(prepared / "train"))

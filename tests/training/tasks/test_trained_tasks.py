@@ -1,8 +1,10 @@
-"""Tasks that train the encoder train a copy: evaluation runs every task on the same encoder
+"""Tasks that train the encoder train a copy: a stage runs every task on the same encoder
 object, and a CTC run after fine-tuning must start from the pretrained weights, not from the
-classifier's."""
+classifier's. The jobs are stepped plainly here (the stage steps them under DeepSpeed)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 
@@ -13,9 +15,9 @@ from training.modalities import modality
 from training.modalities.audio import AudioInputConfig, bind_input
 from training.modalities.image import ImageInputConfig
 from training.tasks.config import CtcConfig, FinetuneConfig
-from training.tasks.ctc import CtcFinetune
+from training.tasks.ctc import CtcJob
 from training.tasks.downstream import Downstream
-from training.tasks.finetune import Finetune
+from training.tasks.finetune import FinetuneJob
 
 
 def _data(name, input_cfg, shards, classes):
@@ -25,23 +27,38 @@ def _data(name, input_cfg, shards, classes):
     )
 
 
-def _untouched(task, name, input_cfg, shards, classes):
+def _untouched(make_job, name, input_cfg, shards, classes):
     model = ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2)
     encoder = random_encoder(ExportInfo(name, "mae", input_cfg, model, {}), seed=0)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     rates = [b.drop_path for b in encoder.blocks]
-    task.run(encoder, _data(name, input_cfg, shards, classes))
+    run = SimpleNamespace(rows=lambda batch: (0, batch))  # one rank
+    job = make_job(encoder, _data(name, input_cfg, shards, classes), run)
+    job.engine = job.module  # plain steps
+    opt = torch.optim.SGD(job.module.parameters(), lr=1.0)
+    batches = job.batches(0)
+    for step in range(2):
+        job.loss(next(batches), step).backward()
+        opt.step()
+    assert not all(  # the job's copy did train
+        torch.equal(before[k], v) for k, v in job.module.encoder.state_dict().items()
+    )
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert [b.drop_path for b in encoder.blocks] == rates
 
 
 def test_finetune_trains_a_copy_of_the_encoder(prepared):
-    task = Finetune(FinetuneConfig(epochs=1, batch_size=16, drop_path=0.1))
-    _untouched(task, "image", ImageInputConfig(32, 8), prepared, 4)
+    cfg = FinetuneConfig(epochs=1, batch_size=16, drop_path=0.1)
+    _untouched(
+        lambda enc, data, run: FinetuneJob(enc, data, cfg, data.input, run),
+        "image", ImageInputConfig(32, 8), prepared, 4,
+    )  # fmt: skip
 
 
 def test_ctc_trains_a_copy_of_the_encoder(speech_prepared):
     seen = bind_input(AudioInputConfig(frames=256), str(speech_prepared / "train"))
-    task = CtcFinetune(CtcConfig(epochs=1, batch_size=8))
-    _untouched(task, "audio", seen, speech_prepared, 3)
+    cfg = CtcConfig(epochs=1, batch_size=8)
+    _untouched(
+        lambda enc, data, run: CtcJob(enc, data, cfg, run), "audio", seen, speech_prepared, 3
+    )
