@@ -180,7 +180,8 @@ def test_submit_dry_run_prints_the_sbatch_chain(tmp_path):
     assert [line.split("=")[0] for line in chain] == [
         "JOB_PREP",
         "JOB_PRETRAIN",
-        "JOB_EVALUATE",
+        "JOB_FINETUNE",
+        "JOB_PROBE",
         "JOB_REPORT",
     ]
     assert "--dependency" not in chain[0]
