@@ -6,7 +6,14 @@ import shutil
 
 import pytest
 
-from benchmarks import attention_kernels, audio_data, mask_ratio_step, pretrain_vs_hf, video_data
+from benchmarks import (
+    attention_kernels,
+    audio_data,
+    finetune_step,
+    mask_ratio_step,
+    pretrain_vs_hf,
+    video_data,
+)
 
 
 def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
@@ -18,6 +25,40 @@ def test_mask_ratio_step_writes_rows_with_bounds(tmp_path):
     assert [r["ratio"] for r in rows] == [0.0, 0.75, 0.9]
     assert rows[0]["flop_bound"] == 1.0 and rows[2]["flop_bound"] > rows[1]["flop_bound"] > 1.0
     assert all(r["mfu"] > 0 for r in rows)
+
+
+def test_finetune_step_times_both_and_projects_the_recipe(tmp_path):
+    pytest.importorskip("transformers", reason="transformers is the bench extra")
+    args = ["--preset", "nano", "--image-size", "32", "--patch-size", "8", "--batch", "2",
+            "--rounds", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert finetune_step.main(args) == 0
+    result = json.loads((tmp_path / "finetune_step.json").read_text())
+    assert set(result["step_s"]) == {"maskmill", "hf"} and result["mfu"] > 0
+    # 100 epochs x 1,281,167 images x the step's FLOPs per image
+    per_image = result["step_flops"] / 2
+    assert result["recipe_flops"] == pytest.approx(per_image * 1_281_167 * 100)
+    hours = result["gpu_hours_at_this_mfu"]
+    assert hours["A100 (312 TFLOP/s)"] > hours["H100 SXM (989 TFLOP/s)"] > 0
+
+
+def test_finetune_step_flops_match_torchs_counter():
+    """The FLOPs the projection divides by are what torch counts for the same forward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.config import ModelConfig
+    from training.mae import ViTEncoder
+    from training.modalities.image import ImageInputConfig, geometry
+    from training.tasks.finetune import Classifier
+
+    # two explicit products for attention: torch's counter does not see into the fused CPU kernel
+    cfg = ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2, attention="matmul")
+    g = geometry(ImageInputConfig(32, 8))
+    model = Classifier(ViTEncoder(cfg, g), finetune_step.CLASSES)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(3, g.num_tokens, g.values_per_token))
+    expected = finetune_step.step_flops(cfg, g.num_tokens, g.values_per_token, 3) / 3
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-6)
 
 
 def test_attention_kernels_writes_both_kernels(tmp_path):
