@@ -48,10 +48,14 @@ def write_report(cfg: RunConfig) -> Path:
     curve = read_metrics(cfg.pretrain.out_dir)
     metrics = read_eval_metrics(cfg.evaluate.out_dir)
     unit = modality(cfg.modality).unit
+    (fig_dir / "downstream.png").unlink(missing_ok=True)
     figures = {
         "curves.png": plot_curves(curve, unit),
         "reconstructions.png": plot_reconstructions(cfg),
     }
+    downstream = plot_downstream_curves(cfg.evaluate.out_dir, metrics)
+    if downstream is not None:
+        figures["downstream.png"] = downstream
     masking = _masking_section(cfg, fig_dir)
     for name, fig in figures.items():
         fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
@@ -104,6 +108,37 @@ def plot_reconstructions(cfg: RunConfig):
     kind = "random" if mask_cfg.kind in MODEL_SCORED_KINDS else mask_cfg.kind
     mask = make_masks(kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
     return ops.reconstruction_figure(export.input, model, x, mask, title)
+
+
+def plot_downstream_curves(evaluate_dir: str, metrics: dict):
+    """One panel per task that trains (fine-tuning, CTC, the linear probe): its val score at
+    each scoring, pretrained against random init; None when no task logged a curve."""
+    curves = {}
+    for task, about in metrics["tasks"].items():
+        metric = next(iter(about["better"]))
+        found = {
+            encoder: [(r["epoch"], r["val"][metric]) for r in read_metrics(path) if "val" in r]
+            for stage in ("finetune", "probe")
+            for encoder in ("pretrained", "random_init")
+            if (path := Path(evaluate_dir) / stage / task / encoder).is_dir()
+        }
+        if any(found.values()):
+            curves[(about["title"], metric)] = found
+    if not curves:
+        return None
+    fig = Figure(figsize=(4.4 * len(curves), 3.2))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    colours = {"pretrained": "#1f5fa8", "random_init": "#999999"}
+    for ax, ((title, metric), found) in zip(axes, curves.items()):
+        for encoder, points in found.items():
+            ax.plot([e for e, _ in points], [v for _, v in points], marker="o", ms=3,
+                    color=colours[encoder], label=encoder.replace("_", " "))  # fmt: skip
+        ax.set_title(f"{title}: val {metric}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _masking_section(cfg: RunConfig, fig_dir: Path) -> list[str]:
@@ -162,6 +197,7 @@ def _page(
         _table(["", ""], facts, cls="facts"),
         "<h2>What pretraining bought</h2>",
         _eval_table(metrics, unit, _vocab_size(cfg)),
+        *_downstream_section(fig_dir),
         "<h2>Training curves</h2>",
         _img(fig_dir / "curves.png"),
         "<h2>Reconstructions (val split)</h2>",
@@ -172,6 +208,17 @@ def _page(
         _data_table(cfg),
     ]
     return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
+
+
+def _downstream_section(fig_dir: Path) -> list[str]:
+    if not (fig_dir / "downstream.png").exists():
+        return []
+    return [
+        "<p class=muted>The val split at each scoring of the tasks that train (the "
+        "<code>finetune</code> and <code>probe</code> stages; the best model is exported beside "
+        "the last).</p>",
+        _img(fig_dir / "downstream.png"),
+    ]
 
 
 def _head_fact(objective: str, m) -> tuple[str, str]:

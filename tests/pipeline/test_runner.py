@@ -90,7 +90,7 @@ def test_every_stage_finishes_and_writes_its_outputs(finished_run):
     html = (run / "report.html").read_text()
     assert "What pretraining bought" in html and "random init" in html
     # curves, reconstructions, and where the masking sits on the measured frontier
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4  # + the downstream curves
     assert "Masking: cost against quality" in html
     assert "empty_file: 1" in html  # the prep's skip reasons reach the report
     assert "<th>chance</th>" in html and " pp</span>" in html

@@ -61,7 +61,7 @@ def test_every_stage_finishes_with_mlm_and_tokens_per_second(text_run):
     html = (run / "report.html").read_text()
     assert "tokens/s" in html and "whole_word, ratio 0.30: the encoder reads all 32 tokens" in html
     assert "invalid_utf8: 1" in html and "duplicate:" in html
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3  # + the downstream curves
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def test_every_stage_finishes_with_tube_masking_and_clips_per_second(video_run):
     assert "clips/s" in html and "tube, ratio 0.90 (8 of 64 tokens visible)" in html
     assert "unreadable_video: 1" in html and "missing_file: 1" in html
     # curves, reconstructions, and where the masking sits on the measured frontier
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4  # + the downstream curves
     assert "Masking: cost against quality" in html
 
 

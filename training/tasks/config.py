@@ -35,6 +35,7 @@ class ProbeConfig:
     # encoder. false: features of the unaugmented samples, extracted once by every rank and
     # gathered (one forward pass per sample instead of one per sample and epoch).
     augment: bool = True
+    eval_every: int = 10  # epochs between scorings of the val split (cached features: cheap)
 
     def problems(self):
         if self.batch_size < 2:
@@ -44,6 +45,8 @@ class ProbeConfig:
             )
         if self.epochs < 1 or self.base_lr <= 0:
             yield ("epochs", "epochs >= 1 and base_lr > 0")
+        if self.eval_every < 1:
+            yield ("eval_every", f"an int >= 1 (epochs), got {self.eval_every}")
 
 
 @dataclass

@@ -107,7 +107,7 @@ def schedule_for(task_cfg, samples: int) -> Schedule:
         steps_per_epoch=per_epoch,
         lr=task_cfg.base_lr * batch / 256,
         warmup_steps=task_cfg.warmup_epochs * per_epoch,
-        eval_every=getattr(task_cfg, "eval_every", task_cfg.epochs),
+        eval_every=task_cfg.eval_every,
     )
 
 
