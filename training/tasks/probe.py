@@ -13,6 +13,7 @@ too). Either way it is a distributed, resumable job (``training.tasks.trainer``)
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from torch import nn
 
 from data_prep.shard_format import read_manifest
 from training.distributed import from_rank0
+from training.lars import LARS
+from training.schedule import warmup_cosine
 from training.tasks import ACCURACY
 from training.tasks.config import KnnConfig, ProbeConfig
 from training.tasks.downstream import Downstream, topk_accuracy
@@ -148,6 +151,39 @@ class ProbeJob(Job):
             **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
             **{f"probe.{k}": v for k, v in self.module.state_dict().items()},
         }
+
+
+def linear_probe(
+    train_x, train_y, val_x, val_y, num_classes: int, cfg: ProbeConfig, seed: int
+) -> dict:
+    """The probe's head and optimizer trained in one process on features in memory (what the
+    masking frontier benchmark scores many encoders with); the stage trains the same head with
+    the same optimizer and schedule through ``training.tasks.trainer``."""
+    torch.manual_seed(seed)
+    head = ProbeHead(train_x.shape[1], num_classes)
+    lr = cfg.base_lr * cfg.batch_size / 256
+    opt = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    head.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(train_x), generator=gen)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm needs two samples
+            for g in opt.param_groups:
+                g["lr"] = warmup_cosine(step, total, cfg.warmup_epochs * steps_per_epoch, lr, 0.0)
+            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    head.eval()
+    with torch.no_grad():
+        return topk_accuracy(head(val_x), val_y, num_classes)
 
 
 def knn_classify(train_x, train_y, val_x, val_y, num_classes: int, cfg: KnnConfig) -> dict:
