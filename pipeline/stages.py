@@ -328,6 +328,20 @@ def _digest(path: Path) -> str:
     return file_sha256(path)
 
 
+def _evaluation(stage: str, describe: str) -> Stage:
+    """The ``finetune`` or ``probe`` stage: the section's tasks of that stage, on every rank."""
+    return Stage(
+        stage,
+        describe,
+        section=_eval_section(stage),
+        inputs=_eval_inputs,
+        output=lambda cfg: eval_out(cfg, stage),
+        execute=_eval_stage(stage),
+        enabled=lambda cfg: bool(_eval_tasks(cfg, stage)),
+        preflight=_preflight("evaluate"),
+    )
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "demo_data",
@@ -357,26 +371,8 @@ STAGES: tuple[Stage, ...] = (
         execute=_pretrain,
         preflight=_preflight("pretrain"),
     ),
-    Stage(
-        "finetune",
-        "fine-tuning tasks, pretrained vs random init (DeepSpeed)",
-        section=_eval_section("finetune"),
-        inputs=_eval_inputs,
-        output=lambda cfg: eval_out(cfg, "finetune"),
-        execute=_eval_stage("finetune"),
-        enabled=lambda cfg: bool(_eval_tasks(cfg, "finetune")),
-        preflight=_preflight("evaluate"),
-    ),
-    Stage(
-        "probe",
-        "linear probe and k-NN on frozen features, pretrained vs random init",
-        section=_eval_section("probe"),
-        inputs=_eval_inputs,
-        output=lambda cfg: eval_out(cfg, "probe"),
-        execute=_eval_stage("probe"),
-        enabled=lambda cfg: bool(_eval_tasks(cfg, "probe")),
-        preflight=_preflight("evaluate"),
-    ),
+    _evaluation("finetune", "fine-tuning tasks, pretrained vs random init (DeepSpeed)"),
+    _evaluation("probe", "linear probe and k-NN on frozen features, pretrained vs random init"),
     Stage(
         "report",
         "report.html with curves, reconstructions, metrics",
