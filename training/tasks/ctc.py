@@ -145,14 +145,14 @@ class CtcJob(EncoderJob):
     def loss(self, batch, step: int) -> torch.Tensor:
         x, _, keys = batch
         rows = [i for i, k in enumerate(keys) if k in self.train_text]
-        log_probs = self.engine(self.data.tokens(x).to(self.dtype))
+        log_probs = self.engine(self.cast(self.data.tokens(x)))
         if not rows:  # every rank steps together: a batch with no transcript adds nothing
             return log_probs.sum() * 0.0
         return ctc_loss(log_probs[rows], [self.train_text[keys[i]] for i in rows])
 
     def val_rows(self):
         for x, _, keys, places in self.data.indexed_eval_batches(self.data.val_shards):
-            log_probs = self.module(self.data.tokens(x).to(self.dtype))
+            log_probs = self.module(self.cast(self.data.tokens(x)))
             for key, place, row in zip(keys, places, log_probs):
                 if key in self.val_text:
                     ref = " ".join(self.val_text[key].upper().split())

@@ -132,11 +132,11 @@ class FinetuneJob(EncoderJob):
             self.data.seed, step, self.rows[0],
         )  # fmt: skip
         draws = self.draws(step, len(x)).to(self.data.device)
-        logits = self.engine(self.data.tokens(x).to(self.dtype), draws)
+        logits = self.engine(self.cast(self.data.tokens(x)), draws)
         return soft_cross_entropy(logits, targets.to(logits.device))
 
     def val_rows(self):
-        return self.data.rank_outputs(lambda t: self.module(t.to(self.dtype)), self.data.val_shards)
+        return self.data.rank_outputs(lambda t: self.module(self.cast(t)), self.data.val_shards)
 
     def metrics(self, outputs: list) -> dict[str, float]:
         logits, labels = self.data.classified(outputs, self.data.val_shards)

@@ -162,6 +162,10 @@ class Job:
         """What the exports hold: by default the whole module."""
         return self.module.state_dict()
 
+    def cast(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token values in the training precision; token ids (text) as they are."""
+        return tokens.to(self.dtype) if tokens.is_floating_point() else tokens
+
 
 def train(job: Job, run: TaskRun, schedule: Schedule, desc: str) -> dict[str, float]:
     """Train ``job`` to the end of its schedule (resuming what a killed or preempted attempt
