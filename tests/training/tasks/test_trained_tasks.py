@@ -40,6 +40,7 @@ def _untouched(make_job, name, input_cfg, shards, classes):
     for step in range(2):
         job.loss(next(batches), step).backward()
         opt.step()
+    batches.close()  # its loader worker ends here, not at some later test's fork
     assert not all(  # the job's copy did train
         torch.equal(before[k], v) for k, v in job.module.encoder.state_dict().items()
     )
