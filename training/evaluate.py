@@ -64,22 +64,7 @@ def run(cfg: EvalConfig, stage: str) -> dict:
             ]
         )
     modality = modality_named(cfg.modality)
-    views, group_of = modality.eval_views(export.input, cfg.tasks)
-    data = Downstream(
-        modality=modality,
-        input=export.input,
-        train_shards=cfg.train_shards,
-        val_shards=cfg.val_shards,
-        num_classes=_num_classes(cfg.train_shards),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        views=views,
-        group_of=group_of,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=info.device,
-        loader=cfg.loader,
-    )
+    data = _downstream(cfg, export, info)
     encoders = _encoders(cfg, export, data)
     tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled and STAGE_OF[t.name] == stage]
     out = Path(cfg.out_dir)
@@ -104,6 +89,27 @@ def run(cfg: EvalConfig, stage: str) -> dict:
         (out / METRICS).write_text(json.dumps(results, indent=2) + "\n")
         write_tensorboard(results, out / "tensorboard", step=int(export.info.get("step", 0)))
     return results
+
+
+def _downstream(cfg: EvalConfig, export: ExportInfo, info) -> Downstream:
+    """The data side of the stage on this rank: splits, views, class count, device."""
+    modality = modality_named(cfg.modality)
+    views, group_of = modality.eval_views(export.input, cfg.tasks)
+    return Downstream(
+        modality=modality,
+        input=export.input,
+        train_shards=cfg.train_shards,
+        val_shards=cfg.val_shards,
+        num_classes=_num_classes(cfg.train_shards),
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        views=views,
+        group_of=group_of,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        loader=cfg.loader,
+    )
 
 
 def write_tensorboard(results: dict, tb_dir: Path, step: int) -> None:

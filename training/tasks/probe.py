@@ -113,11 +113,12 @@ class ProbeJob(Job):
         n, size = len(self.train_x), self.cfg.batch_size
         per_epoch = max(1, n // size)
         lo, hi = self.rows
+        order, drawn_for = None, None
         for step in itertools.count(skip_steps):
             epoch, k = divmod(step, per_epoch)
-            order = torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.data.seed + epoch)
-            )
+            if epoch != drawn_for:  # one permutation an epoch, drawn from (seed, epoch)
+                gen = torch.Generator().manual_seed(self.data.seed + epoch)
+                order, drawn_for = torch.randperm(n, generator=gen), epoch
             take = order[k * size : (k + 1) * size][lo:hi]
             yield self.train_x[take], self.train_y[take], None
 

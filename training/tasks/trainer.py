@@ -238,19 +238,10 @@ def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
                 window = now
             scored = schedule.scores_at(done)
             if scored:
-                last, counted = score(job, run)
-                improved = best is None or _better(job.metric, last, best["scores"])
-                if improved:
-                    best = {"step": done, "scores": last}
-                if info.is_main:
-                    metrics_log.write({"step": done, "epoch": done / schedule.steps_per_epoch,
-                                       "val": last, "val_samples": counted})  # fmt: skip
-                    if improved:
-                        _export(job, run, BEST, done, last)
+                last, best = _scored(job, run, schedule, done, best, metrics_log)
                 window = time.perf_counter()
             stop = verdict.stop and done < schedule.total
-            due = done % cfg.checkpoint_every == 0 or (scored and done < schedule.total)
-            if (due or stop) and done < schedule.total:
+            if done < schedule.total and (done % cfg.checkpoint_every == 0 or scored or stop):
                 checkpoint.save(engine, run.out / CKPT_DIR, done, cfg.keep_checkpoints,
                                 info.is_main, extra={"best": best})  # fmt: skip
                 window = time.perf_counter()
@@ -259,6 +250,21 @@ def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
     finally:
         bar.close()
     return best, last
+
+
+def _scored(job, run, schedule, done, best, metrics_log):
+    """Score the val split after step ``done``, log it, and export the model when it beats
+    ``best``; returns the scores and the best so far."""
+    last, counted = score(job, run)
+    improved = best is None or _better(job.metric, last, best["scores"])
+    if improved:
+        best = {"step": done, "scores": last}
+    if run.info.is_main:
+        metrics_log.write({"step": done, "epoch": done / schedule.steps_per_epoch,
+                           "val": last, "val_samples": counted})  # fmt: skip
+        if improved:
+            _export(job, run, BEST, done, last)
+    return last, best
 
 
 def score(job: Job, run: TaskRun) -> tuple[dict[str, float], int]:
