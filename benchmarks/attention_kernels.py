@@ -1,5 +1,5 @@
 """Attention on this machine: torch's fused ``scaled_dot_product_attention`` against two matrix
-products around a softmax (what ``training.mae.attend`` does on CPU), forward + backward.
+products around a softmax (what ``training.objectives.mae.model.attend`` does on CPU), forward + backward.
 
     python -m benchmarks.attention_kernels [--batch 8] [--rounds 7] [--out results/attention_kernels]
 

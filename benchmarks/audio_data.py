@@ -36,15 +36,15 @@ import webdataset as wds
 
 from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
 from benchmarks.pretrain_vs_hf import MasterWeights
-from data_prep.demo_speech import SpeechDemoConfig, write_speech_demo
-from data_prep.librilight import AudioPrepConfig, prep_audio
+from data_prep.audio.demo import SpeechDemoConfig, write_speech_demo
+from data_prep.audio.reader import AudioPrepConfig, prep_audio
 from data_prep.shard_format import shard_urls
 from training.config import LoaderConfig, ModelConfig
 from training.loader import train_loader, train_spec_for
-from training.mae import MaskedAutoencoder
-from training.masking import masks_for_batch
-from training.modalities.audio import AudioInputConfig, bind_input, clip_seconds, geometry
-from training.modalities.audio_ops import tokenize
+from training.modalities.audio.bundle import AudioInputConfig, bind_input, clip_seconds, geometry
+from training.modalities.audio.ops import tokenize
+from training.objectives.mae.masking import masks_for_batch
+from training.objectives.mae.model import MaskedAutoencoder
 
 
 def audio_hours(split_dirs: list[Path]) -> float:

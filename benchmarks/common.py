@@ -97,7 +97,7 @@ def write_results(out_dir: str | Path, tag: str, payload: dict, table: list[str]
 def imagenet_sized_demo(out: Path, classes: int, images: int) -> Path:
     """The demo generator's corpus with ImageNet-sized images (300-500 px sides), ``images``
     train images over ``classes`` classes, one val image per class."""
-    from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
+    from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
 
     cfg = DemoCorpusConfig(
         out=str(out),

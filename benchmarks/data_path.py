@@ -32,14 +32,14 @@ import torch
 from PIL import Image
 
 from benchmarks.common import imagenet_sized_demo, machine, write_results
-from data_prep.image_encode import _target_size
-from data_prep.imagenet import ImagePrepConfig, prep_imagenet
+from data_prep.image.encode import _target_size
+from data_prep.image.reader import ImagePrepConfig, prep_imagenet
 from data_prep.shard_format import read_stats, shard_urls
 from training.config import LoaderConfig, ModelConfig
 from training.loader import _collate, train_loader, train_spec_for
 from training.modalities import Example
-from training.modalities.image import ImageInputConfig
-from training.modalities.image_ops import random_resized_crop_box
+from training.modalities.image.bundle import ImageInputConfig
+from training.modalities.image.ops import random_resized_crop_box
 
 
 def pillow_loop(files: list[Path], shorter: int, quality: int, draft: bool) -> float:

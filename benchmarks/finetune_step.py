@@ -26,9 +26,9 @@ from benchmarks.common import interleaved, machine, matmul_peak, median, step_pa
 from benchmarks.pretrain_vs_hf import MasterWeights
 from training.config import ModelConfig
 from training.flops import block_flops
-from training.mae import ViTEncoder
-from training.modalities.image import ImageInputConfig, geometry
-from training.modalities.image_patches import normalize_pixels, patchify
+from training.modalities.image.bundle import ImageInputConfig, geometry
+from training.modalities.image.patches import normalize_pixels, patchify
+from training.objectives.mae.model import ViTEncoder
 from training.tasks.finetune import Classifier, layer_decay_groups, path_draws
 from training.tasks.mixing import Mix, mixed_batch, soft_cross_entropy
 

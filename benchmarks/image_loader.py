@@ -14,7 +14,7 @@ Each is read by the real training loader (``train_loader``: shard reading, shuff
 random-resized crop to 224 at scale 0.2-1, flip, collation) in this process, one thread, so the
 rate is per core. **before** is the loader as it was until now, kept here as the baseline: Pillow
 decode, convert, ``resize(box=...)`` bicubic, flip, and ``torch.stack`` of the ``[3, S, S]``
-views; **after** is today's (``training.modalities.image_ops`` and the loader's
+views; **after** is today's (``training.modalities.image.ops`` and the loader's
 ``stack_in_memory_order``). The two interleave, round after round.
 """
 
@@ -34,14 +34,14 @@ import torch
 from PIL import Image
 
 from benchmarks.common import imagenet_sized_demo, machine, median, write_results
-from data_prep.imagenet import ImagePrepConfig, prep_imagenet
-from data_prep.imagenet_layout import SYNSETS
+from data_prep.image.layout import SYNSETS
+from data_prep.image.reader import ImagePrepConfig, prep_imagenet
 from training import loader
 from training.config import LoaderConfig
 from training.loader import train_spec_for
 from training.modalities import Example, modality
-from training.modalities.image import ImageInputConfig
-from training.modalities.image_ops import random_resized_crop_box
+from training.modalities.image.bundle import ImageInputConfig
+from training.modalities.image.ops import random_resized_crop_box
 
 H100_IMAGES_PER_S = 4000  # ViT-B MAE at 0.75 on one H100 (estimate from the step's FLOPs)
 

@@ -29,7 +29,7 @@ from benchmarks.common import (
 from benchmarks.pretrain_vs_hf import maskmill_step
 from training.config import ModelConfig
 from training.flops import mae_step_flops
-from training.modalities.image import ImageInputConfig, geometry
+from training.modalities.image.bundle import ImageInputConfig, geometry
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ along the way, and plot linear-probe accuracy against wall-clock and against ima
 The corpus is the quickstart's (8 demo classes, 1600 train and 320 val images at 64 px; made and
 sharded once under --work by the real prep), the model the quickstart's nano MAE. Every point
 trains in this process with the trainer's own pieces: the loader (one worker), the masks
-(``training.objectives.step_inputs``), the model, bf16 autocast over fp32 weights, AdamW with
+(``training.objectives.mae.bundle.step_inputs``), the model, bf16 autocast over fp32 weights, AdamW with
 the quickstart's peak lr; warmup (10%) and cosine decay run over the *budget in seconds*, so
 each configuration gets a whole schedule in the same time, however fast its steps are. The clock
 covers loading and training, not the probes: at each probe point the run pauses, the encoder's
@@ -89,8 +89,8 @@ IMAGE_SIZE, PATCH_SIZE, BATCH, PEAK_LR, WARMUP_SHARE = 64, 8, 256, 2e-3, 0.1
 
 def corpus(work: Path, tiny: bool) -> Path:
     """The quickstart's demo corpus sharded by the real prep (made once under ``work``)."""
-    from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
-    from data_prep.imagenet import ImagePrepConfig, prep_imagenet
+    from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
+    from data_prep.image.reader import ImagePrepConfig, prep_imagenet
 
     shards = work / ("shards_tiny" if tiny else "shards")
     if (shards / "val" / "_SUCCESS").exists():
@@ -159,10 +159,10 @@ def train_point(point: Point, seed: int, shards: Path, prober: Prober, args) -> 
     share of the budget in ``args.probe_at``. Returns the probe points and the step counts."""
     from training.config import LoaderConfig, MaskConfig
     from training.loader import train_loader, train_spec_for
-    from training.mae import MaskedAutoencoder
     from training.modalities import modality
-    from training.modalities.image import ImageInputConfig
-    from training.objectives import step_inputs
+    from training.modalities.image.bundle import ImageInputConfig
+    from training.objectives.mae.bundle import step_inputs
+    from training.objectives.mae.model import MaskedAutoencoder
     from training.schedule import warmup_cosine
     from training.transformer import param_groups
 
@@ -191,7 +191,7 @@ def train_point(point: Point, seed: int, shards: Path, prober: Prober, args) -> 
         lr = warmup_cosine(progress * 1000, 1000, WARMUP_SHARE * 1000, PEAK_LR, 0.0)
         for group in opt.param_groups:
             group["lr"] = lr
-        inputs = step_inputs("mae", mask_cfg, seed, step, keys, x, g, progress)
+        inputs = step_inputs(mask_cfg, seed, step, keys, x, g, progress)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(m.ops.tokenize(input_cfg, x), inputs)
         opt.zero_grad(set_to_none=True)
@@ -233,7 +233,7 @@ def relative_flops(point: Point) -> float:
     """Training FLOPs per decoded image of ``point`` over the MAE default's (same model): the
     report's measure of a run's masking cost."""
     from training.config import MaskConfig
-    from training.modalities.image import ImageInputConfig, geometry
+    from training.modalities.image.bundle import ImageInputConfig, geometry
 
     g = geometry(ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE))
     mask = MaskConfig(kind=point.kind, ratio=point.ratio, per_sample=point.per_sample)
@@ -370,7 +370,7 @@ def headline(summary: dict[str, dict], result: dict) -> str:
 
 
 def measure(points: list[Point], args) -> dict[str, list[dict]]:
-    from training.modalities.image import ImageInputConfig
+    from training.modalities.image.bundle import ImageInputConfig
 
     shards = corpus(Path(args.work), args.tiny)
     input_cfg = ImageInputConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)

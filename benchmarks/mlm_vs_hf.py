@@ -31,9 +31,9 @@ from benchmarks.common import interleaved, machine, matmul_peak, median, write_r
 from benchmarks.pretrain_vs_hf import MasterWeights
 from training.config import ModelConfig
 from training.flops import mlm_forward_flops
-from training.mlm import MaskedLanguageModel
-from training.mlm_masking import mlm_batch
 from training.modalities import TokenGeometry
+from training.objectives.mlm.masking import mlm_batch
+from training.objectives.mlm.model import MaskedLanguageModel
 
 
 def _batch(batch: int, seq_len: int, vocab: int, ratio: float):

@@ -41,10 +41,10 @@ from benchmarks.common import (
 )
 from training.config import ModelConfig
 from training.flops import mae_step_flops
-from training.mae import MaskedAutoencoder
-from training.masking import masks_for_batch
-from training.modalities.image import ImageInputConfig, geometry
-from training.modalities.image_patches import patchify
+from training.modalities.image.bundle import ImageInputConfig, geometry
+from training.modalities.image.patches import patchify
+from training.objectives.mae.masking import masks_for_batch
+from training.objectives.mae.model import MaskedAutoencoder
 
 COMPILED = "maskmill (torch.compile)"
 DECODERS = {

@@ -28,7 +28,7 @@ from benchmarks.image_loader import shard, textured_corpus
 from data_prep.shard_format import file_sha256, read_manifest, shard_problem
 from training.config import LoaderConfig
 from training.loader import train_loader, train_spec_for
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
 
 
 def loader_rate(split: Path, sha256: bool, batches: int, batch: int = 64) -> float:

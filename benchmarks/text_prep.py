@@ -7,7 +7,7 @@ Without ``--source`` the demo corpus is written first (the stdlib's docstrings a
 reference in C4 / Pile / Wikipedia / txt forms, with its 2 MB document). Both sides run on one
 core with one tokenizer thread and the same trained tokenizer:
 
-* maskmill: each corpus file's train documents through ``data_prep.text_prep.encode`` and the
+* maskmill: each corpus file's train documents through ``data_prep.text.reader.encode`` and the
   shard writer (read, normalise, skip copies and bad lines, tokenise in batches, pack, uint16 +
   zstd, tar), as one Ray task does;
 * plain loop: what a user writes without a tool: open each file by its format, ``json.loads``
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from benchmarks.common import machine, median, write_results
 from data_prep.plan import WorkUnit
-from data_prep.text_layout import text_files
-from data_prep.text_prep import TextItem, TextPrepConfig, encode, fit
-from data_prep.text_tokenizer import load_tokenizer
+from data_prep.text.layout import text_files
+from data_prep.text.reader import TextItem, TextPrepConfig, encode, fit
+from data_prep.text.tokenizer import load_tokenizer
 from data_prep.writer import write_unit
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="text_prep_"))
     source = Path(args.source) if args.source else None
     if source is None:
-        from data_prep.demo_text import TextDemoConfig, write_text_demo
+        from data_prep.text.demo import TextDemoConfig, write_text_demo
 
         source = write_text_demo(TextDemoConfig(out=str(work / "raw"), corrupt=True)) / "corpus"
     cfg = TextPrepConfig(

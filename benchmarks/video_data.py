@@ -37,18 +37,18 @@ import torch
 
 from benchmarks.common import interleaved, machine, matmul_peak, median, write_results
 from benchmarks.pretrain_vs_hf import MasterWeights
-from data_prep.demo_video import VideoDemoConfig, write_video_demo
-from data_prep.video_clips import plan_clips
-from data_prep.video_codecs import FORMS, decode_clip, encode_clip
-from data_prep.video_io import read_video, scaled_size
-from data_prep.video_layout import split_items
-from data_prep.video_prep import VideoPrepConfig, prep_video
+from data_prep.video.clips import plan_clips
+from data_prep.video.codecs import FORMS, decode_clip, encode_clip
+from data_prep.video.decode import read_video, scaled_size
+from data_prep.video.demo import VideoDemoConfig, write_video_demo
+from data_prep.video.layout import split_items
+from data_prep.video.reader import VideoPrepConfig, prep_video
 from training.config import LoaderConfig, ModelConfig
 from training.loader import train_loader, train_spec_for
-from training.mae import MaskedAutoencoder
-from training.masking import make_masks
-from training.modalities.video import VideoInputConfig, geometry
-from training.modalities.video_ops import crop_resized, eval_crop_box, tokenize
+from training.modalities.video.bundle import VideoInputConfig, geometry
+from training.modalities.video.ops import crop_resized, eval_crop_box, tokenize
+from training.objectives.mae.masking import make_masks
+from training.objectives.mae.model import MaskedAutoencoder
 
 FRAMES, STRIDE = 16, 2
 

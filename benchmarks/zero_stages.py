@@ -54,9 +54,9 @@ def _live_tensor_bytes() -> int:
 def worker(shape: str, stage: int, steps: int, out: str) -> None:
     from training.config import ModelConfig, PretrainConfig
     from training.distributed import init_distributed
-    from training.masking import masks_for_batch
-    from training.modalities.image import ImageInputConfig, geometry
-    from training.modalities.image_patches import patchify
+    from training.modalities.image.bundle import ImageInputConfig, geometry
+    from training.modalities.image.patches import patchify
+    from training.objectives.mae.masking import masks_for_batch
     from training.pretrain import _build_engine, make_plan
 
     preset, size, patch, dec_dim, dec_depth, batch = SHAPES[shape]

@@ -1,8 +1,10 @@
 """Corpus readers, looked up by modality: how one raw layout becomes samples.
 
-A reader is a frozen :class:`CorpusReader` bundle in its layout's module (``data_prep/imagenet.py``
-for the ``image`` modality), found by :func:`corpus_reader` through :data:`READERS`; nothing
-registers itself at import time. The shared job (``data_prep.job``) calls only these:
+A reader is a frozen :class:`CorpusReader` bundle, ``READER``, in its modality's room:
+``data_prep/<modality>/reader.py``. :func:`corpus_reader` finds it by that convention and
+:func:`modalities` lists the rooms that hold one; no table names them and nothing registers
+itself at import time. A package laid out like ours on ``PYTHONPATH`` (``data_prep/<name>/``)
+adds a modality without touching this tree (``data_prep/__init__.py`` extends its path). The shared job (``data_prep.job``) calls only these:
 
 * ``items(cfg, split)``: the split's inputs, sorted, each with a stable ``str()`` (its name in
   logs and manifests);
@@ -23,17 +25,11 @@ labelled sets): they are made absolute, and their contents fingerprint the prep 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-# modality -> the module whose READER reads its raw layout (one module per layout)
-READERS = {
-    "image": "data_prep.imagenet",
-    "audio": "data_prep.librilight",
-    "video": "data_prep.video_prep",
-    "text": "data_prep.text_prep",
-}
 
 
 class SourceError(ValueError):
@@ -56,16 +52,37 @@ class CorpusReader:
     demo_config: type  # the ``demo_data`` section of this modality
     write_demo: Callable[[Any], Any]
     source_keys: tuple[str, ...] = ("source",)
+    aliases: tuple[str, ...] = ()  # other words `maskmill prep` takes for it (its layout's name)
 
     def sources(self, cfg: Any) -> dict[str, str]:
         """The raw folders a ``prep`` config names, by key (unset optional ones left out)."""
         return {k: getattr(cfg, k) for k in self.source_keys if getattr(cfg, k)}
 
 
+def modalities() -> tuple[str, ...]:
+    """The modalities whose room holds a corpus reader, sorted."""
+    import data_prep
+
+    return tuple(
+        sorted(
+            info.name
+            for info in pkgutil.iter_modules(data_prep.__path__)
+            if info.ispkg and importlib.util.find_spec(f"data_prep.{info.name}.reader")
+        )
+    )
+
+
+def prep_aliases() -> dict[str, str]:
+    """The other words for a modality (``imagenet``: ``image``), as its reader declares them."""
+    return {a: m for m in modalities() for a in corpus_reader(m).aliases}
+
+
 def corpus_reader(modality: str) -> CorpusReader:
-    if modality not in READERS:
-        raise ValueError(f"no corpus reader for {modality!r}; expected one of {', '.join(READERS)}")
-    return importlib.import_module(READERS[modality]).READER
+    """The ``READER`` of ``data_prep/<modality>/reader.py``."""
+    names = modalities()
+    if modality not in names:
+        raise ValueError(f"no corpus reader for {modality!r}; expected one of {', '.join(names)}")
+    return importlib.import_module(f"data_prep.{modality}.reader").READER
 
 
 def prep_problems(cfg: Any) -> Iterable[tuple[str, str]]:

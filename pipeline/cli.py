@@ -31,7 +31,7 @@ from pathlib import Path
 from cluster.local import BAR_EVERY_S, PREEMPTED_EXIT, LineConsole
 from cluster.ray_jobs import RayJobError
 from cluster.slurm import SlurmError
-from data_prep.corpus import READERS, SourceError, corpus_reader
+from data_prep.corpus import SourceError, corpus_reader, modalities, prep_aliases
 from data_prep.job import run_prep, summary_line
 from data_prep.prep_record import PrepOutputError
 from data_prep.shard_format import BadShardError
@@ -48,12 +48,11 @@ from pipeline.submit import (
     wait_slurm,
 )
 from training.export_format import FORMATS, MODEL_JSON
+from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.typed_config import COMMAND_LINE, ConfigError, load_config
 
 log = logging.getLogger("maskmill")
 
-PREP_ALIASES = {"imagenet": "image"}  # the layout's name, the form before modalities
-PREP_ALIASES_TEXT = ", ".join(f"prep {a} = prep {m}" for a, m in PREP_ALIASES.items())
 
 EPILOG = """examples:
   maskmill run configs/quickstart_image.yaml
@@ -263,11 +262,16 @@ def _add_prep(sub) -> None:
         "the keys of the modality's `prep` section (see README), as key=value; `--some-key "
         "VALUE` works too. "
         + "Layouts: "
-        + "; ".join(f"{m}: {corpus_reader(m).layout}" for m in READERS)
-        + f". `{PREP_ALIASES_TEXT}` name the same forms.",
+        + "; ".join(f"{m}: {corpus_reader(m).layout}" for m in modalities())
+        + ". "
+        + ", ".join(f"`prep {a}` = `prep {m}`" for a, m in prep_aliases().items())
+        + " name the same forms.",
     )
     prep.add_argument(
-        "modality", choices=[*READERS, *PREP_ALIASES], metavar="MODALITY", help=", ".join(READERS)
+        "modality",
+        choices=[*modalities(), *prep_aliases()],
+        metavar="MODALITY",
+        help=", ".join(modalities()),
     )
     prep.add_argument("source", help="the raw corpus folder")
     prep.add_argument(
@@ -288,7 +292,7 @@ def _add_prep(sub) -> None:
 def _add_demo_data(sub) -> None:
     keys = "; ".join(
         f"{m}: " + ", ".join(f.name for f in dataclasses.fields(corpus_reader(m).demo_config))
-        for m in READERS
+        for m in modalities()
     )
     demo = sub.add_parser(
         "demo-data",
@@ -440,7 +444,7 @@ def _export(args) -> int:
 
 
 def _prep(args) -> int:
-    reader = corpus_reader(PREP_ALIASES.get(args.modality, args.modality))
+    reader = corpus_reader(prep_aliases().get(args.modality, args.modality))
     base = {"source": args.source, "out": args.out}
     rebuild = args.rebuild or "--rebuild" in args.options
     options = [o for o in args.options if o != "--rebuild"]
@@ -469,9 +473,9 @@ def prep_overrides(options: list[str]) -> list[str]:
 def _demo_data(args) -> int:
     overrides = prep_overrides(args.options)
     chosen = [o.partition("=")[2] for o in overrides if o.startswith("modality=")]
-    name = chosen[-1] if chosen else "image"
-    if name not in READERS:
-        raise ConfigError([("--modality", f"one of {', '.join(READERS)}, got {name!r}")])
+    name = chosen[-1] if chosen else DEFAULT_MODALITY
+    if name not in modalities():
+        raise ConfigError([("--modality", f"one of {', '.join(modalities())}, got {name!r}")])
     reader = corpus_reader(name)
     rest = [o for o in overrides if not o.startswith("modality=")]
     reader.write_demo(load_config(reader.demo_config, [{"out": args.out}], rest))

@@ -19,17 +19,15 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from data_prep.shard_format import read_stats
-from data_prep.text_tokenizer import TOKENIZER_FILE, load_tokenizer
 from pipeline.frontier import frontier_figure, load_frontier, relative_cost
 from pipeline.schema import RunConfig
 from training.export import load_model
 from training.export_format import read_export
 from training.loader import eval_batches
-from training.masking import MODEL_SCORED_KINDS, make_masks, visible_count
 from training.metrics import read_eval_metrics, read_metrics
-from training.modalities import modality
-from training.objectives import step_inputs
+from training.modalities import Modality, modality
 from training.pretrain import zero_stage_of
+from training.tasks.config import EVAL_STAGES
 
 REPORT = "report.html"
 HIGHER = "higher"
@@ -47,19 +45,19 @@ def write_report(cfg: RunConfig) -> Path:
     fig_dir.mkdir(parents=True, exist_ok=True)
     curve = read_metrics(cfg.pretrain.out_dir)
     metrics = read_eval_metrics(cfg.evaluate.out_dir)
-    unit = modality(cfg.modality).unit
+    m = modality(cfg.modality)
     (fig_dir / "downstream.png").unlink(missing_ok=True)
     figures = {
-        "curves.png": plot_curves(curve, unit),
-        "reconstructions.png": plot_reconstructions(cfg),
+        "curves.png": plot_curves(curve, m.unit),
+        "reconstructions.png": plot_reconstructions(cfg, m),
     }
     downstream = plot_downstream_curves(cfg.evaluate.out_dir, metrics)
     if downstream is not None:
         figures["downstream.png"] = downstream
-    masking = _masking_section(cfg, fig_dir)
+    masking = _masking_section(cfg, m, fig_dir)
     for name, fig in figures.items():
         fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
-    page = _page(cfg, curve, metrics, fig_dir, masking)
+    page = _page(cfg, m, curve, metrics, fig_dir, masking)
     (run_dir / REPORT).write_text(page)
     return run_dir / REPORT
 
@@ -84,30 +82,21 @@ def plot_curves(curve: list[dict], unit: str):
     return fig
 
 
-def plot_reconstructions(cfg: RunConfig):
-    """The modality's figure of what the model makes of masked val samples."""
+def plot_reconstructions(cfg: RunConfig, m: Modality):
+    """The modality's figure of what the model makes of masked val samples: the objective says
+    which val split (the held-out corpus, or the evaluation's) and what masking it shows."""
     export = read_export(cfg.evaluate.export_dir)
     model = load_model(cfg.evaluate.export_dir).eval()
-    ops = modality(export.modality).ops
     mask_cfg = cfg.pretrain.mask
+    if m.objective.figure_on_pretrain_split:
+        split = Path(cfg.pretrain.train_shards).parent / "val"
+    else:
+        split = Path(cfg.evaluate.val_shards)
+    x, _, keys = next(eval_batches(str(split), m.name, export.input, cfg.report.reconstructions))
+    shown = m.objective.figure_inputs(mask_cfg, cfg.seed, keys, x, export.geometry)
+    context = m.ops.figure_context(split.parent)  # text: the tokenizer that spells the ids
     title = f"masked {mask_cfg.ratio:.0%}"
-    if export.objective == "mlm":  # held-out corpus sequences, shown with the tokenizer
-        val = Path(cfg.pretrain.train_shards).parent / "val"
-        x, _, keys = next(
-            eval_batches(str(val), export.modality, export.input, cfg.report.reconstructions)
-        )
-        batch = step_inputs("mlm", mask_cfg, cfg.seed, 0, keys, x, export.geometry)
-        tokenizer = load_tokenizer(val.parent / TOKENIZER_FILE)
-        return ops.reconstruction_figure(export.input, model, x, batch, title, tokenizer=tokenizer)
-    x, _, keys = next(
-        eval_batches(
-            cfg.evaluate.val_shards, export.modality, export.input, cfg.report.reconstructions
-        )
-    )
-    # HPM's masks need the loss head, which the export leaves out: its figure masks at random.
-    kind = "random" if mask_cfg.kind in MODEL_SCORED_KINDS else mask_cfg.kind
-    mask = make_masks(kind, cfg.seed, 0, keys, export.geometry, mask_cfg.ratio)
-    return ops.reconstruction_figure(export.input, model, x, mask, title)
+    return m.ops.reconstruction_figure(export.input, model, x, shown, title, **context)
 
 
 def plot_downstream_curves(evaluate_dir: str, metrics: dict):
@@ -118,7 +107,7 @@ def plot_downstream_curves(evaluate_dir: str, metrics: dict):
         metric = next(iter(about["better"]))
         found = {
             encoder: [(r["epoch"], r["val"][metric]) for r in read_metrics(path) if "val" in r]
-            for stage in ("finetune", "probe")
+            for stage in EVAL_STAGES
             for encoder in ("pretrained", "random_init")
             if (path := Path(evaluate_dir) / stage / task / encoder).is_dir()
         }
@@ -141,13 +130,13 @@ def plot_downstream_curves(evaluate_dir: str, metrics: dict):
     return fig
 
 
-def _masking_section(cfg: RunConfig, fig_dir: Path) -> list[str]:
-    """The frontier figure with this run's masking on it (MAE objectives, when the measured
-    frontier ships with the checkout), and what the masking costs against MAE's default."""
+def _masking_section(cfg: RunConfig, m: Modality, fig_dir: Path) -> list[str]:
+    """The frontier figure with this run's masking on it (objectives that place runs on it, when
+    the measured frontier ships with the checkout), and what the masking costs against MAE's
+    default."""
     (fig_dir / "masking.png").unlink(missing_ok=True)
     frontier = load_frontier()
-    m = modality(cfg.modality)
-    if frontier is None or m.objective != "mae":
+    if frontier is None or not m.objective.on_masking_frontier:
         return []
     p = cfg.pretrain
     cost = relative_cost(p.model, m.geometry(p.input), p.mask)
@@ -165,12 +154,17 @@ def _masking_section(cfg: RunConfig, fig_dir: Path) -> list[str]:
 
 
 def _page(
-    cfg: RunConfig, curve: list[dict], metrics: dict, fig_dir: Path, masking: list[str]
+    cfg: RunConfig,
+    modality_: Modality,
+    curve: list[dict],
+    metrics: dict,
+    fig_dir: Path,
+    masking: list[str],
 ) -> str:
     p = cfg.pretrain
     m = p.model.resolved()
-    unit = modality(cfg.modality).unit
-    grid = modality(cfg.modality).geometry(p.input).grid
+    unit = modality_.unit
+    grid = modality_.geometry(p.input).grid
     tokens = math.prod(grid)
     last = curve[-1] if curve else {}
     speed = _throughput_key(curve)
@@ -178,8 +172,8 @@ def _page(
         ("run", cfg.name),
         ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
         ("encoder", f"ViT {m.preset} ({m.embed_dim}-d, {m.depth} blocks, {tokens} tokens)"),
-        _head_fact(modality(cfg.modality).objective, m),
-        _mask_fact(modality(cfg.modality).objective, p.mask, grid),
+        modality_.objective.head_fact(m),
+        modality_.objective.mask_fact(p.mask, grid),
         (
             "steps",
             f"{last.get('step', 0)} x batch {p.batch_size} x {cfg.launch.ranks} ranks x accum {p.grad_accum}",
@@ -221,28 +215,6 @@ def _downstream_section(fig_dir: Path) -> list[str]:
     ]
 
 
-def _head_fact(objective: str, m) -> tuple[str, str]:
-    if objective == "mlm":
-        return ("head", "MLM head tied to the token embeddings (run on the chosen tokens only)")
-    return ("decoder", f"{m.decoder_depth} blocks x {m.decoder_embed_dim}")
-
-
-def _mask_fact(objective: str, mask, grid) -> tuple[str, str]:
-    tokens = math.prod(grid)
-    if objective == "mlm":
-        return (
-            "mask",
-            f"{mask.kind}, ratio {mask.ratio:.2f}: the encoder reads all {tokens} tokens, "
-            "so its cost does not fall with the ratio (MAE's does); the head's does",
-        )
-    visible = visible_count(mask.kind, grid, mask.ratio)
-    views = f", {mask.per_sample} masks per sample" if mask.per_sample > 1 else ""
-    return (
-        "mask",
-        f"{mask.kind}, ratio {mask.ratio:.2f} ({visible} of {tokens} tokens visible){views}",
-    )
-
-
 # Metrics reported in percent (gains in percentage points); the others (perplexity) are not.
 PERCENT = {"top1", "top5", "accuracy", "wer", "cer"}
 
@@ -282,7 +254,7 @@ def chance_level(task: str, metric: str, classes: int | None, vocab: int | None)
     if metric in ("top1", "top5") and classes:
         k = 1 if metric == "top1" else 5
         return 100.0 * min(k, classes) / classes
-    if task == "mlm" and vocab:
+    if vocab and metric in ("accuracy", "perplexity"):  # masked-token scores
         return 100.0 / vocab if metric == "accuracy" else float(vocab)
     return None
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.shard_format import atomic_write_text
-from pipeline.legacy_image import v1_sections
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES, Stage
 from pipeline.state import (
@@ -39,6 +38,7 @@ from pipeline.state import (
     read_state,
     write_state,
 )
+from training.modalities import modality
 from training.typed_config import to_yaml
 
 log = logging.getLogger(__name__)
@@ -83,16 +83,16 @@ def stage_fingerprint(stage: Stage, cfg: RunConfig) -> str:
 def recorded_state(
     stage: Stage, cfg: RunConfig, run_dir: Path, current: str | None, adopt: bool = False
 ) -> StageState:
-    """The stage's recorded state; a stage that maskmill 0.1 finished with today's config
-    (``pipeline.legacy_image``) counts as done under today's fingerprint, and with ``adopt`` is
-    recorded so."""
+    """The stage's recorded state; a stage that an older maskmill finished with today's config
+    (the modality's ``older_sections``: image runs of 0.1) counts as done under today's
+    fingerprint, and with ``adopt`` is recorded so."""
     state = read_state(run_dir, stage.name)
     if state.status != DONE or current in (None, state.fingerprint):
         return state
     inputs = stage.inputs(cfg)
     v1 = {
         fingerprint(stage.name, text, inputs)
-        for text in v1_sections(stage.name, stage.section(cfg))
+        for text in modality(cfg.modality).older_sections(stage.name, stage.section(cfg))
     }
     if state.fingerprint in v1:
         state.fingerprint = current

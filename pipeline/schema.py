@@ -110,7 +110,7 @@ def _batch_problems(cfg: RunConfig):
         if not getattr(task, "enabled", False) or not hasattr(task, "batch_size"):
             continue
         mixing = getattr(task, "mixup", 0) > 0 or getattr(task, "cutmix", 0) > 0
-        if mixing and modality_named(cfg.modality).objective == "mlm":
+        if mixing and not modality_named(cfg.modality).objective.allows_mixing:
             yield (f"evaluate.tasks.{f.name}.mixup", "0 (mixup, cutmix) for token ids")
         per_rank = task.batch_size / world
         if task.batch_size % world or (mixing and per_rank % 2):

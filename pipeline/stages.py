@@ -5,7 +5,7 @@ intervals are left out, so changing them does not redo work), the identity of it
 it writes, and how it runs. Training stages (pretrain, finetune, probe) run as per-rank processes
 under the launcher (``cluster.local``); the rest run in this process. ``finetune`` runs the
 modality's tasks that train the encoder, ``probe`` those that read its frozen features
-(``training.tasks.config.STAGE_OF``); each writes ``evaluate.out_dir/<stage>/metrics.json``.
+(each task config's ``STAGE``); each writes ``evaluate.out_dir/<stage>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS
 from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
-from training.tasks.config import EVAL_STAGES, STAGE_OF
+from training.tasks.config import EVAL_STAGES, tasks_of_stage
 from training.typed_config import ConfigError, to_yaml
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,7 @@ def _eval_stage(stage: str):
 def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
     """The enabled tasks of ``stage`` (names = keys of ``evaluate.tasks``)."""
     tasks = cfg.evaluate.tasks
-    return [
-        f.name
-        for f in dataclasses.fields(tasks)
-        if STAGE_OF.get(f.name) == stage and getattr(tasks, f.name).enabled
-    ]
+    return [name for name in tasks_of_stage(tasks, stage) if getattr(tasks, name).enabled]
 
 
 def _eval_section(stage: str):
@@ -204,7 +200,8 @@ def _eval_section(stage: str):
         tree = OmegaConf.to_container(OmegaConf.structured(cfg.evaluate))
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "device", "loader"):
             del tree[key]
-        tree["tasks"] = {k: v for k, v in tree["tasks"].items() if STAGE_OF.get(k) == stage}
+        names = tasks_of_stage(cfg.evaluate.tasks, stage)
+        tree["tasks"] = {k: v for k, v in tree["tasks"].items() if k in names}
         return tree
 
     return section

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.demo_corpus import DemoCorpusConfig, write_demo_corpus
-from data_prep.demo_speech import ESPEAK, SpeechDemoConfig, write_speech_demo
-from data_prep.demo_video import VideoDemoConfig, write_video_demo
-from data_prep.imagenet import ImagePrepConfig, prep_imagenet
-from data_prep.librilight import AudioPrepConfig, prep_audio
-from data_prep.video_prep import VideoPrepConfig, prep_video
+from data_prep.audio.demo import ESPEAK, SpeechDemoConfig, write_speech_demo
+from data_prep.audio.reader import AudioPrepConfig, prep_audio
+from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
+from data_prep.image.reader import ImagePrepConfig, prep_imagenet
+from data_prep.video.demo import VideoDemoConfig, write_video_demo
+from data_prep.video.reader import VideoPrepConfig, prep_video
 
 CORRUPT = 3  # one truncated JPEG, one empty file, one non-image, in that order
 
@@ -153,7 +153,7 @@ def video_corpus(clip_corpus):
 def text_demo(tmp_path_factory) -> Path:
     """A small text demo: 300 stdlib docstrings in C4 / Pile / Wikipedia / txt forms, every quirk
     (bad lines, copies, a 64 KB document), and a labelled set of 20 + 8 paragraphs per class."""
-    from data_prep.demo_text import TextDemoConfig, write_text_demo
+    from data_prep.text.demo import TextDemoConfig, write_text_demo
 
     cfg = TextDemoConfig(
         out=str(tmp_path_factory.mktemp("text") / "raw"),

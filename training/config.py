@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from training.modalities import DEFAULT as DEFAULT_MODALITY
-from training.modalities import NAMES as MODALITIES
 from training.modalities import modality as modality_named
+from training.modalities import names as modality_names
 from training.typed_config import ConfigError
 
 # name: (embed_dim, depth, num_heads). nano is for CPU tests and the quickstart;
@@ -96,7 +96,7 @@ class ModelConfig:
 @dataclass
 class MaskConfig:
     """Per-sample masks, reproducible from (seed, step, sample key); ``kind`` is one the
-    modality allows (``training.masking``): random (MAE's), block (BEiT's), noise_lowpass /
+    modality allows (``training.objectives.mae.masking``): random (MAE's), block (BEiT's), noise_lowpass /
     noise_highpass / noise_bandpass (ColorMAE's filtered noise), hpm (hard patches mining: the
     model's loss head picks what to hide), tube (VideoMAE's), time_frequency (AudioMAE's)."""
 
@@ -210,7 +210,10 @@ class PretrainConfig:
                 "mask.kind",
                 f"one of {', '.join(allowed)} for {self.modality}, got {self.mask.kind!r}",
             )
-        if self.mask.per_sample > 1 and modality_named(self.modality).objective != "mae":
+        if (
+            self.mask.per_sample > 1
+            and not modality_named(self.modality).objective.allows_per_sample
+        ):
             yield ("mask.per_sample", "1 for an MLM (one masked copy of each sequence)")
         if (self.steps is None) == (self.epochs is None):
             yield ("steps", "set exactly one of steps or epochs")
@@ -244,8 +247,8 @@ class PretrainConfig:
 def modality_of(raw: Any) -> str:
     """The ``modality`` a raw (merged, unvalidated) config names; the first pass of loading."""
     name = raw.get("modality", DEFAULT_MODALITY) if raw is not None else DEFAULT_MODALITY
-    if name not in MODALITIES:
-        raise ConfigError([("modality", f"one of {', '.join(MODALITIES)}, got {name!r}")])
+    if name not in modality_names():
+        raise ConfigError([("modality", f"one of {', '.join(modality_names())}, got {name!r}")])
     return name
 
 

@@ -38,11 +38,10 @@ def parameter_count(cfg: PretrainConfig) -> int:
     import torch
 
     from training.modalities import modality
-    from training.objectives import build_model
 
     m = modality(cfg.modality)
     with torch.device("meta"):
-        model = build_model(m.objective, cfg.model, m.geometry(cfg.input), cfg.mask.kind)
+        model = m.objective.build_model(cfg.model, m.geometry(cfg.input), cfg.mask.kind)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -38,10 +38,10 @@ from training.distributed import DeviceUnavailable, init_distributed, leave_proc
 from training.entry import config_from_argv
 from training.export import load_encoder, load_model
 from training.export_format import ExportInfo, read_export
-from training.mae import ViTEncoder
 from training.modalities import modality as modality_named
-from training.objectives import build_model
-from training.tasks.config import EVAL_STAGES, STAGE_OF
+from training.objectives import objective
+from training.objectives.mae.model import ViTEncoder
+from training.tasks.config import EVAL_STAGES, tasks_of_stage
 from training.tasks.downstream import Downstream
 from training.tasks.trainer import NonFiniteLoss, Preempted, TaskRun, install_stop_handler
 from training.transformer import init_weights
@@ -66,7 +66,8 @@ def run(cfg: EvalConfig, stage: str) -> dict:
     modality = modality_named(cfg.modality)
     data = _downstream(cfg, export, info)
     encoders = _encoders(cfg, export, data)
-    tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled and STAGE_OF[t.name] == stage]
+    names = tasks_of_stage(cfg.tasks, stage)
+    tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled and t.name in names]
     out = Path(cfg.out_dir)
     results: dict = {
         "encoder": {"export_dir": str(cfg.export_dir), **export.info},
@@ -127,7 +128,7 @@ def write_tensorboard(results: dict, tb_dir: Path, step: int) -> None:
 def _encoders(cfg: EvalConfig, export: ExportInfo, data: Downstream) -> dict:
     """Name -> a function that builds the encoder to score: the pretrained one and, with
     ``baseline``, a random-init one of the same shape."""
-    if export.objective == "mae":  # the tasks need the encoder alone
+    if not objective(export.objective).downstream_needs_head:  # the encoder alone
         encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
         if cfg.baseline:
             encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
@@ -149,7 +150,7 @@ def random_encoder(export: ExportInfo, seed: int) -> ViTEncoder:
 def random_model(export: ExportInfo, seed: int) -> torch.nn.Module:
     """The whole pretraining model (encoder and head), randomly initialised."""
     torch.manual_seed(seed)
-    return build_model(export.objective, export.model, export.geometry)
+    return objective(export.objective).build_model(export.model, export.geometry, None)
 
 
 def _num_classes(split_dir: str) -> int:

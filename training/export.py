@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from training.export_format import ENCODER, MAE, ExportInfo, read_export, write_model_json
-from training.mae import ViTEncoder
-from training.objectives import build_model
+from training.objectives import objective
+from training.objectives.mae.model import ViTEncoder
 from training.safe_load import weights_only_loading
 
 
@@ -54,7 +54,7 @@ def load_encoder(export_dir: str | Path, drop_path: float = 0.0) -> ViTEncoder:
 def load_model(export_dir: str | Path) -> torch.nn.Module:
     """The whole pretraining model of an export (MAE with its decoder, MLM with its head)."""
     export = read_export(export_dir)
-    model = build_model(export.objective, export.model, export.geometry)
+    model = objective(export.objective).build_model(export.model, export.geometry, None)
     model.load_state_dict(load_file(str(Path(export_dir) / MAE)))
     return model
 

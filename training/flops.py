@@ -9,8 +9,8 @@ usual MFU accounting.
 from __future__ import annotations
 
 from training.config import ModelConfig
-from training.masking import visible_count
 from training.modalities import TokenGeometry
+from training.objectives.mae.masking import visible_count
 
 
 def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:

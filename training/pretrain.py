@@ -48,8 +48,8 @@ from training.export_format import ExportInfo
 from training.export_interop import write_interop
 from training.loader import SkipCounts, train_loader, train_spec_for
 from training.metrics import MetricsLog
+from training.modalities import Modality
 from training.modalities import modality as modality_named
-from training.objectives import build_model, step_inputs
 from training.safe_load import UnsafeCheckpointError
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
@@ -127,7 +127,7 @@ def run(cfg: PretrainConfig) -> Path:
     plan = make_plan(cfg, info.world_size, sum(r.samples for r in records))
     geometry = modality.geometry(cfg.input)
     torch.manual_seed(cfg.seed)
-    engine = _build_engine(cfg, plan, info, geometry, stage, load_universal=universal)
+    engine = _build_engine(cfg, modality, plan, info, stage, load_universal=universal)
     start = checkpoint.resume(engine, ckpt_dir, universal=universal)
     if info.is_main:
         log.info(
@@ -147,8 +147,8 @@ def run(cfg: PretrainConfig) -> Path:
             stage,
         )
     if start < plan.total_steps:
-        _train(cfg, plan, info, engine, start, ckpt_dir)
-    _finish(cfg, plan, info, engine, ckpt_dir, stage)
+        _train(cfg, modality, plan, info, engine, start, ckpt_dir)
+    _finish(cfg, modality, plan, info, engine, ckpt_dir, stage)
     return out / EXPORT_DIR
 
 
@@ -160,7 +160,13 @@ def zero_stage_of(cfg: PretrainConfig) -> int:
 
 
 def _finish(
-    cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, ckpt_dir: Path, zero_stage: int
+    cfg: PretrainConfig,
+    modality: Modality,
+    plan: Plan,
+    info: DistInfo,
+    engine,
+    ckpt_dir: Path,
+    zero_stage: int,
 ) -> None:
     """The final checkpoint (if the last step saved none), then the export by rank 0 alone.
 
@@ -179,8 +185,8 @@ def _finish(
             "mask_ratio": cfg.mask.ratio,
             "train_samples": plan.train_samples,
         }
-        objective = modality_named(cfg.modality).objective
-        export = ExportInfo(cfg.modality, objective, cfg.input, cfg.model, facts)
+        objective = modality.objective.name
+        export = ExportInfo(modality.name, objective, cfg.input, cfg.model, facts)
         export_from_checkpoint(ckpt_dir, tag, out / EXPORT_DIR, export, zero_stage)
         for fmt in cfg.export_formats:
             write_interop(out / EXPORT_DIR, fmt, out / EXPORT_DIR / fmt)
@@ -190,15 +196,16 @@ def _finish(
 
 def _build_engine(
     cfg: PretrainConfig,
+    modality: Modality,
     plan: Plan,
     info: DistInfo,
-    geometry,
     zero_stage: int,
     load_universal: bool = False,
 ):
     import deepspeed
 
-    model = build_model(modality_named(cfg.modality).objective, cfg.model, geometry, cfg.mask.kind)
+    geometry = modality.geometry(cfg.input)
+    model = modality.objective.build_model(cfg.model, geometry, cfg.mask.kind)
     on_cuda = info.device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay),
@@ -236,7 +243,13 @@ def _build_engine(
 
 
 def _train(
-    cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, start: int, ckpt_dir: Path
+    cfg: PretrainConfig,
+    modality: Modality,
+    plan: Plan,
+    info: DistInfo,
+    engine,
+    start: int,
+    ckpt_dir: Path,
 ) -> None:
     spec = train_spec_for(
         cfg.train_shards,
@@ -251,9 +264,9 @@ def _train(
     )
     skips = SkipCounts()
     batches = train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips)
-    step_fn = _Step(cfg, info, engine, plan.total_steps * cfg.grad_accum)
+    step_fn = _Step(cfg, modality, info, engine, plan.total_steps * cfg.grad_accum)
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
-    metrics = _Progress(cfg, plan, info, engine, start)
+    metrics = _Progress(cfg, modality, plan, info, engine, start)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
     try:
         for step in range(start, plan.total_steps):
@@ -287,11 +300,18 @@ class _Step:
     the device. Inputs reach the device without blocking the host: batches come from the
     loader's pinned memory, masks are pinned here."""
 
-    def __init__(self, cfg: PretrainConfig, info: DistInfo, engine, total_micro_steps: int):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        modality: Modality,
+        info: DistInfo,
+        engine,
+        total_micro_steps: int,
+    ):
         self.cfg, self.device, self.engine = cfg, info.device, engine
         self.total = total_micro_steps
         self.pin = info.device.type == "cuda"
-        self.modality = modality_named(cfg.modality)
+        self.modality = modality
         self.geometry = self.modality.geometry(cfg.input)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
@@ -300,17 +320,12 @@ class _Step:
         c = self.cfg
         m = self.modality
         progress = (micro_step + 1) / self.total  # HPM's hard share rises with it
-        inputs = step_inputs(
-            m.objective, c.mask, c.seed, micro_step, keys, x, self.geometry, progress
-        )
+        objective = m.objective
+        inputs = objective.step_inputs(c.mask, c.seed, micro_step, keys, x, self.geometry, progress)
         if self.pin:
             inputs = inputs.pin_memory()
         inputs = inputs.to(self.device, non_blocking=True)
-        if m.objective == "mlm":  # token ids: nothing to tokenize or cast
-            loss = self.engine(inputs.inputs, inputs.targets)
-        else:
-            tokens = m.ops.tokenize(c.input, x.to(self.device, non_blocking=True))
-            loss = self.engine(tokens.to(self.dtype), inputs)
+        loss = objective.loss(self.engine, m, c.input, x, inputs, self.device, self.dtype)
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach()
@@ -320,10 +335,11 @@ class _Progress:
     """The progress bar on every rank's console (shown by rank 0) and ``metrics.jsonl``: loss,
     lr and throughput in samples/s of the whole world (the modality names the unit)."""
 
-    def __init__(self, cfg: PretrainConfig, plan: Plan, info: DistInfo, engine, start: int):
+    def __init__(
+        self, cfg: PretrainConfig, modality: Modality, plan: Plan, info: DistInfo, engine, start
+    ):
         self.cfg, self.plan, self.info, self.engine = cfg, plan, info, engine
         self.log = MetricsLog(Path(cfg.out_dir), start) if info.is_main else None
-        modality = modality_named(cfg.modality)
         self.unit, self.per_sample = modality.unit, modality.unit_per_sample(cfg.input)
         self.bar = tqdm(
             total=plan.total_steps,

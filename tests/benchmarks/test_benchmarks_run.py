@@ -47,8 +47,8 @@ def test_finetune_step_flops_match_torchs_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     from training.config import ModelConfig
-    from training.mae import ViTEncoder
-    from training.modalities.image import ImageInputConfig, geometry
+    from training.modalities.image.bundle import ImageInputConfig, geometry
+    from training.objectives.mae.model import ViTEncoder
     from training.tasks.finetune import Classifier
 
     # two explicit products for attention: torch's counter does not see into the fused CPU kernel

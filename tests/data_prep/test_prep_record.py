@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from data_prep.imagenet import prep_imagenet
+from data_prep.image.reader import prep_imagenet
 from data_prep.job import run_prep
 from data_prep.prep_record import PrepOutputError, settings_of, writing
 from data_prep.shard_format import read_manifest, read_stats
@@ -34,7 +34,7 @@ def test_other_settings_into_the_same_output_are_refused_naming_the_key(
 
 
 def test_rebuild_empties_the_output_and_prepares_it_whole(demo_corpus, prepared, tmp_path):
-    from data_prep.imagenet import READER
+    from data_prep.image.reader import READER
 
     out = _copy(prepared, tmp_path)
     run_prep(READER, prep_config(demo_corpus, out, samples_per_shard=7), rebuild=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_prep.imagenet import prep_imagenet
+from data_prep.image.reader import prep_imagenet
 from data_prep.shard_format import read_manifest, verify_split
 from tests.conftest import prep_config
 
@@ -70,7 +70,7 @@ def test_a_damaged_shard_is_found_named_and_refused(prepared, tmp_path, damage):
     from data_prep.shard_format import BadShardError
     from training.config import LoaderConfig
     from training.loader import train_loader, train_spec_for
-    from training.modalities.image import ImageInputConfig
+    from training.modalities.image.bundle import ImageInputConfig
 
     split = tmp_path / "train"
     shutil.copytree(prepared / "train", split)

@@ -60,7 +60,7 @@ def test_defaults_wire_the_stages_together(tmp_path):
             "pretrain.mask.kind",
             "one of random, block, noise_lowpass, noise_highpass, noise_bandpass, hpm for image",
         ),
-        ("modality=smell", "modality", "one of image"),
+        ("modality=smell", "modality", "one of audio, image"),
         (
             "pretrain.model.image_size=64",
             "pretrain.model.image_size",

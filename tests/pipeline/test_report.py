@@ -64,7 +64,7 @@ def test_the_masking_section_places_the_run_on_the_measured_frontier(tmp_path):
     the benchmark measured its configuration."""
     from pipeline.frontier import frontier_figure, relative_cost, same_point
     from training.config import MaskConfig, ModelConfig
-    from training.modalities.image import ImageInputConfig, geometry
+    from training.modalities.image.bundle import ImageInputConfig, geometry
 
     model = ModelConfig(preset="nano", decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
     g = geometry(ImageInputConfig(image_size=64, patch_size=8))

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from pipeline.legacy_image import v1_sections
 from pipeline.runner import recorded_state, run_pipeline, stage_fingerprint, stage_views
 from pipeline.schema import load_run_config
 from pipeline.stages import STAGES
 from pipeline.state import fingerprint, read_state, write_state
 from training.metrics import read_eval_metrics
+from training.modalities.image.legacy import v1_sections
 
 RUN = """
 name: tiny
@@ -125,7 +125,7 @@ def test_the_hf_export_of_a_run_gives_its_features(finished_run):
 
     from training.export import load_encoder
     from training.loader import eval_batches
-    from training.modalities.image_patches import normalize_pixels, patchify
+    from training.modalities.image.patches import normalize_pixels, patchify
 
     _, run = finished_run
     export = run / "pretrain" / "export"

@@ -29,9 +29,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cluster.local import free_port
 from training import checkpoint, distributed, pretrain
 from training.config import LoaderConfig, ModelConfig, PretrainConfig
-from training.mae import MaskedAutoencoder
 from training.modalities import modality
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
+from training.objectives.mae.model import MaskedAutoencoder
 
 META = torch.device("meta")
 
@@ -250,7 +250,7 @@ import torch.distributed as dist
 from training import pretrain
 from training.config import PretrainConfig
 from training.distributed import DistInfo
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
 
 rank, out = int(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=3))

@@ -12,7 +12,7 @@ from training.ds_config import (
     parameter_count,
     resolved_zero_stage,
 )
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
 
 
 def _cfg(**kw) -> PretrainConfig:

@@ -13,10 +13,10 @@ from training.config import ModelConfig
 from training.export import load_encoder, write_export
 from training.export_format import ExportInfo, interop_problem
 from training.export_interop import HF_PROCESSOR, TIMM_CONFIG, TIMM_WEIGHTS, write_interop
-from training.modalities.audio import AudioInputConfig
-from training.modalities.image import ImageInputConfig
-from training.modalities.image_patches import normalize_pixels, patchify
-from training.objectives import build_model
+from training.modalities.audio.bundle import AudioInputConfig
+from training.modalities.image.bundle import ImageInputConfig
+from training.modalities.image.patches import normalize_pixels, patchify
+from training.objectives import objective
 
 SMALL = ModelConfig(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1)
 
@@ -26,7 +26,7 @@ def _export(tmp_path, modality, input_cfg, pool="mean"):
     export = ExportInfo(
         modality, "mae", input_cfg, dataclasses.replace(SMALL, pool=pool), {"step": 1}
     )
-    model = build_model("mae", export.model, export.geometry)
+    model = objective("mae").build_model(export.model, export.geometry, None)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():  # biases and norms away from 0 and 1, so none is skipped
@@ -64,7 +64,7 @@ def test_hf_image_processor_does_our_evaluation_transform(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is the bench extra")
     from PIL import Image
 
-    from training.modalities.image_ops import centre_crop_box, crop_resized
+    from training.modalities.image.ops import centre_crop_box, crop_resized
 
     export_dir = _export(tmp_path, "image", ImageInputConfig(image_size=32, patch_size=8))
     hf_dir = write_interop(export_dir, "hf", tmp_path / "hf")

@@ -9,7 +9,7 @@ from training.flops import (
     mae_step_flops,
     predicted_patches,
 )
-from training.modalities.image import ImageInputConfig, geometry
+from training.modalities.image.bundle import ImageInputConfig, geometry
 
 VIT_B = ModelConfig(preset="base")
 G = geometry(ImageInputConfig(image_size=224, patch_size=16))  # 14 x 14 patches
@@ -72,8 +72,8 @@ def test_hpm_and_multi_mask_counts_match_torch_flop_counter(decoder):
     per sample run the trained pass K times on the same tokens."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.mae import MaskedAutoencoder
-    from training.masking import make_masks
+    from training.objectives.mae.masking import make_masks
+    from training.objectives.mae.model import MaskedAutoencoder
 
     cfg = ModelConfig(
         preset="nano", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,

@@ -6,7 +6,7 @@ import torch
 
 from training.config import LoaderConfig
 from training.loader import eval_batches, split_skip, train_loader, train_spec_for
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
 from training.stream_order import assign_shards
 
 

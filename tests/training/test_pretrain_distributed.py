@@ -251,8 +251,8 @@ def test_a_run_begun_under_zero3_resumes_under_zero3_unless_told_otherwise(tmp_p
 def _fresh_init(config_path):
     """The weights a run would start from without a checkpoint (same seed, same init)."""
     from training.config import pretrain_schema
-    from training.mae import MaskedAutoencoder
     from training.modalities import modality
+    from training.objectives.mae.model import MaskedAutoencoder
     from training.typed_config import load_config
 
     cfg = load_config(pretrain_schema, [config_path])

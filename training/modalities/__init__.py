@@ -1,7 +1,7 @@
 """Modalities, looked up by name: what training needs to know about one kind of data.
 
-A modality is one word in the run YAML (``modality: image``). Its module here,
-``training/modalities/<name>.py``, defines ``MODALITY``, a frozen :class:`Modality` bundle: the
+A modality is one word in the run YAML (``modality: image``). Its room here,
+``training/modalities/<name>/``, holds ``bundle.py``, which defines ``MODALITY``, a frozen :class:`Modality` bundle: the
 config classes it gives the ``pretrain.input`` and ``evaluate.tasks`` sections, the mask kinds it
 allows, its token geometry, the shard members it reads, its objective and its throughput unit.
 What runs on data, :class:`ModalityOps` (decode a sample, tokenize a batch, the downstream tasks,
@@ -10,23 +10,29 @@ validating a config never imports torch, so a login node renders cluster scripts
 
 The engine loop, loader, model, evaluation and report call only these. Nothing registers itself
 at import time: :func:`modality` imports the module named by the word (as torchtitan finds a
-model's spec by name), and :data:`NAMES` lists the words the run YAML accepts.
+model's spec by name), and :func:`names` lists the words the run YAML accepts: the rooms that
+hold a bundle, here or in a package laid out like ours elsewhere on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import math
+import pkgutil
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+__path__ = pkgutil.extend_path(__path__, __name__)  # a user's own modality rooms join
+
 if TYPE_CHECKING:
     import torch
 
-NAMES: tuple[str, ...] = ("image", "audio", "video", "text")
+    from training.objectives import Objective
+
 DEFAULT = "image"
 
 
@@ -64,15 +70,19 @@ class ModalityOps:
     # (input config, collated batch on its device) -> float tokens [B, N, values_per_token]
     tokenize: Callable[[Any, torch.Tensor], torch.Tensor]
     tasks: Callable[[Any], Sequence[Any]]  # tasks config -> the downstream tasks to run
-    # (input config, model, collated batch, mask, title) -> a matplotlib Figure for the report
+    # (input config, model, collated batch, mask, title, **figure_context) -> a matplotlib
+    # Figure for the report
     reconstruction_figure: Callable[..., Any]
+    # (the prepared corpus folder the figure's split lies in) -> what else the figure needs
+    # (text: the tokenizer that spells the ids)
+    figure_context: Callable[[Any], dict] = lambda prepared_root: {}
 
 
 @dataclass(frozen=True)
 class Modality:
     name: str
     unit: str  # what throughput counts: "images", "seconds of audio", "clips", "tokens"
-    objective: str  # "mae" (visible-only encoder + decoder) or "mlm" (all tokens + tied head)
+    objective: Objective  # what a run of this modality pretrains (training.objectives)
     members: tuple[str, ...]  # shard members the loader reads
     mask_kinds: tuple[str, ...]  # accepted values of pretrain.mask.kind
     mask_ratio: float  # the default of pretrain.mask.ratio (the first mask kind is the default)
@@ -97,6 +107,9 @@ class Modality:
     )
     # A model.json written before the seam (no "modality" key) -> today's layout.
     upgrade_export: Callable[[dict], dict] = lambda desc: desc
+    # (stage name, today's section of a run config) -> the YAML texts an older maskmill hashed
+    # for it, so a run directory it finished still reads as done (image: maskmill 0.1's layout)
+    older_sections: Callable[[str, Any], list[str]] = lambda stage, section: []
     # Run-YAML keys of an older layout -> where they live now (named in the error).
     moved_keys: dict[str, str] = field(default_factory=dict)
     # Why the encoder has no exact HF transformers / timm form (training.export_interop), or
@@ -110,8 +123,20 @@ class Modality:
         return importlib.import_module(self.ops_module).OPS
 
 
+@functools.cache
+def names() -> tuple[str, ...]:
+    """The modality words: the rooms of this package that hold a ``bundle`` module, sorted."""
+    return tuple(
+        sorted(
+            info.name
+            for info in pkgutil.iter_modules(__path__)
+            if info.ispkg and importlib.util.find_spec(f"{__name__}.{info.name}.bundle")
+        )
+    )
+
+
 def modality(name: str) -> Modality:
     """The bundle of the modality called ``name``."""
-    if name not in NAMES:
-        raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(NAMES)}")
-    return importlib.import_module(f"training.modalities.{name}").MODALITY
+    if name not in names():
+        raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(names())}")
+    return importlib.import_module(f"training.modalities.{name}.bundle").MODALITY

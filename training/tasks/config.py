@@ -6,24 +6,30 @@ whatever the world size; ``lr = base_lr * batch_size / 256`` as in MAE.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
-# The pipeline stage each task runs in (keys of ``evaluate.tasks`` = task names): ``finetune``
-# trains the encoder, ``probe`` reads its frozen features.
+# The pipeline stages of evaluation: ``finetune`` trains the encoder, ``probe`` reads its frozen
+# features. Each task's config says its own (``STAGE``), so a new task names no table.
 EVAL_STAGES = ("finetune", "probe")
-STAGE_OF = {
-    "finetune": "finetune",
-    "ctc": "finetune",
-    "linear_probe": "probe",
-    "knn": "probe",
-    "mlm": "probe",
-}
+
+
+def tasks_of_stage(tasks_cfg, stage: str) -> list[str]:
+    """The keys of ``evaluate.tasks`` (= task names) whose config runs in ``stage``."""
+    return [
+        f.name
+        for f in dataclasses.fields(tasks_cfg)
+        if getattr(getattr(tasks_cfg, f.name), "STAGE", None) == stage
+    ]
 
 
 @dataclass
 class ProbeConfig:
     """MAE's linear probe: BatchNorm without affine + a linear head on the frozen encoder's
     pooled features, LARS, warmup + cosine."""
+
+    STAGE: ClassVar = "probe"
 
     enabled: bool = True
     epochs: int = 90
@@ -51,6 +57,10 @@ class ProbeConfig:
 
 @dataclass
 class KnnConfig:
+    """k-NN on the frozen encoder's normalised features, temperature-weighted votes."""
+
+    STAGE: ClassVar = "probe"
+
     enabled: bool = True
     k: int = 20
     temperature: float = 0.07
@@ -66,6 +76,8 @@ class KnnConfig:
 class FinetuneConfig:
     """MAE's fine-tuning: the whole encoder + a head, AdamW with layer-wise lr decay, warmup +
     cosine, drop path, label smoothing, and mixup / cutmix (``training.tasks.mixing``)."""
+
+    STAGE: ClassVar = "finetune"
 
     enabled: bool = True
     epochs: int = 100
@@ -99,6 +111,8 @@ class FinetuneConfig:
 class CtcConfig:
     """CTC fine-tuning on transcribed utterances: the whole encoder + a character head, scored by
     word error rate with greedy decoding."""
+
+    STAGE: ClassVar = "finetune"
 
     enabled: bool = True
     epochs: int = 30

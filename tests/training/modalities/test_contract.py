@@ -1,6 +1,6 @@
 """The contract every registered modality keeps (datatrove's step-contract test is the model).
 
-For each name in ``training.modalities.NAMES``: its corpus reader's samples are accepted by the
+For each name in ``training.modalities.names()``: its corpus reader's samples are accepted by the
 shard writer; its inputs decode what the writer wrote, for training and evaluation; a batch
 tokenizes to the geometry it declares; every mask kind it allows keeps exactly the visible count;
 and the FLOPs counted from the geometry are those torch counts on a real forward pass. A new
@@ -24,15 +24,15 @@ from data_prep.writer import write_unit
 from training.config import ModelConfig
 from training.flops import mae_forward_flops
 from training.loader import _collate
-from training.mae import MaskedAutoencoder
-from training.masking import (
+from training.modalities import modality, names
+from training.objectives.mae.masking import (
     HardPatchDraw,
     hard_patch_mask,
     make_masks,
     num_visible,
     visible_count,
 )
-from training.modalities import NAMES, modality
+from training.objectives.mae.model import MaskedAutoencoder
 
 # Small inputs per modality, so a forward pass costs milliseconds.
 SMALL_INPUT = {
@@ -41,10 +41,10 @@ SMALL_INPUT = {
     "video": {"num_frames": 4, "frame_size": 32, "patch_size": 8, "tubelet": 2},
     "text": {"seq_len": 32, "vocab_size": 400},
 }
-MAE_NAMES = [n for n in NAMES if modality(n).objective == "mae"]
+MAE_NAMES = [n for n in names() if modality(n).objective.name == "mae"]
 
 
-@pytest.fixture(params=NAMES)
+@pytest.fixture(params=names())
 def written(request, tmp_path):
     """(modality name, shard samples) written by the modality's own reader through the writer."""
     name = request.param
@@ -114,7 +114,9 @@ def test_every_mask_kind_keeps_exactly_the_visible_count(name, ratio):
         assert torch.equal(mask.ids_keep, again.ids_keep)
 
 
-@pytest.mark.parametrize("name", MAE_NAMES)  # MLM's count: tests/training/test_mlm.py
+@pytest.mark.parametrize(
+    "name", MAE_NAMES
+)  # MLM's count: tests/training/objectives/mlm/test_model.py
 @pytest.mark.parametrize("decoder", ["self", "cross"])
 def test_flops_from_the_geometry_match_torch_flop_counter(name, decoder):
     m = modality(name)

@@ -4,7 +4,7 @@ from training.config import ModelConfig
 from training.evaluate import random_encoder
 from training.export_format import ExportInfo
 from training.lars import LARS
-from training.modalities.image import ImageInputConfig
+from training.modalities.image.bundle import ImageInputConfig
 from training.tasks.config import KnnConfig
 from training.tasks.downstream import topk_accuracy
 from training.tasks.finetune import Classifier, layer_decay_groups

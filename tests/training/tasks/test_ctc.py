@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from training.config import ModelConfig
-from training.mae import ViTEncoder
 from training.modalities import TokenGeometry
+from training.objectives.mae.model import ViTEncoder
 from training.tasks.ctc import (
     BLANK,
     VOCAB,

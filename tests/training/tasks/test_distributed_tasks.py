@@ -27,8 +27,8 @@ from training.config import ModelConfig
 from training.export import write_export
 from training.export_format import ExportInfo, read_export
 from training.metrics import read_metrics
-from training.modalities.image import ImageInputConfig
-from training.objectives import build_model
+from training.modalities.image.bundle import ImageInputConfig
+from training.objectives import objective
 
 FINETUNE = {
     "epochs": 2,
@@ -64,7 +64,7 @@ def export(tmp_path_factory):
         ),
         {"step": 0},
     )
-    model = build_model("mae", info.model, info.geometry)
+    model = objective("mae").build_model(info.model, info.geometry, None)
     write_export(model.state_dict(), out, info)
     return out
 

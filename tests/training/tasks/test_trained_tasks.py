@@ -12,8 +12,8 @@ from training.config import ModelConfig
 from training.evaluate import random_encoder
 from training.export_format import ExportInfo
 from training.modalities import modality
-from training.modalities.audio import AudioInputConfig, bind_input
-from training.modalities.image import ImageInputConfig
+from training.modalities.audio.bundle import AudioInputConfig, bind_input
+from training.modalities.image.bundle import ImageInputConfig
 from training.tasks.config import CtcConfig, FinetuneConfig
 from training.tasks.ctc import CtcJob
 from training.tasks.downstream import Downstream

@@ -1,0 +1,237 @@
+"""The audio modality's corpus reader: LibriLight chapters (unlabelled) and LibriSpeech-form
+utterances (labelled) -> 16 kHz mono FLAC samples.
+
+Splits: ``train`` and ``val`` are LibriLight's chapters (``source``), cut into segments from their
+voice activity (``data_prep.audio.segments``); LibriLight has no validation split, so ``val`` is
+whole speakers held out (``val_speakers``). ``labelled_train`` and ``labelled_val`` are the
+LibriSpeech-form sets the downstream tasks train and score on (LibriLight's limited-resource
+set and a dev set), one sample per utterance with its transcript.
+
+Each sample is ``<key>.flac`` (16-bit, 16 kHz, mono), ``<key>.json`` (speaker, book, chapter,
+source, start, end, seconds; transcript when known) and, for labelled utterances, ``<key>.cls``
+(the class index: which transcript or which speaker, per ``label``). At fit time the log-mel
+mean and std of a spread of train recordings are written to ``OUT/feature_stats.json``, which
+training normalises its features with. What is converted (resampled, downmixed, windowed for
+want of voice activity, voice activity repaired) or skipped (empty, truncated, unreadable
+audio; an utterance without a transcript) is counted by reason in ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.audio.decode import RATE, flac_bytes, read_audio, to_mono_16k
+from data_prep.audio.demo import SpeechDemoConfig, write_speech_demo
+from data_prep.audio.layout import (
+    AudioItem,
+    detect_layout,
+    held_out_speakers,
+    librilight_items,
+    librispeech_items,
+)
+from data_prep.audio.segments import plan_segments
+from data_prep.corpus import CorpusReader, LayoutError, prep_problems
+from data_prep.job import run_prep
+from data_prep.shard_format import FEATURE_STATS, atomic_write_text
+from data_prep.writer import Converted, Sample, SkipSample
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "labelled_train", "labelled_val")
+LABELS = ("transcript", "speaker")
+
+
+@dataclass
+class AudioPrepConfig:
+    """``prep`` section: a LibriLight folder for pretraining, LibriSpeech-form sets for the
+    downstream tasks, and how to cut and shard them."""
+
+    source: str = "???"  # LibriLight: <subset>/<speaker>/<book>/<chapter>.flac + .json
+    labelled_train: str | None = None  # LibriSpeech form: <speaker>/<chapter>/*.flac + .trans.txt
+    labelled_val: str | None = None
+    out: str = "???"
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    val_speakers: float = 0.05  # share of LibriLight speakers held out as `val`
+    segment_seconds: float = 10.0  # join voice-activity intervals up to this length
+    min_segment_seconds: float = 1.0  # shorter segments are dropped (their speech counted)
+    label: str = "transcript"  # the class of a labelled utterance: its transcript or its speaker
+    stats_files: int = 64  # train recordings read at fit time for the log-mel mean and std
+    samples_per_shard: int = 500
+    seed: int = 0
+    num_cpus: int | None = None  # local Ray head size; None = every core
+    ray_address: str | None = None  # join a running Ray cluster instead of a local head
+
+    def problems(self):
+        yield from prep_problems(self)
+        if any(s not in SPLITS for s in self.splits):
+            yield ("splits", f"a list from {', '.join(SPLITS)}, got {self.splits}")
+        for split in ("labelled_train", "labelled_val"):
+            if split in self.splits and not getattr(self, split):
+                yield (split, f"a LibriSpeech-form folder (the '{split}' split is listed)")
+        if not 0.0 <= self.val_speakers < 1.0 or ("val" in self.splits and not self.val_speakers):
+            yield ("val_speakers", f"a share in (0, 1) of speakers, got {self.val_speakers}")
+        if not 0 < self.min_segment_seconds <= self.segment_seconds:
+            yield (
+                "min_segment_seconds",
+                f"0 < min_segment_seconds <= segment_seconds, got {self.min_segment_seconds}",
+            )
+        if self.label not in LABELS:
+            yield ("label", f"one of {', '.join(LABELS)}, got {self.label!r}")
+        if self.stats_files < 1:
+            yield ("stats_files", f"an int >= 1, got {self.stats_files}")
+
+
+def items(cfg: AudioPrepConfig, split: str) -> list[AudioItem]:
+    if split in ("labelled_train", "labelled_val"):
+        root = Path(getattr(cfg, split))
+        _expect(root, "librispeech", split)
+        return librispeech_items(root)
+    _expect(Path(cfg.source), "librilight", "source")
+    chapters = librilight_items(Path(cfg.source))
+    held = held_out_speakers((c.speaker for c in chapters), cfg.val_speakers, cfg.seed)
+    return [c for c in chapters if (c.speaker in held) == (split == "val")]
+
+
+def _expect(root: Path, layout: str, key: str) -> None:
+    found = detect_layout(root)
+    if found != layout:
+        raise LayoutError(f"prep.{key}: {root} is in {found} form; expected {layout}")
+
+
+def labels(cfg: AudioPrepConfig) -> list[dict] | None:
+    names = class_names(cfg)
+    return None if names is None else [{"index": i, "name": n} for i, n in enumerate(names)]
+
+
+def class_names(cfg: AudioPrepConfig) -> list[str] | None:
+    """The classes of labelled utterances: every transcript (or speaker) of ``labelled_train``,
+    sorted."""
+    if not cfg.labelled_train:
+        return None
+    found = librispeech_items(Path(cfg.labelled_train))
+    return sorted({getattr(u, cfg.label) for u in found if u.transcript is not None})
+
+
+def fit(cfg: AudioPrepConfig, train_items) -> dict:
+    """Measure the log-mel statistics (written beside the splits) and fix the class indices."""
+    names = class_names(cfg) or []
+    _write_feature_stats(cfg, list(train_items))
+    return {"classes": {name: i for i, name in enumerate(names)}}
+
+
+def _write_feature_stats(cfg: AudioPrepConfig, train_items: list[AudioItem]) -> None:
+    """Log-mel mean and std over ``stats_files`` recordings spread evenly over the train split;
+    kept from an earlier run when it read the same recordings."""
+    step = max(1, len(train_items) // cfg.stats_files)
+    chosen = train_items[::step][: cfg.stats_files]
+    digest = hashlib.sha256("\n".join(map(str, chosen)).encode()).hexdigest()
+    path = Path(cfg.out) / FEATURE_STATS
+    if path.is_file() and json.loads(path.read_text()).get("inputs_sha256") == digest:
+        return
+    import torch  # here: reading a run YAML (a login node rendering Slurm jobs) needs no torch
+
+    from data_prep.audio.features import log_mel
+
+    total = np.zeros(3)  # count, sum, sum of squares (float64)
+    for item in chosen:
+        try:
+            samples, _ = to_mono_16k(*read_audio(item.file))
+        except SkipSample as skip:
+            log.warning("feature statistics: skipped %s (%s)", item, skip)
+            continue
+        mel = log_mel(torch.from_numpy(samples)).double()
+        total += [mel.numel(), mel.sum().item(), mel.square().sum().item()]
+    if total[0] == 0:
+        raise LayoutError(f"no readable train recording under {cfg.source} for feature stats")
+    mean = total[1] / total[0]
+    std = float(np.sqrt(max(total[2] / total[0] - mean**2, 1e-12)))
+    stats = {"mel_mean": mean, "mel_std": std, "files": len(chosen), "inputs_sha256": digest}
+    atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
+
+
+def encode(cfg: AudioPrepConfig, state: dict, item: AudioItem) -> Iterator:
+    """One recording -> its samples, with what was converted; a SkipSample for bad input."""
+    if item.problem == "missing_transcript":
+        raise SkipSample("missing_transcript", item.path)
+    samples, conversions = to_mono_16k(*read_audio(item.file))
+    for reason in conversions:
+        yield Converted(reason)
+    if item.transcript is not None:
+        yield _utterance(item, samples, state["classes"].get(getattr(item, cfg.label), -1))
+        return
+    if item.problem:  # missing or unreadable JSON: fixed windows
+        yield Converted(item.problem)
+    duration = len(samples) / RATE
+    plan = plan_segments(
+        item.voice_activity, duration, cfg.segment_seconds, cfg.min_segment_seconds
+    )
+    for reason in plan.problems:
+        if not (reason == "no_voice_activity" and item.problem):
+            yield Converted(reason)
+    if plan.dropped_seconds:
+        yield Converted("short_segment_dropped")
+    for k, span in enumerate(plan.segments):
+        piece = samples[round(span.start * RATE) : round(span.end * RATE)]
+        meta = _meta(item, span.start, span.end)
+        yield Sample(
+            key=f"{_stem(item)}_{k:04d}",
+            members={"flac": flac_bytes(piece), "json": json.dumps(meta).encode()},
+        )
+
+
+def _utterance(item: AudioItem, samples: np.ndarray, label: int) -> Sample:
+    meta = {**_meta(item, 0.0, len(samples) / RATE), "transcript": item.transcript}
+    return Sample(
+        key=_stem(item),
+        members={
+            "flac": flac_bytes(samples),
+            "cls": str(label).encode(),
+            "json": json.dumps(meta).encode(),
+        },
+    )
+
+
+def _meta(item: AudioItem, start: float, end: float) -> dict:
+    return {
+        "speaker": item.speaker,
+        "book": item.book,
+        "chapter": item.chapter,
+        "source": item.path,
+        "start": round(start, 4),
+        "end": round(end, 4),
+        "seconds": round(end - start, 4),
+    }
+
+
+def _stem(item: AudioItem) -> str:
+    """A dot-free key: ``<speaker>_<book>_<chapter>`` for LibriLight, the utterance id else."""
+    if item.transcript is not None:
+        return item.chapter.replace(".", "_")
+    return f"{item.speaker}_{item.book}_{item.chapter}".replace(".", "_").replace("/", "_")
+
+
+READER = CorpusReader(
+    modality="audio",
+    layout="LibriLight: <subset>/<speaker>/<book>/<chapter>.flac + .json; labelled sets in "
+    "LibriSpeech form: <speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + .trans.txt",
+    config=AudioPrepConfig,
+    items=items,
+    fit=fit,
+    encode=encode,
+    labels=labels,
+    demo_config=SpeechDemoConfig,
+    write_demo=write_speech_demo,
+    source_keys=("source", "labelled_train", "labelled_val"),
+)
+
+
+def prep_audio(cfg: AudioPrepConfig) -> dict[str, dict]:
+    """Prepare every configured split; returns ``{split: stats}``. Fails fast on a bad source."""
+    return run_prep(READER, cfg)

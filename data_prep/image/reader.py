@@ -1,0 +1,112 @@
+"""The image modality's corpus reader: an ImageNet-layout folder -> one prepared split per split.
+
+Each sample is ``<key>.jpg`` (normalised RGB JPEG), ``<key>.cls`` (class index as ASCII) and
+``<key>.json`` (wnid, source path, sizes). ``OUT/labels.json`` lists the wnids in index order with
+their names, for the training, evaluation and report stages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.corpus import CorpusReader, prep_problems
+from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
+from data_prep.image.encode import normalize_image
+from data_prep.image.layout import ImageItem, read_layout
+from data_prep.job import run_prep
+from data_prep.writer import Sample, SkipSample
+
+
+@dataclass
+class ImagePrepConfig:
+    """``prep`` section: where the raw ImageNet-layout corpus is and how to shard it."""
+
+    source: str = "???"
+    out: str = "???"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    shorter_side: int = 256
+    jpeg_quality: int = 90
+    samples_per_shard: int = 1000
+    seed: int = 0
+    num_cpus: int | None = None  # local Ray head size; None = every core
+    ray_address: str | None = None  # join a running Ray cluster instead of a local head
+
+    def problems(self):
+        yield from prep_problems(self)
+        if self.shorter_side < 16:
+            yield ("shorter_side", f"an int >= 16 (pixels), got {self.shorter_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            yield ("jpeg_quality", f"an int in [1, 100], got {self.jpeg_quality}")
+        if any(s not in ("train", "val") for s in self.splits):
+            yield ("splits", f"a non-empty list of 'train' and/or 'val', got {self.splits}")
+
+
+def items(cfg: ImagePrepConfig, split: str) -> list[ImageItem]:
+    return read_layout(cfg.source).items(split)
+
+
+def labels(cfg: ImagePrepConfig) -> list[dict]:
+    layout = read_layout(cfg.source)
+    return [
+        {"index": i, "wnid": w, "name": layout.names.get(w, w)} for i, w in enumerate(layout.wnids)
+    ]
+
+
+def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sample]:
+    """One source image -> its sample (``SkipSample`` raised on bad input)."""
+    image = normalize_image(_source_bytes(cfg, item), cfg.shorter_side, cfg.jpeg_quality)
+    meta = {
+        "wnid": item.wnid,
+        "label": item.label,
+        "source": item.path,
+        "width": image.width,
+        "height": image.height,
+        "source_size": list(image.source_size),
+        "source_format": image.source_format,
+        "source_mode": image.source_mode,
+        "passthrough": image.passthrough,
+    }
+    yield Sample(
+        key=item.key,
+        members={
+            "jpg": image.jpeg,
+            "cls": str(item.label).encode(),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        },
+    )
+
+
+def _source_bytes(cfg: ImagePrepConfig, item: ImageItem) -> bytes:
+    """The file's bytes, or a counted skip: a val image without a row in the label CSV, a folder
+    named like an image, a link that loops or dangles, a file that cannot be read."""
+    if item.label < 0:
+        raise SkipSample("no_label_row", f"{item} has no row in LOC_val_solution.csv")
+    path = Path(cfg.source) / item.path
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise SkipSample("not_a_file", f"{item} is a folder") from None
+    except OSError as err:  # ELOOP, a dangling link, EACCES, EIO
+        raise SkipSample("unreadable_file", f"{item}: {err.strerror or err}") from None
+
+
+READER = CorpusReader(
+    modality="image",
+    layout="ImageNet layout: train/<wnid>/*.JPEG, val/ + LOC_val_solution.csv or val/<wnid>/",
+    config=ImagePrepConfig,
+    items=items,
+    fit=lambda cfg, train_items: None,
+    encode=encode,
+    labels=labels,
+    demo_config=DemoCorpusConfig,
+    write_demo=write_demo_corpus,
+    aliases=("imagenet",),  # the layout's name, the form before modalities
+)
+
+
+def prep_imagenet(cfg: ImagePrepConfig) -> dict[str, dict]:
+    """Prepare every configured split; returns ``{split: stats}``. Fails fast on a bad source."""
+    return run_prep(READER, cfg)

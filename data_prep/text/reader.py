@@ -1,0 +1,302 @@
+"""The text modality's corpus reader: C4 / Pile / Wikipedia / plain-text files -> packed token
+sequences, and a labelled set -> one tokenised record per sample.
+
+Splits: ``train`` and ``val`` are the corpus (``source``, every format of
+``data_prep.text.layout``), a document going to ``val`` when the hash of its text falls in
+``val_fraction``, so the held-out split is the same on every run and never shares a document with
+``train``. ``labelled_train`` and ``labelled_val`` are the classification set the downstream tasks
+train and score on (``labelled``: ``train.jsonl`` and ``val.jsonl``, any JSON-lines form, with
+``text`` and ``label``).
+
+At fit time, once on the driver: one pass over the corpus hashes every normalised document (the
+first copy of a text is kept, later exact copies are dropped as ``duplicate``), and the tokenizer
+is trained on the first ``tokenizer_sample_docs`` unique training documents (or ``tokenizer``
+is loaded) and saved as ``OUT/tokenizer.json``. Each corpus file is then tokenised by a Ray task,
+its documents packed end to end with ``[SEP]`` after each (``data_prep.text.pack``).
+
+A sample is ``<file>_<seq>.tokens.npy.zst``: a ``[2, seq_len]`` array (uint16 while the vocabulary
+fits, else uint32) of token ids and word-start flags, zstd-compressed; ``.json`` (source, real
+tokens); labelled samples add ``.cls``. Skipped, by reason: ``invalid_utf8``, ``malformed_json``,
+``missing_text``, ``empty_text`` (counted in ``train``: a bad line has no text to assign a split
+by), ``duplicate``, ``missing_label``, ``unknown_label``; converted: ``truncated_record`` (a
+labelled record longer than ``seq_len``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from data_prep.corpus import CorpusReader, LayoutError, prep_problems
+from data_prep.job import run_prep
+from data_prep.shard_format import npy_zst_bytes
+from data_prep.text.demo import TextDemoConfig, write_text_demo
+from data_prep.text.layout import BadLine, Document, TextFile, read_documents, text_files
+from data_prep.text.pack import pack
+from data_prep.text.tokenizer import (
+    KINDS,
+    PAD,
+    SEP,
+    TOKENIZER_FILE,
+    ids_dtype,
+    load_tokenizer,
+    train_tokenizer,
+    word_starts,
+)
+from data_prep.writer import Converted, Sample, SkipSample
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "labelled_train", "labelled_val")
+TOKENS = "tokens.npy.zst"  # the member every text sample has
+_ENCODE_BATCH = 256  # documents per tokenizer call
+
+
+@dataclass
+class TextPrepConfig:
+    """``prep`` section: the corpus, the labelled set, the tokenizer and the packing."""
+
+    source: str = "???"  # a folder of *.json.gz, *.jsonl(.zst), *.parquet, *.txt files
+    labelled: str | None = None  # a folder with train.jsonl and val.jsonl (text, label)
+    out: str = "???"
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    text_field: str = "text"
+    label_field: str = "label"
+    val_fraction: float = 0.01  # share of corpus documents held out (by a hash of their text)
+    seq_len: int = 128  # tokens per packed sequence
+    tokenizer: str | None = None  # a tokenizer.json to use instead of training one
+    tokenizer_kind: str = "wordpiece"  # wordpiece (BERT's) or bpe (byte-level, RoBERTa's)
+    vocab_size: int = 30522  # BERT's
+    lowercase: bool = True
+    tokenizer_sample_docs: int = 100_000  # unique training documents the tokenizer learns from
+    samples_per_shard: int = 1  # input files per shard (a corpus file gives many sequences)
+    seed: int = 0
+    num_cpus: int | None = None  # local Ray head size; None = every core
+    ray_address: str | None = None  # join a running Ray cluster instead of a local head
+
+    def problems(self):
+        yield from prep_problems(self)
+        if any(s not in SPLITS for s in self.splits):
+            yield ("splits", f"a non-empty list of {', '.join(SPLITS)}, got {self.splits}")
+        if any(s.startswith("labelled") for s in self.splits) and not self.labelled:
+            yield ("labelled", "a folder with train.jsonl and val.jsonl for the labelled splits")
+        if not 0.0 <= self.val_fraction < 1.0:
+            yield ("val_fraction", f"a float in [0, 1), got {self.val_fraction}")
+        if self.seq_len < 8:
+            yield ("seq_len", f"an int >= 8 (tokens), got {self.seq_len}")
+        if self.tokenizer_kind not in KINDS:
+            yield ("tokenizer_kind", f"one of {', '.join(KINDS)}, got {self.tokenizer_kind!r}")
+        if self.vocab_size < 100:
+            yield ("vocab_size", f"an int >= 100, got {self.vocab_size}")
+        if self.tokenizer_sample_docs < 1:
+            yield ("tokenizer_sample_docs", f"an int >= 1, got {self.tokenizer_sample_docs}")
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """One input file read for one split (the corpus splits read every file)."""
+
+    file: TextFile
+    split: str
+
+    def __str__(self) -> str:
+        return f"{self.file.path} ({self.split})"
+
+
+def items(cfg: TextPrepConfig, split: str) -> list[TextItem]:
+    return [TextItem(f, split) for f in _split_files(cfg, split)]
+
+
+def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:
+    if split in ("train", "val"):
+        return text_files(Path(cfg.source))
+    name = split.removeprefix("labelled_")
+    files = [f for f in text_files(Path(cfg.labelled)) if f.path.split(".")[0] == name]
+    if not files:
+        raise LayoutError(f"{cfg.labelled} has no {name}.jsonl (text and label on each line)")
+    return files
+
+
+def held_out(text: str, fraction: float, seed: int) -> bool:
+    """Whether a document belongs to ``val``: a hash of its text, uniform in [0, 1)."""
+    digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+def fit(cfg: TextPrepConfig, train_items) -> dict:
+    """One pass over the corpus: which documents are later copies, and the tokenizer's sample;
+    then the tokenizer (reused from ``OUT/tokenizer.json`` on a rerun)."""
+    seen: set[bytes] = set()
+    copies: dict[str, list[int]] = {}
+    sample: list[str] = []
+    for file in tqdm([i.file for i in train_items], desc="dedup + tokenizer sample", unit="file"):
+        for doc in read_documents(file, cfg.text_field):
+            if isinstance(doc, BadLine):
+                continue
+            digest = hashlib.blake2b(doc.text.encode(), digest_size=16).digest()
+            if digest in seen:
+                copies.setdefault(file.path, []).append(doc.index)
+                continue
+            seen.add(digest)
+            held = held_out(doc.text, cfg.val_fraction, cfg.seed)
+            if not held and len(sample) < cfg.tokenizer_sample_docs:
+                sample.append(doc.text)
+    saved = Path(cfg.out) / TOKENIZER_FILE
+    if cfg.tokenizer:
+        tok = load_tokenizer(cfg.tokenizer)
+    elif saved.exists():
+        tok = load_tokenizer(saved)
+    else:
+        log.info("training a %s tokenizer on %d documents", cfg.tokenizer_kind, len(sample))
+        tok = train_tokenizer(sample, cfg.tokenizer_kind, cfg.vocab_size, cfg.lowercase)
+    if not saved.exists() or cfg.tokenizer:
+        tok.save(str(saved))
+    log.info("%d unique documents, %d later copies", len(seen), sum(map(len, copies.values())))
+    return {
+        "copies": {k: frozenset(v) for k, v in copies.items()},
+        "tokenizer": str(saved),
+        "classes": _classes(cfg),
+    }
+
+
+def labels(cfg: TextPrepConfig) -> list[dict] | None:
+    classes = _classes(cfg)
+    return [{"index": i, "name": n} for n, i in classes.items()] if classes else None
+
+
+def _classes(cfg: TextPrepConfig) -> dict[str, int]:
+    """Label name -> index, from the labelled train file (sorted names)."""
+    if not cfg.labelled or "labelled_train" not in cfg.splits:
+        return {}
+    names = set()
+    for file in _split_files(cfg, "labelled_train"):
+        for doc in read_documents(file, cfg.text_field, cfg.label_field):
+            if isinstance(doc, Document) and doc.label is not None:
+                names.add(doc.label)
+    return {n: i for i, n in enumerate(sorted(names))}
+
+
+def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
+    tok = _tokenizer(state["tokenizer"])
+    file = item.file
+    if item.split.startswith("labelled"):
+        yield from _labelled_samples(cfg, state, tok, file)
+        return
+    dtype = ids_dtype(tok.get_vocab_size())
+    skips: list[SkipSample] = []
+
+    def documents():
+        for doc in _split_documents(cfg, state, file, item.split):
+            if isinstance(doc, SkipSample):
+                skips.append(doc)
+            else:
+                yield doc
+
+    for n, seq in enumerate(pack(_tokenised(tok, documents()), cfg.seq_len, SEP, PAD)):
+        meta = {"source": file.path, "tokens": seq.tokens}
+        yield Sample(
+            key=f"{file.key}_{n:06d}",
+            members={
+                TOKENS: npy_zst_bytes(np.stack([seq.ids, seq.starts]).astype(dtype)),
+                "json": json.dumps(meta).encode(),
+            },
+        )
+    yield from skips
+
+
+def _split_documents(cfg, state, item: TextFile, split: str):
+    """The file's documents that belong to ``split``, first copies only; counts the rest."""
+    copies = state["copies"].get(item.path, frozenset())
+    for doc in read_documents(item, cfg.text_field):
+        if isinstance(doc, BadLine):
+            if split == "train":
+                yield SkipSample(doc.reason, doc.detail or f"{item.path}:{doc.index + 1}")
+            continue
+        if held_out(doc.text, cfg.val_fraction, cfg.seed) != (split == "val"):
+            continue
+        if doc.index in copies:
+            yield SkipSample("duplicate", f"{item.path}:{doc.index + 1}")
+            continue
+        yield doc
+
+
+def _tokenised(tok, docs) -> Iterator:
+    """(ids, word starts) of each document, tokenised in batches."""
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == _ENCODE_BATCH:
+            yield from _encoded(tok, batch)
+            batch = []
+    yield from _encoded(tok, batch)
+
+
+def _encoded(tok, batch: list[Document]):
+    for enc in tok.encode_batch([d.text for d in batch], add_special_tokens=False):
+        yield enc.ids, word_starts(enc)
+
+
+def _labelled_samples(cfg, state, tok, item: TextFile) -> Iterator:
+    classes = state["classes"]
+    dtype = ids_dtype(tok.get_vocab_size())
+    for doc in read_documents(item, cfg.text_field, cfg.label_field):
+        if isinstance(doc, BadLine):
+            yield SkipSample(doc.reason, doc.detail or f"{item.path}:{doc.index + 1}")
+            continue
+        if doc.label is None:
+            yield SkipSample("missing_label", f"{item.path}:{doc.index + 1}")
+            continue
+        if doc.label not in classes:
+            yield SkipSample("unknown_label", f"{item.path}:{doc.index + 1}: {doc.label!r}")
+            continue
+        enc = tok.encode(doc.text, add_special_tokens=False)
+        ids, starts = enc.ids[: cfg.seq_len], word_starts(enc)[: cfg.seq_len]
+        if len(enc.ids) > cfg.seq_len:
+            yield Converted("truncated_record")
+        pad = cfg.seq_len - len(ids)
+        array = np.array([ids + [PAD] * pad, starts + [1] * pad], dtype=dtype)
+        yield Sample(
+            key=f"{item.key}_{doc.index:07d}",
+            members={
+                TOKENS: npy_zst_bytes(array),
+                "cls": str(classes[doc.label]).encode(),
+                "json": json.dumps({"source": item.path, "tokens": len(ids)}).encode(),
+            },
+        )
+
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _tokenizer(path: str):
+    """The saved tokenizer, loaded once per worker process."""
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = load_tokenizer(path)
+    return _TOKENIZERS[path]
+
+
+READER = CorpusReader(
+    modality="text",
+    layout="a folder of *.json.gz / *.jsonl.gz (C4), *.jsonl.zst / *.jsonl (Pile), *.parquet "
+    "(Wikipedia), *.txt (one document per file); labelled: train.jsonl and val.jsonl",
+    config=TextPrepConfig,
+    items=items,
+    fit=fit,
+    encode=encode,
+    labels=labels,
+    demo_config=TextDemoConfig,
+    write_demo=write_text_demo,
+    source_keys=("source", "labelled"),
+)
+
+
+def prep_text(cfg: TextPrepConfig) -> dict[str, dict]:
+    """Prepare every configured split; returns ``{split: stats}``. Fails fast on a bad source."""
+    return run_prep(READER, cfg)

@@ -1,0 +1,88 @@
+"""LibriLight and LibriSpeech-form folders read into items, quirks named, speakers held out."""
+
+import json
+
+import pytest
+
+from data_prep.audio.layout import (
+    LayoutError,
+    detect_layout,
+    held_out_speakers,
+    librilight_items,
+    librispeech_items,
+)
+
+
+@pytest.fixture
+def librilight(tmp_path):
+    root = tmp_path / "librilight"
+    chapters = {
+        ("small", "100", "2001", "ch_a"): {
+            "speaker": "100",
+            "snr": 12.5,
+            "voice_activity": [[0.4, 3.1], [3.6, 9.0]],
+        },
+        ("small", "100", "2001", "ch_b"): None,  # no JSON
+        ("small", "205", "3001", "ch_c"): "{not json",
+        ("medium", "205", "3002", "ch_d"): {"speaker": "205", "voice_activity": []},
+    }
+    for (subset, speaker, book, chapter), meta in chapters.items():
+        folder = root / subset / speaker / book
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{chapter}.flac").write_bytes(b"fLaC")
+        if isinstance(meta, dict):
+            (folder / f"{chapter}.json").write_text(json.dumps(meta))
+        elif meta is not None:
+            (folder / f"{chapter}.json").write_text(meta)
+    return root
+
+
+@pytest.fixture
+def librispeech(tmp_path):
+    root = tmp_path / "librispeech"
+    folder = root / "19" / "198"
+    folder.mkdir(parents=True)
+    for utt in ("0000", "0001", "0002"):
+        (folder / f"19-198-{utt}.flac").write_bytes(b"fLaC")
+    (folder / "19-198.trans.txt").write_text("19-198-0000 FOUR SEVEN ONE\n19-198-0001 NINE OH\n")
+    return root
+
+
+def test_librilight_chapters_carry_their_voice_activity_or_what_was_wrong(librilight):
+    assert detect_layout(librilight) == "librilight"
+    items = {i.chapter: i for i in librilight_items(librilight)}
+    assert set(items) == {"ch_a", "ch_b", "ch_c", "ch_d"}
+    assert (
+        items["ch_a"].voice_activity == ((0.4, 3.1), (3.6, 9.0)) and items["ch_a"].problem is None
+    )
+    assert items["ch_a"].speaker == "100" and items["ch_a"].book == "2001"
+    assert items["ch_a"].path == "small/100/2001/ch_a.flac"
+    assert items["ch_b"].problem == "missing_json" and items["ch_b"].voice_activity is None
+    assert items["ch_c"].problem == "unreadable_json"
+    assert items["ch_d"].voice_activity == () and items["ch_d"].problem is None
+
+
+def test_librispeech_utterances_carry_their_transcripts(librispeech):
+    assert detect_layout(librispeech) == "librispeech"
+    items = librispeech_items(librispeech)
+    assert [i.transcript for i in items] == ["FOUR SEVEN ONE", "NINE OH", None]
+    assert items[2].problem == "missing_transcript"
+    assert {(i.speaker, i.book) for i in items} == {("19", "198")}
+
+
+def test_an_unknown_folder_says_which_layouts_it_expected(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(LayoutError, match="neither LibriLight"):
+        detect_layout(tmp_path)
+    with pytest.raises(LayoutError, match="does not exist"):
+        detect_layout(tmp_path / "missing")
+
+
+def test_whole_speakers_are_held_out_reproducibly():
+    speakers = [f"s{i}" for i in range(20)]
+    held = held_out_speakers(speakers, 0.1, seed=0)
+    assert len(held) == 2 and held == held_out_speakers(reversed(speakers), 0.1, seed=0)
+    assert held != held_out_speakers(speakers, 0.1, seed=1)  # the seed picks them
+    assert len(held_out_speakers(["a", "b", "c"], 0.01, seed=0)) == 1  # at least one
+    assert held_out_speakers(["a"], 0.5, seed=0) == frozenset()  # never every speaker
+    assert held_out_speakers(speakers, 0.0, seed=0) == frozenset()

@@ -1,0 +1,83 @@
+"""The three video layouts read into labelled items: Kinetics (the demo corpus),
+Something-Something v2 and class folders (built here from the demo's clips)."""
+
+import json
+import shutil
+
+import pytest
+
+from data_prep.corpus import LayoutError
+from data_prep.video.demo import CLASSES
+from data_prep.video.layout import class_names, detect_layout, split_items
+
+
+def test_kinetics_rows_find_their_clips_in_any_folder_and_any_container(clip_corpus):
+    assert detect_layout(clip_corpus) == "kinetics"
+    assert class_names(clip_corpus) == sorted(CLASSES)
+    train = split_items(clip_corpus, "train")
+    assert len(train) == 18 + 4 and not any(i.problem for i in train)
+    assert {i.file.suffix for i in train} == {".mp4", ".mkv", ".webm"}
+    for item in train:
+        assert item.file.is_file() and item.file.parent.name == item.label.replace(" ", "_")
+    (missing,) = [i for i in split_items(clip_corpus, "val") if i.problem]
+    assert missing.problem == "missing_file" and missing.label in CLASSES
+
+
+def _some_videos(clip_corpus, count):
+    return [i for i in split_items(clip_corpus, "train") if i.file.suffix == ".mp4"][-count:]
+
+
+def test_something_something_templates_are_the_labels(clip_corpus, tmp_path):
+    root = tmp_path / "ssv2"
+    (root / "20bn-something-something-v2").mkdir(parents=True)
+    templates = ["Pushing [something] from left to right", "Putting [something] on a surface"]
+    labels = {t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)}
+    (root / "something-something-v2-labels.json").write_text(json.dumps(labels))
+    rows = []
+    for n, item in enumerate(_some_videos(clip_corpus, 3)):
+        shutil.copy(item.file, root / "20bn-something-something-v2" / f"{100 + n}.webm")
+        rows.append({"id": str(100 + n), "template": templates[n % 2], "placeholders": ["a"]})
+    rows.append({"id": "999", "template": templates[0], "placeholders": ["a"]})  # not on disk
+    (root / "something-something-v2-train.json").write_text(json.dumps(rows))
+    assert detect_layout(root) == "ssv2"
+    assert class_names(root) == [
+        "Pushing something from left to right",
+        "Putting something on a surface",
+    ]
+    items = split_items(root, "train")
+    assert [i.key for i in items] == ["100", "101", "102", "999"]
+    assert [i.problem for i in items] == ["", "", "", "missing_file"]
+    assert items[1].label == "Putting something on a surface"
+
+
+def test_class_folders_keep_same_named_files_of_two_classes_apart(clip_corpus, tmp_path):
+    videos = _some_videos(clip_corpus, 2)
+    for cls, video in zip(("waving", "clapping"), videos):
+        for split in ("train", "val"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            shutil.copy(video.file, tmp_path / split / cls / "clip.mp4")
+    assert detect_layout(tmp_path) == "folders"
+    assert class_names(tmp_path) == ["clapping", "waving"]
+    keys = [i.key for i in split_items(tmp_path, "train")]
+    assert keys == ["clapping_clip", "waving_clip"]
+
+
+def test_a_folder_in_no_layout_is_refused_with_what_was_expected(tmp_path):
+    with pytest.raises(LayoutError, match=r"train\.csv"):
+        detect_layout(tmp_path)
+
+
+def test_the_demo_corpus_is_the_same_bytes_every_time(tmp_path):
+    """The quickstart's numbers repeat only if its corpus does: x264's threads made the mp4s
+    (and so the clips) differ from run to run."""
+    from data_prep.video.demo import VideoDemoConfig, write_video_demo
+
+    def digest(out):
+        cfg = VideoDemoConfig(out=str(tmp_path / out), clips_per_class=1, val_clips_per_class=1,
+                              width=96, height=72, seconds=2.6, corrupt=True)  # fmt: skip
+        root = write_video_demo(cfg)
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.*"))}
+
+    first, second = digest("a"), digest("b")
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
