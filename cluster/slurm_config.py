@@ -60,7 +60,7 @@ class SlurmStage:
 @dataclass
 class SlurmConfig:
     partition: str | None = None  # default partition of every stage
-    account: str | None = None
+    account: str | None = None  # of every stage's job
     qos: str | None = None
     # Shell lines run before each stage, e.g. "module load cuda/12.4" or "source ~/venv/bin/activate".
     setup: list[str] = field(default_factory=list)

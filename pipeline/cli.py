@@ -13,8 +13,7 @@
 Every command that reads a run YAML takes several, merged in order (later files win), and
 ``key=value`` overrides anywhere on the line, applied last.
 
-Exit status: 0 success, 1 a stage or job failed, 2 bad configuration or usage, 75 a training
-stage was preempted after saving a checkpoint (run it again to resume).
+Exit codes: :data:`EXIT_CODES` (``maskmill --help`` lists them with the ranks' own).
 """
 
 from __future__ import annotations
@@ -49,7 +48,10 @@ from pipeline.submit import (
 )
 from training.export_format import FORMATS, MODEL_JSON
 from training.modalities import DEFAULT as DEFAULT_MODALITY
-from training.typed_config import COMMAND_LINE, ConfigError, load_config
+from training.modalities import modality as modality_named
+from training.rank import exit_code_help
+from training.tasks.config import EVAL_STAGES, tasks_of_stage
+from training.typed_config import COMMAND_LINE, ConfigError, load_config, to_yaml
 
 log = logging.getLogger("maskmill")
 
@@ -69,13 +71,23 @@ EPILOG = """examples:
   maskmill demo-data /tmp/clips --modality video --corrupt true
   maskmill prep video /data/kinetics400 /data/k400-shards short_side=320 stride=4
 """
+EXIT_CODES = {
+    0: "success",
+    1: "a stage or job failed (its log names why; a rank's own code is in it, see below)",
+    2: "bad configuration or usage, or an environment that cannot run it; nothing was started",
+    PREEMPTED_EXIT: "a training stage was preempted after saving a checkpoint; rerun to resume",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskmill",
         description="Masked pretraining from raw corpora to evaluated encoders, driven by one YAML file.",
-        epilog=EPILOG,
+        epilog=EPILOG
+        + "\nexit codes of maskmill:\n"
+        + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+        + "\nof a training stage's ranks (python -m training.pretrain | training.evaluate), "
+        + exit_code_help().replace("exit codes:", "in its log:"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"maskmill {version()}")
@@ -89,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verify,
         _add_prep,
         _add_demo_data,
+        _add_config_command,
+        _add_modalities,
     ):
         add(sub)
     return parser
@@ -482,6 +496,52 @@ def _demo_data(args) -> int:
     return 0
 
 
+def _add_config_command(sub) -> None:
+    config = sub.add_parser(
+        "config",
+        help="print a run's resolved config (every key, interpolations done), or the reference",
+        description="Print the config a run would use: the YAML files merged, the overrides "
+        "applied, interpolations resolved and every value checked, as `maskmill run` would see "
+        "it (like Hydra's --cfg job). --reference prints every key of every modality with its "
+        "type, default and meaning instead (docs/reference.md is this output).",
+    )
+    config.add_argument("config", nargs="*", metavar="RUN.yaml [key=value]")
+    config.add_argument("--reference", action="store_true", help="the YAML reference, as markdown")
+
+
+def _config(args) -> int:
+    if args.reference:
+        from pipeline.reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+        return 0
+    sys.stdout.write(to_yaml(_run_config(args.config)))
+    return 0
+
+
+def _add_modalities(sub) -> None:
+    sub.add_parser(
+        "modalities",
+        help="list the modalities: each one's layout, objective, mask kinds and tasks",
+        description="The words `modality:` takes, found by convention (a folder in "
+        "data_prep/ and training/modalities/; docs/architecture.md says how to add one).",
+    )
+
+
+def _modalities(args) -> int:
+    for name in modalities():
+        m = modality_named(name)
+        tasks = m.tasks_config()
+        by_stage = "; ".join(f"{s}: {', '.join(tasks_of_stage(tasks, s))}" for s in EVAL_STAGES)
+        sys.stdout.write(
+            f"{name}\n  layout: {corpus_reader(name).layout}\n"
+            f"  objective: {m.objective.name}; mask kinds: {', '.join(m.mask_kinds)} "
+            f"(default {m.mask_kinds[0]} at {m.mask_ratio}); unit: {m.unit}\n"
+            f"  evaluation stages: {by_stage}\n"
+        )
+    return 0
+
+
 _COMMANDS = {
     "run": _run,
     "status": _status,
@@ -491,6 +551,8 @@ _COMMANDS = {
     "verify": _verify,
     "prep": _prep,
     "demo-data": _demo_data,
+    "config": _config,
+    "modalities": _modalities,
 }
 
 

@@ -70,9 +70,14 @@ class ReportConfig:
 
 @dataclass
 class RunConfig:
+    # run name
     name: str = "???"
+    # picks the keys of demo_data, prep, pretrain.input, pretrain.mask and evaluate.tasks (see
+    # `maskmill modalities` for the words and each modality's section below)
     modality: str = DEFAULT_MODALITY
+    # everything the run makes goes here
     run_dir: str = "runs/${name}"
+    # seeds the shard plan, masks, augmentation and evaluation
     seed: int = 0
     demo_data: Any = None  # the modality's demo corpus, generated as a first stage when set
     prep: Any = None  # the modality's prep config (see ``run_schema``)

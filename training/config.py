@@ -46,22 +46,24 @@ class ModelConfig:
         "decoder_num_heads",
     )
 
+    # nano (CPU tests/demo), tiny, small, base, large, huge (ViT-Ti/S/B/L/H)
     preset: str = "base"
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
+    embed_dim: int | None = None  # None: the preset's (set any of these three to override it)
+    depth: int | None = None  # None: the preset's
+    num_heads: int | None = None  # None: the preset's
     mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 512
+    decoder_embed_dim: int = 512  # MAE's decoder: 8 blocks x 512, 16 heads
     decoder_depth: int = 8
     decoder_num_heads: int = 16
+    # per-patch normalised pixel targets
     norm_pix_loss: bool = True
     pool: str = "mean"  # features for probes: mean of patch tokens, or the cls token
     # "self": MAE's decoder (self-attention over visible + mask tokens); "cross": CrossMAE's
     # (mask tokens cross-attend to the visible ones only). Both predict masked patches only.
     decoder_type: str = "self"
-    decoder_predict_fraction: float = (
-        1.0  # reconstruct this random share of masked patches (training)
-    )
+    # reconstruct only this random share of the masked patches while training (the loss covers
+    # that share); evaluation and the report reconstruct all
+    decoder_predict_fraction: float = 1.0
     attention: str = "auto"  # auto: matmul + softmax for bf16 on CPU, else fused SDPA; sdpa; matmul
 
     def resolved(self) -> ModelConfig:
@@ -100,7 +102,15 @@ class MaskConfig:
     noise_highpass / noise_bandpass (ColorMAE's filtered noise), hpm (hard patches mining: the
     model's loss head picks what to hide), tube (VideoMAE's), time_frequency (AudioMAE's)."""
 
+    # one the modality allows. Image: random (MAE's), block (BEiT's rectangles, at least 8% of the
+    # grid each, aspect 0.3-3.3), noise_lowpass / noise_highpass / noise_bandpass (ColorMAE's
+    # filtered-noise patterns: blobs / evenly spread / blobs of about 4 tokens' period), hpm (hard
+    # patches mining: a loss head on the decoder learns to rank tokens by reconstruction loss, and
+    # the hardest it predicts are hidden first); audio: also time_frequency; video: tube, random.
+    # Every kind hides exactly the same count and is reproducible from (seed, step, sample key); hpm
+    # also from the weights, which the checkpoint holds
     kind: str = "random"
+    # 0–0.98, per sample
     ratio: float = 0.75
     # Masked views of each decoded sample in a step (data2vec 2.0's multi-mask): the encoder
     # and decoder run on per_sample x batch_size rows; loading and decoding are shared.
@@ -129,11 +139,13 @@ class OptimConfig:
     epochs of the train split (exactly one of each pair).
     """
 
+    # peak lr; unset means base_lr × effective batch / 256
     lr: float | None = None
     base_lr: float = 1.5e-4
     min_lr: float = 0.0
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW's; none on biases, norms, tokens
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # linear warmup (steps or epochs of the train split, at most one), then cosine
     warmup_steps: int | None = None
     warmup_epochs: float | None = None
     grad_clip: float = 1.0  # 0 turns clipping off
@@ -155,9 +167,12 @@ class LoaderConfig:
 
     POSITIVE: ClassVar = ("prefetch_factor",)
 
+    # DataLoader processes per rank (images: about 1,600-2,000 per second each at 224 px from 256 px
+    # shards, benchmarks/image_loader)
     workers: int = 2
+    # samples; the buffer restarts each epoch, so a resume skips finished epochs by arithmetic
     shuffle_buffer: int = 1000
-    prefetch_factor: int = 4
+    prefetch_factor: int = 4  # batches each worker keeps ready
     # Each shard's sha256 is checked against the manifest the first time a worker opens it (its
     # size at every open): about 1% of loader time (benchmarks/shard_integrity.py).
     verify_sha256: bool = True
@@ -182,9 +197,12 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     batch_size: int = 64  # per rank, per micro step
+    # micro steps per optimizer step
     grad_accum: int = 1
+    # the run's length: optimizer steps or train-split epochs (exactly one)
     steps: int | None = None
     epochs: float | None = None
+    # bf16 or fp32 (CPU and CUDA)
     precision: str = "bf16"
     zero_stage: int | None = None  # None: by model size (training.ds_config): 2, or 3 if huge
     device: str = "auto"  # auto | cpu | cuda
@@ -281,10 +299,10 @@ class EvalConfig:
     POSITIVE: ClassVar = ("batch_size", "checkpoint_every", "keep_checkpoints")
 
     modality: str = DEFAULT_MODALITY
-    export_dir: str = "???"
-    train_shards: str = "???"
-    val_shards: str = "???"
-    out_dir: str = "???"
+    export_dir: str = "???"  # the pretrained export to evaluate
+    train_shards: str = "???"  # the prepared split the tasks train on
+    val_shards: str = "???"  # the prepared split they are scored on
+    out_dir: str = "???"  # the stages write out_dir/finetune/ and out_dir/probe/
     seed: int = 0
     batch_size: int = 256  # per rank, for feature extraction and scoring passes
     baseline: bool = True  # also evaluate a randomly initialised encoder

@@ -9,24 +9,20 @@ report shows what pretraining bought. A task that trains is a resumable job in
 ``OUT_DIR/<task>/<encoder>/`` (``training.tasks.trainer``); a rerun skips what finished.
 
 Writes ``OUT_DIR/metrics.json``: per task and encoder the metrics, and under ``tasks`` each
-task's title and, per metric, whether higher or lower is better. Exit status: 0 done, 1 a bad
-shard, 2 bad config, 3 non-finite loss, 75 preempted (SIGUSR2; rerun to resume).
+task's title and, per metric, whether higher or lower is better. Exit codes:
+``training.rank.EXIT_CODES`` (``--help`` lists them).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
-from cluster.local import PREEMPTED_EXIT, remove_shm_segments
 from data_prep.shard_format import (
-    BadShardError,
     read_labels,
     read_manifest,
     read_shard_samples,
@@ -34,16 +30,23 @@ from data_prep.shard_format import (
 )
 from training.config import EVAL_METRICS as METRICS
 from training.config import EvalConfig, eval_schema
-from training.distributed import DeviceUnavailable, init_distributed, leave_process_group
-from training.entry import config_from_argv
+from training.distributed import init_distributed
 from training.export import load_encoder, load_model
 from training.export_format import ExportInfo, read_export
 from training.modalities import modality as modality_named
 from training.objectives import objective
 from training.objectives.mae.model import ViTEncoder
+from training.rank import (
+    BAD_CONFIG,
+    config_from_argv,
+    install_stop_handler,
+    rank_argv,
+    run_rank,
+    setup_logging,
+)
 from training.tasks.config import EVAL_STAGES, tasks_of_stage
 from training.tasks.downstream import Downstream
-from training.tasks.trainer import NonFiniteLoss, Preempted, TaskRun, install_stop_handler
+from training.tasks.trainer import TaskRun
 from training.transformer import init_weights
 from training.typed_config import ConfigError
 
@@ -166,36 +169,16 @@ def _num_classes(split_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     install_stop_handler()  # first: a USR2 during start-up must not kill the rank
-    argv = sys.argv[1:] if argv is None else argv
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher's
+    setup_logging()
+    argv = rank_argv(argv)
     stage = argv[0] if argv and argv[0] in EVAL_STAGES else None
     if stage is None and argv and argv[0] not in ("-h", "--help"):
         sys.stderr.write(
             f"usage: python -m training.evaluate {{{','.join(EVAL_STAGES)}}} CONFIG.yaml\n"
         )
-        return 2
+        return BAD_CONFIG
     cfg = config_from_argv(eval_schema, argv[1:] if stage else argv, __doc__)
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    try:
-        run(cfg, stage)
-    except BadShardError as err:  # one line, not a traceback from inside the loader
-        log.error("%s", err)
-        return 1
-    except NonFiniteLoss as err:
-        log.error("%s", err)
-        return 3
-    except Preempted as err:
-        log.warning("%s", err)
-        return PREEMPTED_EXIT
-    except (DeviceUnavailable, ValueError) as err:
-        log.error("%s", err)
-        return 2
-    finally:
-        leave_process_group()
-        remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))
-    return 0
+    return run_rank(lambda: run(cfg, stage))
 
 
 if __name__ == "__main__":

@@ -8,19 +8,16 @@ consolidated model to ``OUT_DIR/export`` (``encoder.safetensors``, ``mae.safeten
 
 Preemption: on SIGUSR2 (what the Slurm scripts ask for before the time limit) every rank finishes
 the step it is in, all ranks save a checkpoint at the same step, and the process exits with
-status 75; a rerun resumes from that checkpoint. Exit status: 0 done, 2 bad config, 3 non-finite
-loss, 75 preempted (checkpoint saved).
+status 75; a rerun resumes from that checkpoint. Exit codes: ``training.rank.EXIT_CODES``
+(``--help`` lists them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,12 +25,10 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from cluster.local import PREEMPTED_EXIT, remove_shm_segments
-from data_prep.shard_format import BadShardError, read_manifest
+from data_prep.shard_format import read_manifest
 from training import checkpoint
 from training.config import PretrainConfig, pretrain_schema
 from training.distributed import (
-    DeviceUnavailable,
     DistInfo,
     StepAgreement,
     Verdict,
@@ -42,7 +37,6 @@ from training.distributed import (
     leave_process_group,
 )
 from training.ds_config import deepspeed_config, resolved_zero_stage
-from training.entry import config_from_argv
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
 from training.export_interop import write_interop
@@ -50,7 +44,16 @@ from training.loader import SkipCounts, train_loader, train_spec_for
 from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
-from training.safe_load import UnsafeCheckpointError
+from training.rank import (
+    NonFiniteLoss,
+    Preempted,
+    config_from_argv,
+    install_stop_handler,
+    rank_argv,
+    run_rank,
+    setup_logging,
+    stop_requested,
+)
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
 from training.typed_config import to_yaml
@@ -61,25 +64,6 @@ log = logging.getLogger("training.pretrain")
 EXPORT_DIR = "export"
 CKPT_DIR = "checkpoints"
 DONE = "_DONE"
-
-_preempt_requested = False
-
-
-def _request_preemption(signum, frame) -> None:
-    global _preempt_requested
-    _preempt_requested = True
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class Preempted(RuntimeError):
-    """Stopped on SIGUSR2 after saving a checkpoint at ``step``."""
-
-    def __init__(self, step: int):
-        super().__init__(f"preempted: checkpoint saved at step {step}; rerun to resume")
-        self.step = step
 
 
 @dataclass(frozen=True)
@@ -272,9 +256,9 @@ def _train(
         for step in range(start, plan.total_steps):
             for micro in range(cfg.grad_accum):
                 agreement.add(step_fn(next(batches), step * cfg.grad_accum + micro))
-            verdict = agreement.agree(stop=_preempt_requested)
+            verdict = agreement.agree(stop=stop_requested())
             if verdict.non_finite_ranks:
-                raise NonFiniteLossError(
+                raise NonFiniteLoss(
                     f"loss became non-finite at step {step + 1} on {verdict.non_finite_ranks} "
                     "rank(s); lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use "
                     f"precision=fp32. The last complete checkpoint is kept in {ckpt_dir}."
@@ -288,7 +272,7 @@ def _train(
                 checkpoint.save(engine, ckpt_dir, done, cfg.keep_checkpoints, info.is_main)
                 watchdog.beat(done, force=True)
             if preempted:
-                raise Preempted(done)
+                raise Preempted(f"preempted: checkpoint saved at step {done}; rerun to resume")
     finally:
         watchdog.close()
         metrics.close()
@@ -383,36 +367,10 @@ class _Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Installed first: a warning that lands during start-up must not kill the rank.
-    signal.signal(signal.SIGUSR2, _request_preemption)
-    cfg = config_from_argv(pretrain_schema, argv, __doc__)
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # DeepSpeed calls collectives torch has renamed; one warning per call floods the log.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    try:
-        run(cfg)
-    except NonFiniteLossError as err:
-        log.error("%s", err)
-        return 3
-    except Preempted as err:
-        log.warning("%s", err)
-        return PREEMPTED_EXIT
-    except (
-        DeviceUnavailable,
-        checkpoint.StageMismatch,
-        BadShardError,
-        UnsafeCheckpointError,
-    ) as err:
-        log.error("%s", err)
-        return 2
-    except checkpoint.CheckpointWriteError as err:
-        log.error("%s", err)
-        return 1
-    finally:
-        leave_process_group()
-        remove_shm_segments(os.environ.get("MASTER_PORT"), os.environ.get("RANK", "0"))
-    return 0
+    install_stop_handler()  # first: a USR2 during start-up must not kill the rank
+    setup_logging()
+    cfg = config_from_argv(pretrain_schema, rank_argv(argv), __doc__)
+    return run_rank(lambda: run(cfg))
 
 
 if __name__ == "__main__":

@@ -37,12 +37,15 @@ GRAY_EVERY = 13
 class DemoCorpusConfig:
     """``demo_data`` section: the generated corpus (ImageNet layout)."""
 
+    # where (ImageNet layout)
     out: str = "???"
+    # 2–8 shape/texture classes
     classes: int = 8
-    train_per_class: int = 80
-    val_per_class: int = 20
-    min_size: int = 64
+    train_per_class: int = 80  # images per class
+    val_per_class: int = 20  # images per class
+    min_size: int = 64  # random image sides (px)
     max_size: int = 160
+    # broken files added to train/ (truncated, empty, non-image)
     corrupt: int = 0
     seed: int = 0
     object_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # of the shorter side

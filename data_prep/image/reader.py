@@ -24,12 +24,18 @@ from data_prep.writer import Sample, SkipSample
 class ImagePrepConfig:
     """``prep`` section: where the raw ImageNet-layout corpus is and how to shard it."""
 
+    # (image) ImageNet-layout folder: train/<wnid>/*.JPEG, val/ + LOC_val_solution.csv (or per-class
+    # val/<wnid>/), optional LOC_synset_mapping.txt
     source: str = "???"
+    # one prepared split per ImageNet split
     out: str = "???"
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    # images are shrunk so their shorter side is at most this
     shorter_side: int = 256
+    # for re-encoded images (RGB JPEGs already small enough are passed through byte for byte)
     jpeg_quality: int = 90
     samples_per_shard: int = 1000
+    # shuffles inputs before sharding (ImageNet is sorted by class)
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
     ray_address: str | None = None  # join a running Ray cluster instead of a local head

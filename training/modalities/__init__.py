@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-__path__ = pkgutil.extend_path(__path__, __name__)  # a user's own modality rooms join
+from training import _joined
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from training.objectives import Objective
 
 DEFAULT = "image"
+
+__path__ += _joined(__path__, __name__)  # a user's own modality rooms join
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__path__ = pkgutil.extend_path(__path__, __name__)  # a user's own objective rooms join
+from training import _joined
+
+__path__ += _joined(__path__, __name__)  # a user's own objective rooms join
 
 
 @dataclass(frozen=True)

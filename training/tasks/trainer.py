@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from training.config import EvalConfig
 from training.distributed import DistInfo, StepAgreement, all_gathered, from_rank0
 from training.export_format import ENCODER, ExportInfo, write_model_json
 from training.metrics import MetricsLog
+from training.rank import NonFiniteLoss, Preempted, stop_requested
 from training.schedule import warmup_cosine
 from training.tasks import HIGHER
 
@@ -53,28 +53,6 @@ CKPT_DIR = "checkpoints"
 RESULT = "result.json"  # written last: the task is done on this encoder
 BEST, LAST = "best", "last"
 WEIGHTS = "model.safetensors"
-
-_stop_requested = False
-
-
-def _request_stop(signum, frame) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
-def install_stop_handler() -> None:
-    """SIGUSR2 asks every rank to checkpoint at the next step and stop (the Slurm preemption
-    signal, as in pretraining)."""
-    signal.signal(signal.SIGUSR2, _request_stop)
-
-
-class Preempted(RuntimeError):
-    def __init__(self, where: Path, step: int):
-        super().__init__(f"preempted: {where} saved at step {step}; rerun to resume")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -224,7 +202,7 @@ def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
             engine.backward(loss)
             engine.step()
             agreement.add(loss.detach())
-            verdict = agreement.agree(stop=_stop_requested)
+            verdict = agreement.agree(stop=stop_requested())
             if verdict.non_finite_ranks:
                 raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
             done = step + 1
@@ -246,7 +224,7 @@ def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
                                 info.is_main, extra={"best": best})  # fmt: skip
                 window = time.perf_counter()
             if stop:
-                raise Preempted(run.out, done)
+                raise Preempted(f"preempted: {run.out} saved at step {done}; rerun to resume")
     finally:
         bar.close()
     return best, last

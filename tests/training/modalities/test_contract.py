@@ -63,7 +63,7 @@ def written(request, tmp_path):
 def test_inputs_decode_what_the_writer_wrote(written):
     name, samples = written
     m = modality(name)
-    seen = m.input_config(**SMALL_INPUT[name])
+    seen = m.input_config(**SMALL_INPUT.get(name, {}))
     for rng in (random.Random(0), None):  # training (augmented) and evaluation
         examples = [m.ops.decode(seen, s, rng) for s in samples]
         assert all(e is not None for e in examples)
@@ -74,7 +74,7 @@ def test_inputs_decode_what_the_writer_wrote(written):
 def test_a_batch_tokenizes_to_the_declared_geometry(written):
     name, samples = written
     m = modality(name)
-    seen = m.input_config(**SMALL_INPUT[name])
+    seen = m.input_config(**SMALL_INPUT.get(name, {}))
     x, labels, keys = _collate([m.ops.decode(seen, s, None) for s in samples])
     assert labels.shape == (len(samples),) and keys == [s["__key__"] for s in samples]
     tokens = m.ops.tokenize(seen, x)
@@ -99,7 +99,7 @@ def completed(mask):
 @pytest.mark.parametrize("ratio", [0.0, 0.75, 0.9, 0.95, 0.98])
 def test_every_mask_kind_keeps_exactly_the_visible_count(name, ratio):
     m = modality(name)
-    g = m.geometry(m.input_config(**SMALL_INPUT[name]))
+    g = m.geometry(m.input_config(**SMALL_INPUT.get(name, {})))
     keys = [f"k{i}" for i in range(6)]
     for kind in m.mask_kinds:
         mask = completed(make_masks(kind, 0, 3, keys, g, ratio))
@@ -120,7 +120,7 @@ def test_every_mask_kind_keeps_exactly_the_visible_count(name, ratio):
 @pytest.mark.parametrize("decoder", ["self", "cross"])
 def test_flops_from_the_geometry_match_torch_flop_counter(name, decoder):
     m = modality(name)
-    g = m.geometry(m.input_config(**SMALL_INPUT[name]))
+    g = m.geometry(m.input_config(**SMALL_INPUT.get(name, {})))
     cfg = ModelConfig(
         preset="nano",
         decoder_embed_dim=32,

@@ -22,9 +22,11 @@ class ImageInputConfig:
 
     POSITIVE: ClassVar = ("image_size", "patch_size")
 
+    # (image) the square crop the model sees
     image_size: int = 224
     patch_size: int = 16  # ViT-H in the MAE paper uses 14
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # random-resized crop
+    # (image) RandomResizedCrop + flip, as MAE
     hflip: bool = True
 
     def problems(self):

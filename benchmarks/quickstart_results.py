@@ -1,0 +1,106 @@
+"""The quickstart results tables of README.md and docs/results.md, written from runs of the
+current code: ``make results`` (all four modalities, about 30 minutes on 2 cores) or
+``python -m benchmarks.quickstart_results image text``.
+
+Each quickstart runs from scratch under ``results/quickstart_<modality>/`` (its own run folder,
+removed first, so nothing is reused from an older checkout), then its ``finetune`` and ``probe``
+metrics are read back. The page says the machine, the date and the commit; the tables are never
+copied by hand. ``--collect DIR ...`` only reads finished run folders (to compare two checkouts'
+runs, for example), ``--out`` names the markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import machine
+from training.metrics import read_eval_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+MODALITIES = ("image", "audio", "video", "text")
+PERCENT = {"top1", "top5", "accuracy", "wer", "cer"}
+
+
+def run_quickstart(modality: str) -> tuple[Path, float]:
+    run_dir = ROOT / "results" / f"quickstart_{modality}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", f"configs/quickstart_{modality}.yaml",
+           f"run_dir={run_dir}"]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return run_dir, time.perf_counter() - start
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """One row per task and metric: pretrained, random init, which way is better."""
+    metrics = read_eval_metrics(run_dir / "evaluate")
+    out = []
+    for task, about in metrics["tasks"].items():
+        pre, rnd = metrics[task].get("pretrained", {}), metrics[task].get("random_init", {})
+        for metric, better in about["better"].items():
+            if metric == "top5" or metric not in pre:
+                continue  # top-5 of 6-8 classes says little
+            out.append({"task": about["title"], "metric": metric, "better": better,
+                        "pretrained": pre[metric], "random_init": rnd.get(metric)})  # fmt: skip
+    return out
+
+
+def table(found: list[dict]) -> list[str]:
+    lines = ["| task | metric | pretrained | random init | better |", "|---|---|---|---|---|"]
+    for r in found:
+        unit = "%" if r["metric"] in PERCENT else ""
+        rnd = "-" if r["random_init"] is None else f"{r['random_init']:.2f}{unit}"
+        lines.append(f"| {r['task']} | {r['metric']} | **{r['pretrained']:.2f}{unit}** | "
+                     f"{rnd} | {r['better']} |")  # fmt: skip
+    return lines
+
+
+def page(results: dict, about: dict) -> str:
+    lines = [
+        "# Quickstart results",
+        "",
+        f"Written by `make results` (`python -m benchmarks.quickstart_results`) on "
+        f"{about['date']}, commit `{about['commit']}`, {about['cpu']} ({about['cores']} cores), "
+        f"torch {about['torch']}. Each quickstart ran from scratch; every number below is read "
+        "from its `evaluate/{finetune,probe}/metrics.json`. Each protocol scores the pretrained "
+        "encoder and a random-init one of the same shape on the val split, which no recipe "
+        "choice looked at.",
+    ]
+    for modality, found in results.items():
+        took = f" ({found['seconds'] / 60:.1f} min)" if found.get("seconds") else ""
+        lines += ["", f"## {modality}{took}", "", *table(found["rows"])]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modalities", nargs="*", default=list(MODALITIES))
+    parser.add_argument("--collect", nargs="*", help="finished run folders to read, not run")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args()
+    results = {}
+    if args.collect:
+        for run_dir in map(Path, args.collect):
+            results[run_dir.name] = {"rows": rows(run_dir)}
+    else:
+        for modality in args.modalities:
+            run_dir, seconds = run_quickstart(modality)
+            results[modality] = {"rows": rows(run_dir), "seconds": seconds}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    about = {**machine(), "date": datetime.date.today().isoformat(), "commit": commit or "?"}
+    out = Path(args.out)
+    out.write_text(page(results, about))
+    out.with_suffix(".json").write_text(json.dumps({"about": about, "results": results}, indent=1))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
