@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak
+.PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak results docs
 
 install: $(STAMP)
 
@@ -60,6 +60,14 @@ slurm:
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# Every quickstart from scratch under results/, then docs/results.md and the README's table.
+results: $(STAMP)
+	$(BIN)/python -m benchmarks.quickstart_results
+
+# docs/reference.md from the typed configs (a test fails when they disagree).
+docs: $(STAMP)
+	$(BIN)/maskmill config --reference > docs/reference.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
@@ -67,4 +75,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs results .pytest_cache

@@ -68,8 +68,8 @@ def page(results: dict, about: dict) -> str:
         "",
         f"Written by `make results` (`python -m benchmarks.quickstart_results`) on "
         f"{about['date']}, commit `{about['commit']}`, {about['cpu']} ({about['cores']} cores), "
-        f"torch {about['torch']}. Each quickstart ran from scratch; every number below is read "
-        "from its `evaluate/{finetune,probe}/metrics.json`. Each protocol scores the pretrained "
+        f"torch {about['torch']}. {about['how']}; every number below is read from its "
+        "`evaluate/{finetune,probe}/metrics.json`. Each protocol scores the pretrained "
         "encoder and a random-init one of the same shape on the val split, which no recipe "
         "choice looked at.",
     ]
@@ -79,11 +79,44 @@ def page(results: dict, about: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(results: dict, about: dict) -> str:
+    """The README's compact table: one row per modality and protocol (the first metric of each
+    task), pretrained against random init."""
+    lines = [
+        "<!-- results: written by benchmarks/quickstart_results.py; do not edit by hand -->",
+        f"From `make results` on {about['date']} (commit `{about['commit']}`, {about['cpu']}, "
+        f"{about['cores']} cores):",
+        "",
+        "| modality | protocol | pretrained | random init |",
+        "|---|---|---|---|",
+    ]
+    for modality, found in results.items():
+        seen = set()
+        for r in found["rows"]:
+            if r["task"] in seen:
+                continue
+            seen.add(r["task"])
+            unit = "%" if r["metric"] in PERCENT else ""
+            rnd = "-" if r["random_init"] is None else f"{r['random_init']:.1f}{unit}"
+            lines.append(f"| {modality} | {r['task']} ({r['metric']}) | "
+                         f"**{r['pretrained']:.1f}{unit}** | {rnd} |")  # fmt: skip
+    return "\n".join([*lines, "<!-- /results -->"])
+
+
+def update_readme(block: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start = text.index("<!-- results:")
+    end = text.index("<!-- /results -->") + len("<!-- /results -->")
+    readme.write_text(text[:start] + block + text[end:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modalities", nargs="*", default=list(MODALITIES))
     parser.add_argument("--collect", nargs="*", help="finished run folders to read, not run")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
     args = parser.parse_args()
     results = {}
     if args.collect:
@@ -95,10 +128,18 @@ def main() -> None:
             results[modality] = {"rows": rows(run_dir), "seconds": seconds}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    about = {**machine(), "date": datetime.date.today().isoformat(), "commit": commit or "?"}
+    how = (
+        f"Collected from finished run folders ({', '.join(args.collect)}), commit not checked"
+        if args.collect
+        else "Each quickstart ran from scratch"
+    )
+    about = {**machine(), "date": datetime.date.today().isoformat(), "commit": commit or "?",
+             "how": how}  # fmt: skip
     out = Path(args.out)
     out.write_text(page(results, about))
     out.with_suffix(".json").write_text(json.dumps({"about": about, "results": results}, indent=1))
+    if not args.no_readme and not args.collect:
+        update_readme(readme_block(results, about))
     print(out.read_text())
 
 
