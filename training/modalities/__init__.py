@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import math
-import pkgutil
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from training import _joined
+from training import _joined, rooms
 
 if TYPE_CHECKING:
     import torch
@@ -128,13 +126,7 @@ class Modality:
 @functools.cache
 def names() -> tuple[str, ...]:
     """The modality words: the rooms of this package that hold a ``bundle`` module, sorted."""
-    return tuple(
-        sorted(
-            info.name
-            for info in pkgutil.iter_modules(__path__)
-            if info.ispkg and importlib.util.find_spec(f"{__name__}.{info.name}.bundle")
-        )
-    )
+    return rooms(__path__, __name__, "bundle")
 
 
 def modality(name: str) -> Modality:

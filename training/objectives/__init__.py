@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training import _joined
+from training import _joined, rooms
 
 __path__ += _joined(__path__, __name__)  # a user's own objective rooms join
 
@@ -60,13 +58,7 @@ class Objective:
 @functools.cache
 def names() -> tuple[str, ...]:
     """The objective words: the rooms of this package that hold a ``bundle`` module, sorted."""
-    return tuple(
-        sorted(
-            info.name
-            for info in pkgutil.iter_modules(__path__)
-            if info.ispkg and importlib.util.find_spec(f"{__name__}.{info.name}.bundle")
-        )
-    )
+    return rooms(__path__, __name__, "bundle")
 
 
 def objective(name: str) -> Objective:
