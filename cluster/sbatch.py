@@ -27,7 +27,13 @@ from cluster.slurm_config import time_limit_seconds
 
 KINDS = ("plain", "training", "ray")
 _PLAIN = re.compile(r"^[A-Za-z0-9_.,:@%/+=-]+$")
-RAY_PORT_BASE = 40000  # + 4 x (job id mod 5000): Ray ports per job, below 60000, no clash on a node
+# Ports a job listens on lie below Linux's ephemeral range (ip_local_port_range, 32768-60999 by
+# default), where outgoing connections take their local ports: a port in that range can be held
+# by any client on the node when the job starts. The rendezvous takes [10000, 20000) (less where
+# the node's range starts lower), Ray [20000, 30000).
+MASTER_PORT_LOW, MASTER_PORT_HIGH = 10000, 20000
+RAY_PORT_BASE = 20000  # + 4 x (job id mod 2500): Ray's four ports per job
+RAY_JOBS = 2500
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class JobSpec:
     setup: list[str] = field(default_factory=list)
     extra_sbatch: list[str] = field(default_factory=list)
     python: str = "python3"  # used by the ray kind's helpers
+    master_port: int | None = None  # training: a fixed rendezvous port (launch.master_port)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -117,6 +124,29 @@ def render(spec: JobSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def master_port_lines(fixed: int | None) -> list[str]:
+    """Shell lines that set MASTER_ADDR and MASTER_PORT: ``fixed`` when given, else a port below
+    this node's ephemeral range (read here, on the first node, where rank 0 listens) drawn from
+    the job id and the requeue count, so a requeued attempt does not meet the port its
+    predecessor's ranks may still hold (TIME_WAIT, a straggler)."""
+    lines = ['MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)']
+    if fixed is not None:
+        return [*lines, f"MASTER_PORT={fixed}  # launch.master_port"]
+    return [
+        *lines,
+        "# The port: below the node's ephemeral range, moved by each requeue.",
+        f"port_high={MASTER_PORT_HIGH}",
+        "read -r ephemeral_low _ < /proc/sys/net/ipv4/ip_local_port_range || ephemeral_low=32768",
+        '[ "$ephemeral_low" -lt "$port_high" ] && port_high=$ephemeral_low',
+        f'if [ "$port_high" -le {MASTER_PORT_LOW + 100} ]; then',
+        '  echo "maskmill: this node\'s ephemeral ports start at $ephemeral_low; set launch.master_port" >&2',
+        "  exit 2",
+        "fi",
+        f"MASTER_PORT=$(( {MASTER_PORT_LOW} + (SLURM_JOB_ID * 7 + ${{SLURM_RESTART_COUNT:-0}} * 1009)"
+        f" % (port_high - {MASTER_PORT_LOW}) ))",
+    ]
+
+
 def _plain_body(spec: JobSpec) -> list[str]:
     return [f"exec {shlex.join(spec.command)}"]
 
@@ -124,10 +154,8 @@ def _plain_body(spec: JobSpec) -> list[str]:
 def _training_body(spec: JobSpec) -> list[str]:
     return [
         "",
-        "# Rendezvous from the allocation: rank 0 runs on the first node; the port is fixed by the",
-        "# job id, so a requeued job (same id) finds it again.",
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "# Rendezvous from the allocation: rank 0 runs on the first node, where this script runs.",
+        *master_port_lines(spec.master_port),
         "export MASTER_ADDR MASTER_PORT",
         "",
         "# CPU binding: every rank and its loader workers get --cpus-per-task CPUs, bound to cores.",
@@ -181,7 +209,7 @@ def _ray_body(spec: JobSpec) -> list[str]:
         "head_node=${nodes[0]}",
         'head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address'
         " | awk '{print $1}')",
-        f"ray_port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 5000 * 4))",
+        f"ray_port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % {RAY_JOBS} * 4))",
         'ray_address="$head_ip:$ray_port"',
         "export RAY_AUTH_MODE=token",
         f"RAY_AUTH_TOKEN=$({py} -c 'import secrets; print(secrets.token_hex(32))')",

@@ -5,7 +5,7 @@ shards, and a lock held while one prep writes.
 shard (the output's own path, the Ray session, which splits to write). A prep into an output made with other settings
 is refused before any work, naming the keys that differ, or with ``rebuild`` empties the output
 first: shards of two settings never mix in one output. ``OUT/.maskmill/prep.lock`` is held
-(``flock``) while a prep writes, so a second prep into the same output at the same time is
+(``data_prep.lock``: ``flock``, or a lock file where the file system refuses it) while a prep writes, so a second prep into the same output at the same time is
 refused rather than interleaved.
 """
 
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data_prep.lock import LockHeld, exclusive
 from data_prep.shard_format import META_DIR, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -53,20 +52,14 @@ def changed_keys(recorded: dict, settings: dict) -> list[str]:
 def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
     """Hold ``out`` for one prep with ``settings`` (see module docstring)."""
     (out / META_DIR).mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as lock:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
+            held.enter_context(exclusive(out / LOCK))
+        except LockHeld as err:
             raise PrepOutputError(
-                f"another prep ({holder}) is writing {out}; wait for it to finish, or prepare "
+                f"another prep ({err}) is writing {out}; wait for it to finish, or prepare "
                 "into another output folder"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        lock.flush()
         _claim(out, settings, rebuild)
         yield
 

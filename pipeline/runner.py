@@ -13,7 +13,7 @@ them, so a path pointed at the user's own data is never deleted.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.lock import LockHeld, exclusive, process_alive
 from data_prep.shard_format import atomic_write_text
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES, Stage
@@ -71,7 +72,7 @@ class StageView:
             return f"stale ({self.stale_upstream} will run again)"
         if s.status == DONE and self.damage:
             return "damaged (rerun repairs it)"
-        if s.status == RUNNING and s.pid and not _alive(s.pid):
+        if s.status == RUNNING and s.pid and not process_alive(s.pid):
             return "interrupted (will resume)"
         return s.status
 
@@ -222,21 +223,13 @@ def _clear_output(path: Path) -> None:
 
 @contextmanager
 def _run_lock(run_dir: Path) -> Iterator[None]:
-    lock_path = run_dir / STATE_DIR / "lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockedError(f"another `maskmill run` is working in {run_dir}") from None
+            held.enter_context(exclusive(run_dir / STATE_DIR / "lock"))
+        except LockHeld as err:
+            raise RunLockedError(
+                f"another `maskmill run` ({err}) is working in {run_dir}"
+            ) from None
         yield
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

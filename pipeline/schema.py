@@ -42,7 +42,9 @@ class LaunchConfig:
     ranks: int = 2  # ranks per node (GPUs per node on a GPU machine)
     nodes: int = 1  # more than one needs a cluster: `maskmill submit --slurm`
     launcher: str = "deepspeed"  # deepspeed | python (one rank) | srun (inside a Slurm job)
-    master_port: int | None = None  # None: pick a free port
+    # None: a free port (one machine); under Slurm one below the first node's ephemeral range,
+    # from the job id and its requeue count (cluster.sbatch)
+    master_port: int | None = None
 
     @property
     def world_size(self) -> int:

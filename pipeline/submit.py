@@ -103,6 +103,7 @@ def slurm_jobs(cfg: RunConfig, workdir: Path, python: str) -> list[tuple[str, Jo
                     setup=list(s.setup),
                     extra_sbatch=list(s.extra_sbatch),
                     python=python,
+                    master_port=cfg.launch.master_port if training else None,
                 ),
             )
         )

@@ -185,3 +185,52 @@ def test_world_size_comes_from_launch(multi_node, tmp_path):
     jobs = dict(slurm_jobs(multi_node, tmp_path, "python"))
     assert (jobs["pretrain"].nodes, jobs["pretrain"].tasks_per_node) == (2, 8)
     assert multi_node.launch.world_size == 16
+
+
+def _master_port(script: str, ephemeral: str, job_id: int, restarts: int, tmp_path) -> str:
+    """What the training script's rendezvous lines export, run in bash with a node whose
+    ip_local_port_range reads ``ephemeral``."""
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text(ephemeral + "\n")
+    start = script.index("MASTER_ADDR=")
+    end = script.index("export MASTER_ADDR MASTER_PORT")
+    lines = script[start:end].replace("/proc/sys/net/ipv4/ip_local_port_range", str(ranges))
+    lines = lines.replace('$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)', "node1")
+    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": str(job_id)}
+    if restarts:
+        env["SLURM_RESTART_COUNT"] = str(restarts)
+    proc = subprocess.run(["bash", "-c", lines + 'echo "$MASTER_PORT"'], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    return proc.stdout.strip() or proc.stderr.strip()
+
+
+def _training_script(master_port=None) -> str:
+    spec = JobSpec(name="j", kind="training", command=["true"], workdir="/w", log="/w/%j.out",
+                   master_port=master_port)  # fmt: skip
+    return render(spec)
+
+
+@pytest.mark.parametrize("job_id", [1, 12345, 19999, 987654])
+@pytest.mark.parametrize("ephemeral", ["32768\t60999", "15000\t60999"])
+def test_the_rendezvous_port_lies_below_the_nodes_ephemeral_range(job_id, ephemeral, tmp_path):
+    low = int(ephemeral.split()[0])
+    ports = {
+        int(_master_port(_training_script(), ephemeral, job_id, restarts, tmp_path))
+        for restarts in range(4)
+    }
+    assert all(10000 <= p < min(low, 20000) for p in ports), ports
+    assert len(ports) == 4  # each requeue (SLURM_RESTART_COUNT) gets another port
+
+
+def test_a_node_without_room_below_its_ephemeral_range_asks_for_launch_master_port(tmp_path):
+    said = _master_port(_training_script(), "10050\t60999", 7, 0, tmp_path)
+    assert "set launch.master_port" in said
+    assert (
+        _master_port(_training_script(master_port=29500), "10050\t60999", 7, 0, tmp_path) == "29500"
+    )
+
+
+def test_the_real_nodes_range_gives_a_port_outside_it(tmp_path):
+    real = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().strip()
+    port = int(_master_port(_training_script(), real, 424242, 0, tmp_path))
+    assert port < int(real.split()[0])
