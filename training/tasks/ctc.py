@@ -62,17 +62,26 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
     return row[-1]
 
 
-def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus word and character error rates in percent: total edits over total reference
-    words (characters), as sclite and jiwer count them."""
-    word_edits = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps))
-    char_edits = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps))
-    words = max(1, sum(len(r.split()) for r in refs))
-    chars = max(1, sum(len(r) for r in refs))
+def error_counts(ref: str, hyp: str) -> tuple[int, int, int, int]:
+    """Word edits, reference words, character edits, reference characters of one utterance."""
+    return (edit_distance(ref.split(), hyp.split()), len(ref.split()),
+            edit_distance(list(ref), list(hyp)), len(ref))  # fmt: skip
+
+
+def rates_of_counts(counts: torch.Tensor) -> dict[str, float]:
+    """Corpus word and character error rates in percent from :func:`error_counts` rows: total
+    edits over total reference words (characters), as sclite and jiwer count them."""
+    word_edits, words, char_edits, chars = counts.sum(dim=0).tolist()
     return {
-        "wer": round(100.0 * word_edits / words, 2),
-        "cer": round(100.0 * char_edits / chars, 2),
+        "wer": round(100.0 * word_edits / max(1, words), 2),
+        "cer": round(100.0 * char_edits / max(1, chars), 2),
     }
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus error rates of whole lists of transcripts (:func:`rates_of_counts`)."""
+    counts = [error_counts(r, h) for r, h in zip(refs, hyps)]
+    return rates_of_counts(torch.tensor(counts, dtype=torch.float64).reshape(-1, 4))
 
 
 class CtcHead(nn.Module):
@@ -151,17 +160,23 @@ class CtcJob(EncoderJob):
         return ctc_loss(log_probs[rows], [self.train_text[keys[i]] for i in rows])
 
     def val_rows(self):
+        """Each transcribed utterance's edit counts (:func:`error_counts`): four numbers a row,
+        decoded here, so the gather moves no text."""
+        order, counts = [], []
         for x, _, keys, places in self.data.indexed_eval_batches(self.data.val_shards):
             log_probs = self.module(self.cast(self.data.tokens(x)))
             for key, place, row in zip(keys, places, log_probs):
                 if key in self.val_text:
                     ref = " ".join(self.val_text[key].upper().split())
-                    yield place, (ref, greedy_decode(row.float()))
+                    order.append(place)
+                    counts.append(error_counts(ref, greedy_decode(row.float())))
+        return {"order": torch.tensor(order, dtype=torch.long),
+                "counts": torch.tensor(counts, dtype=torch.float64).reshape(-1, 4)}  # fmt: skip
 
-    def metrics(self, outputs: list) -> dict[str, float]:
-        if not outputs:
+    def metrics(self, rows: dict) -> dict[str, float]:
+        if not len(rows["counts"]):
             raise ValueError(f"{self.data.val_shards} holds no transcribed utterance for CTC")
-        return error_rates([ref for ref, _ in outputs], [hyp for _, hyp in outputs])
+        return rates_of_counts(rows["counts"])
 
 
 def ctc_loss(log_probs: torch.Tensor, texts: list[str]) -> torch.Tensor:

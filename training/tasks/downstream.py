@@ -3,13 +3,15 @@ place in the world, and the features of frozen encoders (extracted once per enco
 the probe and k-NN).
 
 Passes over a split are shared by the ranks: each takes the samples whose place in the split is
-its rank modulo the world size, and the outputs are gathered and put back in split order, so
-every sample counts once (``loader.indexed_eval_batches``).
+its rank modulo the world size, and the outputs are gathered as fixed-shape tensors
+(``distributed.all_gathered_rows``) and put back in split order, so every sample counts once
+(``loader.indexed_eval_batches``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from training.config import LoaderConfig
-from training.distributed import all_gathered
+from training.distributed import all_gathered_rows
 from training.loader import Batch, eval_batches, indexed_eval_batches, train_loader, train_spec_for
 from training.modalities import Modality
 
@@ -103,35 +105,62 @@ class Downstream:
     def scored(self, fn: Callable[[torch.Tensor], torch.Tensor], split_dir: str):
         """``fn`` (tokens -> one output row per sample) over every sample of a split, and the
         labels: ``[N, ...]``, ``[N]``, on every rank. The ranks share the pass and gather the
-        outputs (see the module docstring)."""
-        gathered = all_gathered(list(self.rank_outputs(fn, split_dir)))
-        rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda r: r[0])
-        return self.classified([output for _, output in rows], split_dir)
+        outputs as tensors (see the module docstring)."""
+        return self.classified(gathered_in_order(self.rank_rows(fn, split_dir)), split_dir)
 
-    def rank_outputs(self, fn, split_dir: str) -> Iterator[tuple[tuple[int, int], tuple]]:
-        """``((view, place in split), (output row, label, key))`` of this rank's share of a
-        split; the val split is scored under every view (``views``)."""
+    def rank_rows(self, fn, split_dir: str) -> dict[str, torch.Tensor]:
+        """This rank's share of a split through ``fn``, as tensors: ``order`` (view, then place
+        in the split: where a row goes back to), ``out`` (the output rows), ``label`` and
+        ``group`` (what video's multi-view test averages over: the sample's group key, hashed;
+        else its place). The val split is scored under every view (``views``)."""
         is_val = split_dir == self.val_shards
         views = (self.views if is_val else []) or [self.input]
+        group_of = self.group_of if is_val else None
+        parts = {"order": [], "out": [], "label": [], "group": []}
         for v, view in enumerate(views):
             for x, y, keys, places in indexed_eval_batches(
                 split_dir, self.modality.name, view, self.batch_size, self.rank, self.world_size
             ):
                 tokens = self.modality.ops.tokenize(view, x.to(self.device))
-                out = fn(tokens).float().cpu()
-                for i, place in enumerate(places):
-                    yield (v, place), (out[i], int(y[i]), keys[i])
+                places = torch.as_tensor(places, dtype=torch.long)
+                parts["order"].append(v * VIEW_STRIDE + places)
+                parts["out"].append(fn(tokens).float().cpu())
+                parts["label"].append(torch.as_tensor(y, dtype=torch.long))
+                groups = [group_id(group_of(k)) for k in keys] if group_of else places.tolist()
+                parts["group"].append(torch.tensor(groups, dtype=torch.long))
+        return {
+            k: torch.cat(v) if v else torch.zeros(0, dtype=_DTYPES[k]) for k, v in parts.items()
+        }
 
-    def classified(self, outputs: list[tuple], split_dir: str):
-        """The ``(output row, label, key)`` of :meth:`rank_outputs`, gathered from every rank and
-        in split order, as outputs ``[N, ...]`` and labels ``[N]``; on the val split a group's
-        outputs averaged (one row per group, in order of first appearance: video's views)."""
-        out = torch.stack([o for o, _, _ in outputs])
-        labels = torch.tensor([y for _, y, _ in outputs])
-        group_of = self.group_of if split_dir == self.val_shards else None
-        if group_of is None:
-            return out, labels
-        return averaged_by_group(out, labels, [group_of(k) for _, _, k in outputs])
+    def classified(self, rows: dict[str, torch.Tensor], split_dir: str):
+        """The gathered rows of :meth:`rank_rows` (in order) as outputs ``[N, ...]`` and labels
+        ``[N]``; on the val split a group's outputs averaged (one row per group, in order of
+        first appearance: video's views)."""
+        if self.group_of is None or split_dir != self.val_shards:
+            return rows["out"], rows["label"]
+        return averaged_by_group(rows["out"], rows["label"], rows["group"].tolist())
+
+
+VIEW_STRIDE = 2**40  # order = view x this + place: views one after the other, each in split order
+_DTYPES = {"order": torch.long, "out": torch.float32, "label": torch.long, "group": torch.long}
+
+
+def group_id(group: str) -> int:
+    """A group key as a signed 64-bit integer, the same on every rank (no process-salted hash)."""
+    return int.from_bytes(
+        hashlib.blake2b(group.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def gathered_in_order(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's ``rows`` (tensors sharing a first dimension, one of them ``order``), gathered
+    as tensors and sorted by ``order``; a sample scored twice is a bug, and says so."""
+    names = sorted(rows)
+    gathered = dict(zip(names, all_gathered_rows(*(rows[k] for k in names))))
+    order = gathered["order"].argsort()
+    if len(gathered["order"].unique()) != len(order):
+        raise AssertionError("a val sample was scored twice")
+    return {k: v[order] for k, v in gathered.items()}
 
 
 def averaged_by_group(outputs: torch.Tensor, labels: torch.Tensor, groups: list[str]):

@@ -136,8 +136,8 @@ class FinetuneJob(EncoderJob):
         return soft_cross_entropy(logits, targets.to(logits.device))
 
     def val_rows(self):
-        return self.data.rank_outputs(lambda t: self.module(self.cast(t)), self.data.val_shards)
+        return self.data.rank_rows(lambda t: self.module(self.cast(t)), self.data.val_shards)
 
-    def metrics(self, outputs: list) -> dict[str, float]:
-        logits, labels = self.data.classified(outputs, self.data.val_shards)
+    def metrics(self, rows: dict) -> dict[str, float]:
+        logits, labels = self.data.classified(rows, self.data.val_shards)
         return topk_accuracy(logits, labels, self.data.num_classes)

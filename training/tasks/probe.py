@@ -137,15 +137,14 @@ class ProbeJob(Job):
         val_x, val_y = self.data.features(self.encoder, self.data.val_shards)
         # The features are every rank's; each scores its share.
         mine = torch.arange(self.run.info.rank, len(val_x), self.run.info.world_size)
-        for chunk in mine.split(4096):
-            logits = self.module(val_x[chunk].to(self.data.device)).float().cpu()
-            for row, i in zip(logits, chunk.tolist()):
-                yield i, (row, int(val_y[i]))
+        logits = [
+            self.module(val_x[c].to(self.data.device)).float().cpu() for c in mine.split(4096)
+        ]
+        out = torch.cat(logits) if logits else torch.zeros(0, self.data.num_classes)
+        return {"order": mine, "out": out, "label": val_y[mine]}
 
-    def metrics(self, outputs: list) -> dict[str, float]:
-        logits = torch.stack([o for o, _ in outputs])
-        labels = torch.tensor([y for _, y in outputs])
-        return topk_accuracy(logits, labels, self.data.num_classes)
+    def metrics(self, rows: dict) -> dict[str, float]:
+        return topk_accuracy(rows["out"], rows["label"], self.data.num_classes)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {

@@ -40,12 +40,13 @@ from tqdm.auto import tqdm
 
 from training import checkpoint
 from training.config import EvalConfig
-from training.distributed import DistInfo, StepAgreement, all_gathered, from_rank0
+from training.distributed import DistInfo, StepAgreement, from_rank0
 from training.export_format import ENCODER, ExportInfo, write_model_json
 from training.metrics import MetricsLog
 from training.rank import NonFiniteLoss, Preempted, stop_requested
 from training.schedule import warmup_cosine
 from training.tasks import HIGHER
+from training.tasks.downstream import gathered_in_order
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,14 @@ class Job:
     def loss(self, batch, step: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def val_rows(self) -> Iterator[tuple[Any, Any]]:
-        """``(place, output)`` of every val sample this rank scores (its share of the split);
-        ``place`` sorts the gathered outputs back into split order."""
+    def val_rows(self) -> dict[str, torch.Tensor]:
+        """What this rank scored of the val split (its share), as tensors of one row per
+        sample: ``order`` (where the row goes back to in the split) and what ``metrics`` reads.
+        Tensors, so the gather moves fixed-shape buffers, never pickles."""
         raise NotImplementedError
 
-    def metrics(self, outputs: list) -> dict[str, float]:
-        """The scores of every val sample's output, in split order (rank 0 only)."""
+    def metrics(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The scores of every val sample's rows, gathered and in split order (rank 0 only)."""
         raise NotImplementedError
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -250,17 +252,11 @@ def score(job: Job, run: TaskRun) -> tuple[dict[str, float], int]:
     were scored; on every rank."""
     job.module.eval()
     with torch.no_grad():
-        mine = list(job.val_rows())
+        mine = job.val_rows()
     job.module.train()
-    gathered = [row for rows in all_gathered(mine) for row in rows]
-    scores = None
-    if run.info.is_main:
-        gathered.sort(key=lambda row: row[0])
-        places = [place for place, _ in gathered]
-        if len(set(places)) != len(places):
-            raise AssertionError("a val sample was scored twice")
-        scores = job.metrics([output for _, output in gathered])
-    return from_rank0(scores), len(gathered)
+    gathered = gathered_in_order(mine)
+    scores = job.metrics(gathered) if run.info.is_main else None
+    return from_rank0(scores), len(gathered["order"])
 
 
 def _better(metric: tuple[str, str], new: dict, old: dict) -> bool:

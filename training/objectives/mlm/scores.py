@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.distributed import all_gathered
+from training.distributed import all_summed
 from training.loader import indexed_eval_batches
 from training.objectives.mlm.masking import mlm_batch
 from training.tasks import HIGHER, LOWER
@@ -53,7 +53,7 @@ class MlmEval:
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
             hits += int((logits.argmax(-1) == targets).sum())
             count += len(targets)
-        loss_sum, hits, count = (sum(v) for v in zip(*all_gathered((loss_sum, hits, count))))
+        loss_sum, hits, count = all_summed(loss_sum, hits, count)
         mean = loss_sum / max(1, count)
         return {
             "accuracy": round(100.0 * hits / max(1, count), 2),
