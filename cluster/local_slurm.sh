@@ -3,6 +3,7 @@
 #
 #   cluster/local_slurm.sh          install (if missing), configure, start; idempotent
 #   cluster/local_slurm.sh stop     stop the daemons
+#   cluster/local_slurm.sh munge    install the packages and start munged only
 #
 # Installs Debian's munge, slurmctld, slurmd, slurm-client, slurmdbd and MariaDB; writes a
 # one-node slurm.conf from what `slurmd -C` reads off this machine (CPUs, memory); starts munged,
@@ -41,6 +42,18 @@ install_packages() {
 }
 
 running() { pgrep -x "$1" >/dev/null; }
+
+# This cluster's own daemons, by their pid files: the namespaced cluster of local_cluster.sh runs
+# daemons of the same names beside them.
+PIDFILE_slurmctld=/run/slurmctld.pid
+PIDFILE_slurmd=/run/slurmd.pid
+PIDFILE_slurmdbd=/run/slurmdbd.pid
+daemon_pid() {
+  local var="PIDFILE_$1" pid
+  pid=$(cat "${!var}" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+daemon_running() { daemon_pid "$1" >/dev/null; }
 
 start_munge() {
   if [[ ! -s /etc/munge/munge.key ]]; then
@@ -145,7 +158,7 @@ start_slurm() {
   if ((changed)); then
     stop_slurm
   fi
-  if ! running slurmdbd; then
+  if ! daemon_running slurmdbd; then
     log "starting slurmdbd"
     slurmdbd
     for _ in $(seq 60); do
@@ -156,11 +169,11 @@ start_slurm() {
   if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
   fi
-  if ! running slurmctld; then
+  if ! daemon_running slurmctld; then
     log "starting slurmctld"
     slurmctld
   fi
-  if ! running slurmd; then
+  if ! daemon_running slurmd; then
     log "starting slurmd"
     slurmd
   fi
@@ -180,10 +193,11 @@ start_slurm() {
 }
 
 stop_slurm() {
+  local pid
   for daemon in slurmd slurmctld slurmdbd; do
-    if running "$daemon"; then
-      pkill -x "$daemon" || true
-      for _ in $(seq 40); do running "$daemon" || break; sleep 0.25; done
+    if pid=$(daemon_pid "$daemon"); then
+      kill "$pid" || true
+      for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
   done
 }
@@ -198,7 +212,8 @@ main() {
       start_slurm "$(write_configs)"
       ;;
     stop) stop_slurm ;;
-    *) log "usage: $0 [start|stop]"; exit 2 ;;
+    munge) install_packages; start_munge ;;  # what the namespaced cluster shares
+    *) log "usage: $0 [start|stop|munge]"; exit 2 ;;
   esac
 }
 

@@ -72,7 +72,10 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         if proc.returncode == 0 and proc.stdout.strip():
             return _parse(proc.stdout)
     proc = subprocess.run(
-        [_tool("squeue"), "-h", "-j", ids, "-o", "%i|%T||%M"], capture_output=True, text=True
+        # every state: by default squeue lists pending and running jobs only
+        [_tool("squeue"), "-h", "-t", "all", "-j", ids, "-o", "%i|%T||%M"],
+        capture_output=True,
+        text=True,
     )
     return _parse(proc.stdout) if proc.returncode == 0 else {}
 

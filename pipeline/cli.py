@@ -505,7 +505,12 @@ def _add_config_command(sub) -> None:
         "it (like Hydra's --cfg job). --reference prints every key of every modality with its "
         "type, default and meaning instead (docs/reference.md is this output).",
     )
-    config.add_argument("config", nargs="*", metavar="RUN.yaml [key=value]")
+    config.add_argument(
+        "config",
+        nargs="*",
+        metavar="RUN.yaml [key=value]",
+        help="one or more run YAML files, merged in order, then dotted overrides",
+    )
     config.add_argument("--reference", action="store_true", help="the YAML reference, as markdown")
 
 

@@ -8,7 +8,9 @@ group to another device type (``meta:gloo``) so that the same mistake fails on a
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +18,8 @@ import torch
 import torch.distributed as dist
 
 from cluster.local import free_port
+
+log = logging.getLogger(__name__)
 
 # Every collective gives up after this long. DeepSpeed's default is 10 minutes; a ZeRO-3 save of
 # ViT-H from 16 ranks to a busy parallel file system has taken longer. Work done by one rank
@@ -103,12 +107,28 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dist_backend="nccl" if rank_device.type == "cuda" else "gloo",
         timeout=COLLECTIVE_TIMEOUT,
     )
+    hosts = rank_hosts()
+    if int(os.environ["RANK"]) == 0:
+        placed = ", ".join(f"{rank} {host}" for rank, host in enumerate(hosts))
+        log.info("%d ranks on %d host(s): %s", len(hosts), len(set(hosts)), placed)
     return DistInfo(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=local_rank,
         device=rank_device,
     )
+
+
+def rank_hosts() -> list[str]:
+    """Every rank's host name, in rank order (a stage's log says where its ranks ran)."""
+    name = socket.gethostname().encode()[:HOST_BYTES]
+    row = torch.zeros(1, HOST_BYTES, dtype=torch.uint8)
+    row[0, : len(name)] = torch.tensor(list(name), dtype=torch.uint8)
+    (rows,) = all_gathered_rows(row)
+    return [bytes(r[r > 0].tolist()).decode(errors="replace") for r in rows]
+
+
+HOST_BYTES = 64  # a host name's longest (HOST_NAME_MAX)
 
 
 def leave_process_group() -> None:

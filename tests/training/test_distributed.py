@@ -135,7 +135,8 @@ def test_training_steps_keep_collectives_on_the_device_and_read_the_host_once(
 
     monkeypatch.setattr(distributed.StepAgreement, "agree", agree)
     with counter:
-        pretrain._train(cfg, plan, info, MetaEngine(cfg), 0, tmp_path / "checkpoints")
+        image = modality("image")
+        pretrain._train(cfg, image, plan, info, MetaEngine(cfg), 0, tmp_path / "checkpoints")
     assert reduced_on == [META] * steps
     reads = [after[0] - before[0] for before, after in zip([(0, 0), *per_step], per_step)]
     uploads = [after[1] - before[1] for before, after in zip([(0, 0), *per_step], per_step)]
@@ -198,8 +199,7 @@ def test_a_rank_that_sees_one_gpu_uses_it_and_tells_deepspeed(monkeypatch):
         train_shards="-", out_dir="-", input=ImageInputConfig(32, 4), steps=1,
         model=ModelConfig(preset="nano", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2),
     )  # fmt: skip
-    geometry = modality("image").geometry(cfg.input)
-    pretrain._build_engine(cfg, pretrain.make_plan(cfg, 8, 1000), info, geometry, 2)
+    pretrain._build_engine(cfg, modality("image"), pretrain.make_plan(cfg, 8, 1000), info, 2)
     assert told["args"].device_rank == 0  # not LOCAL_RANK 3: "invalid device ordinal"
 
 
@@ -250,6 +250,7 @@ import torch.distributed as dist
 from training import pretrain
 from training.config import PretrainConfig
 from training.distributed import DistInfo
+from training.modalities import modality
 from training.modalities.image.bundle import ImageInputConfig
 
 rank, out = int(sys.argv[1]), Path(sys.argv[2])
@@ -260,7 +261,8 @@ def slow_export(ckpt_dir, tag, out_dir, export, zero_stage):
 pretrain.export_from_checkpoint = slow_export
 cfg = PretrainConfig(train_shards="-", out_dir=str(out), input=ImageInputConfig(32, 4), steps=2)
 plan = pretrain.make_plan(cfg, 2, 100)
-pretrain._finish(cfg, plan, DistInfo(rank, 2, rank, None), None, out / "checkpoints", 2)
+image = modality("image")
+pretrain._finish(cfg, image, plan, DistInfo(rank, 2, rank, None), None, out / "checkpoints", 2)
 print("finished", rank)
 """
 
