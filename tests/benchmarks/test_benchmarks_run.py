@@ -72,6 +72,7 @@ def test_attention_kernels_writes_both_kernels(tmp_path):
     }
 
 
+@pytest.mark.slow  # ~15 s; the step it times trains in tests/training
 def test_pretrain_vs_hf_compares_both_kernels_of_hf(tmp_path):
     pytest.importorskip("transformers", reason="the comparison needs the 'bench' extra")
     args = ["--preset", "nano", "--image-size", "32", "--patch-size", "8", "--batch", "2", "--rounds", "1",
@@ -90,6 +91,7 @@ def test_pretrain_vs_hf_compares_both_kernels_of_hf(tmp_path):
     assert ours["vs_hf"] == pytest.approx(ours["images_per_s"] / hf_best)
 
 
+@pytest.mark.slow  # ~15 s; the loader is tested in test_loader
 def test_image_loader_compares_before_and_after_on_both_corpora(tmp_path):
     from benchmarks import image_loader
 
@@ -112,6 +114,7 @@ def test_zero_stages_reports_each_stage_from_both_ranks(tmp_path):
     assert all([r["rank"] for r in ranks] == [0, 1] for ranks in results.values())
 
 
+@pytest.mark.slow  # ~12 s; audio prep and loader tested in data_prep/audio
 def test_audio_data_measures_prep_loader_and_both_steps(tmp_path):
     if shutil.which("espeak-ng") is None:  # `make test` installs it as root; CI runs as root
         pytest.skip("espeak-ng is not installed (`make install` as root)")
@@ -124,6 +127,7 @@ def test_audio_data_measures_prep_loader_and_both_steps(tmp_path):
     assert set(result["consumes_audio_s_per_s"]) == {"0.8", "0.0"}
 
 
+@pytest.mark.slow  # ~10 s; clip forms tested in data_prep/video
 def test_video_data_measures_clip_forms_baseline_prep_loader_and_both_steps(tmp_path):
     args = ["--videos", "6", "--short-side", "36", "--frame-size", "32", "--clips", "3",
             "--rounds", "1", "--batch", "2", "--batches", "2", "--out", str(tmp_path)]  # fmt: skip
@@ -162,6 +166,7 @@ def test_text_prep_counts_the_same_corpus_both_ways(tmp_path, text_demo):
     assert 0.8 * result["plain_tokens"] < result["tokens"] < 1.2 * result["plain_tokens"]
 
 
+@pytest.mark.slow  # ~7 s; sha256 checks tested in test_loader
 def test_shard_integrity_times_the_loader_with_sha256_on_and_off(tmp_path):
     from benchmarks import shard_integrity
 
@@ -174,6 +179,7 @@ def test_shard_integrity_times_the_loader_with_sha256_on_and_off(tmp_path):
     )
 
 
+@pytest.mark.slow  # ~15 s; the mask kinds are tested in objectives/mae
 def test_masking_frontier_trains_each_point_for_the_budget_and_names_a_verdict(tmp_path):
     from benchmarks import masking_frontier
 

@@ -124,6 +124,7 @@ def preempted_run(slurm_cluster, tmp_path_factory):
     return cfg, sub, Path(run_dir), completed
 
 
+@pytest.mark.slow  # the preempted chain (~2.5 min); the fast stand-ins: test_multinode (submit --slurm --wait, Ray prep, srun ranks), the SIGUSR2 resume in tasks/test_distributed_tasks
 def test_every_job_of_the_chain_completes(preempted_run):
     _, sub, run_dir, completed = preempted_run
     assert sub.stages == ["demo_data", "prep", "pretrain", "finetune", "probe", "report"]
@@ -140,6 +141,7 @@ def test_every_job_of_the_chain_completes(preempted_run):
         assert re.search(r": 2 ranks, \d+ steps", log), log[-3000:]
 
 
+@pytest.mark.slow  # the preempted chain (~2.5 min); the fast stand-ins: test_multinode (submit --slurm --wait, Ray prep, srun ranks), the SIGUSR2 resume in tasks/test_distributed_tasks
 def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run):
     _, sub, run_dir, _ = preempted_run
     assert logged_steps(run_dir) == list(range(1, STEPS + 1))
@@ -152,6 +154,7 @@ def test_preempted_training_resumed_with_no_repeated_or_lost_steps(preempted_run
     assert "requeueing job" in log  # the script's own requeue after USR2
 
 
+@pytest.mark.slow  # the preempted chain (~2.5 min); the fast stand-ins: test_multinode (submit --slurm --wait, Ray prep, srun ranks), the SIGUSR2 resume in tasks/test_distributed_tasks
 def test_prep_ran_on_a_ray_cluster_inside_the_allocation(preempted_run):
     _, sub, run_dir, _ = preempted_run
     log = Path(sub.logs[sub.stages.index("prep")]).read_text(errors="replace")
@@ -161,6 +164,7 @@ def test_prep_ran_on_a_ray_cluster_inside_the_allocation(preempted_run):
     assert sum(stats["skipped"].values()) == 2
 
 
+@pytest.mark.slow  # the preempted chain (~2.5 min); the fast stand-ins: test_multinode (submit --slurm --wait, Ray prep, srun ranks), the SIGUSR2 resume in tasks/test_distributed_tasks
 def test_status_shows_the_jobs(preempted_run):
     _, sub, run_dir, _ = preempted_run
     out = subprocess.run(

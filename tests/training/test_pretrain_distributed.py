@@ -66,7 +66,8 @@ def _port():
     return free_port()
 
 
-@pytest.mark.parametrize("zero_stage", [None, 3])
+# ZeRO-3's run (~14 s) is opt-in: ZeRO-3 trains by default in the HPM test below.
+@pytest.mark.parametrize("zero_stage", [None, pytest.param(3, marks=pytest.mark.slow)])
 def test_two_rank_run_trains_checkpoints_and_exports(tmp_path, prepared, zero_stage):
     # bf16 with accumulation: ZeRO-2 accumulates gradients in fp32 (data_types.grad_accum_dtype)
     config = _config(tmp_path, prepared, precision="bf16", grad_accum=2, zero_stage=zero_stage)
