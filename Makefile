@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.maskmill-installed
 
-.PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak results docs
+.PHONY: demo demo-audio demo-video demo-text test test-slow lint format install clean slurm espeak results docs cluster cluster-down
 
 install: $(STAMP)
 
@@ -56,6 +56,13 @@ test: $(STAMP)
 # `maskmill submit --slurm` and for the tests.
 slurm:
 	cluster/local_slurm.sh
+
+# Two nodes as Linux namespaces of this machine, with Slurm across them (root; docs/cluster.md).
+cluster:
+	cluster/local_cluster.sh up 2
+
+cluster-down:
+	cluster/local_cluster.sh down
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

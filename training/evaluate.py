@@ -33,6 +33,7 @@ from training.config import EvalConfig, eval_schema
 from training.distributed import init_distributed
 from training.export import load_encoder, load_model
 from training.export_format import ExportInfo, read_export
+from training.modalities import Modality
 from training.modalities import modality as modality_named
 from training.objectives import objective
 from training.objectives.mae.model import ViTEncoder
@@ -66,9 +67,9 @@ def run(cfg: EvalConfig, stage: str) -> dict:
                 )
             ]
         )
-    modality = modality_named(cfg.modality)
-    data = _downstream(cfg, export, info)
-    encoders = _encoders(cfg, export, data)
+    modality = modality_named(cfg.modality)  # resolved once, handed down
+    data = _downstream(cfg, modality, export, info)
+    encoders = _encoders(cfg, modality, export, data)
     names = tasks_of_stage(cfg.tasks, stage)
     tasks = [t for t in modality.ops.tasks(cfg.tasks) if t.enabled and t.name in names]
     out = Path(cfg.out_dir)
@@ -95,9 +96,8 @@ def run(cfg: EvalConfig, stage: str) -> dict:
     return results
 
 
-def _downstream(cfg: EvalConfig, export: ExportInfo, info) -> Downstream:
+def _downstream(cfg: EvalConfig, modality: Modality, export: ExportInfo, info) -> Downstream:
     """The data side of the stage on this rank: splits, views, class count, device."""
-    modality = modality_named(cfg.modality)
     views, group_of = modality.eval_views(export.input, cfg.tasks)
     return Downstream(
         modality=modality,
@@ -128,10 +128,10 @@ def write_tensorboard(results: dict, tb_dir: Path, step: int) -> None:
                     tb.add_scalars(f"eval/{task}/{metric}", {encoder: value}, step)
 
 
-def _encoders(cfg: EvalConfig, export: ExportInfo, data: Downstream) -> dict:
+def _encoders(cfg: EvalConfig, modality: Modality, export: ExportInfo, data: Downstream) -> dict:
     """Name -> a function that builds the encoder to score: the pretrained one and, with
     ``baseline``, a random-init one of the same shape."""
-    if not objective(export.objective).downstream_needs_head:  # the encoder alone
+    if not modality.objective.downstream_needs_head:  # the tasks read the encoder alone
         encoders = {"pretrained": lambda: load_encoder(cfg.export_dir)}
         if cfg.baseline:
             encoders["random_init"] = lambda: random_encoder(export, cfg.seed)
