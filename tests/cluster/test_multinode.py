@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,3 +113,110 @@ def test_pretraining_across_two_nodes_gives_the_losses_of_two_ranks_on_one(two_n
     print("step | 2 nodes x 1 rank | 1 node x 2 ranks")
     for step, (a, b) in enumerate(zip(two_nodes_losses, one_node_losses), start=1):
         print(f"{step:4d} | {a:.6f} | {b:.6f}")
+
+
+def _reference_losses(run_dir: Path, out: Path) -> list[float]:
+    """The run's pretraining section, uninterrupted, on 2 ranks of this machine."""
+    from cluster.local import free_port
+
+    local = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+             "--master_port", str(free_port()), "--module", "training.pretrain",
+             str(run_dir / ".maskmill" / "pretrain.yaml"), f"out_dir={out}"]  # fmt: skip
+    proc = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return _losses(out)
+
+
+def _logged_steps(out_dir: Path) -> list[int]:
+    path = out_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # ~4 min: a 2-node pretraining loses node2 mid-run, then is resubmitted
+def test_a_lost_node_ends_the_job_naming_it_and_a_resubmit_resumes_exactly(two_nodes, shared_dir):
+    import time
+
+    steps, bound_s = 60, 120
+    run_dir = shared_dir / "run"
+    config = shared_dir / "run.yaml"
+    text = RUN.format(run_dir=run_dir, steps=steps)
+    text = text.replace("checkpoint_every: 4", "checkpoint_every: 10")
+    config.write_text(text.replace("  log_every: 1\n", "  log_every: 1\n  stall_timeout_s: 20\n"))
+    submit = [sys.executable, "-m", "pipeline.cli", "submit", str(config), "--slurm"]
+    proc = subprocess.run(
+        submit, env=two_nodes, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    deadline = time.monotonic() + 600
+    while len(_logged_steps(run_dir / "pretrain")) < 25:
+        assert time.monotonic() < deadline, "pretraining did not reach step 25"
+        time.sleep(1)
+    # node2 dies: its link goes (no goodbye reaches node1), then every process on it.
+    lost = time.monotonic()
+    subprocess.run(["ip", "link", "set", "mmh2", "down"], check=True)
+    subprocess.run([str(CLUSTER), "kill", "node2"], check=True)
+    log_path = next((run_dir / "logs" / "slurm").glob("pretrain-*.out"))
+    # The attempt ends when a rank's watchdog or Slurm's node check says so, whichever is first.
+    while not any(s in log_path.read_text() for s in ("made no progress", "NODE FAILURE")):
+        assert time.monotonic() - lost < bound_s * 3, "the job outlived the lost node"
+        time.sleep(0.5)
+    ended_s = time.monotonic() - lost
+    log_text = log_path.read_text()
+    said = [line for line in log_text.splitlines() if "node2" in line]
+    print(
+        f"node2 lost at step {len(_logged_steps(run_dir / 'pretrain'))}; the attempt ended "
+        f"{ended_s:.0f} s later:\n" + "\n".join(said)
+    )
+    assert ended_s < bound_s
+    assert any("rank 1" in line for line in said)
+
+    # node2 comes back, and the chain is submitted again: whether Slurm requeued the job (node
+    # failure) or it failed first (the watchdog's exit 4) varies; the first chain is cancelled
+    # either way, and the new one resumes pretraining from its last checkpoint.
+    subprocess.run(["ip", "link", "set", "mmh2", "up"], check=True)
+    subprocess.run([str(CLUSTER), "up", "2"], check=True, capture_output=True, timeout=300)
+    first = json.loads((run_dir / ".maskmill" / "submissions.json").read_text())[-1]["jobs"]
+    subprocess.run(["scancel", *first], env=two_nodes, check=True)
+    while subprocess.run(["squeue", "-h", "-j", ",".join(first)], env=two_nodes,
+                         capture_output=True, text=True).stdout.strip():  # fmt: skip
+        time.sleep(1)
+    proc = subprocess.run([*submit, "--wait"], env=two_nodes, cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed_log = sorted((run_dir / "logs" / "slurm").glob("pretrain-*.out"))[-1].read_text()
+    start = re.search(r"\(from (\d+)\)", resumed_log)
+    assert start and int(start.group(1)) >= 20, resumed_log[-2000:]  # a checkpoint, not step 0
+    logged = _logged_steps(run_dir / "pretrain")
+    assert logged == list(range(1, steps + 1))  # each step once: the lost ones redone
+    resumed = _losses(run_dir / "pretrain")
+    reference = _reference_losses(run_dir, shared_dir / "uninterrupted")
+    for step, (a, b) in enumerate(zip(resumed, reference), start=1):
+        assert abs(a - b) <= 1e-4 * abs(b), f"step {step}: resumed {a} vs uninterrupted {b}"
+
+
+@pytest.mark.slow  # ~3 min: every stage of the chain, one rank per node
+def test_every_stage_runs_across_the_nodes(two_nodes, shared_dir):
+    run_dir = shared_dir / "run"
+    config = shared_dir / "run.yaml"
+    text = RUN.format(run_dir=run_dir, steps=STEPS)
+    for task in ("linear_probe", "knn", "finetune"):
+        text = text.replace(f"{task}: {{enabled: false}}", f"{task}: {TASKS[task]}")
+    config.write_text(text.replace("prep: {cpus_per_task: 2", "prep: {nodes: 2, cpus_per_task: 2"))
+    submit = [sys.executable, "-m", "pipeline.cli", "submit", str(config), "--slurm", "--wait"]
+    proc = subprocess.run(submit, env=two_nodes, cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200)  # fmt: skip
+    logs = {p.name.split("-")[0]: p.read_text() for p in (run_dir / "logs" / "slurm").glob("*.out")}
+    assert proc.returncode == 0, proc.stderr[-3000:] + "".join(logs.values())[-4000:]
+    for stage in ("pretrain", "finetune", "probe"):
+        assert "2 ranks on 2 host(s): 0 node1, 1 node2" in logs[stage], stage
+    assert "node[1-2]" in logs["prep"]  # the Ray cluster of the prep job spans both nodes
+    assert (run_dir / "report.html").exists()
+
+
+TASKS = {
+    "linear_probe": "{epochs: 2, batch_size: 32, augment: false}",
+    "knn": "{k: 5}",
+    "finetune": "{epochs: 1, batch_size: 16}",
+}
