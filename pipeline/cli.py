@@ -256,6 +256,10 @@ def _verify(args) -> int:
     from pipeline.verify import report, splits_of_folder, splits_of_run
 
     folder = Path(args.target[0])
+    if len(args.target) == 1 and not folder.exists():
+        raise ConfigError(
+            [("TARGET", f"{folder} does not exist: name a run YAML or a prepared split folder")]
+        )
     if len(args.target) == 1 and folder.is_dir():
         splits = splits_of_folder(folder)
         if not splits:
@@ -335,7 +339,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
     unknown = [e for e in extra if e not in overrides]
     if unknown or (overrides and not hasattr(args, "config")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+        dashed = [u for u in unknown if u.startswith("--") and "." in u]
+        hint = f"; config keys go without dashes: {dashed[0][2:]}" if dashed else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}{hint}")
     if overrides:
         args.config += overrides
     return args

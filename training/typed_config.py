@@ -126,7 +126,13 @@ def _origins(names: list[str | None], layers: list[DictConfig]) -> Callable[[str
     nearest parent of it): where a bad value came from."""
 
     def sets(layer: DictConfig, key: str) -> bool:
-        return OmegaConf.select(layer, key, default=None) is not None
+        # Unresolved: an interpolation to a missing key is the error being described.
+        node: Any = OmegaConf.to_container(layer, resolve=False)
+        for part in key.split("."):
+            if not isinstance(node, dict) or node.get(part) is None:
+                return False
+            node = node[part]
+        return True
 
     def origin(key: str) -> str | None:
         parts = key.split(".")
@@ -205,6 +211,10 @@ def to_yaml(obj: Any) -> str:
 
 
 def _load_yaml(path: Path) -> DictConfig:
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.yaml"))[:3]
+        hint = f" (it holds {', '.join(yamls)}...)" if yamls else ""
+        raise ConfigError([("<file>", f"{path} is a folder; name a run YAML in it{hint}")])
     if not path.is_file():
         raise ConfigError([("<file>", f"config file {path} does not exist")])
     try:

@@ -1,0 +1,65 @@
+"""What a user with a messy disk types, through the real ``maskmill`` command: every case ends
+in one line and its exit code (2: config or usage, refused before any work), never a traceback.
+A table, so a new case is one row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart_image.yaml")
+
+
+def _files(tmp_path: Path) -> dict[str, str]:
+    """The messy disk: the files the cases name, made in ``tmp_path``."""
+    made = {
+        "missing_key.yaml": "name: x\nrun_dir: ${nothere.x}\nprep: {source: /nonexistent}\n",
+        "broken.yaml": "name: x\nprep: [unclosed\n",
+        "list.yaml": "- a\n- b\n",
+    }
+    for name, text in made.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.yaml").write_text("name: a\n")
+    return {k.removesuffix(".yaml"): str(tmp_path / k) for k in [*made, "folder"]}
+
+
+CASES = [
+    # (argv with {placeholders}, exit code, what the one line must say)
+    (["status", "{missing_key}"], 2, "run_dir: cannot resolve interpolation"),
+    (["status", QUICKSTART, "name=${{oops}}"], 2, "(from the command line)"),
+    (["status", "{folder}"], 2, "is a folder; name a run YAML in it (it holds a.yaml"),
+    (
+        ["status", QUICKSTART, "--pretrain.steps=50"],
+        2,
+        "config keys go without dashes: pretrain.steps=50",
+    ),
+    (["verify", "{tmp}/nowhere"], 2, "does not exist: name a run YAML or a prepared split folder"),
+    (["status", "{tmp}/nowhere.yaml"], 2, "does not exist"),
+    (["status", "{broken}"], 2, "is not valid YAML"),
+    (["status", "{list}"], 2, "must hold a mapping at the top level"),
+    (["config", QUICKSTART, "pretrain.stepz=5"], 2, "pretrain.stepz: unknown key"),
+    (["config", QUICKSTART, "pretrain.mask.ratio=1.5"], 2, "pretrain.mask.ratio"),
+    (["config", QUICKSTART, "modality=smell"], 2, "modality: one of audio, image, text, video"),
+    (["run", QUICKSTART, "launch.nodes=2"], 2, "launch.nodes: 1 on one machine"),
+    (["prep", "smell", "{tmp}", "{tmp}/out"], 2, "invalid choice: 'smell'"),
+    (["prep", "image", "{tmp}/nowhere", "{tmp}/out"], 2, "nowhere"),
+    (["prep", "image", "{tmp}", "{tmp}/out", "shorter_sid=5"], 2, "shorter_sid: unknown key"),
+    (["demo-data", "{tmp}/demo", "--modality", "smell"], 2, "--modality: one of"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_each_hostile_case_is_one_line_and_its_exit_code(argv, code, says, tmp_path):
+    names = {**_files(tmp_path), "tmp": str(tmp_path)}
+    args = [a.format(**names) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert proc.returncode == code, out[-2000:]
+    assert says in out, out[-2000:]
