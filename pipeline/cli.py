@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo_data,
         _add_config_command,
         _add_modalities,
+        _add_env,
     ):
         add(sub)
     return parser
@@ -553,6 +554,22 @@ def _modalities(args) -> int:
     return 0
 
 
+def _add_env(sub) -> None:
+    sub.add_parser(
+        "env",
+        help="what this machine runs maskmill with, for a bug report",
+        description="Versions (maskmill, Python, torch, DeepSpeed, Ray, ...), devices, the C++ "
+        "compiler DeepSpeed's CPU op needs, Slurm and espeak-ng: paste it into a bug report.",
+    )
+
+
+def _env(args) -> int:
+    from pipeline.environment import report
+
+    sys.stdout.write(report())
+    return 0
+
+
 _COMMANDS = {
     "run": _run,
     "status": _status,
@@ -564,6 +581,7 @@ _COMMANDS = {
     "demo-data": _demo_data,
     "config": _config,
     "modalities": _modalities,
+    "env": _env,
 }
 
 

@@ -20,6 +20,7 @@ yielding ``(field, what was expected)``; nested dataclasses are walked automatic
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,7 +235,10 @@ def _describe(err: OmegaConfBaseException) -> tuple[str, str]:
         parent = getattr(err, "object_type", None)
         known = ""
         if parent is not None and dataclasses.is_dataclass(parent):
-            known = "; expected one of: " + ", ".join(f.name for f in dataclasses.fields(parent))
+            names = [f.name for f in dataclasses.fields(parent)]
+            close = difflib.get_close_matches(str(key).rpartition(".")[2], names, n=1)
+            known = (f"; did you mean {close[0]}?" if close else "") + "; expected one of: "
+            known += ", ".join(names)
         return (str(key), f"unknown key{known}")
     if isinstance(err, InterpolationResolutionError):
         return (str(key), f"cannot resolve interpolation ({_first_line(err)})")

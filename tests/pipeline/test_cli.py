@@ -60,5 +60,8 @@ def test_prep_rejects_bad_options_by_name(tmp_path):
     # The flag of the form before modalities is now the key's name: a clear error, no work done.
     old = _maskmill("prep", "imagenet", str(tmp_path), str(tmp_path / "out"), "--quality", "0")
     assert old.returncode == 2
-    assert "quality: unknown key; expected one of: source, out, splits" in old.stderr
+    assert (
+        "quality: unknown key; did you mean jpeg_quality?; expected one of: source, out"
+        in old.stderr
+    )
     assert not (tmp_path / "out").exists()

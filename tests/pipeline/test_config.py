@@ -41,7 +41,7 @@ def test_defaults_wire_the_stages_together(tmp_path):
         (
             "pretrain.mask.ration=0.5",
             "pretrain.mask.ration",
-            "unknown key; expected one of: kind, ratio",
+            "unknown key; did you mean ratio?; expected one of: kind, ratio",
         ),
         ("pretrain.steps=many", "pretrain.steps", "wrong type"),
         ("pretrain.model.preset=gigantic", "pretrain.model.preset", "one of nano, tiny"),
@@ -53,7 +53,7 @@ def test_defaults_wire_the_stages_together(tmp_path):
         (
             "pretrain.input.sise=100",
             "pretrain.input.sise",
-            "unknown key; expected one of: image_size",
+            "expected one of: image_size",
         ),
         (
             "pretrain.mask.kind=tube",

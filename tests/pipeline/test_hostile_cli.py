@@ -42,7 +42,11 @@ CASES = [
     (["status", "{tmp}/nowhere.yaml"], 2, "does not exist"),
     (["status", "{broken}"], 2, "is not valid YAML"),
     (["status", "{list}"], 2, "must hold a mapping at the top level"),
-    (["config", QUICKSTART, "pretrain.stepz=5"], 2, "pretrain.stepz: unknown key"),
+    (
+        ["config", QUICKSTART, "pretrain.stepz=5"],
+        2,
+        "pretrain.stepz: unknown key; did you mean steps?",
+    ),
     (["config", QUICKSTART, "pretrain.mask.ratio=1.5"], 2, "pretrain.mask.ratio"),
     (["config", QUICKSTART, "modality=smell"], 2, "modality: one of audio, image, text, video"),
     (["run", QUICKSTART, "launch.nodes=2"], 2, "launch.nodes: 1 on one machine"),
@@ -63,3 +67,14 @@ def test_each_hostile_case_is_one_line_and_its_exit_code(argv, code, says, tmp_p
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == code, out[-2000:]
     assert says in out, out[-2000:]
+
+
+def test_env_says_what_a_bug_report_needs():
+    import torch
+
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "env"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("maskmill", "python", "deepspeed", "ray", "devices", "c++ compiler", "slurm"):
+        assert f"\n{row} " in "\n" + proc.stdout, row
+    assert torch.__version__ in proc.stdout

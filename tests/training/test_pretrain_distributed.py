@@ -180,7 +180,7 @@ def test_bad_config_fails_before_any_work(tmp_path, prepared):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "model.prest: unknown key; expected one of: preset," in proc.stderr
+    assert "model.prest: unknown key; did you mean preset?; expected one of: preset," in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
