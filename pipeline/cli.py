@@ -266,7 +266,11 @@ def _verify(args) -> int:
         if not splits:
             raise ConfigError([("FOLDER", f"a prepared split or prep output, got {folder}")])
     else:
-        splits = splits_of_run(_run_config(args.target))
+        cfg = _run_config(args.target)
+        splits = splits_of_run(cfg)
+        if not any(s.exists() for s in splits):  # nothing to damage: nothing was prepared
+            raise ConfigError([("prep.out", f"nothing is prepared in {cfg.prep.out} yet: "
+                                f"`maskmill run` prepares it (its prep stage)")])  # fmt: skip
     lines, intact = report(splits, sha256=not args.size_only)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0 if intact else 1
@@ -303,9 +307,10 @@ def _add_prep(sub) -> None:
         action="store_true",
         help="empty OUT first when it was prepared with other settings (default: refuse)",
     )
-    prep.add_argument(
+    options = prep.add_argument(
         "options", nargs=argparse.REMAINDER, help="key=value, e.g. samples_per_shard=1000"
     )
+    options.required = False  # argparse marks a trailing remainder required; none is needed
 
 
 def _add_demo_data(sub) -> None:
@@ -324,11 +329,12 @@ def _add_demo_data(sub) -> None:
         f"section, as key=value or --some-key VALUE. Keys: {keys}.",
     )
     demo.add_argument("out", help="output folder for the corpus")
-    demo.add_argument(
+    options = demo.add_argument(
         "options",
         nargs=argparse.REMAINDER,
         help="--modality image|audio|video|text (default image), then keys, e.g. --classes 8 --corrupt 3",
     )
+    options.required = False  # argparse marks a trailing remainder required; none is needed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -54,6 +54,8 @@ CASES = [
     (["prep", "image", "{tmp}/nowhere", "{tmp}/out"], 2, "nowhere"),
     (["prep", "image", "{tmp}", "{tmp}/out", "shorter_sid=5"], 2, "shorter_sid: unknown key"),
     (["demo-data", "{tmp}/demo", "--modality", "smell"], 2, "--modality: one of"),
+    (["verify", QUICKSTART, "run_dir={tmp}/norun"], 2, "nothing is prepared in"),
+    (["prep", "image"], 2, "the following arguments are required: source, out\n"),
 ]
 
 
