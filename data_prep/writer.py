@@ -40,6 +40,10 @@ from data_prep.shard_format import (
 log = logging.getLogger(__name__)
 
 
+class EmptySplitError(ValueError):
+    """Every input of a split was skipped: the prep fails naming why, and writes no ``_SUCCESS``."""
+
+
 class SkipSample(Exception):
     """What an encoder gives for input that cannot become a sample; ``reason`` is counted.
 
@@ -169,6 +173,12 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
     (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
     write_manifest(split_dir, [r.record for r in results])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
+    if not stats["samples"]:  # an empty split is a failed prep, not a finished one
+        why = ", ".join(f"{n} {k}" for k, n in stats["skipped"].items()) or "the encoder gave none"
+        raise EmptySplitError(
+            f"prep {split_dir.name}: {stats['inputs']} inputs gave no sample ({why}); check the "
+            f"source's layout and the prep keys (the counts are in {split_dir / STATS})"
+        )
     atomic_write_text(split_dir / SUCCESS, "")
     return stats
 

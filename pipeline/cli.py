@@ -34,6 +34,7 @@ from data_prep.corpus import SourceError, corpus_reader, modalities, prep_aliase
 from data_prep.job import run_prep, summary_line
 from data_prep.prep_record import PrepOutputError
 from data_prep.shard_format import BadShardError
+from data_prep.writer import EmptySplitError
 from pipeline.runner import ForeignOutputError, RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
 from pipeline.stages import StageFailed, StagePreempted, stage_names
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, SourceError, ForeignOutputError, PrepOutputError) as err:
+    except (ConfigError, SourceError, ForeignOutputError, PrepOutputError, EmptySplitError) as err:
         log.error("%s", err)  # refused before any work
         return 2
     except StagePreempted as err:

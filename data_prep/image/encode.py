@@ -50,8 +50,8 @@ def normalize_image(
         if fmt == "JPEG" and min(size) > shorter_side:
             img.draft("RGB", _target_size(size, shorter_side))  # DCT-domain downscale: fast
         img.load()
-    except UnidentifiedImageError as err:
-        raise SkipSample(NOT_AN_IMAGE, str(err)) from None
+    except UnidentifiedImageError:  # its text names our in-memory buffer, not the file
+        raise SkipSample(NOT_AN_IMAGE, "Pillow recognises no image format in it") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise SkipSample(TRUNCATED, str(err)) from None
     if min(size) < min_side:

@@ -23,6 +23,10 @@ def _files(tmp_path: Path) -> dict[str, str]:
     }
     for name, text in made.items():
         (tmp_path / name).write_text(text)
+    for split in ("train", "val"):  # an ImageNet layout of files that are not pictures
+        cls = tmp_path / "not_images" / split / "n01440764"
+        cls.mkdir(parents=True)
+        (cls / "a.JPEG").write_text("a shopping list, not a picture")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "a.yaml").write_text("name: a\n")
     return {k.removesuffix(".yaml"): str(tmp_path / k) for k in [*made, "folder"]}
@@ -55,6 +59,11 @@ CASES = [
     (["prep", "image", "{tmp}", "{tmp}/out", "shorter_sid=5"], 2, "shorter_sid: unknown key"),
     (["demo-data", "{tmp}/demo", "--modality", "smell"], 2, "--modality: one of"),
     (["verify", QUICKSTART, "run_dir={tmp}/norun"], 2, "nothing is prepared in"),
+    (
+        ["prep", "image", "{tmp}/not_images", "{tmp}/out", "num_cpus=1"],
+        2,
+        "prep train: 1 inputs gave no sample (1 not_an_image)",
+    ),
     (["prep", "image"], 2, "the following arguments are required: source, out\n"),
 ]
 
@@ -69,6 +78,7 @@ def test_each_hostile_case_is_one_line_and_its_exit_code(argv, code, says, tmp_p
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == code, out[-2000:]
     assert says in out, out[-2000:]
+    assert "object at 0x" not in out  # no Python reprs in what a user reads
 
 
 def test_env_says_what_a_bug_report_needs():
