@@ -80,6 +80,35 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
     return _parse(proc.stdout) if proc.returncode == 0 else {}
 
 
+# Why a pending job waits, when waiting cannot help: it asks for more than its partition or QOS
+# will ever give (Slurm's reason codes).
+NEVER_STARTS = (
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxNodePerJobLimit",
+    "QOSMaxWallDurationPerJobLimit",
+    "AssocMaxCpuPerJobLimit",
+    "AssocMaxNodePerJobLimit",
+    "AssocMaxWallDurationPerJobLimit",
+)
+
+
+def stuck_jobs(job_ids: Sequence[int]) -> dict[int, str]:
+    """The pending jobs among ``job_ids`` that can never start, with Slurm's reason."""
+    if not job_ids:
+        return {}
+    ids = ",".join(str(i) for i in job_ids)
+    proc = subprocess.run([_tool("squeue"), "-h", "-t", "PD", "-j", ids, "-o", "%i|%r"],
+                          capture_output=True, text=True)  # fmt: skip
+    found = (line.split("|", 1) for line in proc.stdout.split("\n") if "|" in line)
+    return {
+        int(j): r.strip() for j, r in found if j.strip().isdigit() and r.strip() in NEVER_STARTS
+    }
+
+
 def _parse(text: str) -> dict[int, JobState]:
     states = {}
     for line in text.strip().splitlines():

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cluster import ray_jobs, slurm
 from cluster.sbatch import JobSpec, render
+from cluster.slurm import SlurmError
 from cluster.slurm_config import TRAINING_STAGES
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES
@@ -180,6 +181,16 @@ def wait_slurm(sub: Submission, poll_seconds: float = 5.0, timeout: float | None
                 last[job_id] = st.state
         if len(states) == len(ids) and all(st.state in SLURM_ENDED for st in states.values()):
             return all(st.state in SLURM_DONE for st in states.values())
+        stuck = slurm.stuck_jobs(ids)
+        if stuck:
+            job_id, reason = next(iter(stuck.items()))
+            stage = dict(zip(ids, sub.stages)).get(job_id, "?")
+            raise SlurmError(
+                f"Slurm job {job_id} ({stage}) can never start: {reason}, it asks for more than "
+                f"its partition gives (see `sinfo`); lower slurm.{stage}'s cpus_per_task, mem, "
+                f"time or nodes, or name another slurm.{stage}.partition, then submit again "
+                f"(`scancel {' '.join(map(str, ids))}` first)"
+            )
         time.sleep(poll_seconds)
     raise TimeoutError(f"slurm jobs {sub.jobs} still running after {timeout:.0f}s")
 

@@ -242,3 +242,22 @@ def test_each_rank_and_its_loader_workers_get_the_jobs_cpus_per_task(slurm_clust
         "--cpus-per-task=12",
         "--cpu-bind=cores",
     ]
+
+
+def test_waiting_on_a_job_that_can_never_start_says_so_instead_of_waiting(slurm_cluster, tmp_path):
+    """A job that asks for more than its partition gives passes sbatch behind a dependency and
+    then pends forever (PartitionConfig); ``--wait`` names it and the keys to change."""
+    from cluster.slurm import SlurmError, submit
+    from pipeline.submit import Submission
+
+    first, greedy = tmp_path / "first.sbatch", tmp_path / "greedy.sbatch"
+    first.write_text("#!/bin/bash\n#SBATCH --time=1\ntrue\n")
+    greedy.write_text("#!/bin/bash\n#SBATCH --time=1\n#SBATCH --cpus-per-task=512\ntrue\n")
+    ids = [submit(first)]
+    ids.append(submit(greedy, after=ids[0]))
+    sub = Submission("slurm", ["pretrain", "finetune"], [str(i) for i in ids])
+    try:
+        with pytest.raises(SlurmError, match=r"\(finetune\) can never start: PartitionConfig"):
+            wait_slurm(sub, poll_seconds=0.5, timeout=120)
+    finally:
+        subprocess.run(["scancel", *map(str, ids)], capture_output=True)

@@ -55,6 +55,8 @@ report: {{reconstructions: 2}}
 slurm:
   prep: {{cpus_per_task: 2, time: "10"}}
   pretrain: {{cpus_per_task: 1, time: "10"}}
+  finetune: {{cpus_per_task: 1, time: "10"}}
+  probe: {{cpus_per_task: 1, time: "10"}}
 """
 
 
