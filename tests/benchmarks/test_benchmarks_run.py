@@ -3,6 +3,8 @@ checked: benchmarks report, they never pass or fail on speed)."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -208,3 +210,26 @@ def test_masking_frontier_trains_each_point_for_the_budget_and_names_a_verdict(t
     assert masking_frontier.main(["--replot", str(tmp_path / "out" / "masking_frontier.json"),
                                   "--out", str(again)]) == 0  # fmt: skip
     assert json.loads((again / "masking_frontier.json").read_text())["summary"] == summary
+
+
+def test_gpu_check_says_there_is_no_gpu_and_measures_nothing(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA device is visible" in proc.stdout
+    assert json.loads(out.read_text())["gpu"] is None
+
+
+@pytest.mark.slow  # ~1 min: the GPU check's steps on the CPU at toy sizes (no GPU is lent here)
+def test_gpu_check_runs_every_part_on_the_cpu_at_toy_sizes(tmp_path):
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--allow-cpu", "--tiny", "--no-compile",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["nccl"]["ok"] and got["bf16_matmul_peak_tflops"] > 0
+    for part, rate in (("mae_eager", "images_per_s"), ("finetune", "images_per_s"),
+                       ("mlm", "sequences_per_s"), ("loader", "images_per_s")):  # fmt: skip
+        assert got[part].get(rate, 0) > 0, got[part]
