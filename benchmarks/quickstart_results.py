@@ -52,13 +52,22 @@ def rows(run_dir: Path) -> list[dict]:
     return out
 
 
+def cells(r: dict, digits: int) -> tuple[str, str]:
+    """Pretrained and random-init cells, the better one in bold (neither on a tie)."""
+    unit = "%" if r["metric"] in PERCENT else ""
+    pre, rnd = r["pretrained"], r["random_init"]
+    shown = [f"{pre:.{digits}f}{unit}", "-" if rnd is None else f"{rnd:.{digits}f}{unit}"]
+    if rnd is not None and round(pre, digits) != round(rnd, digits):
+        wins = (pre > rnd) == (r["better"] == "higher")
+        shown[0 if wins else 1] = f"**{shown[0 if wins else 1]}**"
+    return shown[0], shown[1]
+
+
 def table(found: list[dict]) -> list[str]:
     lines = ["| task | metric | pretrained | random init | better |", "|---|---|---|---|---|"]
     for r in found:
-        unit = "%" if r["metric"] in PERCENT else ""
-        rnd = "-" if r["random_init"] is None else f"{r['random_init']:.2f}{unit}"
-        lines.append(f"| {r['task']} | {r['metric']} | **{r['pretrained']:.2f}{unit}** | "
-                     f"{rnd} | {r['better']} |")  # fmt: skip
+        pre, rnd = cells(r, 2)
+        lines.append(f"| {r['task']} | {r['metric']} | {pre} | {rnd} | {r['better']} |")
     return lines
 
 
@@ -96,10 +105,8 @@ def readme_block(results: dict, about: dict) -> str:
             if r["task"] in seen:
                 continue
             seen.add(r["task"])
-            unit = "%" if r["metric"] in PERCENT else ""
-            rnd = "-" if r["random_init"] is None else f"{r['random_init']:.1f}{unit}"
-            lines.append(f"| {modality} | {r['task']} ({r['metric']}) | "
-                         f"**{r['pretrained']:.1f}{unit}** | {rnd} |")  # fmt: skip
+            pre, rnd = cells(r, 2)
+            lines.append(f"| {modality} | {r['task']} ({r['metric']}) | {pre} | {rnd} |")
     return "\n".join([*lines, "<!-- /results -->"])
 
 
