@@ -103,6 +103,10 @@ def sbatch_options(spec: JobSpec) -> list[tuple[str, object]]:
                 "USR2 would arrive as the job starts and requeue it forever"
             )
         opts += [("--requeue", None), ("--signal", f"B:USR2@{spec.signal_seconds}")]
+    if spec.kind == "ray":
+        # A lost node must not end the allocation: Ray retries its tasks on the nodes left
+        # (measured: without this Slurm cancelled the prep at the node failure, 2 shards short).
+        opts.append(("--no-kill", None))
     for extra in spec.extra_sbatch:
         key, _, value = extra.partition("=")
         opts.append((key, value or None))

@@ -222,3 +222,53 @@ TASKS = {
     "knn": "{k: 5}",
     "finetune": "{epochs: 1, batch_size: 16}",
 }
+
+
+def _manifest_rows(split: Path) -> list[tuple]:
+    from data_prep.shard_format import read_manifest
+
+    return [(r.file, r.samples, r.bytes, r.sha256, r.first_input, r.last_input)
+            for r in read_manifest(split)]  # fmt: skip
+
+
+@pytest.mark.slow  # ~4 min: a prep on a Ray cluster of two nodes loses node2 halfway
+def test_a_lost_ray_worker_node_leaves_the_manifest_of_an_undisturbed_prep(two_nodes, shared_dir):
+    import time
+
+    run_dir = shared_dir / "run"
+    config = shared_dir / "run.yaml"
+    text = RUN.format(run_dir=run_dir, steps=2)
+    text = text.replace("train_per_class: 16", "train_per_class: 150")
+    text = text.replace("samples_per_shard: 16", "samples_per_shard: 4")
+    config.write_text(text.replace("prep: {cpus_per_task: 2", "prep: {nodes: 2, cpus_per_task: 2"))
+    submit = [sys.executable, "-m", "pipeline.cli", "submit", str(config), "--slurm"]
+    proc = subprocess.run(submit, env=two_nodes, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = json.loads((run_dir / ".maskmill" / "submissions.json").read_text())[-1]["jobs"]
+    records = run_dir / "shards" / "train" / ".maskmill" / "work"
+    deadline = time.monotonic() + 600
+    while len(list(records.glob("*.json"))) < 40:  # of 150 shards
+        assert time.monotonic() < deadline, "the prep did not get going"
+        time.sleep(0.5)
+    subprocess.run(["ip", "link", "set", "mmh2", "down"], check=True)
+    subprocess.run([str(CLUSTER), "kill", "node2"], check=True)
+    lost_at = len(list(records.glob("*.json")))
+    log_path = next((run_dir / "logs" / "slurm").glob("prep-*.out"))
+    while "prep      done" not in log_path.read_text():
+        assert "prep      failed" not in log_path.read_text(), log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline + 600, log_path.read_text()[-3000:]
+        time.sleep(1)
+    subprocess.run(["scancel", *jobs], env=two_nodes, capture_output=True)
+    subprocess.run(["ip", "link", "set", "mmh2", "up"], check=True)
+    subprocess.run([str(CLUSTER), "up", "2"], check=True, capture_output=True, timeout=300)
+    print(f"node2 lost after {lost_at} of 150 train shards; the prep finished on node1")
+
+    # The same prep, undisturbed, on this machine.
+    undisturbed = shared_dir / "undisturbed"
+    local = [sys.executable, "-m", "pipeline.cli", "prep", "image", str(run_dir / "raw"),
+             str(undisturbed), "shorter_side=36", "samples_per_shard=4", "num_cpus=2"]  # fmt: skip
+    proc = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for split in ("train", "val"):
+        assert _manifest_rows(run_dir / "shards" / split) == _manifest_rows(undisturbed / split)
