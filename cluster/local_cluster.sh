@@ -181,7 +181,8 @@ start_daemons() {
   "$HERE/local_slurm.sh" munge
   if ! pid_of /run/slurmctld-mm.pid >/dev/null; then
     log "starting the controller ($NET.1:$CTLD_PORT)"
-    SLURM_CONF=$CONF slurmctld -f "$CONF"
+    # -c: a cluster made for trying and testing starts empty, not with an earlier one's jobs
+    SLURM_CONF=$CONF slurmctld -c -f "$CONF"
   fi
   for i in $(seq "$n"); do
     if ! pid_of "/run/slurmd-mm-node$i.pid" >/dev/null; then
