@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from data_prep.corpus import SourceError
 from data_prep.plan import WorkUnit
 from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
@@ -43,6 +45,7 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
         return
     stack = contextlib.ExitStack()  # what a local head needs undone after ray.shutdown()
     if address:
+        check_answers(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
         if os.environ["RAY_AUTH_MODE"] == "token":
@@ -65,6 +68,24 @@ def ray_session(num_cpus: int | None, address: str | None) -> Iterator[None]:
     finally:
         ray.shutdown()
         stack.close()
+
+
+ANSWER_TIMEOUT_S = 10.0
+
+
+def check_answers(address: str) -> None:
+    """Fail in one line, within :data:`ANSWER_TIMEOUT_S`, when ``prep.ray_address`` names a
+    host and port that no server answers on (Ray itself retries such an address for minutes)."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():  # "auto" and other forms: Ray resolves them
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=ANSWER_TIMEOUT_S).close()
+    except OSError as err:
+        raise SourceError(
+            f"prep.ray_address {address}: nothing answers there ({err}); start the cluster "
+            "(`ray start --head`), or leave ray_address unset for a local head"
+        ) from None
 
 
 @contextlib.contextmanager

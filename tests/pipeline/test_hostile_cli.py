@@ -64,6 +64,11 @@ CASES = [
         2,
         "prep train: 1 inputs gave no sample (1 not_an_image)",
     ),
+    (
+        ["prep", "image", "{tmp}/not_images", "{tmp}/out", "ray_address=127.0.0.1:9"],
+        2,
+        "prep.ray_address 127.0.0.1:9: nothing answers there",
+    ),
     (["prep", "image"], 2, "the following arguments are required: source, out\n"),
 ]
 
