@@ -101,15 +101,7 @@ def test_pretraining_across_two_nodes_gives_the_losses_of_two_ranks_on_one(two_n
     assert len(two_nodes_losses) == STEPS
 
     # The same pretraining section, 2 ranks on this machine under the deepspeed launcher.
-    one_node = shared_dir / "one_node"
-    from cluster.local import free_port
-
-    local = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-             "--master_port", str(free_port()), "--module", "training.pretrain",
-             str(run_dir / ".maskmill" / "pretrain.yaml"), f"out_dir={one_node}"]  # fmt: skip
-    proc = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    one_node_losses = _losses(one_node)
+    one_node_losses = _reference_losses(run_dir, shared_dir / "one_node", timeout=600)
     for step, (a, b) in enumerate(zip(two_nodes_losses, one_node_losses), start=1):
         assert abs(a - b) <= 1e-4 * abs(b), f"step {step}: 2x1 {a} vs 1x2 {b}"
     print("step | 2 nodes x 1 rank | 1 node x 2 ranks")
@@ -117,14 +109,14 @@ def test_pretraining_across_two_nodes_gives_the_losses_of_two_ranks_on_one(two_n
         print(f"{step:4d} | {a:.6f} | {b:.6f}")
 
 
-def _reference_losses(run_dir: Path, out: Path) -> list[float]:
+def _reference_losses(run_dir: Path, out: Path, timeout: float = 900) -> list[float]:
     """The run's pretraining section, uninterrupted, on 2 ranks of this machine."""
     from cluster.local import free_port
 
     local = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
              "--master_port", str(free_port()), "--module", "training.pretrain",
              str(run_dir / ".maskmill" / "pretrain.yaml"), f"out_dir={out}"]  # fmt: skip
-    proc = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return _losses(out)
 
