@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from data_prep.shard_format import read_stats
 from pipeline.frontier import frontier_figure, load_frontier, relative_cost
 from pipeline.schema import RunConfig
+from training.config import pretrain_split
 from training.export import load_model
 from training.export_format import read_export
 from training.loader import eval_batches
@@ -168,6 +169,7 @@ def _page(
     tokens = math.prod(grid)
     last = curve[-1] if curve else {}
     speed = _throughput_key(curve)
+    split = pretrain_split(p, cfg.launch.world_size)
     facts = [
         ("run", cfg.name),
         ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
@@ -176,7 +178,8 @@ def _page(
         modality_.objective.mask_fact(p.mask, grid),
         (
             "steps",
-            f"{last.get('step', 0)} x batch {p.batch_size} x {cfg.launch.ranks} ranks x accum {p.grad_accum}",
+            f"{last.get('step', 0)} x batch {split.global_batch} ({split.world_size} ranks x "
+            f"{split.micro} x accum {split.accum})",
         ),
         ("precision / ZeRO", f"{p.precision} / stage {zero_stage_of(p)}"),
         ("final loss", f"{last.get('loss', float('nan')):.4f}"),

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 from cluster.slurm_config import SlurmConfig
 from data_prep.corpus import corpus_reader
-from training.config import EvalConfig, PretrainConfig, default_mask, modality_of
+from training.batching import BatchSplitError, split_batch
+from training.config import EvalConfig, PretrainConfig, default_mask, modality_of, pretrain_split
 from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.modalities import modality as modality_named
 from training.typed_config import ConfigError, load_config
@@ -106,26 +107,38 @@ class RunConfig:
 
 
 def _batch_problems(cfg: RunConfig):
-    """Every training task's global batch splits evenly over the ranks (and into pairs on each
-    rank where it mixes samples)."""
+    """The pretraining and every training task's global batch split evenly over the ranks (and
+    into pairs on each rank where a task mixes samples)."""
     world = cfg.launch.world_size
     if world < 1:
         return  # launch's own check names it
+    ranks = _world_words(cfg.launch)
+    try:
+        pretrain_split(cfg.pretrain, world)
+    except BatchSplitError as e:
+        yield ("pretrain.global_batch", f"a multiple of {ranks}: {e}")
     tasks = cfg.evaluate.tasks
     for f in dataclasses.fields(tasks):
         task = getattr(tasks, f.name)
-        if not getattr(task, "enabled", False) or not hasattr(task, "batch_size"):
+        # a task that trains has a global batch (and micro_batch); a scoring pass's batch_size
+        # (the MLM task's) is per rank, any size
+        if not getattr(task, "enabled", False) or not hasattr(task, "micro_batch"):
             continue
         mixing = getattr(task, "mixup", 0) > 0 or getattr(task, "cutmix", 0) > 0
         if mixing and not modality_named(cfg.modality).objective.allows_mixing:
             yield (f"evaluate.tasks.{f.name}.mixup", "0 (mixup, cutmix) for token ids")
-        per_rank = task.batch_size / world
-        if task.batch_size % world or (mixing and per_rank % 2):
+        try:
+            split_batch(task.batch_size, world, task.micro_batch, 2 if mixing else 1)
+        except BatchSplitError as e:
             need = "an even multiple" if mixing else "a multiple"
-            yield (
-                f"evaluate.tasks.{f.name}.batch_size",
-                f"{need} of the {world} ranks of launch (the global batch), got {task.batch_size}",
-            )
+            yield (f"evaluate.tasks.{f.name}.batch_size", f"{need} of {ranks}: {e}")
+
+
+def _world_words(launch: LaunchConfig) -> str:
+    """``the 24 ranks (launch.nodes 3 x launch.ranks 8)``: the world size and where it is set."""
+    return (
+        f"the {launch.world_size} ranks (launch.nodes {launch.nodes} x launch.ranks {launch.ranks})"
+    )
 
 
 def run_schema(raw: Any) -> RunConfig:

@@ -42,7 +42,7 @@ from data_prep.shard_format import (
 )
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
-from training.config import EVAL_METRICS
+from training.config import EVAL_METRICS, pretrain_split
 from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
 from training.tasks.config import EVAL_STAGES, tasks_of_stage
@@ -193,8 +193,8 @@ def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
 
 def _eval_section(stage: str):
     """What a ``finetune`` / ``probe`` result depends on: the section without the other stage's
-    tasks, and without how it runs (batch size of scoring passes, checkpoints, device, loader;
-    nor the world size: a task trains the same on any number of ranks)."""
+    tasks, and without how it runs (batch size of scoring passes, micro steps, checkpoints,
+    device, loader; nor the world size: a task trains the same on any number of ranks)."""
 
     def section(cfg: RunConfig):
         tree = OmegaConf.to_container(OmegaConf.structured(cfg.evaluate))
@@ -202,6 +202,8 @@ def _eval_section(stage: str):
             del tree[key]
         names = tasks_of_stage(cfg.evaluate.tasks, stage)
         tree["tasks"] = {k: v for k, v in tree["tasks"].items() if k in names}
+        for task in tree["tasks"].values():  # absent before 0.5: old runs stay done
+            task.pop("micro_batch", None)
         return tree
 
     return section
@@ -305,6 +307,7 @@ def _pretrain_section(cfg: RunConfig):
         log_every=1,
         checkpoint_every=1,
         keep_checkpoints=1,
+        global_batch=None,
         batch_size=1,
         grad_accum=1,
         zero_stage=3,
@@ -316,7 +319,8 @@ def _pretrain_section(cfg: RunConfig):
     del tree["export_formats"]  # extra copies of the result (`maskmill export` writes them later)
     for key in ("verify_sha256", "on_bad_shard"):  # how shards are checked, not what trains
         del tree["loader"][key]
-    return {"pretrain": tree, "global_batch": p.batch_size * p.grad_accum * cfg.launch.world_size}
+    del tree["global_batch"]  # hashed below, as it was before the key existed
+    return {"pretrain": tree, "global_batch": pretrain_split(p, cfg.launch.world_size).global_batch}
 
 
 def _digest(path: Path) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from training.batching import BatchSplit, split_batch
 from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.modalities import modality as modality_named
 from training.modalities import names as modality_names
@@ -196,7 +197,12 @@ class PretrainConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
-    batch_size: int = 64  # per rank, per micro step
+    # The samples of one optimizer step, all ranks together (training.batching): the recipe's
+    # batch, valid at any world size it divides. Set, batch_size is the most rows a rank puts
+    # through one forward and the micro steps follow from the world size (leave grad_accum 1).
+    # None: batch_size x grad_accum x ranks.
+    global_batch: int | None = None
+    batch_size: int = 64  # per rank, per micro step (the most, with global_batch)
     # micro steps per optimizer step
     grad_accum: int = 1
     # the run's length: optimizer steps or train-split epochs (exactly one)
@@ -260,6 +266,28 @@ class PretrainConfig:
         ):
             if getattr(self, name) < 1:
                 yield (name, f"an int >= 1, got {getattr(self, name)}")
+        if self.global_batch is not None and self.global_batch < 1:
+            yield ("global_batch", f"an int >= 1 or null, got {self.global_batch}")
+        if self.global_batch is not None and self.grad_accum != 1:
+            yield ("grad_accum", "1 with global_batch (the micro steps follow from the world size)")
+
+
+def pretrain_split(cfg: PretrainConfig, world_size: int) -> BatchSplit:
+    """How ``cfg``'s global batch splits over ``world_size`` ranks; raises ``BatchSplitError``."""
+    if cfg.global_batch is None:
+        per_rank = cfg.batch_size * cfg.grad_accum
+        return BatchSplit(
+            per_rank * world_size, world_size, per_rank, cfg.batch_size, cfg.grad_accum
+        )
+    return split_batch(cfg.global_batch, world_size, cfg.batch_size)
+
+
+def for_world(cfg: PretrainConfig, world_size: int) -> PretrainConfig:
+    """``cfg`` with the per-rank ``batch_size`` and ``grad_accum`` of ``world_size`` ranks."""
+    split = pretrain_split(cfg, world_size)
+    return dataclasses.replace(
+        cfg, global_batch=None, batch_size=split.micro, grad_accum=split.accum
+    )
 
 
 def modality_of(raw: Any) -> str:

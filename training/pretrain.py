@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from data_prep.shard_format import read_manifest
 from training import checkpoint
-from training.config import PretrainConfig, pretrain_schema
+from training.batching import BatchSplitError
+from training.config import PretrainConfig, for_world, pretrain_schema
 from training.distributed import (
     DistInfo,
     StepAgreement,
@@ -45,6 +46,7 @@ from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
 from training.rank import (
+    BadConfig,
     NonFiniteLoss,
     Preempted,
     config_from_argv,
@@ -98,6 +100,10 @@ def run(cfg: PretrainConfig) -> Path:
     modality = modality_named(cfg.modality)
     cfg = dataclasses.replace(cfg, input=modality.bind_input(cfg.input, cfg.train_shards))
     rank, world_size = launch_env()
+    try:
+        cfg = for_world(cfg, world_size)
+    except BatchSplitError as e:
+        raise BadConfig(f"global_batch: {e}") from None
     # Before the process group exists: one rank's conversion must not run against the others'
     # collective timeout (it grows with the model and the number of saved ranks).
     stage = zero_stage_of(cfg)

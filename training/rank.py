@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import warnings
 from collections.abc import Callable
@@ -121,6 +122,20 @@ def setup_logging() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
+def _clean_this_node() -> None:
+    """The first rank on each node removes what killed ranks of earlier jobs left in this node's
+    /dev/shm: a SIGKILLed rank cannot unlink its own segment, and only a process on the same
+    node can see it (the launching step runs on the first node alone)."""
+    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    if local != "0":
+        return
+    from cluster.local import remove_orphan_shm_segments
+
+    removed = remove_orphan_shm_segments()  # only segments no living process maps or holds
+    if removed:
+        log.info("%s: removed %d /dev/shm segments of killed ranks", socket.gethostname(), removed)
+
+
 def run_rank(work: Callable[[], Any]) -> int:
     """Run ``work`` to its exit code: errors of the table end in one line, and the rank leaves
     its process group and removes its shared-memory segments whatever happens."""
@@ -140,6 +155,7 @@ def run_rank(work: Callable[[], Any]) -> int:
         (ConfigError, BAD_CONFIG),
         (ValueError, BAD_CONFIG),  # a value the layers below refuse (an export of another kind)
     )
+    _clean_this_node()
     try:
         work()
         return DONE

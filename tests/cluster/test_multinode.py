@@ -38,6 +38,7 @@ prep: {{source: "${{demo_data.out}}", shorter_side: 36, samples_per_shard: 16, n
 pretrain:
   input: {{image_size: 32, patch_size: 4}}
   model: {{preset: nano, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}
+  global_batch: 16
   batch_size: 8
   steps: {steps}
   precision: fp32
@@ -86,10 +87,20 @@ def _losses(out_dir: Path) -> list[float]:
     return [r["loss"] for r in sorted(rows, key=lambda r: r["step"]) if "loss" in r]
 
 
+def _on(node: str, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CLUSTER), "on", node, "sh", "-c", command],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
 def test_pretraining_across_two_nodes_gives_the_losses_of_two_ranks_on_one(two_nodes, shared_dir):
     run_dir = shared_dir / "run"
     config = shared_dir / "run.yaml"
     config.write_text(RUN.format(run_dir=run_dir, steps=STEPS))
+    # What a SIGKILLed rank of an earlier job leaves in node2's own /dev/shm: only a process on
+    # node2 can see it, so node2's first rank must remove it (the launching step is on node1).
+    orphan = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_node1_29999_1"
+    assert _on("node2", f"touch {orphan} && test -e {orphan}").returncode == 0
+    assert not Path(orphan).exists()  # node2's /dev/shm is its own
     submit = [sys.executable, "-m", "pipeline.cli", "submit", str(config), "--slurm", "--wait"]
     proc = subprocess.run(submit, env=two_nodes, cwd=ROOT, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
@@ -97,6 +108,8 @@ def test_pretraining_across_two_nodes_gives_the_losses_of_two_ranks_on_one(two_n
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-4000:]
     pretrain_log = next((run_dir / "logs" / "slurm").glob("pretrain-*.out")).read_text()
     assert "2 ranks on 2 host(s): 0 node1, 1 node2" in pretrain_log
+    assert "node2: removed 1 /dev/shm segments of killed ranks" in pretrain_log
+    assert _on("node2", f"test -e {orphan}").returncode == 1
     two_nodes_losses = _losses(run_dir / "pretrain")
     assert len(two_nodes_losses) == STEPS
 

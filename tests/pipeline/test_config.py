@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.schema import load_run_config
+from training.config import pretrain_split
 from training.typed_config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -104,7 +105,8 @@ def test_shipped_configs_validate():
     model, seen = cfg.pretrain.model.resolved(), cfg.pretrain.input
     assert (model.embed_dim, model.depth, seen.patch_size, seen.image_size) == (768, 12, 16, 224)
     assert (model.decoder_depth, model.decoder_embed_dim) == (8, 512)
-    assert cfg.pretrain.batch_size * cfg.pretrain.grad_accum * cfg.launch.ranks == 4096
+    split = pretrain_split(cfg.pretrain, cfg.launch.world_size)
+    assert (split.global_batch, split.micro, split.accum) == (4096, 128, 4)  # MAE's, on 8 GPUs
     assert cfg.pretrain.mask.ratio == 0.75 and cfg.pretrain.epochs == 800
 
 

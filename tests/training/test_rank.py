@@ -60,3 +60,23 @@ def test_every_rank_program_lists_the_same_exit_codes_in_its_help(program):
     for code, what in EXIT_CODES.items():
         assert f"{code:>3}  {what}" in table
     assert f"{STALLED_EXIT:>3}  stalled" in table
+
+
+@pytest.mark.parametrize(("local_rank", "removed"), [("0", True), ("1", False)])
+def test_the_first_rank_of_a_node_removes_segments_of_killed_ranks(
+    monkeypatch, tmp_path, local_rank, removed
+):
+    """A SIGKILLed rank leaves its 64 MiB segment in its node's /dev/shm; the next job's first
+    rank on that node removes it (the other ranks leave it to that one)."""
+    import os
+    from pathlib import Path
+
+    orphan = Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_testhost_1_{local_rank}")
+    orphan.write_bytes(b"\0" * 16)  # held by no process
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    try:
+        assert run_rank(lambda: None) == 0
+        assert orphan.exists() != removed
+    finally:
+        orphan.unlink(missing_ok=True)

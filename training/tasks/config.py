@@ -35,6 +35,9 @@ class ProbeConfig:
     epochs: int = 90
     base_lr: float = 0.1  # lr = base_lr * batch_size / 256
     batch_size: int = 256
+    # The most rows a rank puts through one forward; a rank's share of the global batch above it
+    # runs in equal micro steps whose gradients add up (training.batching). None: all at once.
+    micro_batch: int | None = None
     weight_decay: float = 0.0
     warmup_epochs: int = 10
     # MAE's recipe: a fresh augmented crop of every sample each epoch, through the frozen
@@ -51,6 +54,7 @@ class ProbeConfig:
             )
         if self.epochs < 1 or self.base_lr <= 0:
             yield ("epochs", "epochs >= 1 and base_lr > 0")
+        yield from micro_batch_problems(self)
         if self.eval_every < 1:
             yield ("eval_every", f"an int >= 1 (epochs), got {self.eval_every}")
 
@@ -83,6 +87,9 @@ class FinetuneConfig:
     epochs: int = 100
     base_lr: float = 5e-4  # lr = base_lr * batch_size / 256
     batch_size: int = 64
+    # The most rows a rank puts through one forward; a rank's share of the global batch above it
+    # runs in equal micro steps whose gradients add up (training.batching). None: all at once.
+    micro_batch: int | None = None
     layer_decay: float = 0.65
     weight_decay: float = 0.05
     drop_path: float = 0.1
@@ -118,6 +125,9 @@ class CtcConfig:
     epochs: int = 30
     base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
     batch_size: int = 32
+    # The most rows a rank puts through one forward; a rank's share of the global batch above it
+    # runs in equal micro steps whose gradients add up (training.batching). None: all at once.
+    micro_batch: int | None = None
     layer_decay: float = 0.75
     weight_decay: float = 0.05
     warmup_epochs: int = 3
@@ -143,3 +153,9 @@ def schedule_problems(cfg):
         )
     if not 0 < cfg.layer_decay <= 1:
         yield ("layer_decay", f"a float in (0, 1], got {cfg.layer_decay}")
+    yield from micro_batch_problems(cfg)
+
+
+def micro_batch_problems(cfg):
+    if cfg.micro_batch is not None and cfg.micro_batch < 1:
+        yield ("micro_batch", f"an int >= 1 or null, got {cfg.micro_batch}")

@@ -151,7 +151,7 @@ class CtcJob(EncoderJob):
         super().__init__(CtcHead(encoder, grid, cfg.upsample), data, cfg, data.input, run)
         self.samples = len(self.train_text)
 
-    def loss(self, batch, step: int) -> torch.Tensor:
+    def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, _, keys = batch
         rows = [i for i, k in enumerate(keys) if k in self.train_text]
         log_probs = self.engine(self.cast(self.data.tokens(x)))

@@ -105,10 +105,10 @@ class EncoderJob(Job):
     def batches(self, skip_steps: int):
         return self.data.train_batches(self.train_input, self.cfg.batch_size, self.rows, skip_steps)
 
-    def draws(self, step: int, rows: int) -> torch.Tensor:
+    def draws(self, step: int, first_row: int, rows: int) -> torch.Tensor:
         depth = len(self.module.encoder.blocks)
-        lo = self.rows[0]
-        return path_draws(self.data.seed, step, self.cfg.batch_size, depth)[lo : lo + rows]
+        draws = path_draws(self.data.seed, step, self.cfg.batch_size, depth)
+        return draws[first_row : first_row + rows]
 
 
 class FinetuneJob(EncoderJob):
@@ -124,14 +124,15 @@ class FinetuneJob(EncoderJob):
         super().__init__(Classifier(encoder, data.num_classes), data, cfg, train_input, run)
         self.samples = sum(r.samples for r in read_manifest(data.train_shards))
         self.mix = Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.switch_prob)
+        self.rows_multiple = 2 if self.mix.enabled else 1
 
-    def loss(self, batch, step: int) -> torch.Tensor:
+    def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, labels, _ = batch
         x, targets = mixed_batch(
             x, labels, self.data.num_classes, self.cfg.label_smoothing, self.mix,
-            self.data.seed, step, self.rows[0],
+            self.data.seed, step, first_row,
         )  # fmt: skip
-        draws = self.draws(step, len(x)).to(self.data.device)
+        draws = self.draws(step, first_row, len(x)).to(self.data.device)
         logits = self.engine(self.cast(self.data.tokens(x)), draws)
         return soft_cross_entropy(logits, targets.to(logits.device))
 

@@ -127,7 +127,7 @@ class ProbeJob(Job):
         tokens = self.data.modality.ops.tokenize(input_cfg, x.to(self.data.device))
         return self.encoder.features(tokens).float()
 
-    def loss(self, batch, step: int) -> torch.Tensor:
+    def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, labels, keys = batch
         feats = x if keys is None else self.features(x, self.train_input)
         logits = self.engine(feats.to(self.data.device))

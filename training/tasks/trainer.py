@@ -39,9 +39,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training import checkpoint
+from training.batching import BatchSplit, split_batch
 from training.config import EvalConfig
 from training.distributed import DistInfo, StepAgreement, from_rank0
 from training.export_format import ENCODER, ExportInfo, write_model_json
+from training.loader import Batch
 from training.metrics import MetricsLog
 from training.rank import NonFiniteLoss, Preempted, stop_requested
 from training.schedule import warmup_cosine
@@ -66,6 +68,7 @@ class Schedule:
     lr: float  # peak, before each group's lr_scale
     warmup_steps: int
     eval_every: int  # epochs
+    micro_batch: int | None = None  # the most rows of one forward on a rank
 
     @property
     def total(self) -> int:
@@ -87,6 +90,7 @@ def schedule_for(task_cfg, samples: int) -> Schedule:
         lr=task_cfg.base_lr * batch / 256,
         warmup_steps=task_cfg.warmup_epochs * per_epoch,
         eval_every=task_cfg.eval_every,
+        micro_batch=task_cfg.micro_batch,
     )
 
 
@@ -116,6 +120,7 @@ class Job:
     optimizer = "adamw"  # adamw | lars
     zero_stage: int | None = None  # None: the section's
     metric: tuple[str, str] = ("top1", HIGHER)  # what "best" is judged by
+    rows_multiple: int = 1  # a micro batch's rows are a multiple of it (2: mixed in pairs)
 
     def param_groups(self, lr: float) -> list[dict]:
         raise NotImplementedError
@@ -125,7 +130,8 @@ class Job:
         every row of it failed to decode)."""
         raise NotImplementedError
 
-    def loss(self, batch, step: int) -> torch.Tensor:
+    def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
+        """The mean loss of ``batch``: rows ``first_row`` on of global batch ``step``."""
         raise NotImplementedError
 
     def val_rows(self) -> dict[str, torch.Tensor]:
@@ -153,24 +159,23 @@ def train(job: Job, run: TaskRun, schedule: Schedule, desc: str) -> dict[str, fl
     result_path = run.out / RESULT
     if result_path.exists():
         return json.loads(result_path.read_text())["last"]
-    if schedule.batch_size % run.info.world_size:
-        raise ValueError(
-            f"batch_size {schedule.batch_size} is not a multiple of the {run.info.world_size} ranks"
-        )
+    split = split_batch(
+        schedule.batch_size, run.info.world_size, schedule.micro_batch, job.rows_multiple
+    )
     ckpt_dir = run.out / CKPT_DIR
-    engine = _engine(job, run, schedule)
+    engine = _engine(job, run, schedule, split)
     state = checkpoint.resume_state(engine, ckpt_dir)
     start, best = state.get("step", 0), state.get("best")
     if run.info.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         log.info(
-            "%s: %d ranks, %d steps of %d (from %d), lr %.3g, ZeRO-%d",
-            desc, run.info.world_size, schedule.total, schedule.batch_size, start,
-            schedule.lr, engine.zero_optimization_stage(),
+            "%s: %d ranks, %d steps of %d (%d micro steps of %d a rank, from %d), lr %.3g, ZeRO-%d",
+            desc, run.info.world_size, schedule.total, schedule.batch_size, split.accum,
+            split.micro, start, schedule.lr, engine.zero_optimization_stage(),
         )  # fmt: skip
     metrics_log = MetricsLog(run.out, start, prefix=desc) if run.info.is_main else None
     try:
-        best, last = _steps(job, run, schedule, engine, start, best, metrics_log, desc)
+        best, last = _steps(job, run, schedule, split, engine, start, best, metrics_log, desc)
     finally:
         if metrics_log:
             metrics_log.close()
@@ -182,11 +187,12 @@ def train(job: Job, run: TaskRun, schedule: Schedule, desc: str) -> dict[str, fl
     return last
 
 
-def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
+def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
     """The training loop from ``start`` (< total: a finished loop wrote RESULT); returns the
     best so far and the last scores."""
     info, cfg = run.info, run.cfg
-    agreement = StepAgreement(info.device, 1)
+    first_row = run.rows(schedule.batch_size)[0]
+    agreement = StepAgreement(info.device, split.accum)
     batches = job.batches(start)
     bar = tqdm(total=schedule.total, initial=start, desc=desc, unit="step",
                disable=not info.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
@@ -200,10 +206,11 @@ def _steps(job, run, schedule, engine, start, best, metrics_log, desc):
             if batch is None:  # every row failed to decode: step with the last batch, no weight
                 batch, weight = previous, 0.0
             previous = batch
-            loss = job.loss(batch, step) * weight
-            engine.backward(loss)
-            engine.step()
-            agreement.add(loss.detach())
+            for m, micro in enumerate(micro_batches(batch, split.accum)):
+                loss = job.loss(micro, step, first_row + m * split.micro) * weight
+                engine.backward(loss)
+                engine.step()  # DeepSpeed steps the optimizer after the last micro step
+                agreement.add(loss.detach())
             verdict = agreement.agree(stop=stop_requested())
             if verdict.non_finite_ranks:
                 raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
@@ -264,7 +271,17 @@ def _better(metric: tuple[str, str], new: dict, old: dict) -> bool:
     return new[name] > old[name] if direction == HIGHER else new[name] < old[name]
 
 
-def _engine(job: Job, run: TaskRun, schedule: Schedule):
+def micro_batches(batch: Batch, accum: int) -> list[Batch]:
+    """A rank's rows cut into ``accum`` equal micro batches, in order."""
+    if accum == 1:
+        return [batch]
+    x, labels, keys = batch
+    size = len(x) // accum
+    cuts = [slice(m * size, (m + 1) * size) for m in range(accum)]
+    return [(x[c], labels[c], None if keys is None else keys[c]) for c in cuts]
+
+
+def _engine(job: Job, run: TaskRun, schedule: Schedule, split: BatchSplit):
     import deepspeed
 
     from training.lars import LARS
@@ -288,9 +305,9 @@ def _engine(job: Job, run: TaskRun, schedule: Schedule):
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config={
-            "train_micro_batch_size_per_gpu": schedule.batch_size // info.world_size,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": schedule.batch_size // info.world_size * info.world_size,
+            "train_micro_batch_size_per_gpu": split.micro,
+            "gradient_accumulation_steps": split.accum,
+            "train_batch_size": split.global_batch,
             "zero_optimization": {"stage": stage, "overlap_comm": on_cuda},
             "bf16": {"enabled": bf16},
             "zero_allow_untested_optimizer": True,

@@ -2,8 +2,9 @@
 ``deepspeed`` launcher: the MAE recipe in full (RandAugment, erasing, mixup / cutmix, drop path,
 label smoothing, layer decay, warmup + cosine) on a random nano encoder, in fp32.
 
-* 2 ranks of 8 take the steps 1 rank of 16 takes: the per-step losses agree to 1e-4 (relative)
-  and the val scores to one sample (what fp32 summation order can move).
+* 2 ranks of 8 (each in 4 micro steps of 2) take the steps 1 rank of 16 takes: the per-step
+  losses agree to 1e-4 (relative) and the val scores to one sample (what fp32 summation order
+  can move).
 * A run killed with SIGKILL, and one stopped with SIGUSR2 (exit 75), both resume: every step is
   logged once and the losses and scores equal the uninterrupted run's (same tolerance).
 * The val split is scored exactly once across ranks with an odd number of samples.
@@ -145,13 +146,19 @@ def _assert_same_training(task_dir, reference):
     assert result["last"] == scored[-1]["val"]
 
 
+# micro_batch 2: each rank's 8 rows in 4 micro steps whose gradients add up (training.batching),
+# so one run shows the world split and the accumulation both keep the 1-rank training.
+@pytest.mark.parametrize("micro_batch", [2, pytest.param(None, marks=pytest.mark.slow)])
 def test_two_ranks_train_as_one_rank_with_the_same_global_batch(
-    tmp_path, prepared, export, one_rank
+    tmp_path, prepared, export, one_rank, micro_batch
 ):
-    proc = _run(_config(tmp_path, prepared, export, "run"), ranks=2)
+    config = _config(tmp_path, prepared, export, "run", micro_batch=micro_batch)
+    proc = _run(config, ranks=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     task_dir = _task_dir(tmp_path, "run")
     _assert_same_training(task_dir, one_rank)
+    if micro_batch:
+        assert "4 micro steps of 2 a rank" in proc.stderr
     # the best and the last models, each loadable alone
     for name in ("best", "last"):
         info = read_export(task_dir / name)

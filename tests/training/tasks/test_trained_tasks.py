@@ -38,7 +38,7 @@ def _untouched(make_job, name, input_cfg, shards, classes):
     opt = torch.optim.SGD(job.module.parameters(), lr=1.0)
     batches = job.batches(0)
     for step in range(2):
-        job.loss(next(batches), step).backward()
+        job.loss(next(batches), step, 0).backward()
         opt.step()
     batches.close()  # its loader worker ends here, not at some later test's fork
     assert not all(  # the job's copy did train
