@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ FEATURE_STATS = "feature_stats.json"
 STATS = f"{META_DIR}/stats.json"
 SUCCESS = f"{META_DIR}/_SUCCESS"
 WORK_DIR = f"{META_DIR}/work"
+INDEX_DIR = f"{META_DIR}/index"  # each shard's sample offsets (shard_index)
 _LEGACY_WORK_DIR = "_work"
 
 
@@ -287,44 +288,145 @@ def indexed_shard_samples(
 ) -> Iterator[tuple[int, dict]]:
     """``(ordinal in the shard, sample)`` of the samples ``keep`` accepts (all by default);
     the data of the others is seeked past, never read (see :func:`read_shard_samples`)."""
+    with open(path, "rb") as f:
+        yield from _walk(f, str(path), os.fstat(f.fileno()).st_size, members, keep, on_skip)
+
+
+def samples_at(
+    path: str | Path,
+    offsets: Sequence[int],
+    ordinals: Iterable[int],
+    members: tuple[str, ...] = (),
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """``(ordinal, sample)`` of the given samples of a shard (ascending), each read with one
+    read of its own bytes from its :func:`shard_index` offsets: no other header or member is
+    read, so a rank with a 1/world share of a shard reads 1/world of its bytes."""
     url = str(path)
-    sample: dict | None = None
-    ordinal, kept = -1, False
+    with open(path, "rb", buffering=0) as f:
+        end = os.fstat(f.fileno()).st_size
+        for ordinal in ordinals:
+            start, stop = offsets[ordinal], offsets[ordinal + 1]
+            if stop > end:
+                raise bad_shard_error(url, f"sample {ordinal} runs past the end (truncated)")
+            f.seek(start)
+            chunk = io.BytesIO(_read_full(f, stop - start))
+            for _, sample in _walk(chunk, url, stop - start, members, None, on_skip, piece=True):
+                yield ordinal, sample
+
+
+def sample_offsets(path: str | Path) -> list[int]:
+    """Where each sample of a shard starts (its first header), and where the last one ends:
+    ``samples + 1`` offsets, from a walk over the headers alone."""
+    offsets, key = [], None
     with open(path, "rb") as f:
         end = os.fstat(f.fileno()).st_size
         while True:
             at = f.tell()
-            header = f.read(_BLOCK)
+            header = _read_full(f, _BLOCK)
             if not header.strip(b"\0"):
                 if len(header) < _BLOCK:
-                    raise bad_shard_error(url, "it ends without the tar end marker (truncated)")
-                break
-            if len(header) < _BLOCK:
-                raise bad_shard_error(url, f"cut short inside the header at byte {at}")
-            name, kind, size = _parse_header(url, header, at)
+                    raise bad_shard_error(path, "it ends without the tar end marker (truncated)")
+                return [*offsets, at]
+            name, _, size = _parse_header(str(path), header, at)
             if at + _BLOCK + size > end:
-                raise bad_shard_error(url, f"member {name!r} runs past the end (truncated)")
-            skip = _unsafe_member(name, kind)
-            if skip:
-                if on_skip:
-                    on_skip(skip, name)
-                f.seek(size + (-size) % _BLOCK, 1)
-                continue
-            stem, _, ext = name.rpartition("/")[2].partition(".")
-            key = f"{name.rpartition('/')[0]}/{stem}".lstrip("/")
-            if sample is None or sample["__key__"] != key:
-                if sample is not None and kept:
-                    yield ordinal, sample
-                ordinal += 1
-                kept = keep is None or keep(ordinal)
-                sample = {"__key__": key, "__url__": url}
-            if kept and (not members or ext in members):
-                sample[ext] = f.read(size)
-                f.seek((-size) % _BLOCK, 1)
-            else:
-                f.seek(size + (-size) % _BLOCK, 1)
+                raise bad_shard_error(path, f"member {name!r} runs past the end (truncated)")
+            stem = _sample_key(name)
+            if stem != key:
+                offsets.append(at)
+                key = stem
+            f.seek(size + (-size) % _BLOCK, 1)
+
+
+def index_path(split_dir: str | Path, record: ShardRecord) -> Path:
+    """Where a shard's sample offsets are kept: named by its sha256, so a rewritten shard never
+    meets the index of its earlier bytes."""
+    return Path(split_dir) / INDEX_DIR / f"{record.file}.{record.sha256[:16]}.offsets"
+
+
+def write_shard_index(split_dir: str | Path, record: ShardRecord) -> list[int]:
+    """Scan a shard's headers for its :func:`sample_offsets` and keep them beside the manifest
+    (prep does this for every shard it writes; a split prepared before gets it on first use;
+    a read-only split is scanned again instead)."""
+    offsets = sample_offsets(Path(split_dir) / record.file)
+    path = index_path(split_dir, record)
+    data = np.asarray(offsets, dtype="<u8").tobytes()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    except OSError:
+        pass
+    return offsets
+
+
+def shard_index(split_dir: str | Path, record: ShardRecord) -> list[int]:
+    """A shard's sample offsets (see :func:`write_shard_index`), checked against its record."""
+    path = index_path(split_dir, record)
+    try:
+        offsets = np.frombuffer(path.read_bytes(), dtype="<u8").tolist()
+    except OSError:
+        offsets = []
+    if len(offsets) != record.samples + 1 or (offsets and offsets[-1] > record.bytes):
+        offsets = write_shard_index(split_dir, record)
+    return offsets
+
+
+def _sample_key(name: str) -> str:
+    stem = name.rpartition("/")[2].partition(".")[0]
+    return f"{name.rpartition('/')[0]}/{stem}".lstrip("/")
+
+
+def _walk(f, url, end, members, keep, on_skip, piece: bool = False):
+    """The header walk of :func:`indexed_shard_samples` over an open file (or one sample's
+    bytes, ``piece``: it ends at their end, not at a tar end marker)."""
+    sample: dict | None = None
+    ordinal, kept = -1, False
+    while True:
+        at = f.tell()
+        header = _read_full(f, _BLOCK)
+        if piece and not header:
+            break
+        if not header.strip(b"\0"):
+            if len(header) < _BLOCK:
+                raise bad_shard_error(url, "it ends without the tar end marker (truncated)")
+            break
+        if len(header) < _BLOCK:
+            raise bad_shard_error(url, f"cut short inside the header at byte {at}")
+        name, kind, size = _parse_header(url, header, at)
+        if at + _BLOCK + size > end:
+            raise bad_shard_error(url, f"member {name!r} runs past the end (truncated)")
+        skip = _unsafe_member(name, kind)
+        if skip:
+            if on_skip:
+                on_skip(skip, name)
+            f.seek(size + (-size) % _BLOCK, 1)
+            continue
+        ext = name.rpartition("/")[2].partition(".")[2]
+        key = _sample_key(name)
+        if sample is None or sample["__key__"] != key:
+            if sample is not None and kept:
+                yield ordinal, sample
+            ordinal += 1
+            kept = keep is None or keep(ordinal)
+            sample = {"__key__": key, "__url__": url}
+        if kept and (not members or ext in members):
+            sample[ext] = _read_full(f, size)
+            f.seek((-size) % _BLOCK, 1)
+        else:
+            f.seek(size + (-size) % _BLOCK, 1)
     if sample is not None and kept:
         yield ordinal, sample
+
+
+def _read_full(f, n: int) -> bytes:
+    """``n`` bytes, or fewer only at the end of the file (an unbuffered read may return less)."""
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _parse_header(url: str, header: bytes, at: int) -> tuple[str, bytes, int]:

@@ -35,6 +35,7 @@ from data_prep.shard_format import (
     shard_name,
     shard_problem,
     write_manifest,
+    write_shard_index,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
         first_input=describe(unit.items[0]) if unit.items else "",
         last_input=describe(unit.items[-1]) if unit.items else "",
     )
+    write_shard_index(split_dir, record)  # where each sample starts: a rank reads only its own
     result = UnitResult(
         record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted)
     )

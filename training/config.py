@@ -174,9 +174,10 @@ class LoaderConfig:
     # samples; the buffer restarts each epoch, so a resume skips finished epochs by arithmetic
     shuffle_buffer: int = 1000
     prefetch_factor: int = 4  # batches each worker keeps ready
-    # Each shard's sha256 is checked against the manifest the first time a worker opens it (its
-    # size at every open): about 1% of loader time (benchmarks/shard_integrity.py).
-    verify_sha256: bool = True
+    # A shard's size is checked at every open; its sha256 when prep writes it and by `maskmill
+    # verify`. true: also the first time each worker opens it. That reads the whole shard, so a
+    # rank would read every byte of every shard it touches rather than its share of them.
+    verify_sha256: bool = False
     on_bad_shard: str = "error"  # error: stop naming the shard | skip: warn, count, go on
 
     def problems(self):

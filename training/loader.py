@@ -19,8 +19,9 @@ Training stream (:func:`train_loader`):
   opened, and only emitted samples are decoded (``stream_order.resume_point``).
 * **Nothing is unpickled**: members are decoded by the modality's own functions; members no prep
   writes (links, names outside the shard) are skipped unread.
-* **Shards are checked when opened**: size against the manifest always, sha256 once per worker
-  (``loader.verify_sha256``; about 1% of loader time, ``python -m benchmarks.shard_integrity``).
+* **Shards are checked when opened**: size against the manifest always; sha256 once per worker
+  only with ``loader.verify_sha256`` (it reads the whole shard; prep and ``maskmill verify``
+  check it otherwise).
   A damaged, truncated or missing shard is one :class:`BadShardError` naming it, or with
   ``loader.on_bad_shard: skip`` a warning and a count (:class:`SkipCounts`, reported in the
   metrics). A sample that does not decode is skipped, named with its shard, and counted.
@@ -53,11 +54,13 @@ from data_prep.shard_format import (
     bad_shard_error,
     indexed_shard_samples,
     read_manifest,
+    samples_at,
+    shard_index,
     shard_problem,
 )
 from training.config import LoaderConfig
 from training.modalities import Example, modality
-from training.stream_order import epoch_order, resume_point
+from training.stream_order import Kept, epoch_order, kept_positions, resume_point, split_share
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +88,6 @@ class SkipCounts:
         return self._counts[1]
 
 
-def split_skip(batches: int, workers: int) -> tuple[int, int]:
-    """Skipping ``batches`` as (batches each worker skips, batches the main process drops).
-
-    The DataLoader takes batches from its workers in turn, always starting with worker 0, so
-    workers can only skip whole rounds; the remainder is decoded and dropped.
-    """
-    workers = max(1, workers)
-    return batches // workers, batches % workers
-
-
 @dataclass(frozen=True)
 class TrainStreamSpec:
     """Everything a loader worker needs (it is pickled to each one): plain data only."""
@@ -103,15 +96,13 @@ class TrainStreamSpec:
     records: tuple[ShardRecord, ...]  # the manifest's rows, in order
     modality: str
     input: Any  # the modality's input config
-    batch_size: int
-    rank: int
-    world_size: int
+    batch_size: int  # of the global batches
     seed: int
-    skip_batches: int
+    skip_batches: int  # global batches already consumed
     loader: LoaderConfig
-    # Rows [lo, hi) of every global batch of ``batch_size``: one stream whatever the world size
-    # (fine-tuning), each rank decoding only its rows; None: this rank's own slot (pretraining).
-    rows: tuple[int, int] | None = None
+    # This rank's rows [lo, hi) of every global batch: one stream whatever the world size, each
+    # rank reading and decoding only its rows.
+    rows: tuple[int, int]
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -123,27 +114,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.skips = skips or SkipCounts()
 
     def __iter__(self) -> Iterator[Batch]:
-        s = self.spec
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if s.rows is not None:
-            return self._rows_of_global_batches(worker, workers)
-        slot, slots = s.rank * workers + worker, s.world_size * workers
-        skip = split_skip(s.skip_batches, workers)[0] * s.batch_size
-        m = modality(s.modality)
-        shards = _ShardReader(s.split_dir, s.loader, self.skips, m.members)
-        pipeline = wds.DataPipeline(
-            functools.partial(_slot_samples, s, slot, slots, skip, shards),
-            # Augmentation seeded by the sample's place in the stream: a resumed run redraws it.
-            wds.map(
-                lambda item: _decoded(
-                    m, s.input, item[1], random.Random(f"{s.seed}:{slot}:{item[0]}"), self.skips
-                )
-            ),
-            wds.select(lambda example: example is not None),
-            wds.batched(s.batch_size, collation_fn=_collate, partial=False),
-        )
-        return iter(pipeline)
+        return self._rows_of_global_batches(worker, workers)
 
     def _rows_of_global_batches(self, worker: int, workers: int) -> Iterator[Batch | None]:
         """This rank's rows of the one global stream (slot 0 of 1, whatever the world size);
@@ -190,9 +163,8 @@ def train_loader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
     )
-    # A rank's rows of global batches are skipped inside the stream, whole (see TrainStream).
-    dropped = 0 if spec.rows is not None else split_skip(spec.skip_batches, workers)[1]
-    return _plain_errors(itertools.islice(iter(loader), dropped, None))
+    # Skipped global batches are skipped inside the stream, whole (see TrainStream).
+    return _plain_errors(iter(loader))
 
 
 def eval_batches(
@@ -204,10 +176,11 @@ def eval_batches(
     world_size: int = 1,
 ) -> Iterator[Batch]:
     """Every sample of a split once, in manifest order, decoded without augmentation; every
-    shard is checked (size and sha256) when opened, and a damaged one is a BadShardError.
+    shard is checked (size) when opened, and a damaged one is a BadShardError.
 
-    With ``world_size`` > 1, the samples whose place in the split is ``rank`` modulo the world
-    size: the ranks' streams together hold every sample once, none padded or dropped."""
+    With ``world_size`` > 1, the rank's contiguous share of the split's places
+    (``stream_order.split_share``): the ranks' streams together hold every sample once, none
+    padded or dropped, and each rank reads only its share's bytes."""
     return (batch[:3] for batch in indexed_eval_batches(
         split_dir, modality_name, input_cfg, batch_size, rank, world_size
     ))  # fmt: skip
@@ -220,17 +193,21 @@ def indexed_eval_batches(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
+    limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str], list[int]]]:
-    """:func:`eval_batches` with each sample's place in the split (manifest order) last."""
+    """:func:`eval_batches` with each sample's place in the split (manifest order) last; with
+    ``limit``, the ranks share the split's first ``limit`` samples."""
     m = modality(modality_name)
     skips = SkipCounts()
-    shards = _ShardReader(str(split_dir), LoaderConfig(), skips, ())
+    shards = _ShardReader(str(split_dir), LoaderConfig(verify_sha256=False), skips, ())
+    records = read_manifest(split_dir)
+    share = split_share([r.samples for r in records], rank, world_size, limit)
 
     def ours():
-        samples = (s for r in read_manifest(split_dir) for _, s in shards.samples(r))
-        for index, sample in enumerate(samples):
-            if index % world_size == rank:
-                yield index, sample
+        for shard, first, stop, place in share:
+            wanted = functools.partial(_within, first, stop)
+            for ordinal, sample in shards.samples(records[shard], wanted, sparse=True):
+                yield place + ordinal - first, sample
 
     def decoded(item):
         example = _decoded(m, input_cfg, item[1], None, skips)
@@ -256,18 +233,18 @@ def train_spec_for(
     world_size: int = 1,
     skip_batches: int = 0,
 ) -> TrainStreamSpec:
-    """The training stream of one rank over a prepared split (pretraining and fine-tuning)."""
+    """The training stream of rank ``rank`` over a prepared split: its ``batch_size`` rows of
+    each global batch of ``batch_size x world_size``, from global batch ``skip_batches`` on."""
     return TrainStreamSpec(
         split_dir=str(Path(split_dir).resolve()),
         records=tuple(read_manifest(split_dir)),
         modality=modality_name,
         input=input_cfg,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
+        batch_size=batch_size * world_size,
         seed=seed,
         skip_batches=skip_batches,
         loader=loader,
+        rows=(rank * batch_size, (rank + 1) * batch_size),
     )
 
 
@@ -281,17 +258,22 @@ def _slot_samples(
     first_epoch, into = resume_point(counts, slot, slots, s.seed, skip)
     index = skip
     for epoch in itertools.count(first_epoch):
-        chosen, sizes, order = epoch_order(
-            counts, slot, slots, s.seed, epoch, s.loader.shuffle_buffer
-        )
-        order.skip(into if epoch == first_epoch else 0)
-        samples = _EpochSamples([s.records[i] for i in chosen], sizes, order.pending(), shards)
+        ordered = functools.partial(_epoch_order, s, counts, slot, slots, epoch, first_epoch, into)
+        chosen, sizes, order = ordered()
+        # With keep, a replay of the same draws finds the positions kept: only those are read.
+        wanted = order.pending() if keep is None else kept_positions(ordered()[2], index, keep)
+        samples = _EpochSamples([s.records[i] for i in chosen], sizes, wanted, shards)
         for position in order:
             if keep is None or keep(index):
                 yield index, samples.take(position)
-            else:
-                samples.drop(position)
             index += 1
+
+
+def _epoch_order(s: TrainStreamSpec, counts, slot, slots, epoch, first_epoch, into):
+    """``stream_order.epoch_order`` of ``epoch``, advanced past what a resumed run consumed."""
+    chosen, sizes, order = epoch_order(counts, slot, slots, s.seed, epoch, s.loader.shuffle_buffer)
+    order.skip(into if epoch == first_epoch else 0)
+    return chosen, sizes, order
 
 
 class _ShardReader:
@@ -303,7 +285,9 @@ class _ShardReader:
         self.split_dir, self.cfg, self.skips, self.members = Path(split_dir), cfg, skips, members
         self.hashed: set[str] = set()
 
-    def samples(self, record: ShardRecord, keep=None) -> Iterator[tuple[int, dict]]:
+    def samples(
+        self, record: ShardRecord, keep=None, sparse: bool = False
+    ) -> Iterator[tuple[int, dict]]:
         path = self.split_dir / record.file
         first = self.cfg.verify_sha256 and record.file not in self.hashed
         problem = shard_problem(path, record, sha256=first)
@@ -311,7 +295,12 @@ class _ShardReader:
             if problem:
                 raise bad_shard_error(path, problem)
             self.hashed.add(record.file)
-            yield from indexed_shard_samples(path, self.members, keep, self._skipped_member)
+            if sparse:  # a share of the shard: each kept sample read alone, by its offsets
+                offsets = shard_index(self.split_dir, record)
+                ordinals = [o for o in range(record.samples) if keep(o)]
+                yield from samples_at(path, offsets, ordinals, self.members, self._skipped_member)
+            else:
+                yield from indexed_shard_samples(path, self.members, keep, self._skipped_member)
         except BadShardError as err:
             if self.cfg.on_bad_shard != "skip":
                 raise
@@ -330,22 +319,13 @@ class _EpochSamples:
 
     def __init__(self, records: list[ShardRecord], sizes: list[int], pending, shards):
         self.held: dict[int, dict | None] = {}
-        self.dropped: set[int] = set()
         self.reading = self._read(records, sizes, pending, shards)
 
     def take(self, position: int) -> dict | None:
         while position not in self.held:
             got, sample = next(self.reading)
-            if got in self.dropped:
-                self.dropped.discard(got)
-            else:
-                self.held[got] = sample
+            self.held[got] = sample
         return self.held.pop(position)
-
-    def drop(self, position: int) -> None:
-        """``position`` is not wanted: forget it if held, else let the reader pass it by."""
-        if self.held.pop(position, _MISSING) is _MISSING:
-            self.dropped.add(position)
 
     @staticmethod
     def _read(records, sizes, pending, shards) -> Iterator[tuple[int, dict | None]]:
@@ -354,7 +334,8 @@ class _EpochSamples:
             if pending.any_in(start, start + size):
                 wanted = functools.partial(_is_pending, pending, start)
                 seen = set()
-                for ordinal, sample in shards.samples(record, wanted):
+                sparse = isinstance(pending, Kept)
+                for ordinal, sample in shards.samples(record, wanted, sparse):
                     if ordinal < size:
                         seen.add(ordinal)
                         yield start + ordinal, sample
@@ -365,7 +346,8 @@ class _EpochSamples:
             start += size
 
 
-_MISSING = object()
+def _within(first: int, stop: int, ordinal: int) -> bool:
+    return first <= ordinal < stop
 
 
 def _is_pending(pending, start: int, ordinal: int) -> bool:

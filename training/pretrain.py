@@ -258,10 +258,17 @@ def _train(
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, modality, plan, info, engine, start)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
+    previous = None
     try:
         for step in range(start, plan.total_steps):
             for micro in range(cfg.grad_accum):
-                agreement.add(step_fn(next(batches), step * cfg.grad_accum + micro))
+                batch, weight = next(batches), 1.0
+                while batch is None and previous is None:  # nothing yet to step with
+                    batch = next(batches)
+                if batch is None:  # every row of this rank's share failed to decode: the
+                    batch, weight = previous, 0.0  # rank steps with its ranks, adding nothing
+                previous = batch
+                agreement.add(step_fn(batch, step * cfg.grad_accum + micro, weight))
             verdict = agreement.agree(stop=stop_requested())
             if verdict.non_finite_ranks:
                 raise NonFiniteLoss(
@@ -305,7 +312,7 @@ class _Step:
         self.geometry = self.modality.geometry(cfg.input)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
-    def __call__(self, batch, micro_step: int) -> torch.Tensor:
+    def __call__(self, batch, micro_step: int, weight: float = 1.0) -> torch.Tensor:
         x, _, keys = batch
         c = self.cfg
         m = self.modality
@@ -316,6 +323,7 @@ class _Step:
             inputs = inputs.pin_memory()
         inputs = inputs.to(self.device, non_blocking=True)
         loss = objective.loss(self.engine, m, c.input, x, inputs, self.device, self.dtype)
+        loss = loss * weight if weight != 1.0 else loss
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach()

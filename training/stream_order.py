@@ -16,6 +16,7 @@ yet. The loader opens only shards holding pending positions and decodes only sam
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
@@ -82,6 +83,31 @@ class Pending:
         return stop > self.next_input or any(start <= p < stop for p in self.buffered)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The positions of an epoch one reader keeps (a rank's rows, its worker's batches): what it
+    reads, and all it reads. A pending set that leaves out the other ranks' samples, so a rank
+    reads ~1/world of the split's bytes rather than all of them."""
+
+    sorted_positions: tuple[int, ...]
+
+    def __contains__(self, position: int) -> bool:
+        i = bisect.bisect_left(self.sorted_positions, position)
+        return i < len(self.sorted_positions) and self.sorted_positions[i] == position
+
+    def any_in(self, start: int, stop: int) -> bool:
+        i = bisect.bisect_left(self.sorted_positions, start)
+        return i < len(self.sorted_positions) and self.sorted_positions[i] < stop
+
+
+def kept_positions(order: ShuffleOrder, first_index: int, keep) -> Kept:
+    """The positions ``order`` emits at stream indices ``keep`` accepts (the first emitted is
+    index ``first_index``), from a replay of its draws: no data is read, and only the kept
+    positions are held (~1/slots of the epoch), so memory stays at a rank's share."""
+    kept = [p for i, p in enumerate(order, start=first_index) if keep(i)]
+    return Kept(tuple(sorted(kept)))
+
+
 def epoch_order(counts: Sequence[int], slot: int, slots: int, seed: int, epoch: int, buffer: int):
     """(shard indices, their sample counts, the shuffle order) of ``slot`` in ``epoch``."""
     shards = assign_shards(len(counts), slot, slots, seed, epoch)
@@ -102,3 +128,21 @@ def resume_point(
             return epoch, skip
         skip -= size
     raise AssertionError("unreachable")
+
+
+def split_share(
+    counts: Sequence[int], rank: int, world_size: int, limit: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """A rank's contiguous share of a split's first ``limit`` samples (all by default), for a
+    pass that scores every sample once: ``(shard index, first ordinal, stop ordinal, place of
+    the first)`` per shard it touches. Shares differ by at most one sample, and a rank opens
+    only the shards its places lie in: ~1/world of the split's bytes."""
+    total = sum(counts) if limit is None else min(limit, sum(counts))
+    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    pieces, start = [], 0
+    for shard, count in enumerate(counts):
+        first, stop = max(lo, start), min(hi, start + count)
+        if first < stop:
+            pieces.append((shard, first - start, stop - start, first))
+        start += count
+    return pieces

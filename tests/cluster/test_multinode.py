@@ -134,6 +134,11 @@ def _reference_losses(run_dir: Path, out: Path, timeout: float = 900) -> list[fl
     return _losses(out)
 
 
+def _job_id(log: Path) -> int:
+    """``pretrain-12.out`` -> 12 (by name, ``-12`` sorts before ``-7``)."""
+    return int(log.stem.rpartition("-")[2])
+
+
 def _logged_steps(out_dir: Path) -> list[int]:
     path = out_dir / "metrics.jsonl"
     if not path.exists():
@@ -192,7 +197,7 @@ def test_a_lost_node_ends_the_job_naming_it_and_a_resubmit_resumes_exactly(two_n
     proc = subprocess.run([*submit, "--wait"], env=two_nodes, cwd=ROOT, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed_log = sorted((run_dir / "logs" / "slurm").glob("pretrain-*.out"))[-1].read_text()
+    resumed_log = max((run_dir / "logs" / "slurm").glob("pretrain-*.out"), key=_job_id).read_text()
     start = re.search(r"\(from (\d+)\)", resumed_log)
     assert start and int(start.group(1)) >= 20, resumed_log[-2000:]  # a checkpoint, not step 0
     logged = _logged_steps(run_dir / "pretrain")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from training.config import LoaderConfig
-from training.loader import eval_batches, split_skip, train_loader, train_spec_for
+from training.loader import eval_batches, train_loader, train_spec_for
 from training.modalities.image.bundle import ImageInputConfig
 from training.stream_order import assign_shards
 
@@ -23,12 +23,6 @@ def test_an_epoch_covers_every_shard():
 
 def test_epochs_reshuffle():
     assert assign_shards(10, 0, 2, 0, 0) != assign_shards(10, 0, 2, 0, 1)
-
-
-def test_skip_splits_into_whole_rounds_and_a_remainder():
-    assert split_skip(7, 2) == (3, 1)
-    assert split_skip(6, 3) == (2, 0)
-    assert split_skip(5, 0) == (5, 0)
 
 
 def _spec(prepared, **kw):
@@ -198,7 +192,8 @@ def test_a_damaged_shard_is_one_error_naming_it(prepared, tmp_path, damage, work
     else:
         shard.unlink()
     with pytest.raises(BadShardError) as err:
-        list(itertools.islice(train_loader(_train(split, workers=workers)), 40))
+        # sha256 per worker is opt-in (prep and `maskmill verify` check it): the flip needs it
+        list(itertools.islice(train_loader(_train(split, workers=workers, verify_sha256=True)), 40))
     message = str(err.value)
     assert shard.name in message and "maskmill verify" in message
     assert "\n" not in message and "Traceback" not in message
@@ -217,8 +212,9 @@ def test_with_on_bad_shard_skip_the_stream_goes_on_and_counts_it(prepared, tmp_p
     batches = list(
         itertools.islice(train_loader(_train(split, on_bad_shard="skip"), skips=skips), 30)
     )
-    seen = {k for _, _, keys in batches for k in keys}
-    assert len(batches) == 30 and not seen & lost
+    # a global batch whose every row was in the skipped shard is None (the rank still steps)
+    seen = {k for batch in batches if batch is not None for k in batch[2]}
+    assert len(batches) == 30 and seen and not seen & lost
     assert skips.shards >= 1 and skips.samples == 0
 
 

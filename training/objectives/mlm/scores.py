@@ -40,13 +40,10 @@ class MlmEval:
         val = str(Path(data.train_shards).parent / "val")
         vocab = data.input.vocab_size
         loss_sum, hits, count = 0.0, 0, 0
-        for x, _, keys, places in indexed_eval_batches(
-            val, data.modality.name, data.input, self.cfg.batch_size, data.rank, data.world_size
-        ):
-            kept = [i for i, place in enumerate(places) if place < self.cfg.max_sequences]
-            if not kept:
-                break
-            x, keys = x[kept], [keys[i] for i in kept]
+        for x, _, keys, _ in indexed_eval_batches(
+            val, data.modality.name, data.input, self.cfg.batch_size, data.rank, data.world_size,
+            limit=self.cfg.max_sequences,  # the ranks share the first max_sequences
+        ):  # fmt: skip
             batch = mlm_batch(self.cfg.kind, data.seed, 0, keys, x, self.cfg.ratio, vocab)
             _, logits = model.loss_and_logits(batch.to(data.device))
             targets = batch.targets[batch.chosen].to(logits.device)
