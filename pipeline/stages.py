@@ -200,6 +200,7 @@ def _eval_section(stage: str):
         tree = OmegaConf.to_container(OmegaConf.structured(cfg.evaluate))
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "device", "loader"):
             del tree[key]
+        del tree["stall_timeout_s"]  # when a stalled job gives up (absent before 0.5)
         names = tasks_of_stage(cfg.evaluate.tasks, stage)
         tree["tasks"] = {k: v for k, v in tree["tasks"].items() if k in names}
         for task in tree["tasks"].values():  # absent before 0.5: old runs stay done

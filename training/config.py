@@ -342,6 +342,10 @@ class EvalConfig:
     keep_checkpoints: int = 1
     device: str = "auto"  # auto | cpu | cuda
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(workers=1))
+    # A rank of a training task (fine-tune, CTC, probe) whose heartbeat stays still this long
+    # ends the job, naming it (training.watchdog); 0 turns the watch off. Above the longest
+    # step, scoring of the val split or checkpoint save.
+    stall_timeout_s: float = 600.0
 
     def problems(self):
         if self.zero_stage not in (0, 1, 2):

@@ -113,6 +113,7 @@ def _downstream(cfg: EvalConfig, modality: Modality, export: ExportInfo, info) -
         world_size=info.world_size,
         device=info.device,
         loader=cfg.loader,
+        precision=cfg.precision,
     )
 
 

@@ -4,19 +4,27 @@ What a sample decodes to is the modality's (``Modality.decode``); this module ow
 
 Training stream (:func:`train_loader`):
 
-* **Explicit node and worker splitting.** Each epoch the shard list is permuted with the run
-  seed and dealt to ``world_size x workers`` slots; every slot gets the same number of shards
-  (the list wraps around when there are fewer shards than slots), so no rank runs dry early.
-  The order within a slot is ``training.stream_order``'s: shard order through a shuffle buffer
-  that restarts each epoch.
-* **Same number of batches on every rank.** The stream is endless (epoch after epoch); the
-  training loop takes exactly ``steps x grad_accum`` batches, so uneven shard counts cannot hang
-  a collective.
-* **Exact resume without re-reading.** Shuffle buffers and augmentations draw from generators
-  seeded by (seed, slot, epoch) and (seed, slot, sample index), so a resumed run sees the same
-  batches an uninterrupted run would. Finished epochs are skipped by arithmetic on the
-  manifest's sample counts, shards of the current epoch with nothing left to emit are never
-  opened, and only emitted samples are decoded (``stream_order.resume_point``).
+* **One global order, cut by sample.** Each epoch the shard list is permuted with the run seed,
+  and the samples, in shard order, go through one shuffle buffer seeded by (seed, epoch)
+  (``training.stream_order``). That stream is cut into global batches; rank ``r`` takes rows
+  ``[r x b, (r + 1) x b)`` of every one, and its loader worker ``w`` makes global batches ``w,
+  w + workers, ...``. The order does not depend on the world size or the worker count: a run
+  resumes exactly at another of either, and no sample is read twice in an epoch, however few the
+  shards (pretraining used to deal whole shards to rank x worker slots, which wrapped around
+  when there were fewer shards than slots).
+* **Each rank reads only its share.** A worker replays the shuffle's draws (no I/O) to find the
+  positions it keeps, and reads each of those samples alone at its offset in the shard
+  (``shard_format.shard_index``, written by prep): about 1/world of the split's bytes a rank,
+  where it read the whole stream and dropped the other ranks' rows
+  (``tests/training/test_rank_share.py``, ``python -m benchmarks.cluster_scale``).
+* **Same number of batches on every rank.** The stream is endless (epoch after epoch) and every
+  rank has rows in every global batch; a rank whose every row of a batch failed to decode gets
+  None and steps with the others, adding nothing.
+* **Exact resume without re-reading.** Augmentation draws from a generator seeded by (seed,
+  the sample's place in the stream); finished epochs are skipped by arithmetic on the manifest's
+  sample counts, and only kept samples are read and decoded (``stream_order.resume_point``).
+* **Work off the training step**: the objective's inputs (masks) can be made in the worker
+  (``TrainStreamSpec.prepare``), as pretraining does.
 * **Nothing is unpickled**: members are decoded by the modality's own functions; members no prep
   writes (links, names outside the shard) are skipped unread.
 * **Shards are checked when opened**: size against the manifest always; sha256 once per worker
@@ -30,7 +38,7 @@ Training stream (:func:`train_loader`):
   took a third of the loader's time (``python -m benchmarks.data_path``).
 
 Evaluation stream (:func:`eval_batches`): every sample once, in manifest order, decoded without
-augmentation.
+augmentation; rank ``r`` of ``w`` reads the contiguous share ``[r N / w, (r + 1) N / w)``.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import itertools
 import logging
 import multiprocessing
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +111,9 @@ class TrainStreamSpec:
     # This rank's rows [lo, hi) of every global batch: one stream whatever the world size, each
     # rank reading and decoding only its rows.
     rows: tuple[int, int]
+    # Made in the loader worker from each batch and its global batch index, and yielded after
+    # it (pretraining's masks: drawn there, off the training step's path). Picklable.
+    prepare: Callable[[Batch, int], Any] | None = None
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -134,8 +145,13 @@ class TrainStream(torch.utils.data.IterableDataset):
             if example is not None:
                 held.append(example)
             if (index - skip) % s.batch_size == hi - 1:  # the rank's last row of this batch
-                yield _collate(held) if held else None
+                yield self._prepared(_collate(held), index // s.batch_size) if held else None
                 held = []
+
+    def _prepared(self, batch: Batch, index: int):
+        """``batch``, with ``(index, prepare(batch, index))`` after it when the spec asks."""
+        prepare = self.spec.prepare
+        return batch if prepare is None else (*batch, (index, prepare(batch, index)))
 
     def _keeps(self, worker: int, workers: int):
         s = self.spec

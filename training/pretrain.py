@@ -15,6 +15,7 @@ status 75; a rerun resumes from that checkpoint. Exit codes: ``training.rank.EXI
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -252,9 +253,13 @@ def _train(
         world_size=info.world_size,
         skip_batches=start * cfg.grad_accum,
     )
+    total_micro = plan.total_steps * cfg.grad_accum
+    prepare = functools.partial(step_inputs_of, cfg.modality, cfg.input, cfg.mask, cfg.seed,
+                                total_micro)  # fmt: skip
+    spec = dataclasses.replace(spec, prepare=prepare)
     skips = SkipCounts()
     batches = train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips)
-    step_fn = _Step(cfg, modality, info, engine, plan.total_steps * cfg.grad_accum)
+    step_fn = _Step(cfg, modality, info, engine)
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, modality, plan, info, engine, start)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
@@ -291,38 +296,37 @@ def _train(
         metrics.close()
 
 
-class _Step:
-    """One micro step: the modality turns the batch into tokens, masks are drawn from (seed,
-    micro step, sample key), the engine runs forward and backward; returns the loss, still on
-    the device. Inputs reach the device without blocking the host: batches come from the
-    loader's pinned memory, masks are pinned here."""
+def step_inputs_of(modality_name, input_cfg, mask_cfg, seed, total_micro, batch, micro_step):
+    """The objective's inputs of a micro step (the masks), made in a loader worker: drawn from
+    (seed, micro step, sample key), so the worker that draws them changes nothing. MLM masks
+    take ~7 ms and MAE's ~2 ms for a batch of 128 on one core (benchmarks/mlm_masks.py), time
+    the training step no longer waits for."""
+    m = modality_named(modality_name)
+    x, _, keys = batch
+    progress = (micro_step + 1) / total_micro  # HPM's hard share rises with it
+    return m.objective.step_inputs(
+        mask_cfg, seed, micro_step, keys, x, m.geometry(input_cfg), progress
+    )
 
-    def __init__(
-        self,
-        cfg: PretrainConfig,
-        modality: Modality,
-        info: DistInfo,
-        engine,
-        total_micro_steps: int,
-    ):
+
+class _Step:
+    """One micro step: the modality turns the batch into tokens on the device, the engine runs
+    forward and backward with the masks the loader worker drew; returns the loss, still on the
+    device. Inputs reach the device without blocking the host: the DataLoader pins the batch
+    and its masks."""
+
+    def __init__(self, cfg: PretrainConfig, modality: Modality, info: DistInfo, engine):
         self.cfg, self.device, self.engine = cfg, info.device, engine
-        self.total = total_micro_steps
-        self.pin = info.device.type == "cuda"
         self.modality = modality
-        self.geometry = self.modality.geometry(cfg.input)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
     def __call__(self, batch, micro_step: int, weight: float = 1.0) -> torch.Tensor:
-        x, _, keys = batch
-        c = self.cfg
+        x, _, _, (index, inputs) = batch
+        if weight and index != micro_step:  # (weight 0: the last batch again, no weight)
+            raise RuntimeError(f"the loader's batch {index} arrived for micro step {micro_step}")
         m = self.modality
-        progress = (micro_step + 1) / self.total  # HPM's hard share rises with it
-        objective = m.objective
-        inputs = objective.step_inputs(c.mask, c.seed, micro_step, keys, x, self.geometry, progress)
-        if self.pin:
-            inputs = inputs.pin_memory()
         inputs = inputs.to(self.device, non_blocking=True)
-        loss = objective.loss(self.engine, m, c.input, x, inputs, self.device, self.dtype)
+        loss = m.objective.loss(self.engine, m, self.cfg.input, x, inputs, self.device, self.dtype)
         loss = loss * weight if weight != 1.0 else loss
         self.engine.backward(loss)
         self.engine.step()

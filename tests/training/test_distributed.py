@@ -28,10 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cluster.local import free_port
 from training import checkpoint, distributed, pretrain
-from training.config import LoaderConfig, ModelConfig, PretrainConfig
+from training.config import LoaderConfig, ModelConfig, PretrainConfig, default_mask
 from training.modalities import modality
 from training.modalities.image.bundle import ImageInputConfig
-from training.objectives.mae.model import MaskedAutoencoder
 
 META = torch.device("meta")
 
@@ -81,14 +80,15 @@ class HostSyncs(TorchDispatchMode):
 
 class MetaEngine:
     """DeepSpeed's engine reduced to what the loop calls, on a device that cannot run here: the
-    real model (bf16, as DeepSpeed casts it) forward and backward on meta tensors."""
+    modality's real model (bf16, as DeepSpeed casts it) forward and backward on meta tensors."""
 
     def __init__(self, cfg: PretrainConfig):
-        geometry = modality(cfg.modality).geometry(cfg.input)
-        self.model = MaskedAutoencoder(cfg.model, geometry).to(META, torch.bfloat16)
+        m = modality(cfg.modality)
+        self.model = m.objective.build_model(cfg.model, m.geometry(cfg.input), cfg.mask.kind)
+        self.model.to(META, torch.bfloat16)
 
-    def __call__(self, tokens, mask):
-        return self.model(tokens, mask)
+    def __call__(self, *inputs):
+        return self.model(*inputs)
 
     def backward(self, loss):
         loss.backward()
@@ -100,14 +100,50 @@ class MetaEngine:
         return [0.0]
 
 
+# Small inputs per modality (the contract test's), so a step costs milliseconds.
+SMALL_INPUT = {
+    "image": {"image_size": 32, "patch_size": 4},
+    "audio": {"frames": 64, "patch_size": 16, "mel_mean": -6.0, "mel_std": 4.0},
+    "video": {"num_frames": 4, "frame_size": 32, "patch_size": 8, "tubelet": 2},
+    "text": {"seq_len": 32, "vocab_size": 400},
+}
+
+
+@pytest.fixture(params=sorted(SMALL_INPUT))
+def modality_split(request, tmp_path):
+    """(modality name, a train split of 16 inputs written by its reader through the writer)."""
+    import functools
+
+    from data_prep.corpus import corpus_reader
+    from data_prep.plan import WorkUnit
+    from data_prep.writer import finish_split, write_unit
+
+    name = request.param
+    source, prep_keys = request.getfixturevalue(f"{name}_corpus")
+    reader = corpus_reader(name)
+    cfg = reader.config(source=str(source), out=str(tmp_path), **prep_keys)
+    items = list(reader.items(cfg, "train"))[:16]
+    encode = functools.partial(reader.encode, cfg, reader.fit(cfg, items))
+    split = tmp_path / "train"
+    finish_split(split, [write_unit(WorkUnit(0, tuple(items)), split, encode)], 0.0)
+    return name, split
+
+
 def test_training_steps_keep_collectives_on_the_device_and_read_the_host_once(
-    meta_group, prepared, tmp_path, monkeypatch
+    meta_group, modality_split, tmp_path, monkeypatch
 ):
+    """Every modality and objective (MAE on image, audio and video; MLM on text): the masks
+    come from the loader, the one collective stays on the device, and the host reads it once a
+    step; nothing else waits on the device."""
+    name, split = modality_split
+    m = modality(name)
     steps, accum = 4, 2
     cfg = PretrainConfig(
-        train_shards=str(prepared / "train"),
+        modality=name,
+        train_shards=str(split),
         out_dir=str(tmp_path),
-        input=ImageInputConfig(image_size=32, patch_size=4),
+        input=m.input_config(**SMALL_INPUT[name]),
+        mask=default_mask(m),
         model=ModelConfig(
             preset="nano", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2
         ),
@@ -135,8 +171,7 @@ def test_training_steps_keep_collectives_on_the_device_and_read_the_host_once(
 
     monkeypatch.setattr(distributed.StepAgreement, "agree", agree)
     with counter:
-        image = modality("image")
-        pretrain._train(cfg, image, plan, info, MetaEngine(cfg), 0, tmp_path / "checkpoints")
+        pretrain._train(cfg, m, plan, info, MetaEngine(cfg), 0, tmp_path / "checkpoints")
     assert reduced_on == [META] * steps
     reads = [after[0] - before[0] for before, after in zip([(0, 0), *per_step], per_step)]
     uploads = [after[1] - before[1] for before, after in zip([(0, 0), *per_step], per_step)]

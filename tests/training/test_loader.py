@@ -286,8 +286,11 @@ def test_hostile_members_are_skipped_and_counted_not_fatal(prepared, tmp_path):
     skips = SkipCounts()
     spec = _train(split, shuffle_buffer=1)
     batches = list(itertools.islice(train_loader(spec, skips=skips), 20))
-    keys = [k for _, _, ks in batches for k in ks]
-    assert len(keys) == 160 and not any(k.endswith(("x", "y")) or ".." in k for k in keys)
+    # a skipped row leaves its batch a row short (every rank keeps its rows of the same global
+    # batches), so fewer than 20 x 8 keys; a batch whose every row was skipped is None
+    keys = [k for batch in batches if batch is not None for k in batch[2]]
+    assert len(batches) == 20 and len(keys) > 80
+    assert not any(k.endswith(("x", "y")) or ".." in k for k in keys)
     assert skips.samples > 0
 
 

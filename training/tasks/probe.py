@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_prep.shard_format import read_manifest
-from training.distributed import from_rank0
+from training.distributed import all_gathered_rows, from_rank0
 from training.lars import LARS
 from training.schedule import warmup_cosine
 from training.tasks import ACCURACY
@@ -52,11 +52,24 @@ class Knn:
         self.enabled = cfg.enabled
 
     def run(self, encoder: nn.Module, data: Downstream, run: TaskRun) -> dict[str, float]:
-        train_x, train_y = data.features(encoder, data.train_shards)
+        """Sharded as the self-supervised codebases do it: each rank keeps only its share of
+        the train features (N / world x D), finds every val query's k nearest among them, and
+        the ranks' k best are merged; only the val features (and k neighbours a query per
+        rank) travel."""
+        encoder.eval()
+        with torch.no_grad():
+            mine = data.rank_rows(encoder.features, data.train_shards)
         val_x, val_y = data.features(encoder, data.val_shards)
+        sims, labels = nearest(val_x, mine["out"], mine["label"], self.cfg.k)
+        every_sims, every_labels = all_gathered_rows(sims, labels)  # [world x V, k], rank order
         scores = None
-        if run.info.is_main:  # every rank holds the features; one computes the votes
-            scores = knn_classify(train_x, train_y, val_x, val_y, data.num_classes, self.cfg)
+        if run.info.is_main:
+            world = run.info.world_size
+            logits = knn_logits(
+                every_sims.view(world, len(val_x), -1), every_labels.view(world, len(val_x), -1),
+                self.cfg.k, data.num_classes, self.cfg.temperature,
+            )  # fmt: skip
+            scores = topk_accuracy(logits, val_y, data.num_classes)
         return from_rank0(scores)
 
 
@@ -125,7 +138,8 @@ class ProbeJob(Job):
     @torch.no_grad()
     def features(self, x: torch.Tensor, input_cfg) -> torch.Tensor:
         tokens = self.data.modality.ops.tokenize(input_cfg, x.to(self.data.device))
-        return self.encoder.features(tokens).float()
+        with self.data.autocast():
+            return self.encoder.features(tokens).float()
 
     def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, labels, keys = batch
@@ -187,12 +201,31 @@ def linear_probe(
 
 
 def knn_classify(train_x, train_y, val_x, val_y, num_classes: int, cfg: KnnConfig) -> dict:
-    train_n, val_n = F.normalize(train_x, dim=1), F.normalize(val_x, dim=1)
-    k = min(cfg.k, len(train_n))
-    logits = []
-    for chunk in val_n.split(1024):
-        sim, idx = (chunk @ train_n.T).topk(k, dim=1)
-        votes = torch.zeros(len(chunk), num_classes)
-        votes.scatter_add_(1, train_y[idx], (sim / cfg.temperature).exp())
-        logits.append(votes)
-    return topk_accuracy(torch.cat(logits), val_y, num_classes)
+    """k-NN accuracy with every train feature in one process (the one-share case)."""
+    sims, labels = nearest(val_x, train_x, train_y, cfg.k)
+    logits = knn_logits(sims[None], labels[None], cfg.k, num_classes, cfg.temperature)
+    return topk_accuracy(logits, val_y, num_classes)
+
+
+def nearest(val_x, train_x, train_y, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosine similarities ``[V, k]`` of each val row's k nearest train rows and their
+    labels; where ``train_x`` has fewer than k rows (a rank's share), -inf and label 0 fill the
+    rest (they get no vote)."""
+    val_n, train_n = F.normalize(val_x.float(), dim=1), F.normalize(train_x.float(), dim=1)
+    sims = torch.full((len(val_n), k), float("-inf"))
+    labels = torch.zeros(len(val_n), k, dtype=torch.long)
+    take = min(k, len(train_n))
+    if take:
+        for lo in range(0, len(val_n), 1024):
+            sim, idx = (val_n[lo : lo + 1024] @ train_n.T).topk(take, dim=1)
+            sims[lo : lo + 1024, :take], labels[lo : lo + 1024, :take] = sim, train_y[idx]
+    return sims, labels
+
+
+def knn_logits(sims, labels, k: int, num_classes: int, temperature: float) -> torch.Tensor:
+    """Votes ``[V, classes]`` of the k best of every share's neighbours (``sims``, ``labels``:
+    ``[shares, V, k]``), each weighted exp(similarity / temperature) as in the DINO k-NN."""
+    sims, labels = sims.permute(1, 0, 2).flatten(1), labels.permute(1, 0, 2).flatten(1)
+    best, at = sims.topk(min(k, sims.shape[1]), dim=1)
+    votes = torch.zeros(len(sims), num_classes)
+    return votes.scatter_add_(1, labels.gather(1, at), (best / temperature).exp())

@@ -49,6 +49,7 @@ from training.rank import NonFiniteLoss, Preempted, stop_requested
 from training.schedule import warmup_cosine
 from training.tasks import HIGHER
 from training.tasks.downstream import gathered_in_order
+from training.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
     last, previous = None, None
     job.module.train()
     window = time.perf_counter()
+    watchdog = Watchdog(run.out, info.rank, info.world_size, cfg.stall_timeout_s)
     try:
         for step in range(start, schedule.total):
             batch = next(batches)
@@ -215,6 +217,7 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
             if verdict.non_finite_ranks:
                 raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
             done = step + 1
+            watchdog.beat(done)
             bar.update(1)
             if metrics_log:
                 now = time.perf_counter()
@@ -225,17 +228,22 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
                 window = now
             scored = schedule.scores_at(done)
             if scored:
+                watchdog.beat(done, force=True)  # scoring is slow, not stalled: timed from here
                 last, best = _scored(job, run, schedule, done, best, metrics_log)
+                watchdog.beat(done, force=True)
                 window = time.perf_counter()
             stop = verdict.stop and done < schedule.total
             if done < schedule.total and (done % cfg.checkpoint_every == 0 or scored or stop):
+                watchdog.beat(done, force=True)
                 checkpoint.save(engine, run.out / CKPT_DIR, done, cfg.keep_checkpoints,
                                 info.is_main, extra={"best": best})  # fmt: skip
+                watchdog.beat(done, force=True)
                 window = time.perf_counter()
             if stop:
                 raise Preempted(f"preempted: {run.out} saved at step {done}; rerun to resume")
     finally:
         bar.close()
+        watchdog.close()
     return best, last
 
 

@@ -31,6 +31,25 @@ def test_knn_separates_separable_features():
     assert scores["top1"] == 100.0
 
 
+def test_knn_over_shares_votes_as_knn_over_all_features():
+    """The sharded k-NN (each rank keeps its share of the train features, the k best of every
+    share are merged) gives the votes of k-NN over every feature in one place, shares of 0 and
+    of fewer than k rows included."""
+    from training.tasks.probe import knn_logits, nearest
+
+    x, y = _blobs(n_per_class=30, dim=8, seed=1)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    x = x + noise * 3  # overlapping classes: the votes are not unanimous
+    vx = x[1::4] + 0.5
+    whole = knn_logits(*(t[None] for t in nearest(vx, x, y, 20)), 20, 5, 0.07)
+    cuts = [0, 0, 7, 60, 150]  # rank shares of 0, 7, 53, 90 and 0 rows
+    shares = [nearest(vx, x[a:b], y[a:b], 20) for a, b in zip(cuts, [*cuts[1:], len(x)])]
+    merged = knn_logits(
+        torch.stack([s for s, _ in shares]), torch.stack([lab for _, lab in shares]), 20, 5, 0.07
+    )
+    torch.testing.assert_close(merged, whole)
+
+
 def _probe(train_x, train_y, val_x, val_y, epochs=60, batch=64, lr=2.5):
     """MAE's probe head and optimizer, trained plainly (the stage runs it under DeepSpeed)."""
     torch.manual_seed(0)

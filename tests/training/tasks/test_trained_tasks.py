@@ -63,3 +63,30 @@ def test_ctc_trains_a_copy_of_the_encoder(speech_prepared):
     _untouched(
         lambda enc, data, run: CtcJob(enc, data, cfg, run), "audio", seen, speech_prepared, 3
     )
+
+
+def test_frozen_passes_reach_the_fused_attention_in_bf16(prepared, monkeypatch):
+    """Feature and scoring passes run under bf16 autocast (evaluate.precision), so on a GPU the
+    fused kernel and bf16 matrix products serve them; before, they ran in fp32. The encoder is
+    built with attention "sdpa" (what CUDA picks), and the kernel's inputs are recorded."""
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recorded(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recorded)
+    model = ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2, attention="sdpa")
+    seen_cfg = ImageInputConfig(32, 8)
+    encoder = random_encoder(ExportInfo("image", "mae", seen_cfg, model, {}), seed=0).eval()
+    data = _data("image", seen_cfg, prepared, 4)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        data.precision = precision
+        with torch.no_grad():
+            rows = data.rank_rows(encoder.features, data.val_shards)
+        assert seen and set(seen) == {dtype}
+        assert rows["out"].dtype == torch.float32  # gathered and scored in fp32

@@ -54,11 +54,17 @@ class ViTEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
 
-    def forward(self, tokens: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        padding: bool | None = None,
+    ) -> torch.Tensor:
         """Token values ``[B, N, P]`` -> encoded ``[B, 1 + K, D]`` (cls first).
 
-        With ``ids_keep`` only those K tokens are embedded and encoded.
-        """
+        With ``ids_keep`` only those K tokens are embedded and encoded. ``padding`` (id tokens):
+        whether any is the padding id, when the caller knows it from the host (None: asked of
+        the tokens, a read of the device)."""
         pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
         if ids_keep is not None:
             tokens = gather_tokens(tokens, ids_keep)
@@ -68,17 +74,18 @@ class ViTEncoder(nn.Module):
             x = x * self.cfg.embed_dim**0.5  # see init_weights: as large as the positions
         x = x + pos.to(x.dtype)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        key_bias = self._padding_bias(tokens)
+        key_bias = self._padding_bias(tokens, padding)
         for block in self.blocks:
             x = block(x, key_bias=key_bias)
         return self.norm(x)
 
-    def _padding_bias(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """``[B, 1, 1, 1 + N]``: -inf at padding ids (text; the cls slot is never padding)."""
-        if not self.geometry.vocab_size:
+    def _padding_bias(self, tokens: torch.Tensor, padding: bool | None) -> torch.Tensor | None:
+        """``[B, 1, 1, 1 + N]``: -inf at padding ids (text; the cls slot is never padding); None
+        without padding, so the attention runs unmasked (the fused kernel)."""
+        if not self.geometry.vocab_size or padding is False:
             return None
         pad = torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1) == PAD_ID
-        if not pad.any():
+        if padding is None and not pad.any():
             return None
         return torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))[
             :, None, None

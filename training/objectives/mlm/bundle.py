@@ -29,7 +29,7 @@ def step_inputs(mask_cfg, seed, step, keys, x, geometry, progress=0.0):
 
 def loss(engine, modality, input_cfg, x, batch, device, dtype):
     """Token ids, already in ``batch``: nothing to tokenize or cast."""
-    return engine(batch.inputs, batch.targets)
+    return engine(batch.inputs, batch.targets, batch.index, batch.picked, batch.padding)
 
 
 def figure_inputs(mask_cfg, seed, keys, x, geometry):

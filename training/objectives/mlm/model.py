@@ -48,17 +48,24 @@ class MaskedLanguageModel(nn.Module):
         self.head = MlmHead(self.cfg.embed_dim, geometry.vocab_size)
         init_weights(self)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs, targets, index=None, picked=None, padding=None) -> torch.Tensor:
         """Token ids ``[B, N]`` as the encoder reads them, and the ids to predict (:data:`IGNORE`
-        elsewhere) -> the mean cross-entropy over the chosen positions."""
-        return self.loss_and_logits(MlmBatch(inputs, targets))[0]
+        elsewhere) -> the mean cross-entropy over the chosen positions. ``index``, ``picked``
+        and ``padding``: an ``MlmBatch``'s host-side facts (found here when not given)."""
+        return self.loss_and_logits(MlmBatch(inputs, targets, index, picked, padding))[0]
 
     def loss_and_logits(self, batch: MlmBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits ``[M, V]`` of the ``M`` chosen positions in row-major order)."""
-        encoded = self.encoder(batch.inputs)[:, 1:]
-        chosen = batch.targets != IGNORE
-        logits = self.head(encoded[chosen], self.encoder.patch_embed.weight)
-        return F.cross_entropy(logits.float(), batch.targets[chosen]), logits
+        encoded = self.encoder(batch.inputs, padding=batch.padding)[:, 1:]
+        if batch.index is None:  # made on the device: found there (a host read)
+            chosen = (batch.targets != IGNORE).flatten()
+            index = chosen.nonzero().squeeze(1)
+            picked = batch.targets.flatten()[index]
+        else:
+            index, picked = batch.index, batch.picked
+        mine = encoded.flatten(0, 1).index_select(0, index)
+        logits = self.head(mine, self.encoder.patch_embed.weight)
+        return F.cross_entropy(logits.float(), picked), logits
 
     @torch.no_grad()
     def reconstruct(self, batch: MlmBatch) -> torch.Tensor:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -50,7 +51,7 @@ def test_chosen_tokens_are_about_the_ratio_and_never_special(kind):
     x = _batch()
     for row in range(x.shape[0]):
         ids, starts = x[row, 0], x[row, 1]
-        chosen = chosen_tokens(kind, ids, starts, 0.3, torch.Generator().manual_seed(row))
+        chosen = chosen_tokens(kind, ids, starts, 0.3, np.random.default_rng(row))
         maskable = int((ids >= NUM_SPECIAL).sum())
         assert not chosen[ids < NUM_SPECIAL].any()
         budget = round(0.3 * maskable)
@@ -67,7 +68,7 @@ def test_spans_are_runs_of_several_words():
     runs = []
     for row in range(x.shape[0]):
         ids, starts = x[row, 0], x[row, 1]
-        chosen = chosen_tokens("span", ids, starts, 0.3, torch.Generator().manual_seed(row))
+        chosen = chosen_tokens("span", ids, starts, 0.3, np.random.default_rng(row))
         words = _words(starts.tolist(), ids.tolist())
         flags = [bool(chosen[w[0]]) for w in words]
         run = 0
@@ -139,3 +140,16 @@ def test_flops_from_the_geometry_match_torch_flop_counter():
             model(batch.inputs, batch.targets)
         chosen = int(batch.chosen.sum())
         assert counter.get_total_flops() == mlm_forward_flops(CFG, G, chosen), ratio
+
+
+@pytest.mark.parametrize("kind", ["random", "whole_word", "span"])
+def test_a_row_is_masked_alike_in_any_batch(kind):
+    """A sample's mask depends on (seed, step, key) alone, not on the rows beside it: the
+    masks are drawn for the whole batch at once, and a rank holds any subset of a global batch."""
+    x = _batch(rows=16, seed=3)
+    keys = [f"s{i}" for i in range(16)]
+    whole = mlm_batch(kind, 0, 2, keys, x, 0.3, VOCAB)
+    for part in (slice(0, 5), slice(5, 16), slice(7, 8)):
+        alone = mlm_batch(kind, 0, 2, keys[part], x[part], 0.3, VOCAB)
+        assert torch.equal(alone.inputs, whole.inputs[part])
+        assert torch.equal(alone.targets, whole.targets[part])
