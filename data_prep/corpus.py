@@ -85,11 +85,18 @@ def corpus_reader(modality: str) -> CorpusReader:
     return importlib.import_module(f"data_prep.{modality}.reader").READER
 
 
+# Of a reader's config without ``max_failed_share`` (a modality written before it existed).
+DEFAULT_MAX_FAILED_SHARE = 0.01
+
+
 def prep_problems(cfg: Any) -> Iterable[tuple[str, str]]:
     """The checks every modality's ``prep`` section shares (sharding and the Ray session)."""
     if cfg.samples_per_shard < 1:
         yield ("samples_per_shard", f"an int >= 1, got {cfg.samples_per_shard}")
     if cfg.num_cpus is not None and cfg.num_cpus < 1:
         yield ("num_cpus", f"an int >= 1 or null, got {cfg.num_cpus}")
+    share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)
+    if not 0 <= share <= 1:
+        yield ("max_failed_share", f"a share in [0, 1], got {share}")
     if not cfg.splits:
         yield ("splits", "a non-empty list of split names")

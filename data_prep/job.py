@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.corpus import CorpusReader, SourceError
+from data_prep.corpus import DEFAULT_MAX_FAILED_SHARE, CorpusReader, SourceError
 from data_prep.plan import plan_shards
 from data_prep.prep_record import settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
@@ -48,10 +48,13 @@ def _write_splits(reader: CorpusReader, cfg: Any, items: dict, out: Path) -> dic
         atomic_write_text(out / LABELS, json.dumps(labels, indent=1) + "\n")
     encode = functools.partial(reader.encode, cfg, state)
     stats = {}
+    failed_share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)
     with ray_session(cfg.num_cpus, cfg.ray_address):
         for split, split_items in items.items():
             units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
-            stats[split] = prepare_split(units, out / split, encode, desc=f"prep {split}")
+            stats[split] = prepare_split(
+                units, out / split, encode, desc=f"prep {split}", max_failed_share=failed_share
+            )
     return stats
 
 

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 SETTINGS = f"{META_DIR}/prep.json"
 LOCK = f"{META_DIR}/prep.lock"
 # Where and how a prep runs, which of its splits it writes: not what any shard holds.
-NOT_SETTINGS = ("out", "num_cpus", "ray_address", "splits")
+# How a prep runs and what it tolerates, not what it writes.
+NOT_SETTINGS = ("out", "num_cpus", "ray_address", "splits", "max_failed_share")
 
 
 class PrepOutputError(RuntimeError):

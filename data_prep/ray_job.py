@@ -10,6 +10,7 @@ killed job reruns to the same output.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -115,10 +116,16 @@ def prepare_split(
     encode: Encoder,
     describe: Callable = str,
     desc: str = "prep",
+    max_failed_share: float = 1.0,
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
-    Returns the split's stats (also written to ``stats.json``).
+    Returns the split's stats (also written to ``stats.json``). At most :func:`in_flight` tasks
+    are submitted at a time, each submitted as one finishes: the driver holds a bounded number
+    of task references, and each wait looks at those alone (a wait over every pending task made
+    the driver loop quadratic in the shard count). A task whose worker dies (a lost node, the
+    OOM killer) or that fails on an OSError (writing the shard) runs again, up to
+    :data:`TASK_RETRIES` times.
     """
     import ray
 
@@ -138,12 +145,20 @@ def prepare_split(
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
 
-    task = ray.remote(write_shard)
-    pending = [task.remote(u, str(split_dir), encode, describe) for u in todo]
+    task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError])(write_shard)
+    waiting = iter(todo)
+    pending = [
+        task.remote(u, str(split_dir), encode, describe)
+        for u in itertools.islice(waiting, in_flight())
+    ]
     bar = tqdm(total=len(units), initial=len(results), desc=desc, unit="shard", dynamic_ncols=True)
     with bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
+            pending += [
+                task.remote(u, str(split_dir), encode, describe)
+                for u in itertools.islice(waiting, 1)
+            ]
             result: UnitResult = ray.get(ready[0])
             results[result.record.unit] = result
             bar.set_postfix(
@@ -152,7 +167,20 @@ def prepare_split(
                 refresh=False,  # drawn by update(), at most every mininterval
             )
             bar.update(1)
-    return finish_split(split_dir, results.values(), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return finish_split(split_dir, results.values(), seconds, max_failed_share)
+
+
+def in_flight() -> int:
+    """How many tasks the driver keeps submitted: two per CPU of the Ray cluster, so a CPU
+    that finishes finds the next task waiting."""
+    import ray
+
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+
+# Runs of a task after its first whose worker died or which raised an OSError.
+TASK_RETRIES = 3
 
 
 def write_shard(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:

@@ -84,6 +84,17 @@ class UnitResult:
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     converted: dict[str, int] = field(default_factory=dict)
+    # inputs an unexpected error stopped: {"input": its name, "error": the error's one line}
+    failures: list[dict] = field(default_factory=list)
+
+
+class FailedInputsError(RuntimeError):
+    """More of a split's inputs failed than ``max_failed_share`` allows; ``str`` says how many
+    and where they are listed."""
+
+
+FAILED = "failed"  # the skip reason of an input an unexpected error stopped
+FAILURES = f"{META_DIR}/failures.jsonl"  # one line per failed input: its name and the error
 
 
 Encoder = Callable[[Any], Iterable["Sample | SkipSample | Converted"]]  # one input -> 0..n samples
@@ -96,7 +107,9 @@ def inputs_digest(unit: WorkUnit, describe=str) -> str:
 
 def unit_is_done(split_dir: Path, unit: WorkUnit, describe=str) -> UnitResult | None:
     """The stored result of a finished unit, or None when it must be (re)written: no record,
-    a record of other inputs, or a shard missing or changed since (size and sha256)."""
+    a record of other inputs, or a shard missing or resized since. The size, not the sha256:
+    hashing every finished shard again on the driver took ~40 min to resume LibriLight;
+    ``maskmill verify`` checks the sha256 written with each shard."""
     done = split_dir / WORK_DIR / f"{shard_name(unit.index)}.json"
     if not done.exists():
         return None
@@ -104,13 +117,14 @@ def unit_is_done(split_dir: Path, unit: WorkUnit, describe=str) -> UnitResult | 
     record = ShardRecord(**data["record"])
     if data.get("inputs_digest", inputs_digest(unit, describe)) != inputs_digest(unit, describe):
         return None
-    problem = shard_problem(split_dir / record.file, record, sha256=True)
+    problem = shard_problem(split_dir / record.file, record, sha256=False)
     if problem:
         log.warning("%s: %s; writing it again", record.file, problem)
         return None
     return UnitResult(
-        record, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {})
-    )
+        record, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {}),
+        data.get("failures", []),
+    )  # fmt: skip
 
 
 def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -> UnitResult:
@@ -120,6 +134,7 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     (split_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     skipped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
+    failures: list[dict] = []
     final = split_dir / shard_name(unit.index)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     written = 0
@@ -127,7 +142,10 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
         with open(tmp, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for item in unit.items:
-                    written += _add_item(tar, item, encode, describe, skipped, converted)
+                    added, failure = _add_item(tar, item, encode, describe, skipped, converted)
+                    written += added
+                    if failure:
+                        failures.append({"input": describe(item), "error": failure})
             raw.flush()
             os.fsync(raw.fileno())
         digest = file_sha256(tmp)
@@ -147,15 +165,20 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     )
     write_shard_index(split_dir, record)  # where each sample starts: a rank reads only its own
     result = UnitResult(
-        record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted)
-    )
+        record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted),
+        failures,
+    )  # fmt: skip
     done = asdict(result) | {"inputs_digest": inputs_digest(unit, describe)}
     atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(done))
     return result
 
 
-def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float) -> dict:
-    """Write manifest, stats and finally ``_SUCCESS``; returns the stats."""
+def finish_split(
+    split_dir: Path, results: Iterable[UnitResult], seconds: float, max_failed_share: float = 1.0
+) -> dict:
+    """Write manifest, stats, the failed inputs and finally ``_SUCCESS``; returns the stats.
+    More failed inputs than ``max_failed_share`` of them is a :class:`FailedInputsError`, and
+    no ``_SUCCESS``."""
     results = sorted(results, key=lambda r: r.record.unit)
     skipped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
@@ -172,9 +195,17 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
         "bytes": sum(r.record.bytes for r in results),
         "seconds": round(seconds, 3),
     }
+    failures = [f for r in results for f in r.failures]
     (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
     write_manifest(split_dir, [r.record for r in results])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(split_dir / FAILURES, "".join(json.dumps(f) + "\n" for f in failures))
+    if len(failures) > max_failed_share * stats["inputs"]:
+        raise FailedInputsError(
+            f"prep {split_dir.name}: {len(failures)} of {stats['inputs']} inputs failed "
+            f"({len(failures) / stats['inputs']:.1%}, more than prep.max_failed_share "
+            f"{max_failed_share:.1%}); each is listed with its error in {split_dir / FAILURES}"
+        )
     if not stats["samples"]:  # an empty split is a failed prep, not a finished one
         why = ", ".join(f"{n} {k}" for k, n in stats["skipped"].items()) or "the encoder gave none"
         raise EmptySplitError(
@@ -185,12 +216,20 @@ def finish_split(split_dir: Path, results: Iterable[UnitResult], seconds: float)
     return stats
 
 
-def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted: Counter) -> int:
+def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted: Counter):
     """Add the samples of one input to ``tar``, counting skips and conversions; returns how
-    many samples were added."""
-    added = 0
+    many samples were added, and the one line of the error that stopped the input (or None).
+
+    An unexpected error (an EIO from a network filesystem, a decoder's bug) stops this input
+    only: the samples it gave before stay, it is counted as ``failed`` and listed in
+    ``failures.jsonl``. One such error among 200 k reads used to end the whole prep."""
+    added, failure = 0, None
     for out in _encoded(encode, item):
-        if isinstance(out, SkipSample):
+        if isinstance(out, _Failure):
+            skipped[FAILED] += 1
+            failure = out.line
+            log.warning("failed %s (%s)", describe(item), out.line)
+        elif isinstance(out, SkipSample):
             skipped[out.reason] += 1
             log.warning("skipped %s (%s)", describe(item), out)
         elif isinstance(out, Converted):
@@ -198,15 +237,24 @@ def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted:
         else:
             _add_sample(tar, out)
             added += 1
-    return added
+    return added, failure
 
 
-def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample | Converted]:
-    """The encoder's output for ``item``, a raised skip turned into the last value."""
+@dataclass(frozen=True)
+class _Failure:
+    line: str  # the error's type and first line
+
+
+def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample | Converted | _Failure]:
+    """The encoder's output for ``item``, a raised skip turned into the last value, and any
+    other error into a :class:`_Failure`."""
     try:
         yield from encode(item)
     except SkipSample as skip:
         yield skip
+    except Exception as err:  # any error of one input is that input's, not the prep's
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        yield _Failure(f"{type(err).__name__}: {first}".rstrip(": "))
 
 
 def _add_sample(tar: tarfile.TarFile, sample: Sample) -> None:

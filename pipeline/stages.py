@@ -272,13 +272,16 @@ def _prep_section(cfg: RunConfig):
     # Paths absolute: a Ray job reads the same folders by absolute path (its working directory
     # is elsewhere), and must not look like a different stage to a later local run.
     sources = corpus_reader(cfg.modality).sources(cfg.prep)
-    return dataclasses.replace(
+    section = dataclasses.replace(
         cfg.prep,
         num_cpus=None,
         ray_address=None,
         **{k: os.path.abspath(v) for k, v in sources.items()},
         out=os.path.abspath(cfg.prep.out),
     )
+    tree = OmegaConf.to_container(OmegaConf.structured(section))
+    tree.pop("max_failed_share", None)  # what a prep tolerates (absent before 0.5)
+    return tree
 
 
 def _prep_inputs(cfg: RunConfig) -> str:

@@ -66,6 +66,9 @@ class AudioPrepConfig:
     samples_per_shard: int = 500
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
+    # A split whose inputs failed with unexpected errors (listed in failures.jsonl) beyond
+    # this share fails the prep; below it they are counted and the prep goes on.
+    max_failed_share: float = 0.01
     ray_address: str | None = None  # join a running Ray cluster instead of a local head
 
     def problems(self):

@@ -35,7 +35,9 @@ FORMATS = {  # suffix -> reader name; the longest matching suffix wins
     ".parquet": "parquet",
     ".txt": "txt",
 }
-BAD_LINE_REASONS = ("invalid_utf8", "malformed_json", "missing_text", "empty_text")
+BAD_LINE_REASONS = (
+    "invalid_utf8", "malformed_json", "missing_text", "empty_text", "unreadable_file",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,38 @@ def read_documents(
     file: TextFile, text_field: str = "text", label_field: str | None = None
 ) -> Iterator[Document | BadLine]:
     """The documents of one file in order, with a :class:`BadLine` for each unusable line; with
-    ``label_field`` (JSON lines only) each document carries that field as a string."""
-    if file.format == "parquet":
-        yield from _parquet_documents(file.file, text_field)
-    elif file.format == "txt":
-        yield _txt_document(file.file)
-    else:
-        yield from _jsonl_documents(file.file, text_field, label_field)
+    ``label_field`` (JSON lines only) each document carries that field as a string.
+
+    A file that stops being readable (not gzip though named so, cut short, a read error) ends
+    with one ``unreadable_file`` BadLine: the documents before it count, the prep goes on. On the
+    driver (the dedup pass) and in a task alike: one such file used to end the whole prep."""
+    index = 0
+    try:
+        if file.format == "parquet":
+            docs = _parquet_documents(file.file, text_field)
+        elif file.format == "txt":
+            docs = iter([_txt_document(file.file)])
+        else:
+            docs = _jsonl_documents(file.file, text_field, label_field)
+        for doc in docs:
+            index = doc.index + 1
+            yield doc
+    except UNREADABLE as err:
+        yield BadLine(index, "unreadable_file", f"{file.path}: {type(err).__name__}: {err}")
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """What reading a damaged file raises: gzip's and zstd's errors, a read error, a parquet
+    file that does not parse."""
+    import zlib
+
+    import pyarrow as pa
+    import zstandard
+
+    return (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowInvalid)
+
+
+UNREADABLE = _unreadable()
 
 
 def _open_lines(path: Path):

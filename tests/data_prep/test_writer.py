@@ -37,14 +37,23 @@ def test_same_inputs_give_byte_identical_shards(tmp_path):
     assert a.record.sha256 == b.record.sha256
 
 
-def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path):
-    def explode(item):
-        if item == "boom":
-            raise RuntimeError("disk full")
-        return _encode(item)
+def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path, monkeypatch):
+    """Writing the shard fails (the disk is full): an input's own error is only that input's
+    (test_failures), but this one is the unit's, which leaves nothing behind."""
+    import errno
 
-    with pytest.raises(RuntimeError):
-        write_unit(WorkUnit(0, ("a", "boom")), tmp_path, explode)
+    added = []
+
+    def full(tar, info, fileobj=None):
+        added.append(info.name)
+        if len(added) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tar, info, fileobj)
+
+    real = tarfile.TarFile.addfile
+    monkeypatch.setattr(tarfile.TarFile, "addfile", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_unit(WorkUnit(0, ("a", "boom")), tmp_path, _encode)
     assert not (tmp_path / shard_name(0)).exists()
     assert unit_is_done(tmp_path, WorkUnit(0, ("a", "boom"))) is None
     assert [p.name for p in tmp_path.iterdir() if p.name != META_DIR] == []
@@ -59,16 +68,23 @@ def test_a_shard_without_its_record_is_redone(tmp_path):
 
 
 def test_a_record_is_checked_against_the_shard_and_the_inputs(tmp_path):
-    """A completion record is not trusted: a shard whose bytes changed (same size), a deleted
-    shard, or a unit now planned over other inputs is written again."""
+    """A completion record is checked: a resized or deleted shard, or a unit now planned over
+    other inputs, is written again. A same-size byte change is `maskmill verify`'s to find (the
+    sha256 written with the shard): a resume checks sizes, not hashes."""
+    from data_prep.shard_format import verify_split
+
     unit = WorkUnit(0, ("a", "b"))
-    write_unit(unit, tmp_path, _encode)
+    result = write_unit(unit, tmp_path, _encode)
+    finish_split(tmp_path, [result], 0.0)
     assert unit_is_done(tmp_path, unit) is not None
     assert unit_is_done(tmp_path, WorkUnit(0, ("a", "c"))) is None
     shard = tmp_path / shard_name(0)
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF  # inside the first member's data: the size stays
     shard.write_bytes(bytes(data))
+    assert unit_is_done(tmp_path, unit) is not None
+    assert "sha256" in verify_split(tmp_path)[1][shard.name]
+    shard.write_bytes(bytes(data[:-512]))
     assert unit_is_done(tmp_path, unit) is None
     shard.unlink()
     assert unit_is_done(tmp_path, unit) is None

@@ -21,11 +21,30 @@ from data_prep.text.tokenizer import PAD, load_tokenizer
 from tests.conftest import TEXT_PREP_KEYS
 
 
+def _damaged_gzips(folder: Path) -> None:
+    """A ``.json.gz`` that is not gzip at all, and one cut short halfway (its first documents
+    whole): each used to end the whole prep with an uncaught error on the driver."""
+    import gzip
+
+    folder.mkdir()
+    (folder / "not_gzip.json.gz").write_bytes(b'{"text": "plain lines, named .gz"}\n')
+    lines = [
+        json.dumps({"text": f"a document only the cut file holds, no. {i}."}) for i in range(40)
+    ]
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    (folder / "cut_short.json.gz").write_bytes(whole[: len(whole) // 2])
+
+
 @pytest.fixture(scope="module")
 def prepared(text_demo, tmp_path_factory):
+    import shutil
+
+    corpus = tmp_path_factory.mktemp("text_corpus") / "corpus"
+    shutil.copytree(text_demo / "corpus", corpus)
+    _damaged_gzips(corpus / "damaged")
     out = tmp_path_factory.mktemp("text_prepared") / "shards"
     cfg = TextPrepConfig(
-        source=str(text_demo / "corpus"),
+        source=str(corpus),
         labelled=str(text_demo / "labelled"),
         out=str(out),
         num_cpus=2,
@@ -70,6 +89,7 @@ def test_every_bad_line_and_copy_is_counted_by_reason(prepared, text_demo):
     skipped = read_stats(out / "train")["skipped"]
     for reason in ("invalid_utf8", "malformed_json", "missing_text", "empty_text"):
         assert skipped[reason] == 1, skipped
+    assert skipped["unreadable_file"] == 2, skipped  # the two damaged .json.gz, prep went on
     copies = sum(read_stats(out / s)["skipped"].get("duplicate", 0) for s in ("train", "val"))
     assert copies >= 25  # the demo writes 25 exact copies across files (the stdlib has more)
     labelled = read_stats(out / "labelled_train")
