@@ -73,13 +73,42 @@ class Knn:
         return from_rank0(scores)
 
 
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are the global batch's, every rank's rows: one
+    all-reduce of the per-feature sums (gradients flow through it), as SyncBatchNorm does on
+    GPUs; torch's SyncBatchNorm does not run on CPU (gloo). One rank: plain BatchNorm1d. Before,
+    each rank standardised by its own rows: the probe trained differently on 1 and 8 GPUs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dim = x.shape[1]
+        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        n = sums[-1]
+        mean = sums[:dim] / n
+        var = (sums[dim : 2 * dim] / n - mean * mean).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp(min=1))
+                self.num_batches_tracked += 1
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
 class ProbeHead(nn.Module):
     """BatchNorm without affine (MAE: a per-feature standardisation the linear layer could
-    absorb, which makes LARS's lr insensitive to the features' scale) + a linear layer."""
+    absorb, which makes LARS's lr insensitive to the features' scale), over the global batch,
+    + a linear layer."""
 
     def __init__(self, dim: int, classes: int):
         super().__init__()
-        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.norm = GlobalBatchNorm1d(dim, affine=False, eps=1e-6)
         self.head = nn.Linear(dim, classes)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)

@@ -109,3 +109,38 @@ def test_layer_decay_scales_lr_by_depth():
 def test_random_encoder_is_reproducible():
     a, b = random_encoder(_export(), 3), random_encoder(_export(), 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _two_rank_norm(rank: int, port: int, x: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    from training.tasks.probe import GlobalBatchNorm1d
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)  # fmt: skip
+    norm = GlobalBatchNorm1d(x.shape[1], affine=False, eps=1e-6)
+    mine = x[rank * 6 : (rank + 1) * 6].clone().requires_grad_()
+    y = norm(mine)
+    (y * torch.arange(1.0, 1 + y.numel()).view_as(y) / 10).sum().backward()
+    torch.save({"y": y.detach(), "grad": mine.grad, "running": norm.running_var}, f"{out}/{rank}")
+    dist.destroy_process_group()
+
+
+def test_the_probe_standardises_by_the_global_batch_on_every_rank(tmp_path):
+    """Two gloo ranks with 6 rows each give the outputs, input gradients and running statistics
+    of one BatchNorm over the 12 rows (before: each rank standardised by its own 6)."""
+    import torch.multiprocessing as mp
+
+    from cluster.local import free_port
+
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    mp.spawn(_two_rank_norm, args=(free_port(), x, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / str(r)) for r in range(2)]
+    whole = torch.nn.BatchNorm1d(5, affine=False, eps=1e-6)
+    full = x.clone().requires_grad_()
+    y = whole(full)
+    weights = torch.cat([torch.arange(1.0, 31).view(6, 5)] * 2) / 10
+    (y * weights).sum().backward()
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach())
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), full.grad)
+    torch.testing.assert_close(ranks[0]["running"], whole.running_var)
