@@ -28,7 +28,7 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -53,6 +53,9 @@ class CorpusReader:
     write_demo: Callable[[Any], Any]
     source_keys: tuple[str, ...] = ("source",)
     aliases: tuple[str, ...] = ()  # other words `maskmill prep` takes for it (its layout's name)
+    # Splits of the default ``splits`` that need a key of their own (split -> key): `maskmill
+    # prep` leaves them out, saying so, when the key is not given (an unlabelled corpus).
+    optional_splits: dict[str, str] = field(default_factory=dict)
 
     def sources(self, cfg: Any) -> dict[str, str]:
         """The raw folders a ``prep`` config names, by key (unset optional ones left out)."""

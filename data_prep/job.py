@@ -11,6 +11,7 @@ that made it and is locked while a prep writes (``data_prep.prep_record``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,9 +21,14 @@ from typing import Any
 
 from data_prep.corpus import DEFAULT_MAX_FAILED_SHARE, CorpusReader, SourceError
 from data_prep.plan import plan_shards
-from data_prep.prep_record import settings_of, writing
+from data_prep.prep_record import refuse_inside, settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import LABELS, atomic_write_text
+
+# A prep of at most this many inputs, with no Ray head asked for (num_cpus, ray_address), runs in
+# this process: starting a local head costs 8-12 s, more than writing a few dozen samples. The
+# shards are the same either way.
+IN_PROCESS_INPUTS = 48
 
 
 def run_prep(reader: CorpusReader, cfg: Any, rebuild: bool = False) -> dict[str, dict]:
@@ -32,10 +38,13 @@ def run_prep(reader: CorpusReader, cfg: Any, rebuild: bool = False) -> dict[str,
     # Absolute paths: Ray workers do not share the driver's working directory.
     absolute = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
+    refuse_inside(Path(cfg.out), absolute)
     items = {split: reader.items(cfg, split) for split in cfg.splits}
     for split, split_items in items.items():
         if not split_items:
-            raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout})")
+            others = [s for s in cfg.splits if s != split]
+            hint = f"; to prepare the others alone: splits=[{','.join(others)}]" if others else ""
+            raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout}){hint}")
     out = Path(cfg.out)
     with writing(out, settings_of(cfg), rebuild):
         return _write_splits(reader, cfg, items, out)
@@ -49,12 +58,18 @@ def _write_splits(reader: CorpusReader, cfg: Any, items: dict, out: Path) -> dic
     encode = functools.partial(reader.encode, cfg, state)
     stats = {}
     failed_share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)
-    with ray_session(cfg.num_cpus, cfg.ray_address):
+    small = (
+        cfg.ray_address is None
+        and cfg.num_cpus is None  # a Ray head of a size asked for is started as asked
+        and sum(map(len, items.values())) <= IN_PROCESS_INPUTS
+    )
+    with contextlib.nullcontext() if small else ray_session(cfg.num_cpus, cfg.ray_address):
         for split, split_items in items.items():
             units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
             stats[split] = prepare_split(
-                units, out / split, encode, desc=f"prep {split}", max_failed_share=failed_share
-            )
+                units, out / split, encode, desc=f"prep {split}",
+                max_failed_share=failed_share, in_process=small,
+            )  # fmt: skip
     return stats
 
 

@@ -51,7 +51,9 @@ def changed_keys(recorded: dict, settings: dict) -> list[str]:
 
 @contextlib.contextmanager
 def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
-    """Hold ``out`` for one prep with ``settings`` (see module docstring)."""
+    """Hold ``out`` for one prep with ``settings`` (see module docstring). A folder that holds
+    files no prep wrote is refused before anything is written into it."""
+    refuse_foreign(out)
     (out / META_DIR).mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
@@ -63,6 +65,27 @@ def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
             ) from None
         _claim(out, settings, rebuild)
         yield
+
+
+def refuse_foreign(out: Path, what: str = "prep") -> None:
+    """``out`` must be missing, empty, or made by maskmill (its records folder, or a run's
+    output marker): maskmill never writes among, or deletes, files it did not create."""
+    if out.is_dir() and any(out.iterdir()) and not any(out.glob(f"{META_DIR}*")):
+        raise PrepOutputError(
+            f"{what} output {out} already holds files that maskmill did not write; point it at "
+            "a new or empty folder"
+        )
+
+
+def refuse_inside(out: Path, sources: dict[str, str]) -> None:
+    """An output inside a folder it reads would be read as part of the corpus on a rerun (a
+    new "class" of an image folder, more documents of a text folder)."""
+    for key, source in sources.items():
+        if out.resolve().is_relative_to(Path(source).resolve()):
+            raise PrepOutputError(
+                f"prep output {out} is inside {key} {source}, which the prep reads; point it "
+                "outside the source"
+            )
 
 
 def _claim(out: Path, settings: dict, rebuild: bool) -> None:

@@ -117,10 +117,12 @@ def prepare_split(
     describe: Callable = str,
     desc: str = "prep",
     max_failed_share: float = 1.0,
+    in_process: bool = False,
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
-    Returns the split's stats (also written to ``stats.json``). At most :func:`in_flight` tasks
+    Returns the split's stats (also written to ``stats.json``). ``in_process``: no Ray, the
+    units written here (a small prep; the same shards). At most :func:`in_flight` tasks
     are submitted at a time, each submitted as one finishes: the driver holds a bounded number
     of task references, and each wait looks at those alone (a wait over every pending task made
     the driver loop quadratic in the shard count). A task whose worker dies (a lost node, the
@@ -145,6 +147,11 @@ def prepare_split(
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
 
+    if in_process:  # a small prep: the same units, written here one after another
+        for unit in tqdm(todo, desc=desc, unit="shard", dynamic_ncols=True):
+            results[unit.index] = write_unit(unit, split_dir, encode, describe)
+        seconds = time.perf_counter() - start
+        return finish_split(split_dir, results.values(), seconds, max_failed_share)
     task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError])(write_shard)
     waiting = iter(todo)
     pending = [

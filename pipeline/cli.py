@@ -24,6 +24,7 @@ import datetime
 import importlib.metadata
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -476,10 +477,28 @@ def _prep(args) -> int:
     base = {"source": args.source, "out": args.out}
     rebuild = args.rebuild or "--rebuild" in args.options
     options = [o for o in args.options if o != "--rebuild"]
-    cfg = load_config(reader.config, [base], prep_overrides(options))
+    overrides = prep_overrides(options)
+    given = {o.partition("=")[0] for o in overrides}
+    if "splits" not in given:
+        base["splits"] = _default_splits(reader, given)
+    cfg = load_config(reader.config, [base], overrides)
     for split, stats in run_prep(reader, cfg, rebuild).items():
         sys.stdout.write(summary_line(split, stats) + "\n")
     return 0
+
+
+def _default_splits(reader, given: set[str]) -> list[str]:
+    """The reader's default splits, less those whose key was not given (the labelled splits of
+    an unlabelled corpus), said in one line."""
+    splits = list(reader.config().splits)
+    missing = {s: k for s, k in reader.optional_splits.items() if k not in given and s in splits}
+    if missing:
+        keys = sorted(set(missing.values()))
+        log.info(
+            "%s left out: no %s given (add %s to prepare them too)",
+            ", ".join(missing), " or ".join(keys), " ".join(f"{k}=FOLDER" for k in keys),
+        )  # fmt: skip
+    return [s for s in splits if s not in missing]
 
 
 def prep_overrides(options: list[str]) -> list[str]:
@@ -506,8 +525,21 @@ def _demo_data(args) -> int:
         raise ConfigError([("--modality", f"one of {', '.join(modalities())}, got {name!r}")])
     reader = corpus_reader(name)
     rest = [o for o in overrides if not o.startswith("modality=")]
-    reader.write_demo(load_config(reader.demo_config, [{"out": args.out}], rest))
+    cfg = load_config(reader.demo_config, [{"out": args.out}], rest)
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):  # what an earlier demo-data wrote is replaced whole
+        if not (out / DEMO_MARKER).exists():
+            raise PrepOutputError(
+                f"demo-data output {out} already holds files that maskmill did not write; "
+                "point it at a new or empty folder"
+            )
+        shutil.rmtree(out)
+    reader.write_demo(cfg)
+    (out / DEMO_MARKER).write_text("written by maskmill demo-data; replaced whole on a rerun\n")
     return 0
+
+
+DEMO_MARKER = ".maskmill-demo"
 
 
 def _add_config_command(sub) -> None:

@@ -232,6 +232,7 @@ READER = CorpusReader(
     demo_config=SpeechDemoConfig,
     write_demo=write_speech_demo,
     source_keys=("source", "labelled_train", "labelled_val"),
+    optional_splits={"labelled_train": "labelled_train", "labelled_val": "labelled_val"},
 )
 
 

@@ -51,7 +51,8 @@ class ImageNetLayout:
         """Every image file of ``split`` with its label, sorted by path."""
         split_dir = self.root / split
         if not split_dir.is_dir():
-            raise LayoutError(f"{self.root} has no {split}/ folder")
+            alone = "; to prepare train alone: splits=[train]" if split != "train" else ""
+            raise LayoutError(f"{self.root} has no {split}/ folder{alone}")
         if split == "val" and (self.root / VAL_CSV).is_file():
             items = self._items_from_csv(split_dir)
         else:

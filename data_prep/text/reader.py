@@ -297,6 +297,7 @@ READER = CorpusReader(
     demo_config=TextDemoConfig,
     write_demo=write_text_demo,
     source_keys=("source", "labelled"),
+    optional_splits={"labelled_train": "labelled", "labelled_val": "labelled"},
 )
 
 

@@ -58,13 +58,13 @@ def test_a_second_prep_into_an_output_being_written_is_refused(demo_corpus, tmp_
 def test_a_rerun_rewrites_exactly_the_damaged_shards_byte_identical(
     demo_corpus, prepared, tmp_path
 ):
-    """Before: completion records were trusted, so a damaged shard stayed damaged."""
+    """Before: completion records were trusted, so a damaged shard stayed damaged. A resume
+    checks sizes (a same-size byte change is `maskmill verify`'s to find, by sha256: hashing
+    every finished shard on each resume cost ~40 min on LibriLight)."""
     out = _copy(prepared, tmp_path)
     shards = sorted((out / "train").glob("shard-*.tar"))
     good = {p.name: (prepared / "train" / p.name).read_bytes() for p in shards}
-    flipped = bytearray(good[shards[0].name])
-    flipped[1000] ^= 1
-    shards[0].write_bytes(bytes(flipped))
+    shards[0].write_bytes(good[shards[0].name][:-1024])  # cut short
     shards[1].unlink()
     untouched = shards[2].stat().st_mtime_ns
     prep_imagenet(prep_config(demo_corpus, out))

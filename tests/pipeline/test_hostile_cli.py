@@ -29,7 +29,23 @@ def _files(tmp_path: Path) -> dict[str, str]:
         (cls / "a.JPEG").write_text("a shopping list, not a picture")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "a.yaml").write_text("name: a\n")
-    return {k.removesuffix(".yaml"): str(tmp_path / k) for k in [*made, "folder"]}
+    (tmp_path / "mine").mkdir()  # a folder of the user's own files
+    (tmp_path / "mine" / "thesis.tex").write_text("\\documentclass{article}\n")
+    train_only = tmp_path / "train_only" / "train" / "n01440764"
+    train_only.mkdir(parents=True)
+    (train_only / "a.JPEG").write_bytes(_tiny_jpeg())
+    named = [*made, "folder", "mine", "train_only", "not_images"]
+    return {k.removesuffix(".yaml"): str(tmp_path / k) for k in named}
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 80, 10)).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 CASES = [
@@ -70,6 +86,22 @@ CASES = [
         "prep.ray_address 127.0.0.1:9: nothing answers there",
     ),
     (["prep", "image"], 2, "the following arguments are required: source, out\n"),
+    (
+        ["prep", "image", "{not_images}", "{mine}"],
+        2,
+        "already holds files that maskmill did not write",
+    ),
+    (["prep", "image", "{not_images}", "{not_images}/out"], 2, "is inside source"),
+    (
+        ["demo-data", "{mine}"],
+        2,
+        "demo-data output {mine} already holds files that maskmill did not write",
+    ),
+    (
+        ["prep", "image", "{train_only}", "{tmp}/out"],
+        2,
+        "to prepare train alone: splits=[train]",
+    ),
 ]
 
 
@@ -82,7 +114,7 @@ def test_each_hostile_case_is_one_line_and_its_exit_code(argv, code, says, tmp_p
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == code, out[-2000:]
-    assert says in out, out[-2000:]
+    assert says.format(**names) in out, out[-2000:]
     assert "object at 0x" not in out  # no Python reprs in what a user reads
 
 
