@@ -14,10 +14,10 @@ from pathlib import Path
 
 from data_prep.corpus import CorpusReader, prep_problems
 from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
-from data_prep.image.encode import normalize_image
+from data_prep.image.encode import EncodedImage, normalize_image
 from data_prep.image.layout import ImageItem, read_layout
 from data_prep.job import run_prep
-from data_prep.writer import Sample, SkipSample
+from data_prep.writer import Converted, Sample, SkipSample
 
 
 @dataclass
@@ -78,6 +78,7 @@ def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sampl
         "source_mode": image.source_mode,
         "passthrough": image.passthrough,
     }
+    yield from (Converted(reason) for reason in conversions(image))
     yield Sample(
         key=item.key,
         members={
@@ -86,6 +87,24 @@ def encode(cfg: ImagePrepConfig, state: None, item: ImageItem) -> Iterator[Sampl
             "json": json.dumps(meta, sort_keys=True).encode(),
         },
     )
+
+
+# Pillow's modes, as `converted` in stats.json names what they were converted from.
+MODE_NAMES = {"CMYK": "cmyk", "L": "grayscale", "LA": "grayscale", "P": "palette", "PA": "palette",
+              "RGBA": "rgba", "1": "bilevel", "YCbCr": "ycbcr", "I": "32bit_grayscale",
+              "I;16": "16bit_grayscale", "I;16B": "16bit_grayscale", "I;16L": "16bit_grayscale",
+              "I;16N": "16bit_grayscale", "F": "float_grayscale"}  # fmt: skip
+
+
+def conversions(image: EncodedImage) -> list[str]:
+    """What normalising changed beyond size, as counted reasons: ``png_to_jpeg``,
+    ``cmyk_to_rgb``, ...; none for a JPEG passed through or only resized."""
+    reasons = []
+    if image.source_format != "JPEG":
+        reasons.append(f"{image.source_format.lower()}_to_jpeg")
+    if image.source_mode != "RGB":
+        reasons.append(f"{MODE_NAMES.get(image.source_mode, image.source_mode.lower())}_to_rgb")
+    return reasons
 
 
 def _source_bytes(cfg: ImagePrepConfig, item: ImageItem) -> bytes:

@@ -67,6 +67,14 @@ def test_quirky_images_are_normalised(prepared):
     formats = {json.loads(s["json"])["source_format"] for s in _read_all(prepared / "train")}
     assert {"CMYK", "L", "RGB"} <= modes
     assert "PNG" in formats
+    # each conversion counted by what it converted (before: `converted` never said any)
+    samples = _read_all(prepared / "train")
+    converted = read_stats(prepared / "train")["converted"]
+    for mode, reason in (("CMYK", "cmyk_to_rgb"), ("L", "grayscale_to_rgb")):
+        assert converted[reason] == sum(
+            json.loads(s["json"])["source_mode"] == mode for s in samples
+        )
+    assert converted["png_to_jpeg"] == 1
 
 
 def test_rerun_after_a_kill_rewrites_only_missing_shards(prepared, demo_corpus, tmp_path):
