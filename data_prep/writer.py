@@ -94,6 +94,9 @@ class FailedInputsError(RuntimeError):
 
 
 FAILED = "failed"  # the skip reason of an input an unexpected error stopped
+# Skips named one by one per shard and reason; the rest are counted in one line (a corpus with
+# 10^5 bad records printed 10^5 warnings).
+WARNINGS_PER_REASON = 3
 FAILURES = f"{META_DIR}/failures.jsonl"  # one line per failed input: its name and the error
 
 
@@ -154,6 +157,12 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
     finally:
         if tmp.exists():
             tmp.unlink()
+    unsaid = {r: n - WARNINGS_PER_REASON for r, n in skipped.items() if n > WARNINGS_PER_REASON}
+    if unsaid:  # the first few of each reason were named; the rest are counted
+        log.warning(
+            "%s: %d more skipped, not named (%s); every count is in stats.json",
+            final.name, sum(unsaid.values()), ", ".join(f"{r}: {n}" for r, n in unsaid.items()),
+        )  # fmt: skip
     record = ShardRecord(
         file=final.name,
         samples=written,
@@ -228,10 +237,12 @@ def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted:
         if isinstance(out, _Failure):
             skipped[FAILED] += 1
             failure = out.line
-            log.warning("failed %s (%s)", describe(item), out.line)
+            if skipped[FAILED] <= WARNINGS_PER_REASON:
+                log.warning("failed %s (%s)", describe(item), out.line)
         elif isinstance(out, SkipSample):
             skipped[out.reason] += 1
-            log.warning("skipped %s (%s)", describe(item), out)
+            if skipped[out.reason] <= WARNINGS_PER_REASON:
+                log.warning("skipped %s (%s)", describe(item), out)
         elif isinstance(out, Converted):
             converted[out.reason] += 1
         else:
