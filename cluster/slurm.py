@@ -28,8 +28,8 @@ def _tool(name: str) -> str:
     return path
 
 
-def submit(script: Path, after: int | None = None) -> int:
-    """``sbatch`` one script, to start after job ``after`` succeeds; returns the job id.
+def submit(script: Path, after: Sequence[int | str] = ()) -> int:
+    """``sbatch`` one script, to start after every job of ``after`` succeeds; returns its id.
 
     A job whose dependency can never be met (the earlier job failed) is cancelled by Slurm
     instead of waiting forever.
@@ -41,19 +41,23 @@ def submit(script: Path, after: int | None = None) -> int:
     return int(proc.stdout.strip().split(";")[0])
 
 
-def sbatch_command(script: Path, after: int | str | None, sbatch: str = "sbatch") -> list[str]:
-    """The ``sbatch`` argv that submits ``script`` to start after job ``after`` succeeds."""
+def sbatch_command(
+    script: Path, after: Sequence[int | str] = (), sbatch: str = "sbatch"
+) -> list[str]:
+    """The ``sbatch`` argv that submits ``script`` to start after every job of ``after``
+    succeeds."""
     cmd = [sbatch, "--parsable"]
-    if after is not None:
-        cmd += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
+    if after:
+        cmd += [f"--dependency=afterok:{':'.join(map(str, after))}", "--kill-on-invalid-dep=yes"]
     return [*cmd, str(script)]
 
 
-def submit_chain(scripts: Sequence[Path]) -> list[int]:
-    """Submit scripts so each starts only after the one before it succeeded."""
+def submit_graph(scripts: Sequence[Path], needs: Sequence[Sequence[int]]) -> list[int]:
+    """Submit scripts in order, each to start once the earlier ones it ``needs`` (indices)
+    succeeded; returns the job ids."""
     ids: list[int] = []
-    for script in scripts:
-        ids.append(submit(script, after=ids[-1] if ids else None))
+    for script, wanted in zip(scripts, needs):
+        ids.append(submit(script, after=[ids[i] for i in wanted]))
     return ids
 
 

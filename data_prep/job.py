@@ -31,10 +31,13 @@ from data_prep.shard_format import LABELS, atomic_write_text
 IN_PROCESS_INPUTS = 48
 
 
-def run_prep(reader: CorpusReader, cfg: Any, rebuild: bool = False) -> dict[str, dict]:
+def run_prep(
+    reader: CorpusReader, cfg: Any, rebuild: bool = False, check_hashes: bool = False
+) -> dict[str, dict]:
     """Prepare every configured split of ``cfg.source`` into ``cfg.out/<split>``; returns
     ``{split: stats}``. An output made with other settings is refused, or emptied first with
-    ``rebuild``."""
+    ``rebuild``. Finished shards are kept when their size is right, and with ``check_hashes``
+    their sha256 too (a forced prep; `maskmill verify` finds what it repairs)."""
     # Absolute paths: Ray workers do not share the driver's working directory.
     absolute = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
@@ -47,10 +50,12 @@ def run_prep(reader: CorpusReader, cfg: Any, rebuild: bool = False) -> dict[str,
             raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout}){hint}")
     out = Path(cfg.out)
     with writing(out, settings_of(cfg), rebuild):
-        return _write_splits(reader, cfg, items, out)
+        return _write_splits(reader, cfg, items, out, check_hashes)
 
 
-def _write_splits(reader: CorpusReader, cfg: Any, items: dict, out: Path) -> dict[str, dict]:
+def _write_splits(
+    reader: CorpusReader, cfg: Any, items: dict, out: Path, check_hashes: bool
+) -> dict[str, dict]:
     state = reader.fit(cfg, items.get("train", ()))
     labels = reader.labels(cfg)
     if labels is not None:
@@ -68,7 +73,7 @@ def _write_splits(reader: CorpusReader, cfg: Any, items: dict, out: Path) -> dic
             units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
             stats[split] = prepare_split(
                 units, out / split, encode, desc=f"prep {split}",
-                max_failed_share=failed_share, in_process=small,
+                max_failed_share=failed_share, in_process=small, check_hashes=check_hashes,
             )  # fmt: skip
     return stats
 

@@ -118,6 +118,7 @@ def prepare_split(
     desc: str = "prep",
     max_failed_share: float = 1.0,
     in_process: bool = False,
+    check_hashes: bool = False,
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
@@ -139,7 +140,7 @@ def prepare_split(
     results: dict[int, UnitResult] = {}
     todo = []
     for unit in units:
-        done = unit_is_done(split_dir, unit, describe)
+        done = unit_is_done(split_dir, unit, describe, sha256=check_hashes)
         if done is None:
             todo.append(unit)
         else:

@@ -108,11 +108,14 @@ def inputs_digest(unit: WorkUnit, describe=str) -> str:
     return hashlib.sha256("\n".join(map(describe, unit.items)).encode()).hexdigest()
 
 
-def unit_is_done(split_dir: Path, unit: WorkUnit, describe=str) -> UnitResult | None:
+def unit_is_done(
+    split_dir: Path, unit: WorkUnit, describe=str, sha256: bool = False
+) -> UnitResult | None:
     """The stored result of a finished unit, or None when it must be (re)written: no record,
     a record of other inputs, or a shard missing or resized since. The size, not the sha256:
     hashing every finished shard again on the driver took ~40 min to resume LibriLight;
-    ``maskmill verify`` checks the sha256 written with each shard."""
+    ``maskmill verify`` checks the sha256 written with each shard, and so does a forced prep
+    (``sha256``)."""
     done = split_dir / WORK_DIR / f"{shard_name(unit.index)}.json"
     if not done.exists():
         return None
@@ -120,7 +123,7 @@ def unit_is_done(split_dir: Path, unit: WorkUnit, describe=str) -> UnitResult | 
     record = ShardRecord(**data["record"])
     if data.get("inputs_digest", inputs_digest(unit, describe)) != inputs_digest(unit, describe):
         return None
-    problem = shard_problem(split_dir / record.file, record, sha256=False)
+    problem = shard_problem(split_dir / record.file, record, sha256=sha256)
     if problem:
         log.warning("%s: %s; writing it again", record.file, problem)
         return None

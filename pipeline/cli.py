@@ -42,11 +42,12 @@ from pipeline.stages import StageFailed, StagePreempted, stage_names
 from pipeline.submit import (
     describe_submission,
     dry_run_commands,
+    dry_run_summary,
     read_submissions,
-    render_slurm,
     submit_ray,
     submit_slurm,
     wait_slurm,
+    write_slurm_scripts,
 )
 from training.export_format import FORMATS, MODEL_JSON
 from training.modalities import DEFAULT as DEFAULT_MODALITY
@@ -424,11 +425,16 @@ def _submit(args) -> int:
         following = args.wait or args.retries
         return 0 if not following or state == "SUCCEEDED" else 1
     if args.dry_run:
-        rendered = render_slurm(cfg, args.python)
-        for name, text in rendered:
-            sys.stdout.write(f"# ---- {name} ----\n{text}\n")
-        sys.stdout.write("# ---- the chain: what `maskmill submit --slurm` runs ----\n")
-        sys.stdout.write("\n".join(dry_run_commands(cfg, [n for n, _ in rendered])) + "\n")
+        written = write_slurm_scripts(cfg, args.python)
+        for name, path in written:
+            sys.stdout.write(f"# ---- {name}: {path} ----\n{path.read_text()}\n")
+        sys.stdout.write("# ---- the jobs ----\n")
+        sys.stdout.write("".join(f"# {line}\n" for line in dry_run_summary(cfg, args.python)))
+        sys.stdout.write(
+            "# ---- the chain: what `maskmill submit --slurm` runs (the scripts above are "
+            "written; paste these lines to submit them) ----\n"
+        )
+        sys.stdout.write("\n".join(dry_run_commands(cfg, [n for n, _ in written])) + "\n")
         return 0
     sub = submit_slurm(cfg, args.python)
     sys.stdout.write(f"submitted {len(sub.jobs)} Slurm jobs: {' '.join(sub.jobs)}\n")

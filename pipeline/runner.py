@@ -113,7 +113,7 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), only: tuple[str, .
             _check_output(stage, stage.output(cfg))
             stage.preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):
+    with _run_lock(run_dir, tuple(s.name for s in selected) if only else ()):
         if not only:  # the settings of the run now working; run.yaml once it has finished
             atomic_write_text(run_dir / STATE_DIR / "run-attempt.yaml", to_yaml(cfg))
         for stage in selected:
@@ -172,7 +172,10 @@ def _run_stage(stage: Stage, cfg: RunConfig, run_dir: Path, force: bool) -> None
     state = StageState(status=RUNNING, fingerprint=fp, started=time.time(), pid=os.getpid())
     write_state(run_dir, stage.name, state)
     try:
-        stage.execute(cfg)
+        if force and stage.redo_in_place:  # checked whole: the hashes too (prep)
+            stage.execute(cfg, check_hashes=True)
+        else:
+            stage.execute(cfg)
     except BaseException as err:
         state.status, state.finished, state.error = (
             FAILED,
@@ -222,10 +225,17 @@ def _clear_output(path: Path) -> None:
 
 
 @contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
+def _run_lock(run_dir: Path, stages: tuple[str, ...] = ()) -> Iterator[None]:
+    """The whole run's lock, or with ``stages`` (a submitted job's) one lock per stage: the
+    fine-tune and probe jobs of a submitted run work at once, each on its own stage's state and
+    output; a whole run holds every stage's too."""
+    names = stages or tuple(s.name for s in STAGES)
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(exclusive(run_dir / STATE_DIR / "lock"))
+            if not stages:
+                held.enter_context(exclusive(run_dir / STATE_DIR / "lock"))
+            for name in names:
+                held.enter_context(exclusive(run_dir / STATE_DIR / f"lock-{name}"))
         except LockHeld as err:
             raise RunLockedError(
                 f"another `maskmill run` ({err}) is working in {run_dir}"

@@ -75,16 +75,21 @@ class Stage:
     # output is redone in place, and `maskmill status` shows it.
     damage: Callable[[RunConfig], str | None] = lambda cfg: None
     # Rerun (forced or repairing) in place rather than from an empty output: the stage checks
-    # what it finds (prep verifies every shard) and rewrites only what is wrong.
+    # what it finds and rewrites only what is wrong; forced, ``execute`` gets check_hashes=True
+    # (prep checks every shard's sha256 then, its sizes on any other rerun).
     redo_in_place: bool = False
+    # The earlier stages whose outputs it reads: a submitted job waits for their jobs only (the
+    # probe needs the pretrained encoder, not the fine-tune).
+    needs: tuple[str, ...] = ()
 
 
 def _demo_data(cfg: RunConfig) -> None:
     corpus_reader(cfg.modality).write_demo(cfg.demo_data)
 
 
-def _prep(cfg: RunConfig) -> None:
-    for split, stats in run_prep(corpus_reader(cfg.modality), cfg.prep).items():
+def _prep(cfg: RunConfig, check_hashes: bool = False) -> None:
+    reader = corpus_reader(cfg.modality)
+    for split, stats in run_prep(reader, cfg.prep, check_hashes=check_hashes).items():
         log.info(summary_line(split, stats))
 
 
@@ -344,6 +349,7 @@ def _evaluation(stage: str, describe: str) -> Stage:
         execute=_eval_stage(stage),
         enabled=lambda cfg: bool(_eval_tasks(cfg, stage)),
         preflight=_preflight("evaluate"),
+        needs=("pretrain",),  # and prep's splits, which pretrain already waited for
     )
 
 
@@ -366,6 +372,7 @@ STAGES: tuple[Stage, ...] = (
         execute=_prep,
         damage=_prep_damage,
         redo_in_place=True,
+        needs=("demo_data",),
     ),
     Stage(
         "pretrain",
@@ -375,6 +382,7 @@ STAGES: tuple[Stage, ...] = (
         output=lambda cfg: Path(cfg.pretrain.out_dir),
         execute=_pretrain,
         preflight=_preflight("pretrain"),
+        needs=("prep",),
     ),
     _evaluation("finetune", "fine-tuning tasks, pretrained vs random init (DeepSpeed)"),
     _evaluation("probe", "linear probe and k-NN on frozen features, pretrained vs random init"),
@@ -385,6 +393,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=_report_inputs,
         output=lambda cfg: Path(cfg.run_dir) / "report",
         execute=_report,
+        needs=("pretrain", "finetune", "probe"),
     ),
 )
 

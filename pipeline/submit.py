@@ -126,33 +126,67 @@ def script_path(cfg: RunConfig, index: int, stage: str) -> Path:
     return submit_dir(cfg) / f"{index:02d}-{stage}.sbatch"
 
 
+def job_needs(stages: list[str]) -> list[list[int]]:
+    """For each job of ``stages`` (in order), the earlier jobs it waits for: those of the
+    stages it reads (``Stage.needs``), through stages not submitted to what they needed."""
+    by_name = {s.name: s for s in STAGES}
+    index = {name: i for i, name in enumerate(stages)}
+
+    def wanted(name: str) -> set[int]:
+        found = set()
+        for need in by_name[name].needs:
+            found |= {index[need]} if need in index else wanted(need)
+        return found
+
+    return [sorted(wanted(name)) for name in stages]
+
+
 def dry_run_commands(cfg: RunConfig, stages: list[str]) -> list[str]:
-    """The shell lines that would submit the chain: each job id kept in a variable (Slurm hands
-    out the real ones) and named in the next job's ``afterok``."""
-    lines, before = [], None
-    for i, stage in enumerate(stages):
-        after = f"${{{before}}}" if before else None
+    """The shell lines that would submit the jobs: each job id kept in a variable (Slurm hands
+    out the real ones) and named in the ``afterok`` of the jobs that need it."""
+    variables = [f"JOB_{stage.upper()}" for stage in stages]
+    lines = []
+    for i, (stage, needs) in enumerate(zip(stages, job_needs(stages))):
+        after = [f"${{{variables[j]}}}" for j in needs]
         argv = slurm.sbatch_command(script_path(cfg, i, stage), after)
-        # A word naming the variable is double-quoted so the shell expands it.
+        # A word naming a variable is double-quoted so the shell expands it.
         cmd = " ".join(f'"{a}"' if "${" in a else shlex.quote(a) for a in argv)
-        before = f"JOB_{stage.upper()}"
-        lines.append(f"{before}=$({cmd})")
+        lines.append(f"{variables[i]}=$({cmd})")
     return lines
 
 
-def submit_slurm(cfg: RunConfig, python: str | None = None) -> Submission:
-    """Write the frozen config and the scripts under ``RUN_DIR/submit`` and submit the chain."""
+def dry_run_summary(cfg: RunConfig, python: str | None = None) -> list[str]:
+    """One row per job: what it asks Slurm for and what it waits for."""
+    jobs = slurm_jobs(cfg, Path.cwd(), python or cfg.slurm.python or sys.executable)
+    names = [name for name, _ in jobs]
+    rows = [("job", "nodes x tasks", "GPUs/node", "CPUs/task", "time", "waits for")]
+    for (name, spec), needs in zip(jobs, job_needs(names)):
+        waits = ", ".join(names[j] for j in needs) or "-"
+        rows.append((name, f"{spec.nodes} x {spec.tasks_per_node}", str(spec.gpus_per_node or 0),
+                     str(spec.cpus_per_task), spec.time or "-", waits))  # fmt: skip
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def write_slurm_scripts(cfg: RunConfig, python: str | None = None) -> list[tuple[str, Path]]:
+    """The frozen config and every job's script under ``RUN_DIR/submit``: ``(stage, path)``."""
     out = submit_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(to_yaml(frozen_for_slurm(cfg)))
     (Path(cfg.run_dir) / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
-    names, scripts = [], []
+    written = []
     for i, (name, text) in enumerate(render_slurm(cfg, python)):
         path = script_path(cfg, i, name)
         path.write_text(text)
-        names.append(name)
-        scripts.append(path)
-    ids = slurm.submit_chain(scripts)
+        written.append((name, path))
+    return written
+
+
+def submit_slurm(cfg: RunConfig, python: str | None = None) -> Submission:
+    """Write the frozen config and the scripts under ``RUN_DIR/submit`` and submit the jobs."""
+    written = write_slurm_scripts(cfg, python)
+    names, scripts = [n for n, _ in written], [p for _, p in written]
+    ids = slurm.submit_graph(scripts, job_needs(names))
     sub = Submission(
         kind="slurm",
         stages=names,

@@ -254,7 +254,7 @@ def test_waiting_on_a_job_that_can_never_start_says_so_instead_of_waiting(slurm_
     first.write_text("#!/bin/bash\n#SBATCH --time=1\ntrue\n")
     greedy.write_text("#!/bin/bash\n#SBATCH --time=1\n#SBATCH --cpus-per-task=512\ntrue\n")
     ids = [submit(first)]
-    ids.append(submit(greedy, after=ids[0]))
+    ids.append(submit(greedy, after=[ids[0]]))
     sub = Submission("slurm", ["pretrain", "finetune"], [str(i) for i in ids])
     try:
         with pytest.raises(SlurmError, match=r"\(finetune\) can never start: PartitionConfig"):

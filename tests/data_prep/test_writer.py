@@ -133,7 +133,7 @@ def test_an_input_may_give_several_samples_and_skips_are_counted_by_reason(tmp_p
 
 def test_skips_are_named_a_few_at_a_time_and_the_rest_counted(tmp_path, caplog):
     """Before: one warning per skipped input, 10^5 lines for a corpus with 10^5 bad records."""
-    items = tuple(f"bad{i}" for i in range(10)) + ("a",)
+    items = (*(f"bad{i}" for i in range(10)), "a")
     with caplog.at_level("WARNING", logger="data_prep.writer"):
         result = write_unit(WorkUnit(0, items), tmp_path, _encode)
     assert result.skipped == {"broken": 10}

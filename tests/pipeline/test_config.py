@@ -176,8 +176,11 @@ def test_several_yaml_files_merge_in_order_and_overrides_go_anywhere(tmp_path):
     assert _cli("status", base, "--bogus").returncode == 2  # not an override: a usage error
 
 
-def test_submit_dry_run_prints_the_sbatch_chain(tmp_path):
-    out = _cli("submit", _write(tmp_path), "--slurm", "--dry-run").stdout
+def test_submit_dry_run_prints_the_jobs_and_writes_the_scripts_it_chains(tmp_path):
+    """Before: ~240 lines with no summary, a chain naming scripts it never wrote, and the probe
+    waiting for the fine-tune, which it does not read."""
+    proc = _cli("submit", _write(tmp_path), "--slurm", "--dry-run")
+    out = proc.stdout
     chain = out.split("# ---- the chain")[1].strip().splitlines()[1:]
     assert [line.split("=")[0] for line in chain] == [
         "JOB_PREP",
@@ -188,7 +191,17 @@ def test_submit_dry_run_prints_the_sbatch_chain(tmp_path):
     ]
     assert "--dependency" not in chain[0]
     assert '"--dependency=afterok:${JOB_PREP}"' in chain[1]
-    assert chain[1].endswith("01-pretrain.sbatch)")
+    assert '"--dependency=afterok:${JOB_PRETRAIN}"' in chain[3]  # the probe: pretrain only
+    assert '"--dependency=afterok:${JOB_PRETRAIN}:${JOB_FINETUNE}:${JOB_PROBE}"' in chain[4]
+    for line in chain:  # every script the chain submits is there to submit
+        script = line.rsplit(" ", 1)[1].rstrip(")").strip("'")
+        assert Path(script).is_file(), script
+    jobs = out.split("# ---- the jobs ----")[1].split("# ---- the chain")[0]
+    table = [line for line in jobs.splitlines() if line.strip()]
+    assert table[0].split() == ["#", "job", "nodes", "x", "tasks", "GPUs/node", "CPUs/task",
+                                "time", "waits", "for"]  # fmt: skip
+    probe = next(row for row in table if row.split()[1:2] == ["probe"])
+    assert probe.rstrip().endswith("pretrain")
 
 
 def test_every_argument_of_every_command_has_help():
