@@ -175,10 +175,12 @@ def test_dry_run_prints_every_script_and_submits_nothing(tmp_path, capsys, monke
     path = tmp_path / "run.yaml"
     path.write_text(MULTI_NODE)
     monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch reachable: a submit would fail
-    assert main(["submit", str(path), "--slurm", "--dry-run"]) == 0
+    run_dir = tmp_path / "it's a \"run\" $HOME"  # the scripts are written there, quoted
+    assert main(["submit", str(path), "--slurm", "--dry-run", f"run_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert out.count("#!/bin/bash") == 5  # prep, pretrain, finetune, probe, report
-    assert "# ---- pretrain ----" in out
+    assert f"# ---- pretrain: {run_dir}/submit/01-pretrain.sbatch ----" in out
+    assert len(list((run_dir / "submit").glob("*.sbatch"))) == 5  # the chain can be pasted
 
 
 def test_world_size_comes_from_launch(multi_node, tmp_path):
