@@ -128,6 +128,8 @@ class FinetuneJob(EncoderJob):
 
     def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, labels, _ = batch
+        device = self.data.device  # mixed there: the batch goes up once, as it came (uint8)
+        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         x, targets = mixed_batch(
             x, labels, self.data.num_classes, self.cfg.label_smoothing, self.mix,
             self.data.seed, step, first_row,

@@ -46,7 +46,8 @@ class PairDraw:
 
 def smoothed_one_hot(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
     off = smoothing / classes
-    return torch.full((len(labels), classes), off).scatter_(1, labels[:, None], 1 - smoothing + off)
+    full = torch.full((len(labels), classes), off, device=labels.device)
+    return full.scatter_(1, labels[:, None], 1 - smoothing + off)
 
 
 def cutmix_box(
