@@ -180,8 +180,9 @@ def train(job: Job, run: TaskRun, schedule: Schedule, desc: str) -> dict[str, fl
     finally:
         if metrics_log:
             metrics_log.close()
+    weights = master_weights(job)  # a collective: every rank
     if run.info.is_main:
-        _export(job, run, LAST, schedule.total, last)
+        _export(job, run, LAST, schedule.total, last, weights)
         result = {"last": last, "best": best, "steps": schedule.total}
         result_path.write_text(json.dumps(result, indent=2) + "\n")
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the exports hold what is worth keeping
@@ -251,15 +252,30 @@ def _scored(job, run, schedule, done, best, metrics_log):
     """Score the val split after step ``done``, log it, and export the model when it beats
     ``best``; returns the scores and the best so far."""
     last, counted = score(job, run)
-    improved = best is None or _better(job.metric, last, best["scores"])
+    improved = best is None or _better(job.metric, last, best["scores"])  # alike on every rank
+    weights = master_weights(job) if improved else None  # a collective: every rank
     if improved:
         best = {"step": done, "scores": last}
     if run.info.is_main:
         metrics_log.write({"step": done, "epoch": done / schedule.steps_per_epoch,
                            "val": last, "val_samples": counted})  # fmt: skip
         if improved:
-            _export(job, run, BEST, done, last)
+            _export(job, run, BEST, done, last, weights)
     return last, best
+
+
+def master_weights(job: Job) -> dict[str, torch.Tensor]:
+    """What the exports hold, each parameter as DeepSpeed's fp32 master copy where it keeps one
+    (bf16 training: the module holds the bf16 copy, which loses the low bits of every weight),
+    gathered from the ranks' ZeRO partitions. A collective: called on every rank."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for param in job.module.parameters():
+        full = safe_get_full_fp32_param(param) if job.engine is not None else None
+        if full is not None:
+            masters[param.data_ptr()] = full
+    return {k: masters.get(v.data_ptr(), v) for k, v in job.weights().items()}
 
 
 def score(job: Job, run: TaskRun) -> tuple[dict[str, float], int]:
@@ -327,15 +343,17 @@ def _engine(job: Job, run: TaskRun, schedule: Schedule, split: BatchSplit):
     return engine
 
 
-def _export(job: Job, run: TaskRun, name: str, step: int, scores: dict) -> None:
-    """``OUT/<name>/``: the module's weights (as fp32), its encoder alone, and model.json with the
-    task, the step and the scores (rank 0; written beside and renamed, so a kill leaves the
-    previous export whole)."""
+def _export(
+    job: Job, run: TaskRun, name: str, step: int, scores: dict, weights: dict[str, torch.Tensor]
+) -> None:
+    """``OUT/<name>/``: ``weights`` (:func:`master_weights`, fp32), the encoder's alone, and
+    model.json with the task, the step and the scores (rank 0; written beside and renamed, so a
+    kill leaves the previous export whole)."""
     out = run.out / name
     tmp = run.out / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in job.weights().items()}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
     save_file(state, str(tmp / WEIGHTS))
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if encoder:

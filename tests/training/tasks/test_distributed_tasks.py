@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from cluster.local import PREEMPTED_EXIT, free_port, remove_shm_segments
@@ -240,3 +241,19 @@ def test_every_val_sample_is_scored_once_by_two_ranks_with_an_odd_count(tmp_path
     assert proc.returncode == 0, proc.stderr[-4000:]
     _, scored = _steps(_task_dir(tmp_path, "odd"))
     assert [r["val_samples"] for r in scored] == [samples]
+
+
+def test_a_bf16_fine_tune_exports_its_fp32_master_weights(tmp_path, prepared, export):
+    """bf16 training keeps bf16 weights in the module and fp32 masters in the optimizer; the
+    exports hold the masters (before: the bf16 copy, upcast: every weight's low bits lost)."""
+    from safetensors.torch import load_file
+
+    config = _config(tmp_path, prepared, export, "run", epochs=1, mixup=0.0, cutmix=0.0)
+    text = config.read_text().replace("precision: fp32", "precision: bf16")
+    config.write_text(text)
+    proc = _run(config, ranks=1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    weights = load_file(_task_dir(tmp_path, "run") / "last" / "model.safetensors")
+    matrices = [w for k, w in weights.items() if w.dim() == 2]
+    assert all(w.dtype == torch.float32 for w in matrices)
+    assert any(not torch.equal(w, w.bfloat16().float()) for w in matrices)
