@@ -19,6 +19,13 @@ backward still runs (DDP's 25 MB bucket is the same idea).
 
 With gradient accumulation under bf16, gradients accumulate in fp32 at every ZeRO stage
 (``grad_accum_dtype``): a sum of many bf16 micro-step gradients loses their low bits.
+
+bf16 runs without DeepSpeed's overflow check (``check_grad_overflow``): it all-reduces a flag
+and reads it on the host every step, a second synchronisation beside the step's one all-reduce
+(``training.distributed.StepAgreement``), which already carries a non-finite flag. The check
+skipped a step with an inf/NaN gradient silently; now a non-finite loss ends the run (exit 3)
+with the last complete checkpoint kept. A non-finite gradient under a finite loss shows as a
+non-finite loss one step later.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def deepspeed_config(
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.precision == "bf16"},
+        "bf16": {"enabled": cfg.precision == "bf16", "check_grad_overflow": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
