@@ -5,9 +5,9 @@ collators, on the same 128 x 512 batch of WordPiece ids, one run.
 
 maskmill: ``training.objectives.mlm.masking.mlm_batch`` (the chosen tokens and BERT's 80/10/10,
 one generator per sample seeded by (seed, step, key), every row of the batch at once in numpy).
-HF: ``DataCollatorForLanguageModeling`` (random tokens) and ``DataCollatorForWholeWordMask``
-(whole words, found from the tokens' ``##`` prefixes), each given the same ids; HF has no span
-masking. Before vectorising (the loop over words in Python), maskmill took 18.5 ms (random),
+HF: ``DataCollatorForLanguageModeling`` (random tokens) and its whole-word masking
+(``DataCollatorForWholeWordMask`` in transformers 4, ``whole_word_mask=True`` in 5: words found
+from the tokens' ``##`` prefixes), each given the same ids; HF has no span masking. Before vectorising (the loop over words in Python), maskmill took 18.5 ms (random),
 110 ms (whole words) and 1.1 s (spans) per batch on this machine kind: the target is 10 ms.
 Medians of ``--rounds`` interleaved calls, on one thread.
 """
@@ -40,18 +40,32 @@ def ids_and_starts(batch: int, seq_len: int, vocab: int) -> tuple[torch.Tensor, 
     return ids, starts
 
 
+def offsets(starts: list[int]) -> list[tuple[int, int]]:
+    """Character offsets of one-character tokens, a space before each word's first piece."""
+    out, at = [], 0
+    for first in starts:
+        at += 1 if first else 0
+        out.append((at, at + 1))
+        at += 1
+    return out
+
+
 def hf_collators(vocab: int, ratio: float, folder: Path):
-    from transformers import (
-        BertTokenizerFast,
-        DataCollatorForLanguageModeling,
-        DataCollatorForWholeWordMask,
-    )
+    import transformers
+    from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
 
     pieces = [f"##w{i}" if i % 2 else f"w{i}" for i in range(NUM_SPECIAL, vocab)]
     (folder / "vocab.txt").write_text("\n".join(SPECIALS + pieces) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     random = DataCollatorForLanguageModeling(tokenizer, mlm_probability=ratio, return_tensors="pt")
-    whole = DataCollatorForWholeWordMask(tokenizer, mlm_probability=ratio, return_tensors="pt")
+    if hasattr(transformers, "DataCollatorForWholeWordMask"):  # transformers 4
+        whole = transformers.DataCollatorForWholeWordMask(
+            tokenizer, mlm_probability=ratio, return_tensors="pt"
+        )
+    else:  # transformers 5: a flag of the one collator
+        whole = DataCollatorForLanguageModeling(
+            tokenizer, mlm_probability=ratio, whole_word_mask=True, return_tensors="pt"
+        )
     return random, whole
 
 
@@ -80,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             random = whole = None
         examples = [{"input_ids": row.tolist()} for row in ids]
+        worded = [
+            {"input_ids": row.tolist(), "offset_mapping": offsets(first.tolist())}
+            for row, first in zip(ids, starts)
+        ]  # transformers 5 finds words from character offsets: a gap starts a word
         if random is not None:
             runs["HF DataCollatorForLanguageModeling"] = lambda i: random(examples)
-            runs["HF DataCollatorForWholeWordMask"] = lambda i: whole(examples)
+            runs["HF DataCollatorForWholeWordMask"] = lambda i: whole(worded)
         times = interleaved(runs, args.rounds)
     ms = {name: 1000 * median(t) for name, t in times.items()}
     lines = [

@@ -14,7 +14,7 @@ Training stream (:func:`train_loader`):
   when there were fewer shards than slots).
 * **Each rank reads only its share.** A worker replays the shuffle's draws (no I/O) to find the
   positions it keeps, and reads each of those samples alone at its offset in the shard
-  (``shard_format.shard_index``, written by prep): about 1/world of the split's bytes a rank,
+  (``shard_format.SampleSpans``: 16 bytes of its shard's index, written by prep): about 1/world of the split's bytes a rank,
   where it read the whole stream and dropped the other ranks' rows
   (``tests/training/test_rank_share.py``, ``python -m benchmarks.cluster_scale``).
 * **Same number of batches on every rank.** The stream is endless (epoch after epoch) and every
@@ -58,12 +58,12 @@ import webdataset as wds
 
 from data_prep.shard_format import (
     BadShardError,
+    SampleSpans,
     ShardRecord,
     bad_shard_error,
     indexed_shard_samples,
     read_manifest,
     samples_at,
-    shard_index,
     shard_problem,
 )
 from training.config import LoaderConfig
@@ -312,9 +312,12 @@ class _ShardReader:
                 raise bad_shard_error(path, problem)
             self.hashed.add(record.file)
             if sparse:  # a share of the shard: each kept sample read alone, by its offsets
-                offsets = shard_index(self.split_dir, record)
-                ordinals = [o for o in range(record.samples) if keep(o)]
-                yield from samples_at(path, offsets, ordinals, self.members, self._skipped_member)
+                spans = SampleSpans(self.split_dir, record)
+                try:
+                    ordinals = [o for o in range(record.samples) if keep(o)]
+                    yield from samples_at(path, spans, ordinals, self.members, self._skipped_member)
+                finally:
+                    spans.close()
             else:
                 yield from indexed_shard_samples(path, self.members, keep, self._skipped_member)
         except BadShardError as err:

@@ -233,3 +233,28 @@ def test_gpu_check_runs_every_part_on_the_cpu_at_toy_sizes(tmp_path):
     for part, rate in (("mae_eager", "images_per_s"), ("finetune", "images_per_s"),
                        ("mlm", "sequences_per_s"), ("loader", "images_per_s")):  # fmt: skip
         assert got[part].get(rate, 0) > 0, got[part]
+
+
+@pytest.mark.slow  # ~25 s: 4 gloo ranks spawned twice
+def test_cluster_scale_reads_each_share_once_and_merges_the_knn(tmp_path):
+    from benchmarks import cluster_scale
+
+    args = ["--samples", "2000", "--val", "200", "--shards", "3", "--world", "4", "--out",
+            str(tmp_path)]  # fmt: skip
+    assert cluster_scale.main(args) == 0
+    result = json.loads((tmp_path / "cluster_scale.json").read_text())
+    share = result["split_bytes"] / 4
+    assert all(b <= 1.1 * share for b in result["bytes_per_rank"])
+    assert result["read"] == result["distinct"]
+    top1 = {w: ranks[0]["top1"] for w, ranks in result["ranks"].items()}
+    assert len(set(top1.values())) == 1  # the same k-NN at every world size
+
+
+@pytest.mark.slow  # ~10 s
+def test_mlm_masks_times_every_kind(tmp_path):
+    from benchmarks import mlm_masks
+
+    assert mlm_masks.main(["--batch", "8", "--seq-len", "64", "--rounds", "1", "--out",
+                           str(tmp_path)]) == 0  # fmt: skip
+    ms = json.loads((tmp_path / "mlm_masks.json").read_text())["ms"]
+    assert {"maskmill random", "maskmill whole_word", "maskmill span"} <= set(ms)

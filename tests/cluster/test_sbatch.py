@@ -175,7 +175,7 @@ def test_dry_run_prints_every_script_and_submits_nothing(tmp_path, capsys, monke
     path = tmp_path / "run.yaml"
     path.write_text(MULTI_NODE)
     monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch reachable: a submit would fail
-    run_dir = tmp_path / "it's a \"run\" $HOME"  # the scripts are written there, quoted
+    run_dir = tmp_path / 'it\'s a "run" $HOME'  # the scripts are written there, quoted
     assert main(["submit", str(path), "--slurm", "--dry-run", f"run_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert out.count("#!/bin/bash") == 5  # prep, pretrain, finetune, probe, report

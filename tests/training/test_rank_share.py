@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.shard_format import read_manifest, shard_index
+from data_prep.shard_format import SampleSpans, read_manifest
 from training.config import LoaderConfig
 from training.loader import TrainStream, indexed_eval_batches, train_loader, train_spec_for
 from training.modalities.image.bundle import ImageInputConfig
@@ -55,7 +55,7 @@ def _epoch_of_rank(split, rank, world, steps) -> tuple[int, list[str]]:
 def split(prepared):
     train = prepared / "train"
     for record in read_manifest(train):  # prep writes each shard's index; made here if not
-        shard_index(train, record)
+        SampleSpans(train, record).close()
     # The first decode imports the image plugins (module files count as reads too).
     next(TrainStream(_spec(train, 0, 1))._rows_of_global_batches(0, 1))
     return train
