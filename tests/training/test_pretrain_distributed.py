@@ -95,6 +95,7 @@ def test_two_rank_run_trains_checkpoints_and_exports(tmp_path, prepared, zero_st
     assert "effective batch 32" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # ~16 s; HPM's masks and ZeRO-3 have their own fast tests
 def test_hpm_with_two_masks_per_sample_trains_under_zero3_and_exports(tmp_path, prepared):
     """HPM's scoring pass runs inside the engine's forward (ZeRO-3 gathers the weights for it
     too); K views multiply the rows; the export leaves the loss head out."""
@@ -197,6 +198,8 @@ def test_each_bad_value_names_its_key(tmp_path, prepared, override):
     assert override.split("=")[0] in proc.stderr
 
 
+@pytest.mark.slow  # ~33 s; the data side of it (exact order at another world) is fast:
+# tests/training/test_rank_share.py
 def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(tmp_path, prepared):
     """2 ranks train to step 4; 1 rank (same global batch) resumes and takes one more step with
     a vanishing lr, so its export must equal the 2-rank run's step-4 weights, re-partitioned.

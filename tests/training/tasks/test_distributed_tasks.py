@@ -192,9 +192,10 @@ def _rank_pids(launcher_pid):
     return ranks
 
 
-# SIGKILL's resume (~25 s) is opt-in: the same checkpoint path resumes after SIGUSR2 here, and
-# pretraining's kill-and-resume runs by default (test_pretrain_distributed).
-@pytest.mark.parametrize("how", [pytest.param("SIGKILL", marks=pytest.mark.slow), "SIGUSR2"])
+# Both opt-in (~25 s each): pretraining's kill-and-resume runs by default
+# (test_pretrain_distributed), through the same checkpoint module.
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGUSR2"])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     tmp_path, prepared, export, one_rank, how
 ):
@@ -243,6 +244,7 @@ def test_every_val_sample_is_scored_once_by_two_ranks_with_an_odd_count(tmp_path
     assert [r["val_samples"] for r in scored] == [samples]
 
 
+@pytest.mark.slow  # ~20 s: a bf16 fine-tune under DeepSpeed
 def test_a_bf16_fine_tune_exports_its_fp32_master_weights(tmp_path, prepared, export):
     """bf16 training keeps bf16 weights in the module and fp32 masters in the optimizer; the
     exports hold the masters (before: the bf16 copy, upcast: every weight's low bits lost)."""
