@@ -130,8 +130,6 @@ def prepare_split(
     OOM killer) or that fails on an OSError (writing the shard) runs again, up to
     :data:`TASK_RETRIES` times.
     """
-    import ray
-
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
     adopt_legacy_records(split_dir)
@@ -147,36 +145,45 @@ def prepare_split(
             results[unit.index] = done
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
+    # running totals for the bar: summing every result at each completion was quadratic
+    samples = sum(r.record.samples for r in results.values())
+    skipped = sum(sum(r.skipped.values()) for r in results.values())
+    write = _written_here if in_process else _written_by_ray
+    with tqdm(total=len(units), initial=len(results), desc=desc, unit="shard",
+              dynamic_ncols=True) as bar:  # fmt: skip
+        for result in write(todo, split_dir, encode, describe):
+            results[result.record.unit] = result
+            samples += result.record.samples
+            skipped += sum(result.skipped.values())
+            bar.set_postfix(samples=samples, skipped=skipped, refresh=False)  # drawn by update()
+            bar.update(1)
+    seconds = time.perf_counter() - start
+    return finish_split(split_dir, results.values(), seconds, max_failed_share)
 
-    if in_process:  # a small prep: the same units, written here one after another
-        for unit in tqdm(todo, desc=desc, unit="shard", dynamic_ncols=True):
-            results[unit.index] = write_unit(unit, split_dir, encode, describe)
-        seconds = time.perf_counter() - start
-        return finish_split(split_dir, results.values(), seconds, max_failed_share)
+
+def _written_here(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:
+    """A small prep: the same units, written in this process one after another."""
+    for unit in todo:
+        yield write_unit(unit, split_dir, encode, describe)
+
+
+def _written_by_ray(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:
+    """The units written by Ray tasks, at most :func:`in_flight` submitted at a time, each
+    result as it comes."""
+    import ray
+
     task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError])(write_shard)
     waiting = iter(todo)
     pending = [
         task.remote(u, str(split_dir), encode, describe)
         for u in itertools.islice(waiting, in_flight())
     ]
-    bar = tqdm(total=len(units), initial=len(results), desc=desc, unit="shard", dynamic_ncols=True)
-    with bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            pending += [
-                task.remote(u, str(split_dir), encode, describe)
-                for u in itertools.islice(waiting, 1)
-            ]
-            result: UnitResult = ray.get(ready[0])
-            results[result.record.unit] = result
-            bar.set_postfix(
-                samples=sum(r.record.samples for r in results.values()),
-                skipped=sum(sum(r.skipped.values()) for r in results.values()),
-                refresh=False,  # drawn by update(), at most every mininterval
-            )
-            bar.update(1)
-    seconds = time.perf_counter() - start
-    return finish_split(split_dir, results.values(), seconds, max_failed_share)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        pending += [
+            task.remote(u, str(split_dir), encode, describe) for u in itertools.islice(waiting, 1)
+        ]
+        yield ray.get(ready[0])
 
 
 def in_flight() -> int:

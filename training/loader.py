@@ -183,6 +183,19 @@ def train_loader(
     return _plain_errors(iter(loader))
 
 
+def weighted(batches: Iterator[Batch | None]) -> Iterator[tuple[Batch, float]]:
+    """``(batch, weight)`` of a rank's training stream. A batch whose every row failed to decode
+    (None) comes out as the last one again with weight 0: the rank steps with its ranks, adding
+    nothing. One before any batch waits for the first."""
+    previous = None
+    for batch in batches:
+        if batch is not None:
+            previous = batch
+            yield batch, 1.0
+        elif previous is not None:
+            yield previous, 0.0
+
+
 def eval_batches(
     split_dir: str,
     modality_name: str,

@@ -42,7 +42,7 @@ from training.ds_config import deepspeed_config, resolved_zero_stage
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
 from training.export_interop import write_interop
-from training.loader import SkipCounts, train_loader, train_spec_for
+from training.loader import SkipCounts, train_loader, train_spec_for, weighted
 from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
@@ -258,21 +258,15 @@ def _train(
                                 total_micro)  # fmt: skip
     spec = dataclasses.replace(spec, prepare=prepare)
     skips = SkipCounts()
-    batches = train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips)
+    batches = weighted(train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips))
     step_fn = _Step(cfg, modality, info, engine)
     agreement = StepAgreement(info.device, cfg.grad_accum, skips)
     metrics = _Progress(cfg, modality, plan, info, engine, start)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
-    previous = None
     try:
         for step in range(start, plan.total_steps):
             for micro in range(cfg.grad_accum):
-                batch, weight = next(batches), 1.0
-                while batch is None and previous is None:  # nothing yet to step with
-                    batch = next(batches)
-                if batch is None:  # every row of this rank's share failed to decode: the
-                    batch, weight = previous, 0.0  # rank steps with its ranks, adding nothing
-                previous = batch
+                batch, weight = next(batches)
                 agreement.add(step_fn(batch, step * cfg.grad_accum + micro, weight))
             verdict = agreement.agree(stop=stop_requested())
             if verdict.non_finite_ranks:

@@ -43,7 +43,7 @@ from training.batching import BatchSplit, split_batch
 from training.config import EvalConfig
 from training.distributed import DistInfo, StepAgreement, from_rank0
 from training.export_format import ENCODER, ExportInfo, write_model_json
-from training.loader import Batch
+from training.loader import Batch, weighted
 from training.metrics import MetricsLog
 from training.rank import NonFiniteLoss, Preempted, stop_requested
 from training.schedule import warmup_cosine
@@ -195,20 +195,16 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
     info, cfg = run.info, run.cfg
     first_row = run.rows(schedule.batch_size)[0]
     agreement = StepAgreement(info.device, split.accum)
-    batches = job.batches(start)
+    batches = weighted(job.batches(start))
     bar = tqdm(total=schedule.total, initial=start, desc=desc, unit="step",
                disable=not info.is_main, dynamic_ncols=True, leave=False)  # fmt: skip
-    last, previous = None, None
+    last = None
     job.module.train()
     window = time.perf_counter()
     watchdog = Watchdog(run.out, info.rank, info.world_size, cfg.stall_timeout_s)
     try:
         for step in range(start, schedule.total):
-            batch = next(batches)
-            weight = 1.0
-            if batch is None:  # every row failed to decode: step with the last batch, no weight
-                batch, weight = previous, 0.0
-            previous = batch
+            batch, weight = next(batches)
             for m, micro in enumerate(micro_batches(batch, split.accum)):
                 loss = job.loss(micro, step, first_row + m * split.micro) * weight
                 engine.backward(loss)
