@@ -15,6 +15,8 @@ adds a modality without touching this tree (``data_prep/__init__.py`` extends it
   a :class:`~data_prep.writer.SkipSample` (yielded, or raised to drop the rest of the input) for
   what cannot become a sample, counted by reason;
 * ``labels(cfg)``: the label list written to ``OUT/labels.json``, or None;
+* ``input_file(cfg, item)``, ``reads_format(name)``, ``layout_file(relative path)``: what
+  :mod:`data_prep.unread` needs to name every other file under the sources, by reason;
 * ``write_demo(demo_cfg)``: writes a small corpus in the layout (``maskmill demo-data`` and the
   ``demo_data`` stage), configured by ``demo_config``.
 
@@ -24,11 +26,14 @@ labelled sets): they are made absolute, and their contents fingerprint the prep 
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -38,6 +43,19 @@ class SourceError(ValueError):
 
 class LayoutError(SourceError):
     """The source folder does not hold the layout its reader expects (each reader says which)."""
+
+
+@contextlib.contextmanager
+def csv_rows(table: Path) -> Iterator[csv.DictReader]:
+    """The rows of a label table: a byte-order mark (spreadsheets write one) dropped; text that
+    is not UTF-8 a LayoutError naming the table."""
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        try:
+            yield csv.DictReader(f)
+        except UnicodeDecodeError as err:
+            raise LayoutError(
+                f"{table}: not UTF-8 text ({err.reason} at byte {err.start})"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,13 @@ class CorpusReader:
     # Splits of the default ``splits`` that need a key of their own (split -> key): `maskmill
     # prep` leaves them out, saying so, when the key is not given (an unlabelled corpus).
     optional_splits: dict[str, str] = field(default_factory=dict)
+    # Every file under a source is used or accounted for (``data_prep.unread``): the file an
+    # item was read from (None: this reader's sources are not walked), whether a file name is
+    # of a format the modality reads, and whether a path below a source is one the layout reads
+    # for its own sake (a label table, transcripts, voice activity).
+    input_file: Callable[[Any, Any], str] | None = None
+    reads_format: Callable[[str], bool] = lambda name: True
+    layout_file: Callable[[str], bool] = lambda rel: False
 
     def sources(self, cfg: Any) -> dict[str, str]:
         """The raw folders a ``prep`` config names, by key (unset optional ones left out)."""

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from data_prep.plan import plan_shards
 from data_prep.prep_record import refuse_inside, settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import LABELS, atomic_write_text
+from data_prep.unread import Unread, summary, unread_files
+
+log = logging.getLogger(__name__)
 
 # A prep of at most this many inputs, with no Ray head asked for (num_cpus, ray_address), runs in
 # this process: starting a local head costs 8-12 s, more than writing a few dozen samples. The
@@ -43,18 +47,43 @@ def run_prep(
     cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
     refuse_inside(Path(cfg.out), absolute)
     items = {split: reader.items(cfg, split) for split in cfg.splits}
+    unread = unread_by_split(reader, cfg, items)
+    said = summary([u for us in unread.values() for u in us], reader.modality)
     for split, split_items in items.items():
         if not split_items:
             others = [s for s in cfg.splits if s != split]
             hint = f"; to prepare the others alone: splits=[{','.join(others)}]" if others else ""
-            raise SourceError(f"{Path(cfg.source) / split} holds no inputs ({reader.layout}){hint}")
+            why = f"; {said}" if any(unread.values()) else ""
+            raise SourceError(
+                f"{Path(cfg.source) / split} holds no inputs ({reader.layout}){why}{hint}"
+            )
+    if any(unread.values()):
+        log.warning("%s (each listed in its split's .maskmill/ignored.jsonl)", said)
     out = Path(cfg.out)
     with writing(out, settings_of(cfg), rebuild):
-        return _write_splits(reader, cfg, items, out, check_hashes)
+        return _write_splits(reader, cfg, items, out, check_hashes, unread)
+
+
+def unread_by_split(reader: CorpusReader, cfg: Any, items: dict) -> dict[str, list[Unread]]:
+    """The files under the sources that no split read, each in the records of one split: the
+    split its source key is for (audio's ``labelled_train``), else the split folder it lies in,
+    else the first split."""
+    found: dict[str, list[Unread]] = {split: [] for split in cfg.splits}
+    if reader.input_file is None:
+        return found
+    used = {reader.input_file(cfg, item) for split_items in items.values() for item in split_items}
+    folders = (set(cfg.splits), {"train", "val", *cfg.splits})
+    for key, root in reader.sources(cfg).items():
+        own = [s for s, k in reader.optional_splits.items() if k == key and s in found]
+        for u in unread_files([Path(root)], used, reader.layout_file, reader.reads_format, folders):
+            top = Path(u.path).relative_to(root).parts[0]
+            split = own[0] if len(own) == 1 else top if top in found else cfg.splits[0]
+            found[split].append(u)
+    return found
 
 
 def _write_splits(
-    reader: CorpusReader, cfg: Any, items: dict, out: Path, check_hashes: bool
+    reader: CorpusReader, cfg: Any, items: dict, out: Path, check_hashes: bool, unread: dict
 ) -> dict[str, dict]:
     state = reader.fit(cfg, items.get("train", ()))
     labels = reader.labels(cfg)
@@ -74,6 +103,7 @@ def _write_splits(
             stats[split] = prepare_split(
                 units, out / split, encode, desc=f"prep {split}",
                 max_failed_share=failed_share, in_process=small, check_hashes=check_hashes,
+                ignored=unread[split],
             )  # fmt: skip
     return stats
 
@@ -86,4 +116,5 @@ def summary_line(split: str, stats: dict) -> str:
         f"{stats['shards']} shards ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f}s); "
         f"skipped {stats['skipped_total']} ({skipped})"
         + (f"; converted {converted}" if converted else "")
+        + (f"; ignored {sum(stats['ignored'].values())} files" if stats.get("ignored") else "")
     )

@@ -70,6 +70,8 @@ def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
 def refuse_foreign(out: Path, what: str = "prep") -> None:
     """``out`` must be missing, empty, or made by maskmill (its records folder, or a run's
     output marker): maskmill never writes among, or deletes, files it did not create."""
+    if out.exists() and not out.is_dir():
+        raise PrepOutputError(f"{what} output {out} is a file; name a new or empty folder")
     if out.is_dir() and any(out.iterdir()) and not any(out.glob(f"{META_DIR}*")):
         raise PrepOutputError(
             f"{what} output {out} already holds files that maskmill did not write; point it at "

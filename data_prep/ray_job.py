@@ -26,6 +26,7 @@ from data_prep.plan import WorkUnit
 from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
+from data_prep.unread import Unread
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def prepare_split(
     max_failed_share: float = 1.0,
     in_process: bool = False,
     check_hashes: bool = False,
+    ignored: Sequence[Unread] = (),
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
@@ -158,7 +160,7 @@ def prepare_split(
             bar.set_postfix(samples=samples, skipped=skipped, refresh=False)  # drawn by update()
             bar.update(1)
     seconds = time.perf_counter() - start
-    return finish_split(split_dir, results.values(), seconds, max_failed_share)
+    return finish_split(split_dir, results.values(), seconds, max_failed_share, ignored)
 
 
 def _written_here(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:

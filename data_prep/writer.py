@@ -18,7 +18,7 @@ import os
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from data_prep.shard_format import (
     write_manifest,
     write_shard_index,
 )
+from data_prep.unread import Unread
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ FAILED = "failed"  # the skip reason of an input an unexpected error stopped
 # 10^5 bad records printed 10^5 warnings).
 WARNINGS_PER_REASON = 3
 FAILURES = f"{META_DIR}/failures.jsonl"  # one line per failed input: its name and the error
+IGNORED = f"{META_DIR}/ignored.jsonl"  # one line per source file no split read: path, reason
 
 
 Encoder = Callable[[Any], Iterable["Sample | SkipSample | Converted"]]  # one input -> 0..n samples
@@ -186,9 +188,14 @@ def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -
 
 
 def finish_split(
-    split_dir: Path, results: Iterable[UnitResult], seconds: float, max_failed_share: float = 1.0
+    split_dir: Path,
+    results: Iterable[UnitResult],
+    seconds: float,
+    max_failed_share: float = 1.0,
+    ignored: Sequence[Unread] = (),
 ) -> dict:
-    """Write manifest, stats, the failed inputs and finally ``_SUCCESS``; returns the stats.
+    """Write manifest, stats, the failed inputs, the files of the source no split read
+    (``ignored``) and finally ``_SUCCESS``; returns the stats.
     More failed inputs than ``max_failed_share`` of them is a :class:`FailedInputsError`, and
     no ``_SUCCESS``."""
     results = sorted(results, key=lambda r: r.record.unit)
@@ -203,6 +210,7 @@ def finish_split(
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
         "converted": dict(sorted(converted.items())),
+        "ignored": dict(sorted(Counter(u.reason for u in ignored).items())),
         "shards": len(results),
         "bytes": sum(r.record.bytes for r in results),
         "seconds": round(seconds, 3),
@@ -212,6 +220,9 @@ def finish_split(
     write_manifest(split_dir, [r.record for r in results])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(split_dir / FAILURES, "".join(json.dumps(f) + "\n" for f in failures))
+    atomic_write_text(
+        split_dir / IGNORED, "".join(json.dumps(u.as_record()) + "\n" for u in ignored)
+    )
     if len(failures) > max_failed_share * stats["inputs"]:
         raise FailedInputsError(
             f"prep {split_dir.name}: {len(failures)} of {stats['inputs']} inputs failed "

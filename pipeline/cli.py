@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import errno
 import importlib.metadata
 import logging
 import os
 import shutil
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 from cluster.local import BAR_EVERY_S, PREEMPTED_EXIT, LineConsole
@@ -76,9 +79,12 @@ EPILOG = """examples:
 """
 EXIT_CODES = {
     0: "success",
-    1: "a stage or job failed (its log names why; a rank's own code is in it, see below)",
+    1: "a stage or job failed (its log names why; a rank's own code is in it, see below), or "
+    "the system refused (a full disk, a permission); an internal error keeps its traceback in "
+    "a file it names",
     2: "bad configuration or usage, or an environment that cannot run it; nothing was started",
     PREEMPTED_EXIT: "a training stage was preempted after saving a checkpoint; rerun to resume",
+    130: "interrupted (Ctrl-C); rerun to resume",
 }
 
 
@@ -378,6 +384,42 @@ def main(argv: list[str] | None = None) -> int:
     except (StageFailed, RunLockedError, SlurmError, RayJobError, BadShardError) as err:
         log.error("%s", err)
         return 1
+    except KeyboardInterrupt:
+        log.warning("interrupted; a rerun resumes where this one stopped")
+        return 130
+    except OSError as err:  # the disk or the network, not maskmill: what failed, on what
+        log.error("%s", os_error_line(err))
+        return 1
+    except Exception as err:  # a bug: one line for the user, the traceback kept for the report
+        if os.environ.get("MASKMILL_TRACEBACK"):
+            raise
+        kept = _keep_traceback()
+        log.error("internal error: %s: %s; please report it with %s", type(err).__name__,
+                  str(err).splitlines()[0] if str(err) else "", kept)  # fmt: skip
+        return 1
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an error of the system: its words, the file, and what to check."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    hint = {
+        errno.ENOSPC: "free space there or point the output elsewhere",
+        errno.EACCES: "check the permissions",
+        errno.EROFS: "the filesystem is read-only; point the output elsewhere",
+        errno.ENOTDIR: "a file stands where a folder is needed",
+        errno.ECONNREFUSED: "nothing answers there; is the service up?",
+    }.get(err.errno, "")
+    words = err.strerror or str(err)
+    return f"{words}: {where}" * bool(where) + words * (not where) + f" ({hint})" * bool(hint)
+
+
+def _keep_traceback() -> str:
+    """Write the current exception's traceback to a file; returns its path (set
+    MASKMILL_TRACEBACK=1 to see it on the console instead)."""
+    fd, path = tempfile.mkstemp(prefix="maskmill-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
 
 
 def _run(args) -> int:
@@ -533,6 +575,8 @@ def _demo_data(args) -> int:
     rest = [o for o in overrides if not o.startswith("modality=")]
     cfg = load_config(reader.demo_config, [{"out": args.out}], rest)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PrepOutputError(f"demo-data output {out} is a file; name a new or empty folder")
     if out.is_dir() and any(out.iterdir()):  # what an earlier demo-data wrote is replaced whole
         if not (out / DEMO_MARKER).exists():
             raise PrepOutputError(

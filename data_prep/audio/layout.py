@@ -26,8 +26,11 @@ from pathlib import Path
 
 from data_prep.corpus import LayoutError
 
-AUDIO_SUFFIXES = {".flac", ".wav", ".ogg"}
+# What libsndfile (soundfile's wheel bundles 1.2) decodes, as corpora name it.
+AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}
 TRANSCRIPT_SUFFIX = ".trans.txt"
+# LibriSpeech's and LibriLight's own tables beside the audio: metadata, not inputs.
+LAYOUT_TABLES = {"SPEAKERS.TXT", "CHAPTERS.TXT", "BOOKS.TXT", "README.TXT", "LICENSE.TXT"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class AudioItem:
 
     def __str__(self) -> str:
         return self.path
+
+
+def is_layout_file(rel: str) -> bool:
+    """Whether a path below a source is read for its own sake: a chapter's voice-activity JSON,
+    a chapter's transcripts, or the corpus's tables."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.endswith((".json", TRANSCRIPT_SUFFIX)) or name in LAYOUT_TABLES
 
 
 def detect_layout(root: Path) -> str:

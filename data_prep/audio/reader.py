@@ -30,9 +30,11 @@ import numpy as np
 from data_prep.audio.decode import RATE, flac_bytes, read_audio, to_mono_16k
 from data_prep.audio.demo import SpeechDemoConfig, write_speech_demo
 from data_prep.audio.layout import (
+    AUDIO_SUFFIXES,
     AudioItem,
     detect_layout,
     held_out_speakers,
+    is_layout_file,
     librilight_items,
     librispeech_items,
 )
@@ -233,6 +235,9 @@ READER = CorpusReader(
     write_demo=write_speech_demo,
     source_keys=("source", "labelled_train", "labelled_val"),
     optional_splits={"labelled_train": "labelled_train", "labelled_val": "labelled_val"},
+    input_file=lambda cfg, item: str(item.file),
+    reads_format=lambda name: Path(name).suffix.lower() in AUDIO_SUFFIXES,
+    layout_file=is_layout_file,
 )
 
 

@@ -13,7 +13,6 @@ torchvision's ImageFolder and every ImageNet checkpoint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import logging
@@ -21,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.corpus import LayoutError
+from data_prep.corpus import LayoutError, csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +82,19 @@ class ImageNetLayout:
     def _items_from_csv(self, split_dir: Path) -> list[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
         labels: dict[str, str] = {}
-        with open(self.root / VAL_CSV, newline="") as f:
-            for row in csv.DictReader(f):
-                labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        with csv_rows(self.root / VAL_CSV) as rows:
+            missing = [
+                c for c in ("ImageId", "PredictionString") if c not in (rows.fieldnames or [])
+            ]
+            if missing:
+                raise LayoutError(
+                    f"{self.root / VAL_CSV}: no {' or '.join(missing)} column (the header is "
+                    f"{', '.join(rows.fieldnames or []) or 'empty'})"
+                )
+            for row in rows:
+                words = (row["PredictionString"] or "").split()
+                if words:  # an empty label is a missing one: its image counts as no_label_row
+                    labels[row["ImageId"]] = words[0]
         items = []
         for f in sorted(split_dir.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:

@@ -8,6 +8,7 @@ their names, for the training, evaluation and report stages.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from data_prep.corpus import CorpusReader, prep_problems
 from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
 from data_prep.image.encode import EncodedImage, normalize_image
-from data_prep.image.layout import ImageItem, read_layout
+from data_prep.image.layout import IMAGE_SUFFIXES, SYNSETS, VAL_CSV, ImageItem, read_layout
 from data_prep.job import run_prep
 from data_prep.writer import Converted, Sample, SkipSample
 
@@ -132,6 +133,9 @@ READER = CorpusReader(
     demo_config=DemoCorpusConfig,
     write_demo=write_demo_corpus,
     aliases=("imagenet",),  # the layout's name, the form before modalities
+    input_file=lambda cfg, item: os.path.join(cfg.source, item.path),
+    reads_format=lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES,
+    layout_file=lambda rel: rel in (VAL_CSV, SYNSETS),
 )
 
 

@@ -5,7 +5,9 @@ Formats, found by file name anywhere under the source folder (sorted, so listing
 * ``*.json.gz``, ``*.jsonl.gz``: C4's (one JSON object per line: ``text``, ``url``, ``timestamp``);
 * ``*.jsonl.zst``, ``*.jsonl``: the Pile's (``text``, ``meta``);
 * ``*.parquet``: Wikipedia dumps as HF datasets ships them (``id``, ``url``, ``title``, ``text``);
-* ``*.txt``: plain text, one document per file.
+* ``*.txt``: plain text, one document per file;
+* the same compressed (``.gz``, ``.bz2``, ``.zst``, ``.xz``), and ``*.json`` (JSON lines, or one
+  JSON array of records). A byte-order mark at the start of a file is dropped.
 
 The text field is configurable (``text_field``). A line that is not valid UTF-8, not JSON, or has no
 or an empty text field is not a document: :func:`read_documents` yields a :class:`BadLine` with
@@ -16,9 +18,12 @@ hashed, deduplicated or tokenised, so two copies differing only in spacing are o
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import itertools
 import json
+import lzma
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -27,13 +32,14 @@ from pathlib import Path
 
 from data_prep.corpus import LayoutError
 
-FORMATS = {  # suffix -> reader name; the longest matching suffix wins
-    ".json.gz": "jsonl",
-    ".jsonl.gz": "jsonl",
-    ".jsonl.zst": "jsonl",
-    ".jsonl": "jsonl",
+# suffix -> reader name; the longest matching suffix wins. JSON lines and plain text are read
+# as they are or compressed (gzip, bz2, zstd, xz); ``.json`` is JSON lines (as HF datasets and
+# most dumps write it) or one JSON array of records.
+COMPRESSED = ("", ".gz", ".bz2", ".zst", ".xz")
+FORMATS = {
+    **{f"{base}{c}": "jsonl" for base in (".json", ".jsonl") for c in COMPRESSED},
+    **{f".txt{c}": "txt" for c in COMPRESSED},
     ".parquet": "parquet",
-    ".txt": "txt",
 }
 BAD_LINE_REASONS = (
     "invalid_utf8", "malformed_json", "missing_text", "empty_text", "unreadable_file",
@@ -131,7 +137,7 @@ def _unreadable() -> tuple[type[BaseException], ...]:
     import pyarrow as pa
     import zstandard
 
-    return (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowInvalid)
+    return (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, pa.ArrowInvalid)
 
 
 UNREADABLE = _unreadable()
@@ -140,6 +146,10 @@ UNREADABLE = _unreadable()
 def _open_lines(path: Path):
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
+    if path.name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.name.endswith(".xz"):
+        return lzma.open(path, "rb")
     if path.name.endswith(".zst"):
         import zstandard
 
@@ -151,7 +161,13 @@ def _jsonl_documents(
     path: Path, text_field: str, label_field: str | None
 ) -> Iterator[Document | BadLine]:
     with _open_lines(path) as f:
-        for index, raw in enumerate(f):
+        lines = _without_bom(f)
+        first = next(lines, b"")
+        if first.lstrip().startswith(b"["):  # one JSON array of records, not JSON lines
+            yield from _array_documents(path, b"".join(itertools.chain([first], lines)),
+                                        text_field, label_field)  # fmt: skip
+            return
+        for index, raw in enumerate(itertools.chain([first], lines)):
             if not raw.strip():
                 continue  # a blank line is not a record
             try:
@@ -167,8 +183,33 @@ def _jsonl_documents(
             if not isinstance(record, dict):
                 yield BadLine(index, "missing_text", f"{path.name}:{index + 1}: not an object")
                 continue
-            label = record.get(label_field) if label_field else None
-            yield _document(index, record.get(text_field), None if label is None else str(label))
+            yield _record_document(index, record, text_field, label_field)
+
+
+def _without_bom(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines, the first without a UTF-8 byte-order mark (Windows tools write one)."""
+    for index, raw in enumerate(lines):
+        yield raw.removeprefix(b"\xef\xbb\xbf") if index == 0 else raw
+
+
+def _record_document(index: int, record: dict, text_field: str, label_field: str | None):
+    label = record.get(label_field) if label_field else None
+    return _document(index, record.get(text_field), None if label is None else str(label))
+
+
+def _array_documents(
+    path: Path, raw: bytes, text_field: str, label_field: str | None
+) -> Iterator[Document | BadLine]:
+    try:
+        records = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        yield BadLine(0, "malformed_json", f"{path.name}: {e}")
+        return
+    for index, record in enumerate(records):
+        if isinstance(record, dict):
+            yield _record_document(index, record, text_field, label_field)
+        else:
+            yield BadLine(index, "missing_text", f"{path.name}: record {index} is not an object")
 
 
 def _document(index: int, text, label: str | None = None) -> Document | BadLine:
@@ -195,9 +236,10 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[Document | BadLi
 
 def _txt_document(path: Path) -> Document | BadLine:
     """A plain-text file is one document; lines that are not UTF-8 make it unusable."""
-    raw = path.read_bytes()
+    with _open_lines(path) as f:
+        raw = f.read()
     try:
-        text = raw.decode("utf-8")
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError as e:
         return BadLine(0, "invalid_utf8", f"{path.name}: {e.reason} at byte {e.start}")
     return _document(0, text)

@@ -38,7 +38,14 @@ from data_prep.corpus import CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import npy_zst_bytes
 from data_prep.text.demo import TextDemoConfig, write_text_demo
-from data_prep.text.layout import BadLine, Document, TextFile, read_documents, text_files
+from data_prep.text.layout import (
+    BadLine,
+    Document,
+    TextFile,
+    format_of,
+    read_documents,
+    text_files,
+)
 from data_prep.text.pack import pack
 from data_prep.text.tokenizer import (
     KINDS,
@@ -288,7 +295,8 @@ def _tokenizer(path: str):
 READER = CorpusReader(
     modality="text",
     layout="a folder of *.json.gz / *.jsonl.gz (C4), *.jsonl.zst / *.jsonl (Pile), *.parquet "
-    "(Wikipedia), *.txt (one document per file); labelled: train.jsonl and val.jsonl",
+    "(Wikipedia), *.txt (one document per file), *.json; any of them .gz/.bz2/.zst/.xz; labelled: "
+    "train.jsonl and val.jsonl",
     config=TextPrepConfig,
     items=items,
     fit=fit,
@@ -298,6 +306,8 @@ READER = CorpusReader(
     write_demo=write_text_demo,
     source_keys=("source", "labelled"),
     optional_splits={"labelled_train": "labelled", "labelled_val": "labelled"},
+    input_file=lambda cfg, item: str(item.file.file),
+    reads_format=lambda name: format_of(name) is not None,
 )
 
 

@@ -15,15 +15,22 @@ the prep counts it instead of losing it silently.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.corpus import LayoutError
+from data_prep.corpus import LayoutError, csv_rows
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# What PyAV opens and corpora ship in (Kinetics: mp4, mkv, webm; older sets: avi, mpg, flv).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
 KINETICS_CSV = {"train": ("train.csv",), "val": ("validate.csv", "val.csv")}
+# Each Kinetics column and the names other releases and user tables give it, first preferred.
+KINETICS_COLUMNS = {
+    "label": ("label", "class", "category", "label_name", "classname"),
+    "youtube_id": ("youtube_id", "video_id", "ytid", "id"),
+    "time_start": ("time_start", "start", "start_time"),
+    "time_end": ("time_end", "end", "end_time"),
+}
 SSV2_LABELS = "something-something-v2-labels.json"
 SSV2_SPLITS = {
     "train": "something-something-v2-train.json",
@@ -47,6 +54,12 @@ class VideoItem:
         return self.path
 
 
+def is_layout_file(rel: str) -> bool:
+    """Whether a path below the root is one of the layouts' tables (read for the labels)."""
+    tables = {n for names in KINETICS_CSV.values() for n in names} | {SSV2_LABELS}
+    return rel in tables | set(SSV2_SPLITS.values())
+
+
 def detect_layout(root: Path) -> str:
     """``kinetics``, ``ssv2`` or ``folders``; LayoutError when none fits."""
     if not root.is_dir():
@@ -67,7 +80,7 @@ def class_names(root: Path) -> list[str]:
     """Every class of the corpus, in index order."""
     layout = detect_layout(root)
     if layout == "ssv2":
-        found = json.loads((root / SSV2_LABELS).read_text())
+        found = json_table(root / SSV2_LABELS)
         return [name for name, _ in sorted(found.items(), key=lambda kv: int(kv[1]))]
     return sorted({item.label for item in split_items(root, "train")})
 
@@ -98,20 +111,50 @@ def _kinetics(root: Path, split: str) -> list[VideoItem]:
         raise LayoutError(f"{root}: no {' or '.join(KINETICS_CSV[split])} for split '{split}'")
     videos = _videos_by_stem(root)
     items = []
-    with table.open(newline="") as f:
-        for row in csv.DictReader(f):
-            stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
-            items.append(_item(root, videos.get(stem), stem, row["label"], split))
+    with csv_rows(table) as rows:
+        cols = {want: _column(table, rows.fieldnames or [], want) for want in KINETICS_COLUMNS}
+        for line, row in enumerate(rows, start=2):
+            try:
+                start, end = (int(float(row[cols[c]])) for c in ("time_start", "time_end"))
+            except (TypeError, ValueError):
+                raise LayoutError(
+                    f"{table}:{line}: time_start and time_end must be seconds, got "
+                    f"{row[cols['time_start']]!r} and {row[cols['time_end']]!r}"
+                ) from None
+            stem = f"{row[cols['youtube_id']]}_{start:06d}_{end:06d}"
+            items.append(_item(root, videos.get(stem), stem, row[cols["label"]], split))
     return items
+
+
+def _column(table: Path, header: list[str], want: str) -> str:
+    """The header name of a Kinetics column: its own name or one of its usual others."""
+    found = {h.strip().lower(): h for h in header}
+    for name in KINETICS_COLUMNS[want]:
+        if name in found:
+            return found[name]
+    raise LayoutError(
+        f"{table}: no {want} column (looked for {', '.join(KINETICS_COLUMNS[want])}; "
+        f"the header is {', '.join(header) or 'empty'})"
+    )
 
 
 def _ssv2(root: Path, split: str) -> list[VideoItem]:
     videos = _videos_by_stem(root)
-    rows = json.loads((root / SSV2_SPLITS[split]).read_text())
+    rows = json_table(root / SSV2_SPLITS[split])
     return [
         _item(root, videos.get(str(r["id"])), str(r["id"]), _ssv2_label(r["template"]), split)
         for r in rows
     ]
+
+
+def json_table(path: Path):
+    """A layout's JSON table, or a LayoutError naming what is wrong with it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise LayoutError(f"{path} is missing (the Something-Something layout needs it)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LayoutError(f"{path}: not a JSON table ({err})") from None
 
 
 def _ssv2_label(template: str) -> str:

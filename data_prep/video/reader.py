@@ -27,7 +27,13 @@ from data_prep.video.clips import plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
 from data_prep.video.decode import read_video
 from data_prep.video.demo import VideoDemoConfig, write_video_demo
-from data_prep.video.layout import VideoItem, class_names, split_items
+from data_prep.video.layout import (
+    VIDEO_EXTENSIONS,
+    VideoItem,
+    class_names,
+    is_layout_file,
+    split_items,
+)
 from data_prep.writer import Converted, Sample, SkipSample
 
 
@@ -132,6 +138,9 @@ READER = CorpusReader(
     labels=labels,
     demo_config=VideoDemoConfig,
     write_demo=write_video_demo,
+    input_file=lambda cfg, item: str(item.file),
+    reads_format=lambda name: Path(name).suffix.lower() in VIDEO_EXTENSIONS,
+    layout_file=is_layout_file,
 )
 
 

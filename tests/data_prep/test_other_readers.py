@@ -70,6 +70,7 @@ def test_a_split_prepared_with_records_beside_the_tars_is_read_and_adopted(prepa
     os.replace(split / WORK_DIR, split / "_work")
     shutil.rmtree(split / INDEX_DIR)  # that layout had no sample offsets either,
     (split / META_DIR / "failures.jsonl").unlink()  # nor a list of failed inputs
+    (split / META_DIR / "ignored.jsonl").unlink()  # nor of unread files
     (split / META_DIR).rmdir()
     assert read_manifest(split) == records and read_stats(split) == stats
 

@@ -4,6 +4,7 @@ A table, so a new case is one row."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,28 @@ def _files(tmp_path: Path) -> dict[str, str]:
     train_only = tmp_path / "train_only" / "train" / "n01440764"
     train_only.mkdir(parents=True)
     (train_only / "a.JPEG").write_bytes(_tiny_jpeg())
-    named = [*made, "folder", "mine", "train_only", "not_images"]
+    tables = {  # video and image label tables as users' tools leave them
+        "kin_no_label/train.csv": b"name,youtube_id,time_start,time_end\nx,abc,0,10\n",
+        "kin_bad_time/train.csv": b"label,youtube_id,time_start,time_end\nx,abc,zero,10\n",
+        # a spreadsheet's BOM and its own name for the label column: read; its clip is missing
+        "kin_bom/train.csv": b"\xef\xbb\xbfclass,youtube_id,time_start,time_end\nx,abc,0,10\n",
+        "ssv2_bad/something-something-v2-labels.json": b"{not json",
+        "ssv2_bad/something-something-v2-train.json": b'[{"id": 1, "template": "x"}]',
+        "ssv2_missing/something-something-v2-labels.json": b"{}",
+        "docx/report.docx": b"PK\x03\x04",
+        "a_file": b"not a folder",
+    }
+    for rel, data in tables.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    for name, csv in (("csv_latin1", b"ImageId,PredictionString\n\xe9t\xe9,n01440764 1\n"),
+                      ("csv_columns", b"image,label\nv1,n01440764\n")):  # fmt: skip
+        shutil.copytree(train_only.parent.parent, tmp_path / name)
+        (tmp_path / name / "val").mkdir()
+        (tmp_path / name / "val" / "v1.JPEG").write_bytes(_tiny_jpeg())
+        (tmp_path / name / "LOC_val_solution.csv").write_bytes(csv)
+    named = [*made, "folder", "mine", "train_only", "not_images", "csv_latin1", "csv_columns",
+             *{rel.split("/")[0] for rel in tables}]  # fmt: skip
     return {k.removesuffix(".yaml"): str(tmp_path / k) for k in named}
 
 
@@ -102,6 +124,38 @@ CASES = [
         2,
         "to prepare train alone: splits=[train]",
     ),
+    # a source of the wrong kind, or of none the layout reads: every file named by reason
+    (["prep", "text", "{docx}", "{tmp}/out"], 2, "ignored 1 file: 1 × .docx (not a text format"),
+    (["prep", "audio", "{tmp}/nowhere", "{tmp}/out"], 2, "source folder {tmp}/nowhere does not"),
+    (["prep", "audio", "{not_images}", "{tmp}/out"], 2, "holds neither LibriLight"),
+    (["prep", "video", "{docx}", "{tmp}/out"], 2, "holds no train.csv (Kinetics)"),
+    # label tables as they come: renamed columns, bad values, BOMs, other encodings, bad JSON
+    (
+        ["prep", "video", "{kin_no_label}", "{tmp}/out"],
+        2,
+        "no label column (looked for label, class",
+    ),
+    (["prep", "video", "{kin_bad_time}", "{tmp}/out"], 2, "train.csv:2: time_start and time_end"),
+    (["prep", "video", "{kin_bom}", "{tmp}/out", "splits=[train]"], 2, "(1 missing_file)"),
+    (
+        ["prep", "video", "{ssv2_bad}", "{tmp}/out", "splits=[train]"],
+        2,
+        "labels.json: not a JSON table",
+    ),
+    (["prep", "video", "{ssv2_missing}", "{tmp}/out"], 2, "v2-train.json is missing"),
+    (["prep", "image", "{csv_latin1}", "{tmp}/out"], 2, "LOC_val_solution.csv: not UTF-8 text"),
+    (["prep", "image", "{csv_columns}", "{tmp}/out"], 2, "no ImageId or PredictionString column"),
+    # values of the wrong type or range, on the command line
+    (["status", QUICKSTART, "pretrain.steps=abc"], 2, "pretrain.steps: wrong type"),
+    (["config", QUICKSTART, "launch.ranks=0"], 2, "launch.ranks: an int >= 1, got 0"),
+    (["prep", "text", "{docx}", "{tmp}/out", "vocab_size=5"], 2, "vocab_size: an int >= 100"),
+    (["prep", "image", "{train_only}", "{tmp}/o", "samples_per_shard=0"], 2, "samples_per_shard"),
+    # outputs that are files, commands and choices that do not exist
+    (["demo-data", "{a_file}"], 2, "demo-data output {a_file} is a file"),
+    (["prep", "image", "{train_only}", "{a_file}", "splits=[train]"], 2, "{a_file} is a file"),
+    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    (["export", QUICKSTART, "--format", "onnx"], 2, "invalid choice: 'onnx'"),
+    (["stage", QUICKSTART, "nostage"], 2, "STAGE: stages from demo_data"),
 ]
 
 
