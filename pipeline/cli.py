@@ -349,6 +349,14 @@ def _add_demo_data(sub) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parsed arguments, overrides accepted anywhere on the line (as Hydra users expect)."""
     parser = build_parser()
+    line = sys.argv[1:] if argv is None else argv
+    if line[:1] == ["prep"] and len(line) > 1 and {"-h", "--help"} & set(line[2:]):
+        name = prep_aliases().get(line[1], line[1])
+        if name in modalities():  # that modality's keys, not the command's generic help
+            from pipeline.reference import prep_help
+
+            sys.stdout.write(prep_help(name))
+            raise SystemExit(0)
     args, extra = parser.parse_known_args(argv)
     if hasattr(args, "options") and any(o in ("-h", "--help") for o in args.options):
         parser.parse_args([args.command, "--help"])  # prints the command's help and exits

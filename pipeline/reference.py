@@ -129,3 +129,32 @@ def reference_markdown() -> str:
         for key in PER_MODALITY:
             lines += ["", f"### `{key}`", "", *_table(_rows(_section(cfg, key), f"{key}.", ()))]
     return "\n".join(lines) + "\n"
+
+
+def prep_help(modality_name: str) -> str:
+    """``maskmill prep MODALITY --help``: the modality's layout, then every ``prep`` key with its
+    default and meaning (the same words as the reference page)."""
+    reader = corpus_reader(modality_name)
+    cfg = reader.config()
+    comments = field_comments(reader.config)
+    rows = [(f.name, _plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)]
+    rows = [(k, "required" if v == "???" else v) for k, v in rows]
+    width = min(max(len(f"{k} = {v}") for k, v in rows), 32)  # a long default pushes its own
+    optional = ", ".join(f"{s} needs {k}=FOLDER" for s, k in reader.optional_splits.items())
+    lines = [
+        f"usage: maskmill prep {modality_name} SOURCE OUT [key=value ...] [--rebuild]",
+        "",
+        f"Layout: {reader.layout}.",
+        *([f"Also called: {', '.join(reader.aliases)}."] if reader.aliases else []),
+        *([f"Labelled splits: {optional}."] if optional else []),
+        "",
+        "keys (key=value, or --some-key VALUE), with their defaults:",
+        *(_help_row(f"{k} = {v}", comments.get(k, ""), width) for k, v in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _help_row(key: str, meaning: str, width: int) -> str:
+    if len(key) > width and meaning:
+        return f"  {key}\n  {'':<{width}}  {meaning}"
+    return f"  {key:<{width}}  {meaning}".rstrip()

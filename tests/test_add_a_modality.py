@@ -85,6 +85,7 @@ def test_it_is_listed_and_passes_the_modality_contract_test(plugin, tmp_path):
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
+@pytest.mark.slow  # ~30 s: the plugin's whole pipeline; its contract test above runs by default
 def test_a_whole_run_prepares_pretrains_probes_and_reports(plugin, tmp_path):
     run_dir = tmp_path / "run"
     config = tmp_path / "signal.yaml"

@@ -1,5 +1,5 @@
-"""The audio pipeline end to end on a tiny run: espeak-ng corpus, real Ray prep, real 2-rank
-DeepSpeed AudioMAE pretraining, classification and CTC evaluation, report. The shipped audio
+"""The audio pipeline end to end on a tiny run: espeak-ng corpus, the prep (in process: a corpus
+this small needs no Ray head; the image run's prep is on real Ray), real 2-rank DeepSpeed AudioMAE pretraining, classification and CTC evaluation, report. The shipped audio
 quickstart (pretrained beats random init on the probe and on WER) is the slow test below."""
 
 import json
@@ -23,7 +23,6 @@ prep:
   val_speakers: 0.34
   segment_seconds: 4
   samples_per_shard: 16
-  num_cpus: 2
 pretrain:
   input: {{frames: 128, patch_size: 16}}
   model: {{preset: nano, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}

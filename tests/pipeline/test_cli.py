@@ -1,7 +1,10 @@
 """The maskmill command as a user types it."""
 
+import dataclasses
 import subprocess
 import sys
+
+import pytest
 
 from data_prep.shard_format import read_manifest
 
@@ -65,3 +68,19 @@ def test_prep_rejects_bad_options_by_name(tmp_path):
         in old.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "video", "text", "imagenet"])
+def test_prep_help_of_a_modality_lists_its_keys_with_defaults(name, capsys):
+    from data_prep.corpus import corpus_reader, prep_aliases
+    from pipeline.cli import parse_args
+
+    with pytest.raises(SystemExit) as done:
+        parse_args(["prep", name, "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    reader = corpus_reader(prep_aliases().get(name, name))
+    assert reader.layout in shown
+    for f in dataclasses.fields(reader.config):
+        assert f"\n  {f.name} = " in shown, f.name
+    assert f"samples_per_shard = {reader.config().samples_per_shard}" in shown

@@ -277,6 +277,7 @@ def test_a_stage_that_0_1_finished_with_the_same_config_stays_done(finished_run)
     assert read_state(run, "pretrain").fingerprint == today  # recorded under today's
 
 
+@pytest.mark.slow  # ~35 s; the prep-level repair (tests/data_prep/test_prep_record.py) runs by default
 def test_a_damaged_prep_shows_in_status_and_verify_and_a_rerun_repairs_exactly_it(finished_run):
     """Before: status said done, prep trusted its completion records, and pretraining died with
     a traceback per rank. Now status says damaged, `maskmill verify` names the shards (exit 1),

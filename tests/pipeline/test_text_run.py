@@ -1,5 +1,6 @@
 """The text pipeline end to end on a tiny run: the stdlib-docstring demo in C4 / Pile / Wikipedia /
-txt forms, real Ray prep (dedup, a WordPiece tokenizer trained at fit time, packing), real 2-rank
+txt forms, the prep (dedup, a WordPiece tokenizer trained at fit time, packing; in process, as a
+corpus this small needs no Ray head: the image run's prep is on real Ray), real 2-rank
 DeepSpeed masked language modelling, held-out masked-token accuracy and perplexity, probe and
 fine-tuning on the labelled set, report. The shipped text quickstart (pretrained beats random
 init on classification and perplexity) is the slow test below."""
@@ -17,7 +18,7 @@ name: tiny_text
 modality: text
 run_dir: {run_dir}
 demo_data: {{out: "${{run_dir}}/raw", max_documents: 200, labelled_per_class: 12, val_per_class: 4, long_document_kb: 32, corrupt: true}}
-prep: {{source: "${{demo_data.out}}/corpus", labelled: "${{demo_data.out}}/labelled", seq_len: 32, vocab_size: 300, val_fraction: 0.1, num_cpus: 2}}
+prep: {{source: "${{demo_data.out}}/corpus", labelled: "${{demo_data.out}}/labelled", seq_len: 32, vocab_size: 300, val_fraction: 0.1}}
 pretrain:
   input: {{seq_len: 32}}
   model: {{preset: nano}}

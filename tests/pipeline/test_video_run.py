@@ -1,7 +1,8 @@
-"""The video pipeline end to end on a tiny run: a Kinetics-layout demo corpus, real Ray prep,
-real 2-rank DeepSpeed VideoMAE pretraining with tube masking, action classification with the
-multi-view test, report. The shipped video quickstart (pretrained beats random init on the
-probe) is the slow test below."""
+"""The video pipeline end to end on a tiny run: a Kinetics-layout demo corpus, the prep (in
+process: a corpus this small needs no Ray head; the image run's prep is on real Ray), real 2-rank
+DeepSpeed VideoMAE pretraining with tube masking, action classification with the multi-view
+test, report. The shipped video quickstart (pretrained beats random init on the probe) is the
+slow test below."""
 
 import json
 
@@ -16,7 +17,7 @@ name: tiny_video
 modality: video
 run_dir: {run_dir}
 demo_data: {{out: "${{run_dir}}/raw", clips_per_class: 2, val_clips_per_class: 1, width: 64, height: 48, seconds: 1.6, corrupt: true}}
-prep: {{source: "${{demo_data.out}}", short_side: 36, frames: 8, stride: 2, clips_per_video: 2, samples_per_shard: 8, num_cpus: 2}}
+prep: {{source: "${{demo_data.out}}", short_side: 36, frames: 8, stride: 2, clips_per_video: 2, samples_per_shard: 8}}
 pretrain:
   input: {{num_frames: 8, frame_size: 32, patch_size: 8, tubelet: 2}}
   model: {{preset: nano, decoder_embed_dim: 32, decoder_depth: 1, decoder_num_heads: 2}}

@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 
 from training.config import ModelConfig
@@ -202,6 +203,7 @@ def test_the_loss_ranking_objective_rewards_the_right_order_only():
     torch.testing.assert_close(right, scaled)  # the order, not the scale
 
 
+@pytest.mark.slow  # ~15 s of training; HPM's masking and loss have fast tests above
 def test_hpm_learns_which_tokens_are_hard_and_masks_them():
     """Noise in the left half of every image (unpredictable), a flat colour in the right:
     after training, the loss head scores the left half higher, so HPM's masks hide it first,
