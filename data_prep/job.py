@@ -25,6 +25,7 @@ from data_prep.plan import plan_shards
 from data_prep.prep_record import refuse_inside, settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import LABELS, atomic_write_text
+from data_prep.store import absolute, is_url, location
 from data_prep.unread import Unread, summary, unread_files
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ def run_prep(
     ``rebuild``. Finished shards are kept when their size is right, and with ``check_hashes``
     their sha256 too (a forced prep; `maskmill verify` finds what it repairs)."""
     # Absolute paths: Ray workers do not share the driver's working directory.
-    absolute = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
-    cfg = dataclasses.replace(cfg, **absolute, out=os.path.abspath(cfg.out))
-    refuse_inside(Path(cfg.out), absolute)
+    sources = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
+    cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))
+    if not is_url(cfg.out):
+        refuse_inside(Path(cfg.out), sources)
     items = {split: reader.items(cfg, split) for split in cfg.splits}
     unread = unread_by_split(reader, cfg, items)
     said = summary([u for us in unread.values() for u in us], reader.modality)
@@ -59,7 +61,7 @@ def run_prep(
             )
     if any(unread.values()):
         log.warning("%s (each listed in its split's .maskmill/ignored.jsonl)", said)
-    out = Path(cfg.out)
+    out = location(cfg.out)
     with writing(out, settings_of(cfg), rebuild):
         return _write_splits(reader, cfg, items, out, check_hashes, unread)
 

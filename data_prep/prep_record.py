@@ -15,13 +15,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from data_prep.lock import LockHeld, exclusive
 from data_prep.shard_format import META_DIR, atomic_write_text
+from data_prep.store import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def writing(out: Path, settings: dict, rebuild: bool = False) -> Iterator[None]:
     refuse_foreign(out)
     (out / META_DIR).mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(exclusive(out / LOCK))
+        try:  # an object store has no lock: one prep at a time into one URL is the user's
+            if isinstance(out, Path):
+                held.enter_context(exclusive(out / LOCK))
         except LockHeld as err:
             raise PrepOutputError(
                 f"another prep ({err}) is writing {out}; wait for it to finish, or prepare "
@@ -112,4 +113,4 @@ def _empty(out: Path) -> None:
     for entry in out.iterdir():
         if entry.name.startswith(META_DIR):  # the records folder, a run's .maskmill-stage
             continue
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        remove_tree(entry)

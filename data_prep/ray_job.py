@@ -26,6 +26,7 @@ from data_prep.plan import WorkUnit
 from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
+from data_prep.store import location
 from data_prep.unread import Unread
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
 
@@ -134,8 +135,10 @@ def prepare_split(
     """
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
-    adopt_legacy_records(split_dir)
-    (split_dir / SUCCESS).unlink(missing_ok=True)
+    if isinstance(split_dir, Path):  # a split in a store was never in the older layout
+        adopt_legacy_records(split_dir)
+    if (split_dir / SUCCESS).exists():
+        (split_dir / SUCCESS).unlink()
     _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
     results: dict[int, UnitResult] = {}
     todo = []
@@ -203,7 +206,7 @@ TASK_RETRIES = 3
 def write_shard(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
     """The Ray task (its name prefixes the worker's lines on the driver's console)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return write_unit(unit, Path(split_dir), encode, describe)
+    return write_unit(unit, location(split_dir), encode, describe)
 
 
 def _remove_unplanned(split_dir: Path, planned: set[str]) -> None:
@@ -211,4 +214,6 @@ def _remove_unplanned(split_dir: Path, planned: set[str]) -> None:
     for shard in split_dir.glob("shard-*.tar"):
         if shard.name not in planned:
             shard.unlink()
-            (split_dir / WORK_DIR / f"{shard.name}.json").unlink(missing_ok=True)
+            record = split_dir / WORK_DIR / f"{shard.name}.json"
+            if record.exists():
+                record.unlink()

@@ -14,8 +14,11 @@ only those starting with ``.``, and both fail on a parquet or an empty file amon
 Splits prepared before kept the records beside the tars; they are still read, and a prep into
 one moves them (:func:`adopt_legacy_records`).
 
-This module is small on purpose: training imports it to find and check shards, nothing else
-from data_prep.
+A split may live in an object store (``s3://bucket/shards/train``, any fsspec URL): every
+function here names it through :func:`data_prep.store.location`.
+
+This module is small on purpose: training imports it (and ``data_prep.store``) to find and check
+shards, nothing else from data_prep.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
+from data_prep.store import location, read_ranges
 
 META_DIR = ".maskmill"
 MANIFEST = f"{META_DIR}/manifest.parquet"
@@ -82,14 +87,16 @@ def write_manifest(split_dir: Path, records: list[ShardRecord]) -> None:
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
-    atomic_write(split_dir / MANIFEST, lambda tmp: pq.write_table(table, tmp))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(location(split_dir) / MANIFEST, buf.getvalue())
 
 
 def split_record(split_dir: str | Path, name: str) -> Path:
     """Where one of a split's records (MANIFEST, STATS, SUCCESS) is: in the records folder, or
     beside the tars for a split prepared before that folder existed."""
-    path = Path(split_dir) / name
-    legacy = Path(split_dir) / Path(name).name
+    path = location(split_dir) / name
+    legacy = location(split_dir) / Path(name).name
     return legacy if not path.exists() and legacy.exists() else path
 
 
@@ -105,12 +112,16 @@ def adopt_legacy_records(split_dir: Path) -> None:
 
 def read_manifest(split_dir: str | Path) -> list[ShardRecord]:
     """The shard records of a complete split; raises IncompleteSplitError otherwise."""
-    split_dir = Path(split_dir)
     if not split_record(split_dir, SUCCESS).exists():
         raise IncompleteSplitError(
             f"{split_dir} is not a finished prepared split (no {SUCCESS}); run the prep stage first"
         )
-    table = pq.read_table(split_record(split_dir, MANIFEST))
+    path = split_record(split_dir, MANIFEST)
+    if isinstance(path, Path):  # by name: pyarrow reads the footer once (a file object: twice)
+        table = pq.read_table(path)
+    else:
+        with path.open("rb") as f:
+            table = pq.read_table(f)
     records = [ShardRecord(**row) for row in table.to_pylist()]
     if not records or sum(r.samples for r in records) == 0:
         raise IncompleteSplitError(f"{split_dir} holds no samples")
@@ -119,7 +130,7 @@ def read_manifest(split_dir: str | Path) -> list[ShardRecord]:
 
 def prepared_splits(prep_dir: str | Path) -> list[Path]:
     """The finished prepared splits in a prep output folder (those with ``_SUCCESS``)."""
-    root = Path(prep_dir)
+    root = location(prep_dir)
     if not root.is_dir():
         return []
     return sorted(d for d in root.iterdir() if d.is_dir() and split_record(d, SUCCESS).exists())
@@ -127,14 +138,15 @@ def prepared_splits(prep_dir: str | Path) -> list[Path]:
 
 def shard_urls(split_dir: str | Path) -> list[str]:
     """Absolute paths of a complete split's shards, in manifest order."""
-    split_dir = Path(split_dir).resolve()
+    split_dir = location(split_dir)
+    split_dir = split_dir.resolve() if isinstance(split_dir, Path) else split_dir
     return [str(split_dir / r.file) for r in read_manifest(split_dir)]
 
 
 def read_labels(prep_dir: str | Path) -> list[dict] | None:
     """The label list beside a prep's splits, or None when the corpus has none."""
     for name in (LABELS, LEGACY_LABELS):
-        path = Path(prep_dir) / name
+        path = location(prep_dir) / name
         if path.is_file():
             return json.loads(path.read_text())
     return None
@@ -145,7 +157,8 @@ def read_stats(split_dir: str | Path) -> dict:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file
+    (a local path; an object in a store appears whole by itself: :func:`atomic_write_bytes`)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -156,7 +169,16 @@ def atomic_write(path: Path, write) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """``data`` at ``path``, never seen partial: renamed into place on a disk; in a store one
+    PUT, which is atomic by itself."""
+    if isinstance(path, Path):
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    else:
+        path.write_bytes(data)
 
 
 def npy_zst_bytes(array: np.ndarray, level: int = 3) -> bytes:
@@ -180,13 +202,15 @@ def npy_zst_array(data: bytes) -> np.ndarray:
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the manifest's shard hashes)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with location(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 _BLOCK = 512
+# Samples fetched per read_ranges call: a store fetches them concurrently (a local file: seeks).
+_SAMPLES_PER_READ = 64
 _FILE_TYPES = (b"0", b"\0")
 # Headers that change how the next member reads (pax, GNU long names): such a tar is not ours.
 _META_TYPES = (b"x", b"g", b"L", b"K")
@@ -203,12 +227,12 @@ def shard_problem(path: str | Path, record: ShardRecord, sha256: bool = True) ->
     """What is wrong with the shard at ``path`` against its manifest row, or None. The size is
     one ``stat``; the sha256 reads the file (about 1.5 GB/s)."""
     try:
-        size = os.stat(path).st_size
+        size = location(path).stat().st_size
     except FileNotFoundError:
         return "missing"
     if size != record.bytes:
         return f"{size} bytes where the manifest says {record.bytes} (truncated or rewritten)"
-    if sha256 and file_sha256(Path(path)) != record.sha256:
+    if sha256 and file_sha256(path) != record.sha256:
         return "its sha256 differs from the manifest's (bytes changed after prep)"
     return None
 
@@ -216,14 +240,14 @@ def shard_problem(path: str | Path, record: ShardRecord, sha256: bool = True) ->
 def resized_shards(split_dir: str | Path) -> list[tuple[Path, str]]:
     """``(shard path, problem)`` of every shard of a split that is missing or not at its
     manifest size: one ``stat`` each (the sha256 is ``maskmill verify``'s)."""
-    split_dir = Path(split_dir)
+    split_dir = location(split_dir)
     found = ((split_dir / r.file, shard_problem(split_dir / r.file, r, sha256=False))
              for r in read_manifest(split_dir))  # fmt: skip
     return [(path, problem) for path, problem in found if problem]
 
 
 def bad_shard_error(path: str | Path, problem: str) -> BadShardError:
-    split = Path(path).parent
+    split = str(path).rpartition("/")[0]
     return BadShardError(
         f"shard {path} is damaged: {problem}. `maskmill verify {split}` checks the whole split; "
         "rerunning the prep rewrites the damaged shards (or set loader.on_bad_shard: skip to "
@@ -237,7 +261,7 @@ def verify_split(
     """``(problems of the split's records, {shard file: problem or ""})``: ``_SUCCESS``, the
     manifest, every shard's size and sha256, and that the manifest and stats agree.
     ``progress`` wraps the manifest rows as they are checked (a progress bar)."""
-    split_dir = Path(split_dir)
+    split_dir = location(split_dir)
     try:
         records = read_manifest(split_dir)
     except (IncompleteSplitError, OSError, pa.ArrowException) as err:
@@ -288,8 +312,9 @@ def indexed_shard_samples(
 ) -> Iterator[tuple[int, dict]]:
     """``(ordinal in the shard, sample)`` of the samples ``keep`` accepts (all by default);
     the data of the others is seeked past, never read (see :func:`read_shard_samples`)."""
-    with open(path, "rb") as f:
-        yield from _walk(f, str(path), os.fstat(f.fileno()).st_size, members, keep, on_skip)
+    path = location(path)
+    with path.open("rb") as f:
+        yield from _walk(f, str(path), path.stat().st_size, members, keep, on_skip)
 
 
 def samples_at(
@@ -302,16 +327,18 @@ def samples_at(
     """``(ordinal, sample)`` of the given samples of a shard (ascending), each read with one
     read of its own bytes at its :class:`SampleSpans`: no other header or member is read, so a
     rank with a 1/world share of a shard reads 1/world of its bytes."""
-    url = str(path)
-    with open(path, "rb", buffering=0) as f:
-        end = os.fstat(f.fileno()).st_size
-        for ordinal in ordinals:
-            start, stop = spans[ordinal]
+    path = location(path)
+    url, end = str(path), path.stat().st_size
+    ordinals = list(ordinals)
+    for at in range(0, len(ordinals), _SAMPLES_PER_READ):
+        batch = ordinals[at : at + _SAMPLES_PER_READ]
+        wanted = [spans[o] for o in batch]
+        for ordinal, (_, stop) in zip(batch, wanted):
             if stop > end:
                 raise bad_shard_error(url, f"sample {ordinal} runs past the end (truncated)")
-            f.seek(start)
-            chunk = io.BytesIO(_read_full(f, stop - start))
-            for _, sample in _walk(chunk, url, stop - start, members, None, on_skip, piece=True):
+        for ordinal, data in zip(batch, read_ranges(path, wanted)):
+            chunk = io.BytesIO(data)
+            for _, sample in _walk(chunk, url, len(data), members, None, on_skip, piece=True):
                 yield ordinal, sample
 
 
@@ -319,8 +346,9 @@ def sample_offsets(path: str | Path) -> list[int]:
     """Where each sample of a shard starts (its first header), and where the last one ends:
     ``samples + 1`` offsets, from a walk over the headers alone."""
     offsets, key = [], None
-    with open(path, "rb") as f:
-        end = os.fstat(f.fileno()).st_size
+    path = location(path)
+    with path.open("rb") as f:
+        end = path.stat().st_size
         while True:
             at = f.tell()
             header = _read_full(f, _BLOCK)
@@ -341,19 +369,19 @@ def sample_offsets(path: str | Path) -> list[int]:
 def index_path(split_dir: str | Path, record: ShardRecord) -> Path:
     """Where a shard's sample offsets are kept: named by its sha256, so a rewritten shard never
     meets the index of its earlier bytes."""
-    return Path(split_dir) / INDEX_DIR / f"{record.file}.{record.sha256[:16]}.offsets"
+    return location(split_dir) / INDEX_DIR / f"{record.file}.{record.sha256[:16]}.offsets"
 
 
 def write_shard_index(split_dir: str | Path, record: ShardRecord) -> list[int]:
     """Scan a shard's headers for its :func:`sample_offsets` and keep them beside the manifest
     (prep does this for every shard it writes; a split prepared before gets it on first use;
     a read-only split is scanned again instead)."""
-    offsets = sample_offsets(Path(split_dir) / record.file)
+    offsets = sample_offsets(location(split_dir) / record.file)
     path = index_path(split_dir, record)
     data = np.asarray(offsets, dtype="<u8").tobytes()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write_bytes(path, data)
     except OSError:
         pass
     return offsets
@@ -371,16 +399,25 @@ class SampleSpans:
         size = path.stat().st_size if path.is_file() else -1
         if size != 8 * (record.samples + 1):  # missing or not this shard's: made now
             write_shard_index(split_dir, record)
-        self.fd = os.open(path, os.O_RDONLY)
+        # In a store a request costs ~20 ms whatever its size: the index (8 bytes a sample,
+        # 8 KB for 1000) is read whole, once; on a disk, 16 bytes per sample asked for.
+        self.fd, self.offsets = None, None
+        if isinstance(path, Path):
+            self.fd = os.open(path, os.O_RDONLY)
+        else:
+            self.offsets = np.frombuffer(path.read_bytes(), dtype="<u8")
 
     def __getitem__(self, ordinal: int) -> tuple[int, int]:
         """(first byte, end) of sample ``ordinal``."""
+        if self.offsets is not None:
+            return int(self.offsets[ordinal]), int(self.offsets[ordinal + 1])
         data = os.pread(self.fd, 16, 8 * ordinal)
         start, stop = np.frombuffer(data, dtype="<u8").tolist()
         return start, stop
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _sample_key(name: str) -> str:

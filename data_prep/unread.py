@@ -70,7 +70,7 @@ def unread_files(
             if str(path) in used:
                 continue
             rel = path.relative_to(root).as_posix()
-            if reads(rel):
+            if reads(rel) or rel.startswith(".maskmill"):  # a layout file, or maskmill's own
                 continue
             yield _classify(str(path), rel, formats, prepared, known)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,11 +33,13 @@ from data_prep.shard_format import (
     ShardRecord,
     atomic_write_text,
     file_sha256,
+    index_path,
     shard_name,
     shard_problem,
     write_manifest,
     write_shard_index,
 )
+from data_prep.store import location, publish
 from data_prep.unread import Unread
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,7 @@ def unit_is_done(
     hashing every finished shard again on the driver took ~40 min to resume LibriLight;
     ``maskmill verify`` checks the sha256 written with each shard, and so does a forced prep
     (``sha256``)."""
+    split_dir = location(split_dir)
     done = split_dir / WORK_DIR / f"{shard_name(unit.index)}.json"
     if not done.exists():
         return None
@@ -136,7 +140,20 @@ def unit_is_done(
 
 
 def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -> UnitResult:
-    """Encode every item of ``unit`` into shard ``unit.index``; bad items are skipped, counted."""
+    """Encode every item of ``unit`` into shard ``unit.index``; bad items are skipped, counted.
+    Into a store (``split_dir`` a URL's path): written in a local staging folder, then
+    published: the shard, its sample index, and last its completion record."""
+    if isinstance(split_dir, Path):
+        return _write_unit_here(unit, split_dir, encode, describe)
+    with tempfile.TemporaryDirectory(prefix="maskmill-stage-") as stage:
+        result = _write_unit_here(unit, Path(stage), encode, describe)
+        record = result.record
+        index = index_path(Path(stage), record).relative_to(stage).as_posix()
+        publish(Path(stage), split_dir, [record.file, index, f"{WORK_DIR}/{record.file}.json"])
+    return result
+
+
+def _write_unit_here(unit: WorkUnit, split_dir: Path, encode: Encoder, describe) -> UnitResult:
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
@@ -199,6 +216,7 @@ def finish_split(
     More failed inputs than ``max_failed_share`` of them is a :class:`FailedInputsError`, and
     no ``_SUCCESS``."""
     results = sorted(results, key=lambda r: r.record.unit)
+    split_dir = location(split_dir)
     skipped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
     for r in results:
@@ -216,7 +234,8 @@ def finish_split(
         "seconds": round(seconds, 3),
     }
     failures = [f for r in results for f in r.failures]
-    (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
+    if isinstance(split_dir, Path):
+        (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
     write_manifest(split_dir, [r.record for r in results])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(split_dir / FAILURES, "".join(json.dumps(f) + "\n" for f in failures))

@@ -38,6 +38,7 @@ from data_prep.corpus import SourceError, corpus_reader, modalities, prep_aliase
 from data_prep.job import run_prep, summary_line
 from data_prep.prep_record import PrepOutputError
 from data_prep.shard_format import BadShardError
+from data_prep.store import location
 from data_prep.writer import EmptySplitError
 from pipeline.runner import ForeignOutputError, RunLockedError, run_pipeline, stage_views
 from pipeline.schema import load_run_config
@@ -265,7 +266,7 @@ def _add_verify(sub) -> None:
 def _verify(args) -> int:
     from pipeline.verify import report, splits_of_folder, splits_of_run
 
-    folder = Path(args.target[0])
+    folder = location(args.target[0])  # a folder, or a split in a store (s3://...)
     if len(args.target) == 1 and not folder.exists():
         raise ConfigError(
             [("TARGET", f"{folder} does not exist: name a run YAML or a prepared split folder")]

@@ -19,6 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from data_prep.shard_format import read_stats
+from data_prep.store import location
 from pipeline.frontier import frontier_figure, load_frontier, relative_cost
 from pipeline.schema import RunConfig
 from training.config import pretrain_split
@@ -90,9 +91,9 @@ def plot_reconstructions(cfg: RunConfig, m: Modality):
     model = load_model(cfg.evaluate.export_dir).eval()
     mask_cfg = cfg.pretrain.mask
     if m.objective.figure_on_pretrain_split:
-        split = Path(cfg.pretrain.train_shards).parent / "val"
+        split = location(cfg.pretrain.train_shards).parent / "val"
     else:
-        split = Path(cfg.evaluate.val_shards)
+        split = location(cfg.evaluate.val_shards)
     x, _, keys = next(eval_batches(str(split), m.name, export.input, cfg.report.reconstructions))
     shown = m.objective.figure_inputs(mask_cfg, cfg.seed, keys, x, export.geometry)
     context = m.ops.figure_context(split.parent)  # text: the tokenizer that spells the ids
@@ -291,7 +292,7 @@ def _describe_input(input_cfg) -> str:
 def _data_table(cfg: RunConfig) -> str:
     rows = []
     for split in cfg.prep.splits:
-        stats = read_stats(Path(cfg.prep.out) / split)
+        stats = read_stats(location(cfg.prep.out) / split)
         rows.append(
             (
                 split,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from data_prep.lock import LockHeld, exclusive, process_alive
 from data_prep.shard_format import atomic_write_text
+from data_prep.store import remove_tree
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES, Stage
 from pipeline.state import (
@@ -221,7 +221,7 @@ def _claim_output(stage: Stage, path: Path) -> None:
 def _clear_output(path: Path) -> None:
     if (path / OUTPUT_MARKER).exists():
         log.info("removing %s (its stage reruns from scratch)", path)
-        shutil.rmtree(path)
+        remove_tree(path)
 
 
 @contextmanager

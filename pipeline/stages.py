@@ -40,6 +40,7 @@ from data_prep.shard_format import (
     resized_shards,
     split_record,
 )
+from data_prep.store import absolute, location
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS, pretrain_split
@@ -282,7 +283,7 @@ def _prep_section(cfg: RunConfig):
         num_cpus=None,
         ray_address=None,
         **{k: os.path.abspath(v) for k, v in sources.items()},
-        out=os.path.abspath(cfg.prep.out),
+        out=absolute(cfg.prep.out),
     )
     tree = OmegaConf.to_container(OmegaConf.structured(section))
     tree.pop("max_failed_share", None)  # what a prep tolerates (absent before 0.5)
@@ -368,7 +369,7 @@ STAGES: tuple[Stage, ...] = (
         "shard the corpus into WebDataset tars (Ray)",
         section=_prep_section,
         inputs=_prep_inputs,
-        output=lambda cfg: Path(cfg.prep.out),
+        output=lambda cfg: location(cfg.prep.out),
         execute=_prep,
         damage=_prep_damage,
         redo_in_place=True,

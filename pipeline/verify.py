@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from data_prep.shard_format import MANIFEST, SUCCESS, prepared_splits, split_record, verify_split
+from data_prep.store import absolute, location
 from pipeline.schema import RunConfig
 
 REPAIR = (
@@ -28,10 +29,10 @@ def splits_of_folder(folder: Path) -> list[Path]:
 def splits_of_run(cfg: RunConfig) -> list[Path]:
     """Every prepared split a run writes or reads, each once."""
     named = [cfg.pretrain.train_shards, cfg.evaluate.train_shards, cfg.evaluate.val_shards]
-    found = {p.resolve(): p for p in prepared_splits(cfg.prep.out)}
-    for path in map(Path, named):
-        found.setdefault(path.resolve(), path)
-    return sorted(found.values())
+    found = {absolute(p): p for p in prepared_splits(cfg.prep.out)}
+    for path in map(location, named):
+        found.setdefault(absolute(path), path)
+    return [found[k] for k in sorted(found)]
 
 
 def report(splits: list[Path], sha256: bool = True) -> tuple[list[str], bool]:

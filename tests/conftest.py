@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,46 @@ def _quiet_environment():
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     yield
+
+
+# A secret no record or log line may hold (tests/data_prep/test_store.py looks for it).
+S3_SECRET = "mm-test-secret-5c1e9"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> str:
+    """``s3://maskmill-tests``: an empty bucket in a real S3-API server on loopback, moto's
+    standalone server (as s3fs's own tests use; no cloud is reachable here). Its credentials and
+    endpoint are set the standard way, in the environment, for this process and its children
+    (Ray workers, ranks)."""
+    from cluster.local import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+    env = {
+        "AWS_ACCESS_KEY_ID": "mm-test-key",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("maskmill-tests")
+    yield "s3://maskmill-tests"
+    server.terminate()
+    server.wait(timeout=30)
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

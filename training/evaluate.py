@@ -158,7 +158,7 @@ def random_model(export: ExportInfo, seed: int) -> torch.nn.Module:
 
 
 def _num_classes(split_dir: str) -> int:
-    labels = read_labels(Path(split_dir).parent)
+    labels = read_labels(str(split_dir).rstrip("/").rpartition("/")[0])
     if labels is not None:
         return len(labels)
     return 1 + max(  # no label list beside the splits: the largest label seen

@@ -50,7 +50,6 @@ import multiprocessing
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +65,7 @@ from data_prep.shard_format import (
     samples_at,
     shard_problem,
 )
+from data_prep.store import absolute, location
 from training.config import LoaderConfig
 from training.modalities import Example, modality
 from training.stream_order import Kept, epoch_order, kept_positions, resume_point, split_share
@@ -265,7 +265,7 @@ def train_spec_for(
     """The training stream of rank ``rank`` over a prepared split: its ``batch_size`` rows of
     each global batch of ``batch_size x world_size``, from global batch ``skip_batches`` on."""
     return TrainStreamSpec(
-        split_dir=str(Path(split_dir).resolve()),
+        split_dir=absolute(split_dir),
         records=tuple(read_manifest(split_dir)),
         modality=modality_name,
         input=input_cfg,
@@ -311,7 +311,8 @@ class _ShardReader:
     with ``on_bad_shard: skip``, logged, counted and read as empty."""
 
     def __init__(self, split_dir: str, cfg: LoaderConfig, skips: SkipCounts, members):
-        self.split_dir, self.cfg, self.skips, self.members = Path(split_dir), cfg, skips, members
+        self.split_dir, self.cfg, self.skips = location(split_dir), cfg, skips
+        self.members = members
         self.hashed: set[str] = set()
 
     def samples(

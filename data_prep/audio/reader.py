@@ -42,6 +42,7 @@ from data_prep.audio.segments import plan_segments
 from data_prep.corpus import CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import FEATURE_STATS, atomic_write_text
+from data_prep.store import location
 from data_prep.writer import Converted, Sample, SkipSample
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _write_feature_stats(cfg: AudioPrepConfig, train_items: list[AudioItem]) -> 
     step = max(1, len(train_items) // cfg.stats_files)
     chosen = train_items[::step][: cfg.stats_files]
     digest = hashlib.sha256("\n".join(map(str, chosen)).encode()).hexdigest()
-    path = Path(cfg.out) / FEATURE_STATS
+    path = location(cfg.out) / FEATURE_STATS
     if path.is_file() and json.loads(path.read_text()).get("inputs_sha256") == digest:
         return
     import torch  # here: reading a run YAML (a login node rendering Slurm jobs) needs no torch

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from data_prep.corpus import CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
-from data_prep.shard_format import npy_zst_bytes
+from data_prep.shard_format import atomic_write_text, npy_zst_bytes
+from data_prep.store import location
 from data_prep.text.demo import TextDemoConfig, write_text_demo
 from data_prep.text.layout import (
     BadLine,
@@ -158,7 +159,7 @@ def fit(cfg: TextPrepConfig, train_items) -> dict:
             held = held_out(doc.text, cfg.val_fraction, cfg.seed)
             if not held and len(sample) < cfg.tokenizer_sample_docs:
                 sample.append(doc.text)
-    saved = Path(cfg.out) / TOKENIZER_FILE
+    saved = location(cfg.out) / TOKENIZER_FILE
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     elif saved.exists():
@@ -167,7 +168,7 @@ def fit(cfg: TextPrepConfig, train_items) -> dict:
         log.info("training a %s tokenizer on %d documents", cfg.tokenizer_kind, len(sample))
         tok = train_tokenizer(sample, cfg.tokenizer_kind, cfg.vocab_size, cfg.lowercase)
     if not saved.exists() or cfg.tokenizer:
-        tok.save(str(saved))
+        atomic_write_text(saved, tok.to_str(pretty=True))  # the bytes tok.save writes
     log.info("%d unique documents, %d later copies", len(seen), sum(map(len, copies.values())))
     return {
         "copies": {k: frozenset(v) for k, v in copies.items()},

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from data_prep.store import location
+
 # One thread per tokenizer: the prep's parallelism is its Ray tasks, one per core.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -52,7 +54,7 @@ def load_tokenizer(path: str | Path):
     """A saved tokenizer, checked for the special ids training relies on."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_str(location(path).read_text())  # a file, or an object in a store
     wrong = [f"{t}={tok.token_to_id(t)}" for i, t in enumerate(SPECIAL) if tok.token_to_id(t) != i]
     if wrong:
         raise ValueError(

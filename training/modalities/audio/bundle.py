@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import ClassVar
 
 from data_prep.shard_format import FEATURE_STATS
+from data_prep.store import location
 from training.modalities import Modality, TokenGeometry
 from training.objectives import objective
 from training.tasks.config import CtcConfig, FinetuneConfig, KnnConfig, ProbeConfig
@@ -74,7 +74,7 @@ def bind_input(cfg: AudioInputConfig, train_shards: str) -> AudioInputConfig:
     """Fill unset normalisation from ``feature_stats.json`` beside the train split."""
     if cfg.mel_mean is not None and cfg.mel_std is not None:
         return cfg
-    path = Path(train_shards).parent / FEATURE_STATS
+    path = location(train_shards).parent / FEATURE_STATS
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: the audio prep writes it; or set pretrain.input.mel_mean and "

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import ClassVar
 
+from data_prep.store import location
 from training.modalities import Modality, TokenGeometry
 from training.objectives import objective
 from training.tasks.config import FinetuneConfig, ProbeConfig
@@ -83,7 +83,7 @@ def bind_input(cfg: TextInputConfig, train_shards: str) -> TextInputConfig:
     """Fill an unset vocabulary size from the tokenizer the prep saved beside the splits."""
     if cfg.vocab_size:
         return cfg
-    path = Path(train_shards).parent / TOKENIZER_FILE
+    path = location(train_shards).parent / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the text prep writes it beside the splits")
     desc = json.loads(path.read_text())

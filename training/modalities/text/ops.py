@@ -4,7 +4,6 @@ report's table of masked tokens against the model's guesses."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
@@ -98,7 +97,7 @@ def figure_context(prepared_root) -> dict:
     """The tokenizer the prep trained beside the splits, to spell the figure's ids."""
     from data_prep.text.tokenizer import TOKENIZER_FILE, load_tokenizer
 
-    return {"tokenizer": load_tokenizer(Path(prepared_root) / TOKENIZER_FILE)}
+    return {"tokenizer": load_tokenizer(f"{str(prepared_root).rstrip('/')}/{TOKENIZER_FILE}")}
 
 
 def _piece(tokenizer, token_id: int) -> str:
