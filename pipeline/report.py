@@ -45,7 +45,7 @@ def write_report(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     fig_dir = run_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    curve = read_metrics(cfg.pretrain.out_dir)
+    curve = [r for r in read_metrics(cfg.pretrain.out_dir) if "loss" in r]  # not the events
     metrics = read_eval_metrics(cfg.evaluate.out_dir)
     m = modality(cfg.modality)
     (fig_dir / "downstream.png").unlink(missing_ok=True)

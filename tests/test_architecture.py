@@ -4,7 +4,8 @@ name, and that the imports form no circle.
 Data flows one way: data_prep -> shards -> training -> export -> evaluate; pipeline drives and
 cluster launches. So no package imports one above it: data_prep imports none of ours; cluster
 imports none of ours (and no torch: a login node renders and submits jobs without it); training
-reads what data_prep wrote through the on-disk format alone (``data_prep.shard_format``), except
+reads what data_prep wrote through the on-disk format alone (``data_prep.shard_format``, and
+``data_prep.store``: where a split lives, a folder or an object store), except
 that a modality's room in training (``training/modalities/<name>/``) reads its own prep room's
 member contracts (``data_prep/<name>/``: audio's log-mel definition, video's clip forms, text's
 tokenizer file); training uses cluster's node helpers (``cluster.local``); pipeline may import
@@ -30,7 +31,7 @@ PACKAGES = ("data_prep", "training", "pipeline", "cluster")
 ALLOWED = {
     "data_prep": ("data_prep",),
     "cluster": ("cluster",),
-    "training": ("training", "data_prep.shard_format", "cluster.local"),
+    "training": ("training", "data_prep.shard_format", "data_prep.store", "cluster.local"),
     "pipeline": PACKAGES,
 }
 MODALITIES = sorted(p.name for p in (ROOT / "training" / "modalities").iterdir() if p.is_dir())

@@ -186,6 +186,23 @@ class LoaderConfig:
 
 
 @dataclass
+class RollbackConfig:
+    """What a non-finite or spiking step loss does (``training.rollback``): roll back to the last
+    complete checkpoint and skip that step's global batches, at most ``tries`` times in a run."""
+
+    # rollbacks a run may make; past them it stops (exit 3) naming the steps and samples; 0: stop
+    # at the first non-finite loss
+    tries: int = 3
+    # > 0: a step loss above this many times the median of the last `window` steps is a spike and
+    # is rolled back too; 0: off
+    spike_factor: float = 0.0
+    window: int = 100
+    # global batches (their index in the run's stream) to leave out from the start; those the
+    # run's own rollbacks left out are in OUT/rollbacks.json
+    skip: list[int] = field(default_factory=list)
+
+
+@dataclass
 class PretrainConfig:
     """One masked-pretraining job: ``python -m training.pretrain CONFIG.yaml [key=value ...]``."""
 
@@ -218,6 +235,7 @@ class PretrainConfig:
     # A rank whose heartbeat stays still this long ends the job, naming it (training.watchdog);
     # 0 turns the watch off. Above the longest step or checkpoint save.
     stall_timeout_s: float = 600.0
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
     log_every: int = 10
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     # torch.compile the model (inductor; one graph per mask ratio): +6% per ViT-B step on CPU after

@@ -239,3 +239,13 @@ def from_rank0(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def every_ranks_keys(keys: list[str]) -> list[str]:
+    """Every rank's ``keys`` in rank order, on every rank (a rare event's names: a pickled
+    gather of a few strings, not a training step's)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(keys)
+    found: list = [None] * dist.get_world_size()
+    dist.all_gather_object(found, list(keys))
+    return [k for rank_keys in found for k in rank_keys]

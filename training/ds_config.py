@@ -23,9 +23,10 @@ With gradient accumulation under bf16, gradients accumulate in fp32 at every ZeR
 bf16 runs without DeepSpeed's overflow check (``check_grad_overflow``): it all-reduces a flag
 and reads it on the host every step, a second synchronisation beside the step's one all-reduce
 (``training.distributed.StepAgreement``), which already carries a non-finite flag. The check
-skipped a step with an inf/NaN gradient silently; now a non-finite loss ends the run (exit 3)
-with the last complete checkpoint kept. A non-finite gradient under a finite loss shows as a
-non-finite loss one step later.
+skipped a step with an inf/NaN gradient silently; now a non-finite loss rolls the run back to
+its last complete checkpoint without that step's batches (training.rollback), and past
+``rollback.tries`` ends it (exit 3) with the checkpoint kept. A non-finite gradient under a
+finite loss shows as a non-finite loss one step later.
 """
 
 from __future__ import annotations

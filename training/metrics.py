@@ -34,6 +34,11 @@ class MetricsLog:
             elif key not in ("step", "time") and isinstance(value, int | float):
                 self.tb.add_scalar(f"{self.prefix}/{key}", value, record["step"])
 
+    def note(self, record: dict) -> None:
+        """A line of the record alone (an event, such as a rollback), no TensorBoard scalar."""
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
     def close(self) -> None:
         self.file.close()
         self.tb.close()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from training.distributed import (
     DistInfo,
     StepAgreement,
     Verdict,
+    every_ranks_keys,
     init_distributed,
     launch_env,
     leave_process_group,
@@ -57,6 +60,7 @@ from training.rank import (
     setup_logging,
     stop_requested,
 )
+from training.rollback import Rollbacks, bad_step_reason, stream_index
 from training.schedule import warmup_cosine
 from training.transformer import param_groups
 from training.typed_config import to_yaml
@@ -242,39 +246,43 @@ def _train(
     start: int,
     ckpt_dir: Path,
 ) -> None:
-    spec = train_spec_for(
-        cfg.train_shards,
-        cfg.modality,
-        cfg.input,
-        cfg.loader,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        skip_batches=start * cfg.grad_accum,
-    )
-    total_micro = plan.total_steps * cfg.grad_accum
-    prepare = functools.partial(step_inputs_of, cfg.modality, cfg.input, cfg.mask, cfg.seed,
-                                total_micro)  # fmt: skip
-    spec = dataclasses.replace(spec, prepare=prepare)
-    skips = SkipCounts()
-    batches = weighted(train_loader(spec, pin_memory=info.device.type == "cuda", skips=skips))
-    step_fn = _Step(cfg, modality, info, engine)
-    agreement = StepAgreement(info.device, cfg.grad_accum, skips)
-    metrics = _Progress(cfg, modality, plan, info, engine, start)
+    """Train from ``start`` to the last step. A bad step (a non-finite loss, or a spike) rolls
+    back to the last complete checkpoint and trains on without its batches (training.rollback)."""
+    rb = cfg.rollback
+    rollbacks = Rollbacks.load(Path(cfg.out_dir), rb.tries, rb.skip, rb.window)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
     try:
+        step = start
+        while step < plan.total_steps:
+            step = _train_from(cfg, modality, plan, info, engine, step, ckpt_dir, rollbacks,
+                               watchdog)  # fmt: skip
+    finally:
+        watchdog.close()
+
+
+def _train_from(cfg, modality, plan, info, engine, start, ckpt_dir, rollbacks, watchdog) -> int:
+    """Train from ``start``; returns the last step, or after a bad step the step of the
+    checkpoint it rolled back to."""
+    ga, skipped = cfg.grad_accum, rollbacks.skipped
+    batches = _StepBatches(cfg, info, plan, stream_index(start * ga, skipped))
+    step_fn = _Step(cfg, modality, info, engine)
+    agreement = StepAgreement(info.device, ga, batches.skips)
+    metrics = _Progress(cfg, modality, plan, info, engine, start, rollbacks.events)
+    try:
         for step in range(start, plan.total_steps):
-            for micro in range(cfg.grad_accum):
-                batch, weight = next(batches)
-                agreement.add(step_fn(batch, step * cfg.grad_accum + micro, weight))
+            used = []
+            for micro in range(ga):
+                index = stream_index(step * ga + micro, skipped)
+                batch, weight = batches.at(index)
+                used.append((index, list(batch[2])))
+                agreement.add(step_fn(batch, index, weight))
             verdict = agreement.agree(stop=stop_requested())
-            if verdict.non_finite_ranks:
-                raise NonFiniteLoss(
-                    f"loss became non-finite at step {step + 1} on {verdict.non_finite_ranks} "
-                    "rank(s); lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use "
-                    f"precision=fp32. The last complete checkpoint is kept in {ckpt_dir}."
-                )
+            factor = cfg.rollback.spike_factor
+            reason = bad_step_reason(verdict.loss, verdict.non_finite_ranks, rollbacks.history,
+                                     factor)  # fmt: skip
+            if reason:
+                return _roll_back(info, engine, ckpt_dir, rollbacks, step, reason, verdict, used)
+            rollbacks.history.append(verdict.loss)
             done = step + 1
             metrics.step_done(done, verdict)
             watchdog.beat(done)
@@ -285,9 +293,68 @@ def _train(
                 watchdog.beat(done, force=True)
             if preempted:
                 raise Preempted(f"preempted: checkpoint saved at step {done}; rerun to resume")
+        return plan.total_steps
     finally:
-        watchdog.close()
+        batches.close()
         metrics.close()
+
+
+def _roll_back(info, engine, ckpt_dir, rollbacks, step, reason, verdict, used) -> int:
+    """Load the last complete checkpoint after bad step ``step`` and record its batches to be
+    skipped from now on; returns the step to go on from. Past the run's tries, or with no
+    checkpoint yet, the run stops (exit 3) naming the step, its batches and its samples."""
+    batches = [index for index, _ in used]
+    samples = every_ranks_keys([k for _, keys in used for k in keys])
+    said = (f"{'non-finite' if reason == 'non_finite' else 'spiking'} loss {verdict.loss:.4g} at "
+            f"step {step + 1} (global batches {batches}; samples {', '.join(samples[:6])}"
+            f"{', ...' if len(samples) > 6 else ''})")  # fmt: skip
+    tags = checkpoint.complete_tags(ckpt_dir)
+    if rollbacks.left() <= 0 or not tags:
+        earlier = [e["step"] for e in rollbacks.events]
+        why = "no checkpoint to roll back to yet" if not tags else (
+            f"the run has rolled back {len(earlier)} times already (steps {earlier}; "
+            "pretrain.rollback.tries)")  # fmt: skip
+        raise NonFiniteLoss(
+            f"{said}; {why}. Lower optim.lr / optim.base_lr, raise optim.warmup_steps, or use "
+            f"precision=fp32. The last complete checkpoint is kept in {ckpt_dir}."
+        )
+    back = checkpoint.resume(engine, ckpt_dir)
+    loss = verdict.loss if math.isfinite(verdict.loss) else str(verdict.loss)
+    event = {"step": step + 1, "reason": reason, "loss": loss, "to_step": back,
+             "batches": batches, "samples": samples}  # fmt: skip
+    rollbacks.record(event, info.is_main)
+    log.warning("%s: rolled back to step %d, its batches skipped from now on (%d of %d "
+                "rollbacks left)", said, back, rollbacks.left(), rollbacks.tries)  # fmt: skip
+    return back
+
+
+class _StepBatches:
+    """The rank's ``(batch, weight)`` of each stream index asked for, in rising order; batches
+    between two asked for (those a rollback skips) are drawn and dropped."""
+
+    def __init__(self, cfg: PretrainConfig, info: DistInfo, plan: Plan, first: int):
+        spec = train_spec_for(cfg.train_shards, cfg.modality, cfg.input, cfg.loader,
+                              batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                              world_size=info.world_size, skip_batches=first)  # fmt: skip
+        total_micro = plan.total_steps * cfg.grad_accum
+        prepare = functools.partial(step_inputs_of, cfg.modality, cfg.input, cfg.mask, cfg.seed,
+                                    total_micro)  # fmt: skip
+        self.skips = SkipCounts()
+        pin = info.device.type == "cuda"
+        self.loader = train_loader(dataclasses.replace(spec, prepare=prepare), pin, self.skips)
+        self.batches, self.next_index = weighted(self.loader), first
+
+    def at(self, index: int) -> tuple:
+        while self.next_index < index:
+            next(self.batches)
+            self.next_index += 1
+        self.next_index += 1
+        return next(self.batches)
+
+    def close(self) -> None:
+        close = getattr(self.loader, "close", None)
+        if close:
+            close()
 
 
 def step_inputs_of(modality_name, input_cfg, mask_cfg, seed, total_micro, batch, micro_step):
@@ -301,6 +368,16 @@ def step_inputs_of(modality_name, input_cfg, mask_cfg, seed, total_micro, batch,
     return m.objective.step_inputs(
         mask_cfg, seed, micro_step, keys, x, m.geometry(input_cfg), progress
     )
+
+
+def _injected_losses(text: str) -> dict[int, float]:
+    """``MASKMILL_INJECT_LOSS="7:nan,12:50"``: the loss of global batch 7 times NaN, of 12 times
+    50. Fault injection for the rollback tests: what a bad batch does, on demand."""
+    pairs = (item.split(":") for item in text.split(",") if item.strip())
+    return {int(index): float(factor) for index, factor in pairs}
+
+
+INJECTED = _injected_losses(os.environ.get("MASKMILL_INJECT_LOSS", ""))
 
 
 class _Step:
@@ -322,6 +399,8 @@ class _Step:
         inputs = inputs.to(self.device, non_blocking=True)
         loss = m.objective.loss(self.engine, m, self.cfg.input, x, inputs, self.device, self.dtype)
         loss = loss * weight if weight != 1.0 else loss
+        if micro_step in INJECTED:  # fault injection (tests/training/test_rollback.py)
+            loss = loss * INJECTED[micro_step]
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach()
@@ -332,10 +411,13 @@ class _Progress:
     lr and throughput in samples/s of the whole world (the modality names the unit)."""
 
     def __init__(
-        self, cfg: PretrainConfig, modality: Modality, plan: Plan, info: DistInfo, engine, start
-    ):
+        self, cfg: PretrainConfig, modality: Modality, plan: Plan, info: DistInfo, engine, start,
+        rollbacks: list[dict] = (),
+    ):  # fmt: skip
         self.cfg, self.plan, self.info, self.engine = cfg, plan, info, engine
         self.log = MetricsLog(Path(cfg.out_dir), start) if info.is_main else None
+        if self.log and rollbacks and rollbacks[-1]["to_step"] == start:  # the one just made
+            self.log.note({"step": start, "rollback": rollbacks[-1]})
         self.unit, self.per_sample = modality.unit, modality.unit_per_sample(cfg.input)
         self.bar = tqdm(
             total=plan.total_steps,

@@ -39,7 +39,8 @@ EXIT_CODES = {
     FAILED: "failed work: a damaged shard, a checkpoint that could not be written",
     BAD_CONFIG: "bad config or environment (a key, a device, a checkpoint that cannot be "
     "resumed as asked); nothing was started",
-    NON_FINITE: "the loss became non-finite; the last complete checkpoint is kept",
+    NON_FINITE: "the loss became non-finite (or spiked) past pretrain.rollback.tries, or before "
+    "the first checkpoint; the last complete checkpoint is kept",
     STALLED_EXIT: "stalled: a rank made no step within stall_timeout_s and its watchdog ended it",
     PREEMPTED_EXIT: "preempted (SIGUSR2): a checkpoint was saved; rerun to resume",
 }
