@@ -3,7 +3,9 @@ geometry (pure functions): no modality writes FLOP code of its own.
 
 Matrix products only (the 2·m·n·k of every linear layer and of attention's two products); a
 backward pass costs twice its forward. Norms, activations and softmax are left out, as in the
-usual MFU accounting.
+usual MFU accounting. With activation checkpointing (``recompute``) every transformer block's
+forward runs again in the backward pass (the embeddings and heads do not): the count is what the
+hardware does, so MFU stays honest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
     linear = 2 * tokens * dim * dim * (3 + 1 + 2 * mlp_ratio)  # qkv, proj, mlp in + out
     attention = 2 * 2 * tokens * tokens * dim  # q·kᵀ and attn·v
     return linear + attention
+
+
+def recomputed_block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
+    """What activation checkpointing runs again of one block in the backward pass: all but the
+    MLP's output product, whose result no gradient needs (torch stops the recomputation once it
+    has every saved tensor: ``torch.utils.checkpoint``'s early stop)."""
+    return block_flops(tokens, dim, mlp_ratio) - 2 * tokens * dim * dim * mlp_ratio
 
 
 def cross_block_flops(queries: int, context: int, dim: int, mlp_ratio: float) -> float:
@@ -49,27 +58,33 @@ def mae_forward_flops(
     ratio: float,
     decoder: bool = True,
     kind: str = "random",
+    blocks_only: bool = False,
 ) -> float:
     """Forward FLOPs of one training sample: the encoder on the visible tokens (+cls); the
     decoder on those plus the mask tokens it reconstructs (MAE's self-attention decoder) or
-    with only the mask tokens as queries (cross-attention decoder)."""
+    with only the mask tokens as queries (cross-attention decoder). ``blocks_only``: the
+    transformer blocks' share, as activation checkpointing runs it again
+    (:func:`recomputed_block_flops`)."""
     c = cfg.resolved()
     n = geometry.num_tokens
     visible = visible_count(kind, geometry.grid, ratio) + 1
     patch_dim = geometry.values_per_token
-    encoder = 2 * (visible - 1) * patch_dim * c.embed_dim + c.depth * block_flops(
-        visible, c.embed_dim, c.mlp_ratio
-    )
+    block = recomputed_block_flops if blocks_only else block_flops
+    encoder_blocks = c.depth * block(visible, c.embed_dim, c.mlp_ratio)
+    encoder = (0 if blocks_only else 2 * (visible - 1) * patch_dim * c.embed_dim) + encoder_blocks
     if not decoder:
         return encoder
     d = c.decoder_embed_dim
     targets = predicted_patches(c, geometry, ratio, kind=kind)
     if c.decoder_type == "cross":
-        blocks = c.decoder_depth * cross_block_flops(targets, visible, d, c.mlp_ratio)
+        mlp_out = 2 * targets * d * d * c.mlp_ratio if blocks_only else 0  # not recomputed
+        blocks = c.decoder_depth * (cross_block_flops(targets, visible, d, c.mlp_ratio) - mlp_out)
     elif visible - 1 == n:  # nothing masked: the visible tokens predict themselves
-        blocks = c.decoder_depth * block_flops(visible, d, c.mlp_ratio)
+        blocks = c.decoder_depth * block(visible, d, c.mlp_ratio)
     else:
-        blocks = c.decoder_depth * block_flops(visible + targets, d, c.mlp_ratio)
+        blocks = c.decoder_depth * block(visible + targets, d, c.mlp_ratio)
+    if blocks_only:
+        return encoder + blocks
     return encoder + 2 * visible * c.embed_dim * d + blocks + 2 * targets * d * patch_dim
 
 
@@ -91,11 +106,14 @@ def mae_step_flops(
     batch: int,
     kind: str = "random",
     per_sample: int = 1,
+    recompute: bool = False,
 ) -> float:
     """Forward + backward FLOPs of a training step on ``batch`` decoded samples, each trained
     under ``per_sample`` masks; HPM adds its scoring pass per sample and its loss head."""
     views = batch * per_sample
-    step = 3 * views * mae_forward_flops(cfg, geometry, ratio, kind=kind)
+    step = 3 * views * mae_forward_flops(cfg, geometry, ratio, kind=kind)  # backward: 2x
+    if recompute:  # each block's forward again, in the backward pass
+        step += views * mae_forward_flops(cfg, geometry, ratio, kind=kind, blocks_only=True)
     if kind == "hpm":
         d = cfg.resolved().decoder_embed_dim
         step += 3 * views * 2 * predicted_patches(cfg, geometry, ratio, kind=kind) * d
@@ -113,6 +131,14 @@ def mlm_forward_flops(cfg: ModelConfig, geometry: TokenGeometry, chosen: int) ->
     return encoder + 2 * chosen * d * d + 2 * chosen * d * geometry.vocab_size
 
 
-def mlm_step_flops(cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int) -> float:
-    """Forward + backward FLOPs of an MLM step on ``batch`` full sequences."""
-    return 3 * batch * mlm_forward_flops(cfg, geometry, round(ratio * geometry.num_tokens))
+def mlm_step_flops(
+    cfg: ModelConfig, geometry: TokenGeometry, ratio: float, batch: int, recompute: bool = False
+) -> float:
+    """Forward + backward FLOPs of an MLM step on ``batch`` full sequences (``recompute``: with
+    activation checkpointing, each encoder block's forward again)."""
+    step = 3 * batch * mlm_forward_flops(cfg, geometry, round(ratio * geometry.num_tokens))
+    if recompute:
+        c = cfg.resolved()
+        tokens = geometry.num_tokens + 1
+        step += batch * c.depth * recomputed_block_flops(tokens, c.embed_dim, c.mlp_ratio)
+    return step

@@ -62,7 +62,7 @@ from training.rank import (
 )
 from training.rollback import Rollbacks, bad_step_reason, stream_index
 from training.schedule import warmup_cosine
-from training.transformer import param_groups
+from training.transformer import checkpoint_blocks, param_groups
 from training.typed_config import to_yaml
 from training.watchdog import Watchdog
 
@@ -201,6 +201,8 @@ def _build_engine(
 
     geometry = modality.geometry(cfg.input)
     model = modality.objective.build_model(cfg.model, geometry, cfg.mask.kind)
+    if cfg.activation_checkpointing:
+        checkpoint_blocks(model)
     on_cuda = info.device.type == "cuda"
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay),

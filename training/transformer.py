@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -91,6 +92,9 @@ class Block(nn.Module):
         # forward (set by a fine-tuning model per step, so that the drops belong to the samples,
         # not to a rank's random state); None: drawn here.
         self.path_draws: torch.Tensor | None = None
+        # Activation checkpointing (checkpoint_blocks): keep only the block's input for the
+        # backward pass and run the block again there.
+        self.checkpointed = False
 
     def forward(
         self,
@@ -98,12 +102,35 @@ class Block(nn.Module):
         context: torch.Tensor | None = None,
         key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            # Non-reentrant: works under ZeRO's hooks and torch.compile, and replays the
+            # random state, so drop path draws the same in the recomputation.
+            return torch.utils.checkpoint.checkpoint(
+                self._forward, x, context, key_bias, use_reentrant=False
+            )
+        return self._forward(x, context, key_bias)
+
+    def _forward(
+        self, x: torch.Tensor, context: torch.Tensor | None, key_bias: torch.Tensor | None
+    ) -> torch.Tensor:
         ctx = None if self.norm_context is None else self.norm_context(context)
         pd = self.path_draws
         draws = (None, None) if pd is None else (pd[:, 0], pd[:, 1])
         attn = self.attn(self.norm1(x), ctx, key_bias)
         x = x + drop_path(attn, self.drop_path, self.training, draws[0])
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, draws[1])
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Turn on activation checkpointing in every transformer block of ``model`` (encoder and
+    decoder); returns how many. A block then keeps its input alone for the backward pass
+    (``[B, T, D]``) instead of every intermediate (~6x that plus the attention and MLP widths)
+    and runs its forward again there: ~1/3 more compute for much less activation memory
+    (benchmarks/activation_checkpointing.py)."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.checkpointed = True
+    return len(blocks)
 
 
 def drop_path(

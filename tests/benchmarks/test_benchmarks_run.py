@@ -258,3 +258,17 @@ def test_mlm_masks_times_every_kind(tmp_path):
                            str(tmp_path)]) == 0  # fmt: skip
     ms = json.loads((tmp_path / "mlm_masks.json").read_text())["ms"]
     assert {"maskmill random", "maskmill whole_word", "maskmill span"} <= set(ms)
+
+
+def test_activation_checkpointing_measures_the_kept_bytes_and_projects_the_batch():
+    from benchmarks.activation_checkpointing import (
+        GPU_BYTES,
+        HEADROOM,
+        activation_bytes,
+        largest_batch,
+    )
+
+    plain, light = activation_bytes("vit_b_image", False), activation_bytes("vit_b_image", True)
+    assert 0 < light < plain / 5
+    static = 100e6 * (2 + 2 + 12 / 8)
+    assert largest_batch(int(100e6), plain) == int((HEADROOM * GPU_BYTES - static) // plain)

@@ -19,6 +19,7 @@ from training.tasks.config import FinetuneConfig
 from training.tasks.downstream import Downstream, topk_accuracy
 from training.tasks.mixing import Mix, mixed_batch, soft_cross_entropy
 from training.tasks.trainer import Job, TaskRun, schedule_for, train
+from training.transformer import checkpoint_blocks
 
 
 class Classifier(nn.Module):
@@ -121,6 +122,8 @@ class FinetuneJob(EncoderJob):
             encoder.blocks, torch.linspace(0, cfg.drop_path, len(encoder.blocks)).tolist()
         ):
             block.drop_path = rate
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(encoder)
         super().__init__(Classifier(encoder, data.num_classes), data, cfg, train_input, run)
         self.samples = sum(r.samples for r in read_manifest(data.train_shards))
         self.mix = Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.switch_prob)
