@@ -272,3 +272,24 @@ def test_activation_checkpointing_measures_the_kept_bytes_and_projects_the_batch
     assert 0 < light < plain / 5
     static = 100e6 * (2 + 2 + 12 / 8)
     assert largest_batch(int(100e6), plain) == int((HEADROOM * GPU_BYTES - static) // plain)
+
+
+def test_prep_scale_projects_from_marginal_figures():
+    from benchmarks.prep_scale import TARGET_CPUS, marginal, project
+
+    runs = [{"n": 1000, "driver_cpu_s": 2.0, "wall_s": 7.0},
+            {"n": 11000, "driver_cpu_s": 2.5, "wall_s": 9.0}]  # fmt: skip
+    assert marginal(runs, "driver_cpu_s") == 0.5 / 10000
+    lines = project({"image": runs, "text": runs}, image_cost=0.004, cpus=2)
+    assert lines[0].startswith("| ImageNet-1k | 1,281,167 | 4.00 ms x 1,281,167 / 640")
+    assert "50 µs x 1,281,167 = 1.1 min" in lines[0]
+    text = 2 * 2.0 / 10000  # the tasks' marginal wall x CPUs per document
+    assert f"{text * 365e6 / TARGET_CPUS / 60:.1f} min" in lines[2]
+
+
+@pytest.mark.slow  # ~1 min: six real preps on local Ray
+def test_prep_scale_runs_at_three_small_sizes():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.prep_scale", "--sizes", "100", "200",
+                           "400"], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| ImageNet-1k | 1,281,167 |" in proc.stdout and "driver peak RSS grows" in proc.stdout

@@ -1,0 +1,196 @@
+"""How the prep's driver scales with the corpus: synthetic corpora of tiny items at three sizes,
+each prepared by the real job (local Ray), and the driver's figures at each size, projected to
+the real corpora on 640 CPUs with the arithmetic shown.
+
+    python -m benchmarks.prep_scale                           # image and text, 2k / 8k / 32k
+    python -m benchmarks.prep_scale --sizes 10000 100000 1000000 --cpus 16
+
+Per modality and size, in a process of its own (the driver's peak RSS is per process):
+- driver peak RSS and driver CPU seconds per 1,000 inputs (the driver lists, plans, submits and
+  collects; its work is serial, so at scale it bounds the wall-clock);
+- task count and the spread of shard sizes (min / median / max bytes);
+- wall-clock and the tasks' CPU seconds per input (wall x CPUs / inputs: an upper bound).
+
+Tiny items (16 px images, one-line documents) make the driver's share visible: its cost per
+input does not depend on the item's size, the tasks' does. Fixed costs (importing, starting the
+Ray head) dominate small runs, so the figures projected are marginal: the difference between
+the largest and the smallest size, per input. The tasks' cost per input comes from a real-sized
+item timed here for images (an ImageNet-sized JPEG), and from the runs for text (one-line
+documents: C4's average document is ~400 words, so its tasks cost more; the driver's share,
+the point here, does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine
+
+SIZES = (2000, 8000, 32000)
+TARGET_CPUS = 640
+# The corpora the issue names: inputs and what one input is, for the projection.
+CORPORA = {
+    "ImageNet-1k": ("image", 1_281_167),
+    "ImageNet-21k": ("image", 14_197_122),
+    "C4 (en)": ("text", 365_000_000),
+}
+
+
+def write_images(root: Path, n: int) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 140, 200)).save(buf, "JPEG")
+    data = buf.getvalue()
+    for i in range(n):
+        folder = root / "train" / f"n{i % 10:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"n{i % 10:08d}_{i}.JPEG").write_bytes(data)
+
+
+def write_documents(root: Path, n: int, per_file: int = 1000) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for start in range(0, n, per_file):
+        lines = (json.dumps({"text": f"document {i} says {i % 97} things about {i % 13}"})
+                 for i in range(start, min(n, start + per_file)))  # fmt: skip
+        (root / f"part-{start // per_file:05d}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _prep_config(modality: str, source: Path, out: Path, cpus: int):
+    from data_prep.corpus import corpus_reader
+
+    reader = corpus_reader(modality)
+    keys = {"source": str(source), "out": str(out), "splits": ["train"], "num_cpus": cpus}
+    if modality == "text":
+        keys.update(vocab_size=200, tokenizer_sample_docs=2000, seq_len=32, val_fraction=0.0)
+    return reader, reader.config(**keys)
+
+
+def measure(modality: str, n: int, cpus: int) -> dict:
+    """Write a corpus of ``n`` tiny inputs, prepare it; the driver's figures (this process)."""
+    from data_prep.job import run_prep
+    from data_prep.shard_format import read_manifest
+
+    tmp = Path(tempfile.mkdtemp(prefix="prep-scale-"))
+    source = tmp / "src"
+    (write_images if modality == "image" else write_documents)(source, n)
+    reader, cfg = _prep_config(modality, source, tmp / "out", cpus)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    stats = run_prep(reader, cfg)["train"]
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    sizes = sorted(r.bytes for r in read_manifest(tmp / "out" / "train"))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "n": n,  # images, or documents (text: stats["inputs"] counts files)
+        "inputs": stats["inputs"],
+        "driver_cpu_s": cpu,
+        "driver_peak_rss_mb": after.ru_maxrss / 1024,
+        "driver_cpu_s_per_1000": 1000 * cpu / n,
+        "tasks": len(sizes),
+        "shard_bytes": [sizes[0], int(statistics.median(sizes)), sizes[-1]],
+        "wall_s": wall,
+        "task_cpu_s_per_input": wall * cpus / n,
+    }
+
+
+def real_image_cost(repeats: int = 20) -> float:
+    """CPU seconds to prepare one ImageNet-sized JPEG (500 x 375, the corpus's typical size):
+    decode, shrink to 256 short side, re-encode, as the image reader does."""
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.image.encode import normalize_image
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((375, 500, 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    start = time.process_time()
+    for _ in range(repeats):
+        normalize_image(data, 256, 90)
+    return (time.process_time() - start) / repeats
+
+
+def marginal(found: list[dict], key: str) -> float:
+    """``key``'s growth per input from the smallest size to the largest."""
+    return (found[-1][key] - found[0][key]) / (found[-1]["n"] - found[0]["n"])
+
+
+def project(rows: dict, image_cost: float, cpus: int) -> list[str]:
+    """The arithmetic, one line per corpus: tasks over TARGET_CPUS, plus the driver's serial
+    share at its marginal cost per input."""
+    lines = []
+    for corpus, (modality, inputs) in CORPORA.items():
+        found = rows[modality]
+        per_input = marginal(found, "driver_cpu_s")
+        driver = per_input * inputs
+        task = image_cost if modality == "image" else marginal(found, "wall_s") * cpus
+        tasks = task * inputs / TARGET_CPUS
+        lines.append(
+            f"| {corpus} | {inputs:,} | {task * 1e3:.2f} ms x {inputs:,} / {TARGET_CPUS} = "
+            f"{tasks / 60:.1f} min | {per_input * 1e6:.0f} µs x {inputs:,} = "
+            f"{driver / 60:.1f} min | {(tasks + driver) / 60:.1f} min |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs=3, type=int, default=SIZES)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--one", nargs=2, metavar=("MODALITY", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.cpus)))
+        return
+    about = machine()
+    print(f"{about['cpu']}, {args.cpus} CPUs for Ray; each size in a process of its own\n")
+    print(
+        "| modality | inputs | driver peak RSS | driver CPU / 1000 inputs | tasks | shard "
+        "bytes (min / median / max) | wall | task CPU / input |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    rows: dict[str, list[dict]] = {}
+    for modality in ("image", "text"):
+        for n in args.sizes:
+            cmd = [sys.executable, "-m", "benchmarks.prep_scale", "--cpus", str(args.cpus),
+                   "--one", modality, str(n)]  # fmt: skip
+            env = {**os.environ, "TQDM_DISABLE": "1"}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.setdefault(modality, []).append(r)
+            lo, mid, hi = r["shard_bytes"]
+            print(f"| {modality} | {n:,} | {r['driver_peak_rss_mb']:.0f} MB | "
+                  f"{r['driver_cpu_s_per_1000']:.3f} s | {r['tasks']} | {lo:,} / {mid:,} / "
+                  f"{hi:,} | {r['wall_s']:.1f} s | {r['task_cpu_s_per_input'] * 1e3:.2f} ms |")  # fmt: skip
+    for modality, found in rows.items():
+        growth = found[-1]["driver_peak_rss_mb"] - found[0]["driver_peak_rss_mb"]
+        per_input = 1e6 * marginal(found, "driver_peak_rss_mb")
+        print(f"\n{modality}: driver peak RSS grows {growth:.0f} MB from {args.sizes[0]:,} to "
+              f"{args.sizes[-1]:,} inputs: {per_input:.0f} bytes per input, so "
+              f"{per_input * 1.28e6 / 1e9:.2f} GB at ImageNet-1k's 1.28 M and "
+              f"{per_input * 1e9 / 1e9:.0f} GB at 10^9; driver CPU "
+              f"{marginal(found, 'driver_cpu_s') * 1e6:.0f} µs per input")  # fmt: skip
+    image_cost = real_image_cost()
+    print(f"\nProjection to {TARGET_CPUS} CPUs (an ImageNet-sized JPEG: {image_cost * 1e3:.1f} ms "
+          "of CPU, timed here; text: the measured task cost per document):")  # fmt: skip
+    print("| corpus | inputs | tasks on 640 CPUs | driver (serial) | total |")
+    print("|---|---|---|---|---|")
+    print("\n".join(project(rows, image_cost, args.cpus)))
+
+
+if __name__ == "__main__":
+    main()
