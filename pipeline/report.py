@@ -45,10 +45,13 @@ def write_report(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     fig_dir = run_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    curve = [r for r in read_metrics(cfg.pretrain.out_dir) if "loss" in r]  # not the events
+    rows = read_metrics(cfg.pretrain.out_dir)
+    curve = [r for r in rows if "loss" in r]  # not the events (rollbacks, monitor scores)
+    monitored = [r for r in rows if "monitor" in r]
     metrics = read_eval_metrics(cfg.evaluate.out_dir)
     m = modality(cfg.modality)
     (fig_dir / "downstream.png").unlink(missing_ok=True)
+    (fig_dir / "monitor.png").unlink(missing_ok=True)
     figures = {
         "curves.png": plot_curves(curve, m.unit),
         "reconstructions.png": plot_reconstructions(cfg, m),
@@ -56,6 +59,8 @@ def write_report(cfg: RunConfig) -> Path:
     downstream = plot_downstream_curves(cfg.evaluate.out_dir, metrics)
     if downstream is not None:
         figures["downstream.png"] = downstream
+    if monitored:
+        figures["monitor.png"] = plot_monitor(monitored, curve)
     masking = _masking_section(cfg, m, fig_dir)
     for name, fig in figures.items():
         fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
@@ -198,6 +203,7 @@ def _page(
         *_downstream_section(fig_dir),
         "<h2>Training curves</h2>",
         _img(fig_dir / "curves.png"),
+        *_monitor_section(fig_dir),
         "<h2>Reconstructions (val split)</h2>",
         "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
         _img(fig_dir / "reconstructions.png"),
@@ -206,6 +212,36 @@ def _page(
         _data_table(cfg),
     ]
     return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
+
+
+def _monitor_section(fig_dir: Path) -> list[str]:
+    if not (fig_dir / "monitor.png").exists():
+        return []
+    return [
+        "<p class=muted>The k-NN monitor (<code>pretrain.monitor</code>): the encoder's k-NN "
+        "top-1 on fixed labelled samples while it pretrains, against step and wall-clock.</p>",
+        _img(fig_dir / "monitor.png"),
+    ]
+
+
+def plot_monitor(monitored: list[dict], curve: list[dict]):
+    """k-NN top-1 against the optimizer step and against minutes since the first score."""
+    fig = Figure(figsize=(9, 3.2))
+    by_step, by_time = fig.subplots(1, 2)
+    steps = [r["step"] for r in monitored]
+    top1 = [r["monitor"]["knn_top1"] for r in monitored]
+    start = monitored[0]["time"]
+    minutes = [(r["time"] - start) / 60 for r in monitored]
+    for ax, xs, xlabel in ((by_step, steps, "optimizer step"),
+                           (by_time, minutes, "minutes since the first score")):  # fmt: skip
+        ax.plot(xs, top1, "o-", color="#1f5fa8", lw=1.6)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("k-NN top-1 (%)")
+        ax.grid(alpha=0.3)
+    by_step.set_title("k-NN monitor by step", fontsize=10)
+    by_time.set_title("k-NN monitor by wall-clock", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _downstream_section(fig_dir: Path) -> list[str]:

@@ -21,7 +21,14 @@ from typing import Any, ClassVar
 from cluster.slurm_config import SlurmConfig
 from data_prep.corpus import corpus_reader
 from training.batching import BatchSplitError, split_batch
-from training.config import EvalConfig, PretrainConfig, default_mask, modality_of, pretrain_split
+from training.config import (
+    EvalConfig,
+    MonitorConfig,
+    PretrainConfig,
+    default_mask,
+    modality_of,
+    pretrain_split,
+)
 from training.modalities import DEFAULT as DEFAULT_MODALITY
 from training.modalities import modality as modality_named
 from training.typed_config import ConfigError, load_config
@@ -161,6 +168,9 @@ def run_schema(raw: Any) -> RunConfig:
             train_shards="${prep.out}/train",
             out_dir="${run_dir}/pretrain",
             seed="${seed}",
+            monitor=MonitorConfig(
+                train_shards="${evaluate.train_shards}", val_shards="${evaluate.val_shards}"
+            ),
         ),
         evaluate=EvalConfig(
             modality="${modality}",

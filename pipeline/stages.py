@@ -211,6 +211,7 @@ def _eval_section(stage: str):
         tree["tasks"] = {k: v for k, v in tree["tasks"].items() if k in names}
         for task in tree["tasks"].values():  # absent before 0.5: old runs stay done
             task.pop("micro_batch", None)
+            task.pop("activation_checkpointing", None)  # memory against time, same result
         return tree
 
     return section
@@ -330,6 +331,12 @@ def _pretrain_section(cfg: RunConfig):
     for key in ("verify_sha256", "on_bad_shard"):  # how shards are checked, not what trains
         del tree["loader"][key]
     del tree["global_batch"]  # hashed below, as it was before the key existed
+    del tree["activation_checkpointing"]  # memory against time, the same losses
+    del tree["monitor"]  # watches the run, changes nothing in it
+    if tree["rollback"]["skip"]:  # batches left out change what trains; the rest only what a
+        tree["rollback"] = {"skip": tree["rollback"]["skip"]}  # bad step does, absent before
+    else:
+        del tree["rollback"]
     return {"pretrain": tree, "global_batch": pretrain_split(p, cfg.launch.world_size).global_batch}
 
 

@@ -203,6 +203,24 @@ class RollbackConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """A k-NN score on fixed labelled samples every ``every`` steps of pretraining
+    (``training.monitor``): the representation's quality as a curve, not only at the end."""
+
+    every: int = 0  # steps between scores (and one before the first step); 0: off
+    samples: int = 1000  # the first this many of each split: the bank and the queries
+    k: int = 20
+    temperature: float = 0.07
+    # labelled splits: in a run, the evaluation's (evaluate.train_shards, evaluate.val_shards)
+    train_shards: str = ""
+    val_shards: str = ""
+
+    def problems(self):
+        if self.every and not (self.train_shards and self.val_shards):
+            yield ("train_shards", "the bank and query splits, with every > 0")
+
+
+@dataclass
 class PretrainConfig:
     """One masked-pretraining job: ``python -m training.pretrain CONFIG.yaml [key=value ...]``."""
 
@@ -239,6 +257,7 @@ class PretrainConfig:
     # Keep only each transformer block's input for the backward pass and recompute the block:
     # bigger models and batches on the same GPUs for ~1/3 more compute (training.transformer)
     activation_checkpointing: bool = False
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     log_every: int = 10
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     # torch.compile the model (inductor; one graph per mask ratio): +6% per ViT-B step on CPU after

@@ -23,10 +23,7 @@ from pathlib import Path
 import torch
 
 from data_prep.shard_format import (
-    read_labels,
     read_manifest,
-    read_shard_samples,
-    shard_urls,
 )
 from training.config import EVAL_METRICS as METRICS
 from training.config import EvalConfig, eval_schema
@@ -46,7 +43,7 @@ from training.rank import (
     setup_logging,
 )
 from training.tasks.config import EVAL_STAGES, tasks_of_stage
-from training.tasks.downstream import Downstream
+from training.tasks.downstream import Downstream, num_classes_of
 from training.tasks.trainer import TaskRun
 from training.transformer import init_weights
 from training.typed_config import ConfigError
@@ -104,7 +101,7 @@ def _downstream(cfg: EvalConfig, modality: Modality, export: ExportInfo, info) -
         input=export.input,
         train_shards=cfg.train_shards,
         val_shards=cfg.val_shards,
-        num_classes=_num_classes(cfg.train_shards),
+        num_classes=num_classes_of(cfg.train_shards),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         views=views,
@@ -155,17 +152,6 @@ def random_model(export: ExportInfo, seed: int) -> torch.nn.Module:
     """The whole pretraining model (encoder and head), randomly initialised."""
     torch.manual_seed(seed)
     return objective(export.objective).build_model(export.model, export.geometry, None)
-
-
-def _num_classes(split_dir: str) -> int:
-    labels = read_labels(str(split_dir).rstrip("/").rpartition("/")[0])
-    if labels is not None:
-        return len(labels)
-    return 1 + max(  # no label list beside the splits: the largest label seen
-        int(sample["cls"])
-        for url in shard_urls(split_dir)
-        for sample in read_shard_samples(url, members=("cls",))
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ from training.loader import SkipCounts, train_loader, train_spec_for, weighted
 from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
+from training.monitor import Monitor
 from training.rank import (
     BadConfig,
     NonFiniteLoss,
@@ -62,6 +63,7 @@ from training.rank import (
 )
 from training.rollback import Rollbacks, bad_step_reason, stream_index
 from training.schedule import warmup_cosine
+from training.tasks.downstream import num_classes_of
 from training.transformer import checkpoint_blocks, param_groups
 from training.typed_config import to_yaml
 from training.watchdog import Watchdog
@@ -253,16 +255,36 @@ def _train(
     rb = cfg.rollback
     rollbacks = Rollbacks.load(Path(cfg.out_dir), rb.tries, rb.skip, rb.window)
     watchdog = Watchdog(Path(cfg.out_dir), info.rank, info.world_size, cfg.stall_timeout_s)
+    monitor = _monitor(cfg, modality, info, engine)
+    began = time.perf_counter()
     try:
         step = start
         while step < plan.total_steps:
             step = _train_from(cfg, modality, plan, info, engine, step, ckpt_dir, rollbacks,
-                               watchdog)  # fmt: skip
+                               watchdog, monitor)  # fmt: skip
     finally:
         watchdog.close()
+    if monitor and info.is_main:
+        took = time.perf_counter() - began
+        log.info("k-NN monitor: %.1f s of the %.1f s trained (%.1f%%)", monitor.seconds, took,
+                 100 * monitor.seconds / took)  # fmt: skip
 
 
-def _train_from(cfg, modality, plan, info, engine, start, ckpt_dir, rollbacks, watchdog) -> int:
+def _monitor(cfg: PretrainConfig, modality: Modality, info: DistInfo, engine) -> Monitor | None:
+    """The k-NN monitor of ``pretrain.monitor``, or None when off. Under ZeRO-3 each rank holds
+    a slice of every weight, so the encoder cannot run outside the engine: off, said once."""
+    if not cfg.monitor.every:
+        return None
+    if engine.zero_optimization_stage() == 3:
+        log.warning("pretrain.monitor is off under ZeRO-3 (the encoder's weights are sharded)")
+        return None
+    return Monitor(cfg.monitor, modality, cfg.input, num_classes_of(cfg.monitor.train_shards),
+                   info.rank, info.world_size, info.device, cfg.precision == "bf16")  # fmt: skip
+
+
+def _train_from(
+    cfg, modality, plan, info, engine, start, ckpt_dir, rollbacks, watchdog, monitor=None
+) -> int:
     """Train from ``start``; returns the last step, or after a bad step the step of the
     checkpoint it rolled back to."""
     ga, skipped = cfg.grad_accum, rollbacks.skipped
@@ -270,6 +292,8 @@ def _train_from(cfg, modality, plan, info, engine, start, ckpt_dir, rollbacks, w
     step_fn = _Step(cfg, modality, info, engine)
     agreement = StepAgreement(info.device, ga, batches.skips)
     metrics = _Progress(cfg, modality, plan, info, engine, start, rollbacks.events)
+    if monitor and start == 0:  # the curve's first point: the encoder before any step
+        metrics.monitored(0, monitor.score(engine.module.encoder))
     try:
         for step in range(start, plan.total_steps):
             used = []
@@ -287,6 +311,8 @@ def _train_from(cfg, modality, plan, info, engine, start, ckpt_dir, rollbacks, w
             rollbacks.history.append(verdict.loss)
             done = step + 1
             metrics.step_done(done, verdict)
+            if monitor and monitor.due(done):
+                metrics.monitored(done, monitor.score(engine.module.encoder))
             watchdog.beat(done)
             preempted = verdict.stop and done < plan.total_steps
             if (done % cfg.checkpoint_every == 0 or preempted) and done < plan.total_steps:
@@ -455,6 +481,11 @@ class _Progress:
         per_s = f"{record['units_per_s']:.0f}"
         self.bar.set_postfix({"loss": f"{loss:.4f}", f"{self.unit}/s": per_s})
         self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def monitored(self, step: int, row: dict) -> None:
+        """The k-NN monitor's score at ``step`` (TensorBoard: ``pretrain/monitor/knn_top1``)."""
+        if self.log:
+            self.log.write({"step": step, "monitor": row, "time": time.time()})
 
     def close(self) -> None:
         self.bar.close()

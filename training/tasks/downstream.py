@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from data_prep.shard_format import read_labels, read_shard_samples, shard_urls
 from training.config import LoaderConfig
 from training.distributed import all_gathered_rows
 from training.loader import Batch, eval_batches, indexed_eval_batches, train_loader, train_spec_for
@@ -191,3 +192,16 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) 
             hit = logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1)
             scores[f"top{k}"] = round(100.0 * hit.float().mean().item(), 2)
     return scores
+
+
+def num_classes_of(split_dir: str) -> int:
+    """The classes of a labelled split: its label list beside the splits, else the largest
+    label seen plus one."""
+    labels = read_labels(str(split_dir).rstrip("/").rpartition("/")[0])
+    if labels is not None:
+        return len(labels)
+    return 1 + max(  # no label list beside the splits: the largest label seen
+        int(sample["cls"])
+        for url in shard_urls(split_dir)
+        for sample in read_shard_samples(url, members=("cls",))
+    )
