@@ -206,10 +206,10 @@ def _eval_section(stage: str):
         tree = OmegaConf.to_container(OmegaConf.structured(cfg.evaluate))
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "device", "loader"):
             del tree[key]
-        del tree["stall_timeout_s"]  # when a stalled job gives up (absent before 0.5)
+        del tree["stall_timeout_s"]  # when a stalled job gives up (absent from older records)
         names = tasks_of_stage(cfg.evaluate.tasks, stage)
         tree["tasks"] = {k: v for k, v in tree["tasks"].items() if k in names}
-        for task in tree["tasks"].values():  # absent before 0.5: old runs stay done
+        for task in tree["tasks"].values():  # absent from older records: old runs stay done
             task.pop("micro_batch", None)
             task.pop("activation_checkpointing", None)  # memory against time, same result
         return tree
@@ -287,7 +287,7 @@ def _prep_section(cfg: RunConfig):
         out=absolute(cfg.prep.out),
     )
     tree = OmegaConf.to_container(OmegaConf.structured(section))
-    tree.pop("max_failed_share", None)  # what a prep tolerates (absent before 0.5)
+    tree.pop("max_failed_share", None)  # what a prep tolerates (absent from older records)
     return tree
 
 
@@ -325,7 +325,7 @@ def _pretrain_section(cfg: RunConfig):
         device="auto",
     )
     tree = OmegaConf.to_container(OmegaConf.structured(quiet))
-    del tree["compile"]  # how the step runs, not what it computes (absent before 0.3)
+    del tree["compile"]  # how the step runs, not what it computes (absent from older records)
     del tree["stall_timeout_s"]  # when a stalled job gives up, not what it trains
     del tree["export_formats"]  # extra copies of the result (`maskmill export` writes them later)
     for key in ("verify_sha256", "on_bad_shard"):  # how shards are checked, not what trains

@@ -241,11 +241,15 @@ def from_rank0(obj):
     return box[0]
 
 
+KEY_BYTES = 128  # a sample key is at most 95 bytes (a ustar member name less its extension)
+
+
 def every_ranks_keys(keys: list[str]) -> list[str]:
-    """Every rank's ``keys`` in rank order, on every rank (a rare event's names: a pickled
-    gather of a few strings, not a training step's)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(keys)
-    found: list = [None] * dist.get_world_size()
-    dist.all_gather_object(found, list(keys))
-    return [k for rank_keys in found for k in rank_keys]
+    """Every rank's sample ``keys`` in rank order, on every rank: as rows of UTF-8 bytes
+    through :func:`all_gathered_rows`, like every other gather (no pickled objects)."""
+    rows = torch.zeros(len(keys), KEY_BYTES, dtype=torch.uint8)
+    for i, key in enumerate(keys):
+        data = key.encode()[:KEY_BYTES]
+        rows[i, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    (every,) = all_gathered_rows(rows)
+    return [bytes(row.tolist()).rstrip(b"\0").decode() for row in every]

@@ -148,6 +148,7 @@ def test_a_wrong_token_is_refused_with_a_clear_error(ray_head, demo_corpus, tmp_
     assert not (tmp_path / "run" / "shards").exists()
 
 
+@pytest.mark.slow  # ~13 s of Ray jobs; the submitted prep's test runs by default
 def test_a_failed_job_is_resubmitted_up_to_retries(ray_head, tmp_path):
     address, env = ray_head.ready()
     empty = tmp_path / "not_imagenet"

@@ -193,6 +193,7 @@ def test_status_marks_every_stage_after_a_stale_one_stale(finished_run):
     }
 
 
+@pytest.mark.slow  # ~16 s; which stages a change makes stale is checked above by default
 def test_changed_evaluation_reruns_only_downstream_stages(finished_run):
     """A probe setting reruns the probe and the report; fine-tuning keeps its result."""
     path, run = finished_run

@@ -81,6 +81,7 @@ def test_the_flop_count_includes_the_recomputed_forward():
     assert counted == mae_step_flops(CFG, G, 0.75, 4) + blocks
 
 
+@pytest.mark.slow  # ~15 s of DeepSpeed runs; the gradients' equality above runs by default
 def test_a_pretraining_run_gives_the_same_losses_with_it(tmp_path, prepared):
     """Under DeepSpeed (one rank, fp32): the flag changes memory and time, not the numbers."""
     import subprocess

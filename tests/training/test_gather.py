@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cluster.local import free_port
-from training.distributed import all_gathered_rows
+from training.distributed import all_gathered_rows, every_ranks_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,9 @@ def _rank(rank: int, world: int, port: int, shares: list[int], out: dict) -> Non
     rows = batch[:n]  # views of a bigger batch, as a scoring pass makes them
     places = torch.arange(n) * world + rank
     got_places, got_rows = all_gathered_rows(places, rows)
-    out[rank] = (got_places, got_rows, moved[-1], moved[-2])
+    sizes = (moved[-1], moved[-2])
+    keys = every_ranks_keys([f"n{rank}_é{i}" for i in range(n)])  # a rollback's sample names
+    out[rank] = (got_places, got_rows, *sizes, keys)
     dist.destroy_process_group()
 
 
@@ -47,7 +49,8 @@ def _gather(shares: list[int]) -> dict:
 
 def test_every_ranks_rows_arrive_in_rank_order_and_a_rank_may_have_none():
     out = _gather([3, 0])
-    for places, rows, _, _ in out.values():
+    for places, rows, _, _, keys in out.values():
+        assert keys == ["n0_é0", "n0_é1", "n0_é2"]
         assert places.tolist() == [0, 2, 4]
         assert torch.equal(rows, torch.arange(3 * 768, dtype=torch.float32).reshape(3, 768))
 
@@ -55,7 +58,8 @@ def test_every_ranks_rows_arrive_in_rank_order_and_a_rank_may_have_none():
 def test_a_gathered_row_costs_its_own_bytes_not_its_batchs():
     out = _gather([64, 63])
     row_bytes = 768 * 4
-    _, rows, moved_rows, _ = out[0]
+    _, rows, moved_rows, _, keys = out[0]
+    assert keys[62:66] == ["n0_é62", "n0_é63", "n1_é0", "n1_é1"]
     assert len(rows) == 127
     assert moved_rows / len(rows) <= 1.1 * row_bytes  # padding of the shorter share only
     one_row_pickled = len(pickle.dumps(torch.zeros(512, 768)[0]))

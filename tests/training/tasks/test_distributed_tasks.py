@@ -232,6 +232,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     _assert_same_training(task_dir, one_rank)
 
 
+@pytest.mark.slow  # ~15 s; tests/training/test_rank_share.py checks each sample scored once by default
 def test_every_val_sample_is_scored_once_by_two_ranks_with_an_odd_count(tmp_path, prepared, export):
     """The train split of the fixture holds an odd number of samples; scored as the val split
     by 2 ranks (one epoch), the scoring counts each once: no padding, no drop."""
