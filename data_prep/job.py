@@ -44,6 +44,13 @@ def run_prep(
     ``rebuild``. Finished shards are kept when their size is right, and with ``check_hashes``
     their sha256 too (a forced prep; `maskmill verify` finds what it repairs)."""
     # Absolute paths: Ray workers do not share the driver's working directory.
+    remote = [f"prep.{k} {v}" for k, v in reader.sources(cfg).items() if is_url(v)]
+    if remote:  # the readers walk a file tree; a store serves the shards (prep.out)
+        raise SourceError(
+            f"{remote[0]}: the raw corpus is read from a folder; mount the bucket (s3fs, "
+            "rclone mount, mountpoint-s3) or copy it, and name that folder (prep.out may be "
+            "s3://...)"
+        )
     sources = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))
     if not is_url(cfg.out):

@@ -156,6 +156,7 @@ CASES = [
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["export", QUICKSTART, "--format", "onnx"], 2, "invalid choice: 'onnx'"),
     (["stage", QUICKSTART, "nostage"], 2, "STAGE: stages from demo_data"),
+    (["prep", "image", "s3://bucket/raw", "{tmp}/out"], 2, "prep.source s3://bucket/raw: the raw"),
 ]
 
 
