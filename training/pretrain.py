@@ -50,6 +50,7 @@ from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
 from training.monitor import Monitor
+from training.published_weights import InitError, load_published
 from training.rank import (
     BadConfig,
     NonFiniteLoss,
@@ -203,6 +204,8 @@ def _build_engine(
 
     geometry = modality.geometry(cfg.input)
     model = modality.objective.build_model(cfg.model, geometry, cfg.mask.kind)
+    if cfg.init:
+        _load_init(cfg, model, info)
     if cfg.activation_checkpointing:
         checkpoint_blocks(model)
     on_cuda = info.device.type == "cuda"
@@ -239,6 +242,18 @@ def _build_engine(
     elif cfg.compile:
         log.warning("compile ignored: the model's size chose ZeRO-3, whose hooks keep it out")
     return engine
+
+
+def _load_init(cfg: PretrainConfig, model, info: DistInfo) -> None:
+    """The published weights of ``pretrain.init`` (a bad file: one line, exit 2)."""
+    try:
+        loaded = load_published(model, cfg.init, cfg.init_accept)
+    except (InitError, OSError) as err:
+        raise BadConfig(f"pretrain.init: {err}") from None
+    if info.is_main:
+        log.info("started from %s (%s layout): %d tensors loaded; from scratch: %s; not used: %s",
+                 cfg.init, loaded.layout, len(loaded.loaded), ", ".join(loaded.missing) or "none",
+                 ", ".join(loaded.unused) or "none")  # fmt: skip
 
 
 def _train(
