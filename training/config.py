@@ -258,9 +258,9 @@ class PretrainConfig:
     # bigger models and batches on the same GPUs for ~1/3 more compute (training.transformer)
     activation_checkpointing: bool = False
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    # Start from published weights (training.published_weights): HF ViTMAE / ViT (a saved folder
+    # Start from published weights (training/objectives/mae/published.py): HF ViTMAE / ViT (a saved folder
     # or its model.safetensors), the MAE repository's checkpoint (.pth), or our export's
-    # mae.safetensors; MAE models only. A checkpoint of this run, once there, takes precedence.
+    # mae.safetensors; objectives that read one (MAE). A checkpoint of this run takes precedence.
     init: str = ""
     # prefixes of our tensors the file may lack, started from scratch (e.g. [decoder.] for an
     # encoder-only file); any other missing tensor refuses the load
@@ -316,8 +316,8 @@ class PretrainConfig:
                 yield (name, f"an int >= 1, got {getattr(self, name)}")
         if self.global_batch is not None and self.global_batch < 1:
             yield ("global_batch", f"an int >= 1 or null, got {self.global_batch}")
-        if self.init and modality_named(self.modality).objective.name != "mae":
-            yield ("init", f"MAE models only (image, audio, video), not {self.modality}'s")
+        if self.init and modality_named(self.modality).objective.load_published is None:
+            yield ("init", f"{self.modality}'s objective reads no published checkpoint")
         if self.global_batch is not None and self.grad_accum != 1:
             yield ("grad_accum", "1 with global_batch (the micro steps follow from the world size)")
 

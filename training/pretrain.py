@@ -50,7 +50,6 @@ from training.metrics import MetricsLog
 from training.modalities import Modality
 from training.modalities import modality as modality_named
 from training.monitor import Monitor
-from training.published_weights import InitError, load_published
 from training.rank import (
     BadConfig,
     NonFiniteLoss,
@@ -205,7 +204,7 @@ def _build_engine(
     geometry = modality.geometry(cfg.input)
     model = modality.objective.build_model(cfg.model, geometry, cfg.mask.kind)
     if cfg.init:
-        _load_init(cfg, model, info)
+        _load_init(cfg, modality, model, info)
     if cfg.activation_checkpointing:
         checkpoint_blocks(model)
     on_cuda = info.device.type == "cuda"
@@ -244,11 +243,11 @@ def _build_engine(
     return engine
 
 
-def _load_init(cfg: PretrainConfig, model, info: DistInfo) -> None:
+def _load_init(cfg: PretrainConfig, modality: Modality, model, info: DistInfo) -> None:
     """The published weights of ``pretrain.init`` (a bad file: one line, exit 2)."""
     try:
-        loaded = load_published(model, cfg.init, cfg.init_accept)
-    except (InitError, OSError) as err:
+        loaded = modality.objective.load_published(model, cfg.init, cfg.init_accept)
+    except (ValueError, OSError) as err:  # InitError is a ValueError
         raise BadConfig(f"pretrain.init: {err}") from None
     if info.is_main:
         log.info("started from %s (%s layout): %d tensors loaded; from scratch: %s; not used: %s",

@@ -213,9 +213,10 @@ def test_changed_evaluation_reruns_only_downstream_stages(finished_run):
 
 def test_execution_only_settings_do_not_invalidate(finished_run):
     path, _ = finished_run
-    cfg = load_run_config(  # how the stages run, not what they compute
-        path, ["evaluate.batch_size=7", "prep.num_cpus=1", "pretrain.log_every=5",
-               "pretrain.activation_checkpointing=true", "pretrain.monitor.every=2"]
+    cfg = load_run_config(  # k=3: the probe as the test above reran it; the rest: how it runs
+        path, ["evaluate.tasks.knn.k=3", "evaluate.batch_size=7", "prep.num_cpus=1",
+               "pretrain.log_every=5", "pretrain.activation_checkpointing=true",
+               "pretrain.monitor.every=2"]
     )  # fmt: skip
     assert {v.label for v in stage_views(cfg)} == {"done"}
 

@@ -53,6 +53,9 @@ class Objective:
     allows_mixing: bool = True  # mixup / cutmix in fine-tuning
     allows_per_sample: bool = True  # several masks per decoded sample (pretrain.mask.per_sample)
     on_masking_frontier: bool = False  # the report places the run on the measured frontier
+    # (model, path, accepted missing prefixes) -> what was loaded: starts the pretraining model
+    # from a published checkpoint (pretrain.init); None: this objective reads none
+    load_published: Callable[..., Any] | None = None
 
 
 @functools.cache

@@ -15,6 +15,13 @@ def build_model(cfg, geometry, mask_kind=None):
     return MaskedAutoencoder(cfg, geometry, predict_loss=mask_kind == "hpm")
 
 
+def load_published(model, path, accept=()):
+    """Start the MAE from a published checkpoint (HF ViTMAE, the MAE repository's, ours)."""
+    from training.objectives.mae.published import load_published as load
+
+    return load(model, path, list(accept))
+
+
 def step_inputs(mask_cfg, seed, step, keys, x, geometry, progress=0.0):
     """A ``Mask`` over the token grid (``per_sample`` rows per sample; HPM's draw, which the
     model completes, with its hard share from the run's ``progress``)."""
@@ -66,4 +73,5 @@ OBJECTIVE = Objective(
     head_fact=head_fact,
     mask_fact=mask_fact,
     on_masking_frontier=True,
+    load_published=load_published,
 )

@@ -12,7 +12,7 @@ from training.modalities.image.bundle import ImageInputConfig, geometry
 from training.modalities.image.patches import patchify
 from training.objectives.mae.masking import random_mask
 from training.objectives.mae.model import MaskedAutoencoder
-from training.published_weights import InitError, load_published, mae_to_ours
+from training.objectives.mae.published import InitError, load_published, mae_to_ours
 
 transformers = pytest.importorskip("transformers")
 
