@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(summary, out / "masking_frontier.png", args.budget_s)
-    payload = {"machine": m, "budget_s": args.budget_s, "summary": summary, "verdict": result}
+    payload = {"machine": m, "modality": "image", "budget_s": args.budget_s, "summary": summary,
+               "verdict": result}  # fmt: skip
     payload["runs"] = runs
     lines = table(summary, result, args, m)
     write_results(out, "masking_frontier", payload, lines)

@@ -1,7 +1,8 @@
 """Where a run's masking sits on the cost-quality frontier that ``benchmarks.masking_frontier``
 measured (shipped in ``docs/masking_frontier.json``): the run's training FLOPs per sample against
 the MAE default's on its own model, beside the measured configurations' probe accuracy at equal
-wall-clock. MAE objectives only; a checkout without the file gets no section."""
+wall-clock. MAE objectives only, and only the modality it was measured on (a video run is not
+placed on the image frontier); a checkout without the file gets no section."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def load_frontier(path: Path = FRONTIER) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def frontier_modality(frontier: dict) -> str:
+    """The modality whose demo corpus the frontier was measured on ("" when the file does not
+    say: no run is placed on it)."""
+    return frontier.get("modality", "")
 
 
 def same_point(point: dict, model_cfg, mask) -> bool:

@@ -3,6 +3,8 @@ labelled axes (pure pieces; the whole page is checked by the end-to-end runs).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.report import _eval_table, chance_level, plot_curves
@@ -95,3 +97,19 @@ def test_the_masking_section_places_the_run_on_the_measured_frontier(tmp_path):
     assert any(t.get_text() == f"this run: {2 * at_09:.2f}x" for t in ax.texts)
     rings = [line for line in ax.lines if line.get_markersize() == 14]
     assert len(rings) == 1 and rings[0].get_xdata()[0] == pytest.approx(2 * at_09)
+
+
+@pytest.mark.parametrize(("modality", "placed"), [("image", True), ("video", False)])
+def test_a_report_shows_the_frontier_only_of_its_own_modality(tmp_path, modality, placed):
+    """The shipped frontier was measured on the image demo corpus: a video run is not placed on
+    it, and its report says that no frontier exists for video yet."""
+    from pipeline.report import _masking_section
+    from pipeline.schema import load_run_config
+    from training.modalities import modality as modality_named
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_run_config(root / "configs" / f"quickstart_{modality}.yaml")
+    html = "\n".join(_masking_section(cfg, modality_named(modality), tmp_path))
+    assert (tmp_path / "masking.png").exists() == placed
+    assert ("No cost-quality frontier has been measured for video yet" in html) != placed
+    assert "the training FLOPs per sample of MAE's default" in html
