@@ -134,20 +134,7 @@ def prepare_split(
     :data:`TASK_RETRIES` times.
     """
     start = time.perf_counter()
-    split_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(split_dir, Path):  # a split in a store was never in the older layout
-        adopt_legacy_records(split_dir)
-    if (split_dir / SUCCESS).exists():
-        (split_dir / SUCCESS).unlink()
-    _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
-    results: dict[int, UnitResult] = {}
-    todo = []
-    for unit in units:
-        done = unit_is_done(split_dir, unit, describe, sha256=check_hashes)
-        if done is None:
-            todo.append(unit)
-        else:
-            results[unit.index] = done
+    results, todo = _reopened(split_dir, units, describe, check_hashes)
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
     # running totals for the bar: summing every result at each completion was quadratic
@@ -164,6 +151,27 @@ def prepare_split(
             bar.update(1)
     seconds = time.perf_counter() - start
     return finish_split(split_dir, results.values(), seconds, max_failed_share, ignored)
+
+
+def _reopened(split_dir, units, describe, check_hashes: bool):
+    """Ready ``split_dir`` for (re)writing: its older records adopted, ``_SUCCESS`` and the
+    shards of another plan removed; returns (the finished units' results by index, the units
+    still to write)."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(split_dir, Path):  # a split in a store was never in the older layout
+        adopt_legacy_records(split_dir)
+    if (split_dir / SUCCESS).exists():
+        (split_dir / SUCCESS).unlink()
+    _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
+    results: dict[int, UnitResult] = {}
+    todo = []
+    for unit in units:
+        done = unit_is_done(split_dir, unit, describe, sha256=check_hashes)
+        if done is None:
+            todo.append(unit)
+        else:
+            results[unit.index] = done
+    return results, todo
 
 
 def _written_here(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:

@@ -217,22 +217,7 @@ def finish_split(
     no ``_SUCCESS``."""
     results = sorted(results, key=lambda r: r.record.unit)
     split_dir = location(split_dir)
-    skipped: Counter[str] = Counter()
-    converted: Counter[str] = Counter()
-    for r in results:
-        skipped.update(r.skipped)
-        converted.update(r.converted)
-    stats = {
-        "inputs": sum(r.inputs for r in results),
-        "samples": sum(r.record.samples for r in results),
-        "skipped": dict(sorted(skipped.items())),
-        "skipped_total": sum(skipped.values()),
-        "converted": dict(sorted(converted.items())),
-        "ignored": dict(sorted(Counter(u.reason for u in ignored).items())),
-        "shards": len(results),
-        "bytes": sum(r.record.bytes for r in results),
-        "seconds": round(seconds, 3),
-    }
+    stats = split_stats(results, seconds, ignored)
     failures = [f for r in results for f in r.failures]
     if isinstance(split_dir, Path):
         (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
@@ -256,6 +241,26 @@ def finish_split(
         )
     atomic_write_text(split_dir / SUCCESS, "")
     return stats
+
+
+def split_stats(results: list[UnitResult], seconds: float, ignored: Sequence[Unread]) -> dict:
+    """A split's ``stats.json``: its units' counts summed, and the unread files by reason."""
+    skipped: Counter[str] = Counter()
+    converted: Counter[str] = Counter()
+    for r in results:
+        skipped.update(r.skipped)
+        converted.update(r.converted)
+    return {
+        "inputs": sum(r.inputs for r in results),
+        "samples": sum(r.record.samples for r in results),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_total": sum(skipped.values()),
+        "converted": dict(sorted(converted.items())),
+        "ignored": dict(sorted(Counter(u.reason for u in ignored).items())),
+        "shards": len(results),
+        "bytes": sum(r.record.bytes for r in results),
+        "seconds": round(seconds, 3),
+    }
 
 
 def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted: Counter):

@@ -20,7 +20,7 @@ from training.distributed import all_gathered_rows
 from training.loader import indexed_eval_batches
 from training.modalities import Modality
 from training.tasks.downstream import topk_accuracy
-from training.tasks.probe import knn_logits, nearest
+from training.tasks.probe import sharded_knn_logits
 
 
 @dataclass
@@ -50,11 +50,8 @@ class Monitor:
         query_x, query_y, places = all_gathered_rows(query_x, query_y, places)
         order = places.argsort()
         query_x, query_y = query_x[order], query_y[order]
-        sims, labels = nearest(query_x, bank_x, bank_y, self.cfg.k)
-        every_sims, every_labels = all_gathered_rows(sims, labels)
-        shares = (self.world_size, len(query_x), -1)
-        logits = knn_logits(every_sims.view(shares), every_labels.view(shares), self.cfg.k,
-                            self.num_classes, self.cfg.temperature)  # fmt: skip
+        logits = sharded_knn_logits(query_x, bank_x, bank_y, self.num_classes, self.cfg.k,
+                                    self.cfg.temperature)  # fmt: skip
         encoder.train(was_training)
         took = time.perf_counter() - start
         self.seconds += took

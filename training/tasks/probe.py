@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -60,17 +61,22 @@ class Knn:
         with torch.no_grad():
             mine = data.rank_rows(encoder.features, data.train_shards)
         val_x, val_y = data.features(encoder, data.val_shards)
-        sims, labels = nearest(val_x, mine["out"], mine["label"], self.cfg.k)
-        every_sims, every_labels = all_gathered_rows(sims, labels)  # [world x V, k], rank order
-        scores = None
-        if run.info.is_main:
-            world = run.info.world_size
-            logits = knn_logits(
-                every_sims.view(world, len(val_x), -1), every_labels.view(world, len(val_x), -1),
-                self.cfg.k, data.num_classes, self.cfg.temperature,
-            )  # fmt: skip
-            scores = topk_accuracy(logits, val_y, data.num_classes)
+        logits = sharded_knn_logits(val_x, mine["out"], mine["label"], data.num_classes,
+                                    self.cfg.k, self.cfg.temperature)  # fmt: skip
+        scores = topk_accuracy(logits, val_y, data.num_classes) if run.info.is_main else None
         return from_rank0(scores)
+
+
+def sharded_knn_logits(queries, bank_x, bank_y, num_classes: int, k: int, temperature: float):
+    """Votes ``[V, classes]`` of every query (the same on every rank) against the bank whose
+    share each rank holds: each rank finds the k nearest in its share, the ranks' k best travel
+    (``[world x V, k]``, rank order) and are merged."""
+    sims, labels = nearest(queries, bank_x, bank_y, k)
+    every_sims, every_labels = all_gathered_rows(sims, labels)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    shares = (world, len(queries), -1)
+    return knn_logits(every_sims.view(shares), every_labels.view(shares), k, num_classes,
+                      temperature)  # fmt: skip
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -80,8 +86,6 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     each rank standardised by its own rows: the probe trained differently on 1 and 8 GPUs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
