@@ -8,9 +8,11 @@ adds a modality without touching this tree (``data_prep/__init__.py`` extends it
 
 * ``items(cfg, split)``: the split's inputs, sorted, each with a stable ``str()`` (its name in
   logs and manifests);
-* ``fit(cfg, train_items)``: run once on the driver before sharding (train a tokenizer, measure
-  feature statistics); returns a small picklable state handed to every ``encode``. It runs again
-  on a rerun, so it must be deterministic or reuse what it wrote under ``cfg.out``;
+* ``fit(cfg, train_items)``: run once before sharding (train a tokenizer, measure feature
+  statistics, find duplicates); returns a small picklable state handed to every ``encode``. It
+  is called on the driver inside the prep's Ray session, so work that grows with the corpus
+  goes to tasks (:func:`data_prep.tasks.run_tasks`), as text's dedup does. It runs again on a
+  rerun, so it must be deterministic or reuse what it wrote under ``cfg.out``;
 * ``encode(cfg, state, item)``: yields 0..n :class:`~data_prep.writer.Sample` for one input, and
   a :class:`~data_prep.writer.SkipSample` (yielded, or raised to drop the rest of the input) for
   what cannot become a sample, counted by reason;

@@ -94,25 +94,24 @@ def unread_by_split(reader: CorpusReader, cfg: Any, items: dict) -> dict[str, li
 def _write_splits(
     reader: CorpusReader, cfg: Any, items: dict, out: Path, check_hashes: bool, unread: dict
 ) -> dict[str, dict]:
-    state = reader.fit(cfg, items.get("train", ()))
-    labels = reader.labels(cfg)
-    if labels is not None:
-        atomic_write_text(out / LABELS, json.dumps(labels, indent=1) + "\n")
-    encode = functools.partial(reader.encode, cfg, state)
-    stats = {}
-    failed_share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)
     small = (
         cfg.ray_address is None
         and cfg.num_cpus is None  # a Ray head of a size asked for is started as asked
         and sum(map(len, items.values())) <= IN_PROCESS_INPUTS
     )
+    stats = {}
+    failed_share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)
     with contextlib.nullcontext() if small else ray_session(cfg.num_cpus, cfg.ray_address):
+        state = reader.fit(cfg, items.get("train", ()))  # its steps may run as Ray tasks
+        labels = reader.labels(cfg)
+        if labels is not None:
+            atomic_write_text(out / LABELS, json.dumps(labels, indent=1) + "\n")
+        encode = functools.partial(reader.encode, cfg, state)
         for split, split_items in items.items():
             units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
             stats[split] = prepare_split(
                 units, out / split, encode, desc=f"prep {split}",
-                max_failed_share=failed_share, in_process=small, check_hashes=check_hashes,
-                ignored=unread[split],
+                max_failed_share=failed_share, check_hashes=check_hashes, ignored=unread[split],
             )  # fmt: skip
     return stats
 

@@ -10,7 +10,6 @@ killed job reruns to the same output.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
 from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
 from data_prep.store import location
+from data_prep.tasks import run_tasks
 from data_prep.unread import Unread
 from data_prep.writer import Encoder, UnitResult, finish_split, unit_is_done, write_unit
 
@@ -119,19 +119,15 @@ def prepare_split(
     describe: Callable = str,
     desc: str = "prep",
     max_failed_share: float = 1.0,
-    in_process: bool = False,
     check_hashes: bool = False,
     ignored: Sequence[Unread] = (),
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
-    Returns the split's stats (also written to ``stats.json``). ``in_process``: no Ray, the
-    units written here (a small prep; the same shards). At most :func:`in_flight` tasks
-    are submitted at a time, each submitted as one finishes: the driver holds a bounded number
-    of task references, and each wait looks at those alone (a wait over every pending task made
-    the driver loop quadratic in the shard count). A task whose worker dies (a lost node, the
-    OOM killer) or that fails on an OSError (writing the shard) runs again, up to
-    :data:`TASK_RETRIES` times.
+    Returns the split's stats (also written to ``stats.json``). Outside a Ray session (a small
+    prep) the units are written here, one after another: the same shards. Under Ray, a bounded
+    number of tasks is in flight and a task whose worker dies or that fails on an OSError runs
+    again (:func:`data_prep.tasks.run_tasks`).
     """
     start = time.perf_counter()
     results, todo = _reopened(split_dir, units, describe, check_hashes)
@@ -140,10 +136,10 @@ def prepare_split(
     # running totals for the bar: summing every result at each completion was quadratic
     samples = sum(r.record.samples for r in results.values())
     skipped = sum(sum(r.skipped.values()) for r in results.values())
-    write = _written_here if in_process else _written_by_ray
+    calls = ((u, str(split_dir), encode, describe) for u in todo)
     with tqdm(total=len(units), initial=len(results), desc=desc, unit="shard",
               dynamic_ncols=True) as bar:  # fmt: skip
-        for result in write(todo, split_dir, encode, describe):
+        for result in run_tasks(write_shard, calls):
             results[result.record.unit] = result
             samples += result.record.samples
             skipped += sum(result.skipped.values())
@@ -174,46 +170,9 @@ def _reopened(split_dir, units, describe, check_hashes: bool):
     return results, todo
 
 
-def _written_here(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:
-    """A small prep: the same units, written in this process one after another."""
-    for unit in todo:
-        yield write_unit(unit, split_dir, encode, describe)
-
-
-def _written_by_ray(todo, split_dir: Path, encode: Encoder, describe) -> Iterator[UnitResult]:
-    """The units written by Ray tasks, at most :func:`in_flight` submitted at a time, each
-    result as it comes."""
-    import ray
-
-    task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError])(write_shard)
-    waiting = iter(todo)
-    pending = [
-        task.remote(u, str(split_dir), encode, describe)
-        for u in itertools.islice(waiting, in_flight())
-    ]
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        pending += [
-            task.remote(u, str(split_dir), encode, describe) for u in itertools.islice(waiting, 1)
-        ]
-        yield ray.get(ready[0])
-
-
-def in_flight() -> int:
-    """How many tasks the driver keeps submitted: two per CPU of the Ray cluster, so a CPU
-    that finishes finds the next task waiting."""
-    import ray
-
-    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-
-
-# Runs of a task after its first whose worker died or which raised an OSError.
-TASK_RETRIES = 3
-
-
 def write_shard(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
-    """The Ray task (its name prefixes the worker's lines on the driver's console)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """One unit's shard, in a Ray task or here (its name prefixes a worker's lines on the
+    driver's console)."""
     return write_unit(unit, location(split_dir), encode, describe)
 
 

@@ -119,7 +119,7 @@ def _intact_shards(*split_dirs: str) -> None:
 
 
 def _pretrain(cfg: RunConfig) -> None:
-    _intact_shards(cfg.pretrain.train_shards)
+    _intact_shards(*(source.shards for source in cfg.pretrain.sources()))
     config_path = Path(cfg.run_dir) / STATE_DIR / "pretrain.yaml"
     config_path.write_text(to_yaml(cfg.pretrain))
     _launch("pretrain", "training.pretrain", [str(config_path)], cfg)
@@ -348,6 +348,12 @@ def _digest(path: Path) -> str:
     return file_sha256(path)
 
 
+def _pretrain_inputs(cfg: RunConfig) -> str:
+    """The train split's manifest digest; a mixture's, each source's in order."""
+    digests = [_digest(split_record(s.shards, MANIFEST)) for s in cfg.pretrain.sources()]
+    return digests[0] if len(digests) == 1 else ",".join(digests)
+
+
 def _evaluation(stage: str, describe: str) -> Stage:
     """The ``finetune`` or ``probe`` stage: the section's tasks of that stage, on every rank."""
     return Stage(
@@ -388,7 +394,7 @@ STAGES: tuple[Stage, ...] = (
         "pretrain",
         "masked pretraining (DeepSpeed)",
         section=_pretrain_section,
-        inputs=lambda cfg: _digest(split_record(cfg.pretrain.train_shards, MANIFEST)),
+        inputs=_pretrain_inputs,
         output=lambda cfg: Path(cfg.pretrain.out_dir),
         execute=_pretrain,
         preflight=_preflight("pretrain"),

@@ -221,11 +221,25 @@ class MonitorConfig:
 
 
 @dataclass
+class DataSource:
+    """One prepared split of a pretraining mixture (``pretrain.data``), with its weight, or its
+    ``repeat``: how many times its samples are seen per pass over the mixture (a small corpus
+    upsampled); a mixture uses one kind or the other (training.mixture)."""
+
+    shards: str = "???"
+    weight: float | None = None
+    repeat: float | None = None
+
+
+@dataclass
 class PretrainConfig:
     """One masked-pretraining job: ``python -m training.pretrain CONFIG.yaml [key=value ...]``."""
 
     modality: str = DEFAULT_MODALITY
     train_shards: str = "???"
+    # Several prepared splits mixed into one stream by weight (training.mixture); empty: the
+    # stream is train_shards alone. The first source binds the input (vocabulary, statistics).
+    data: list[DataSource] = field(default_factory=list)
     out_dir: str = "???"
     seed: int = 0
     input: Any = None  # the modality's input config (see ``pretrain_schema``)
@@ -275,7 +289,12 @@ class PretrainConfig:
     # writes them for a finished run.
     export_formats: list[str] = field(default_factory=list)
 
+    def sources(self) -> list[DataSource]:
+        """The splits the pretraining stream draws from: ``data``, or ``train_shards`` alone."""
+        return list(self.data) or [DataSource(self.train_shards, weight=1.0)]
+
     def problems(self):
+        yield from _mixture_problems(self.data)
         allowed = modality_named(self.modality).mask_kinds
         if self.mask.kind not in allowed:
             yield (
@@ -412,6 +431,18 @@ def eval_schema(raw: Any) -> EvalConfig:
     """The defaults an ``EvalConfig`` YAML is validated against: typed by its modality."""
     name = modality_of(raw)
     return EvalConfig(modality=name, tasks=modality_named(name).tasks_config())
+
+
+def _mixture_problems(data: list[DataSource]):
+    """Each source has a weight or a repeat (one kind for the whole mixture), above zero."""
+    for i, source in enumerate(data):
+        kinds = [k for k in ("weight", "repeat") if getattr(source, k) is not None]
+        if len(kinds) != 1:
+            yield (f"data[{i}]", "a split with exactly one of weight or repeat")
+        elif getattr(source, kinds[0]) <= 0:
+            yield (f"data[{i}].{kinds[0]}", f"a number > 0, got {getattr(source, kinds[0])}")
+    if len({s.weight is None for s in data}) > 1:
+        yield ("data", "weights for every source, or repeats for every source, not both")
 
 
 def _export_format_problems(formats: list[str], modality: str):

@@ -43,12 +43,13 @@ augmentation; rank ``r`` of ``w`` reads the contiguous share ``[r N / w, (r + 1)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
 import multiprocessing
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,8 @@ from data_prep.shard_format import (
     shard_problem,
 )
 from data_prep.store import absolute, location
-from training.config import LoaderConfig
+from training.config import DataSource, LoaderConfig
+from training.mixture import MixPlan, quotas
 from training.modalities import Example, modality
 from training.stream_order import Kept, epoch_order, kept_positions, resume_point, split_share
 
@@ -114,6 +116,10 @@ class TrainStreamSpec:
     # Made in the loader worker from each batch and its global batch index, and yielded after
     # it (pretraining's masks: drawn there, off the training step's path). Picklable.
     prepare: Callable[[Batch, int], Any] | None = None
+    # A mixture (training.mixture): each source's split and manifest rows, and its samples
+    # per block of the one stream. Empty: the stream is split_dir alone.
+    mixture: tuple[tuple[str, tuple[ShardRecord, ...]], ...] = ()
+    quotas: tuple[int, ...] = ()
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -137,9 +143,14 @@ class TrainStream(torch.utils.data.IterableDataset):
         hi = s.rows[1]
         skip = s.skip_batches * s.batch_size
         m = modality(s.modality)
-        shards = _ShardReader(s.split_dir, s.loader, self.skips, m.members)
+        keep = self._keeps(worker, workers)
+        if s.mixture:
+            samples = _mixed_samples(s, skip, keep, self.skips, m.members)
+        else:
+            shards = _ShardReader(s.split_dir, s.loader, self.skips, m.members)
+            samples = _slot_samples(s, 0, 1, skip, shards, keep)
         held: list[Example] = []
-        for index, sample in _slot_samples(s, 0, 1, skip, shards, self._keeps(worker, workers)):
+        for index, sample in samples:
             rng = random.Random(f"{s.seed}:0:{index}")  # the sample's place, not the rank's
             example = _decoded(m, s.input, sample, rng, self.skips)
             if example is not None:
@@ -275,6 +286,59 @@ def train_spec_for(
         loader=loader,
         rows=(rank * batch_size, (rank + 1) * batch_size),
     )
+
+
+def mixed_train_spec(
+    sources: Sequence[DataSource],
+    modality_name: str,
+    input_cfg,
+    loader: LoaderConfig,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_batches: int = 0,
+) -> TrainStreamSpec:
+    """:func:`train_spec_for` over a mixture of splits (``pretrain.data``); one source is the
+    plain stream of its split."""
+    spec = train_spec_for(sources[0].shards, modality_name, input_cfg, loader, batch_size, seed,
+                          rank, world_size, skip_batches)  # fmt: skip
+    if len(sources) == 1:
+        return spec
+    records = [tuple(read_manifest(source.shards)) for source in sources]
+    weights = [
+        source.weight if source.weight is not None else source.repeat * sum(r.samples for r in rs)
+        for source, rs in zip(sources, records)
+    ]
+    mixture = tuple((absolute(source.shards), rs) for source, rs in zip(sources, records))
+    return dataclasses.replace(spec, mixture=mixture, quotas=quotas(weights))
+
+
+def _mixed_samples(s: TrainStreamSpec, skip: int, keep, skips: SkipCounts, members):
+    """``(stream index, sample)`` of a mixture from ``skip`` on, for the indices ``keep``
+    accepts: each source its own stream (seeded apart), read only at the samples kept."""
+    plan = MixPlan(s.quotas, s.seed)
+    starts = plan.position(skip)
+    streams = []
+    for k, (split_dir, records) in enumerate(s.mixture):
+        own = dataclasses.replace(s, split_dir=split_dir, records=records,
+                                  seed=s.seed + SOURCE_SEED_STEP * k, mixture=())  # fmt: skip
+        shards = _ShardReader(split_dir, s.loader, skips, members)
+        kept = functools.partial(_kept_in_source, plan, k, keep)
+        streams.append(_slot_samples(own, 0, 1, starts[k], shards, kept))
+    for index, source, j in plan.sources(skip):
+        if keep(index):
+            got, sample = next(streams[source])
+            if got != j:  # the sources' streams and the plan walk in step, or the order is wrong
+                raise AssertionError(f"mixture out of step: source {source} gave {got}, not {j}")
+            yield index, sample
+
+
+SOURCE_SEED_STEP = 7919  # source k's shard order and shuffle use seed + k x this
+
+
+def _kept_in_source(plan: MixPlan, source: int, keep, j: int) -> bool:
+    return keep(plan.stream_index(source, j))
 
 
 def _slot_samples(

@@ -28,7 +28,6 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.shard_format import read_manifest
 from training import checkpoint
 from training.batching import BatchSplitError
 from training.config import PretrainConfig, for_world, pretrain_schema
@@ -45,8 +44,9 @@ from training.ds_config import deepspeed_config, resolved_zero_stage
 from training.export import export_from_checkpoint
 from training.export_format import ExportInfo
 from training.export_interop import write_interop
-from training.loader import SkipCounts, train_loader, train_spec_for, weighted
+from training.loader import SkipCounts, mixed_train_spec, train_loader, weighted
 from training.metrics import MetricsLog
+from training.mixture import MixPlan
 from training.modalities import Modality
 from training.modalities import modality as modality_named
 from training.monitor import Monitor
@@ -63,6 +63,7 @@ from training.rank import (
 )
 from training.rollback import Rollbacks, bad_step_reason, stream_index
 from training.schedule import warmup_cosine
+from training.sources import epoch_samples, source_problems
 from training.tasks.downstream import num_classes_of
 from training.transformer import checkpoint_blocks, param_groups
 from training.typed_config import to_yaml
@@ -105,7 +106,10 @@ def run(cfg: PretrainConfig) -> Path:
     """Train (or resume) to ``total_steps`` and export; returns the export directory."""
     ckpt_dir = Path(cfg.out_dir) / CKPT_DIR
     modality = modality_named(cfg.modality)
-    cfg = dataclasses.replace(cfg, input=modality.bind_input(cfg.input, cfg.train_shards))
+    problems = source_problems(cfg.sources(), modality)
+    if problems:
+        raise BadConfig("; ".join(f"{key}: {what}" for key, what in problems))
+    cfg = dataclasses.replace(cfg, input=modality.bind_input(cfg.input, cfg.sources()[0].shards))
     rank, world_size = launch_env()
     try:
         cfg = for_world(cfg, world_size)
@@ -120,8 +124,7 @@ def run(cfg: PretrainConfig) -> Path:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "pretrain.yaml").write_text(to_yaml(cfg))
-    records = read_manifest(cfg.train_shards)
-    plan = make_plan(cfg, info.world_size, sum(r.samples for r in records))
+    plan = make_plan(cfg, info.world_size, epoch_samples(cfg.sources()))
     geometry = modality.geometry(cfg.input)
     torch.manual_seed(cfg.seed)
     engine = _build_engine(cfg, modality, plan, info, stage, load_universal=universal)
@@ -375,7 +378,7 @@ class _StepBatches:
     between two asked for (those a rollback skips) are drawn and dropped."""
 
     def __init__(self, cfg: PretrainConfig, info: DistInfo, plan: Plan, first: int):
-        spec = train_spec_for(cfg.train_shards, cfg.modality, cfg.input, cfg.loader,
+        spec = mixed_train_spec(cfg.sources(), cfg.modality, cfg.input, cfg.loader,
                               batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
                               world_size=info.world_size, skip_batches=first)  # fmt: skip
         total_micro = plan.total_steps * cfg.grad_accum
@@ -461,6 +464,9 @@ class _Progress:
         if self.log and rollbacks and rollbacks[-1]["to_step"] == start:  # the one just made
             self.log.note({"step": start, "rollback": rollbacks[-1]})
         self.unit, self.per_sample = modality.unit, modality.unit_per_sample(cfg.input)
+        spec = mixed_train_spec(cfg.sources(), cfg.modality, cfg.input, cfg.loader, 1, cfg.seed)
+        self.mixture = MixPlan(spec.quotas, cfg.seed) if spec.mixture else None
+        self.names = [s.shards for s in cfg.sources()]
         self.bar = tqdm(
             total=plan.total_steps,
             initial=start,
@@ -491,6 +497,9 @@ class _Progress:
             "skipped_samples": verdict.skipped_samples,
             "skipped_shards": verdict.skipped_shards,
         }
+        if self.mixture:  # the share of each source in the samples drawn so far
+            drawn = self.mixture.position(done * self.plan.effective_batch)
+            record["mixture"] = {s: n / max(1, sum(drawn)) for s, n in zip(self.names, drawn)}
         self.log.write(record)
         per_s = f"{record['units_per_s']:.0f}"
         self.bar.set_postfix({"loss": f"{loss:.4f}", f"{self.unit}/s": per_s})

@@ -8,10 +8,12 @@ Splits: ``train`` and ``val`` are the corpus (``source``, every format of
 train and score on (``labelled``: ``train.jsonl`` and ``val.jsonl``, any JSON-lines form, with
 ``text`` and ``label``).
 
-At fit time, once on the driver: one pass over the corpus hashes every normalised document (the
-first copy of a text is kept, later exact copies are dropped as ``duplicate``), and the tokenizer
-is trained on the first ``tokenizer_sample_docs`` unique training documents (or ``tokenizer``
-is loaded) and saved as ``OUT/tokenizer.json``. Each corpus file is then tokenised by a Ray task,
+At fit time, as Ray tasks (``data_prep.text.dedup``): every normalised document is hashed, a
+task per file, and the hashes are merged a task per hash bucket (the first copy of a text is
+kept, later exact copies are dropped as ``duplicate``); the tokenizer is trained on a seeded
+sample of ``tokenizer_sample_docs`` unique training documents drawn by the same tasks (or
+``tokenizer`` is loaded) and saved as ``OUT/tokenizer.json``. The driver holds neither the
+hashes nor more than the sample. Each corpus file is then tokenised by a Ray task,
 its documents packed end to end with ``[SEP]`` after each (``data_prep.text.pack``).
 
 A sample is ``<file>_<seq>.tokens.npy.zst``: a ``[2, seq_len]`` array (uint16 while the vocabulary
@@ -32,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from data_prep.corpus import CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import atomic_write_text, npy_zst_bytes
 from data_prep.store import location
+from data_prep.text import dedup
 from data_prep.text.demo import TextDemoConfig, write_text_demo
 from data_prep.text.layout import (
     BadLine,
@@ -116,13 +118,14 @@ class TextItem:
 
     file: TextFile
     split: str
+    number: int = 0  # the file's place in the corpus listing (names it in the dedup records)
 
     def __str__(self) -> str:
         return f"{self.file.path} ({self.split})"
 
 
 def items(cfg: TextPrepConfig, split: str) -> list[TextItem]:
-    return [TextItem(f, split) for f in _split_files(cfg, split)]
+    return [TextItem(f, split, n) for n, f in enumerate(_split_files(cfg, split))]
 
 
 def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:
@@ -142,36 +145,29 @@ def held_out(text: str, fraction: float, seed: int) -> bool:
 
 
 def fit(cfg: TextPrepConfig, train_items) -> dict:
-    """One pass over the corpus: which documents are later copies, and the tokenizer's sample;
-    then the tokenizer (reused from ``OUT/tokenizer.json`` on a rerun)."""
-    seen: set[bytes] = set()
-    copies: dict[str, list[int]] = {}
-    sample: list[str] = []
-    for file in tqdm([i.file for i in train_items], desc="dedup + tokenizer sample", unit="file"):
-        for doc in read_documents(file, cfg.text_field):
-            if isinstance(doc, BadLine):
-                continue
-            digest = hashlib.blake2b(doc.text.encode(), digest_size=16).digest()
-            if digest in seen:
-                copies.setdefault(file.path, []).append(doc.index)
-                continue
-            seen.add(digest)
-            held = held_out(doc.text, cfg.val_fraction, cfg.seed)
-            if not held and len(sample) < cfg.tokenizer_sample_docs:
-                sample.append(doc.text)
+    """Which documents are later copies, and the tokenizer (trained on a seeded sample, or
+    reused from ``OUT/tokenizer.json`` on a rerun): distributed steps (``data_prep.text.dedup``)
+    run as Ray tasks inside the prep's session."""
     saved = location(cfg.out) / TOKENIZER_FILE
+    wanted = 0 if cfg.tokenizer or saved.exists() else cfg.tokenizer_sample_docs
+    files = [i.file for i in train_items]
+    plan, sizes = dedup.plan(cfg.out, files, cfg, wanted)
+    found = dedup.find_copies(plan, files, sizes)
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     elif saved.exists():
         tok = load_tokenizer(saved)
     else:
+        sample = dedup.tokenizer_sample(plan)
         log.info("training a %s tokenizer on %d documents", cfg.tokenizer_kind, len(sample))
         tok = train_tokenizer(sample, cfg.tokenizer_kind, cfg.vocab_size, cfg.lowercase)
     if not saved.exists() or cfg.tokenizer:
         atomic_write_text(saved, tok.to_str(pretty=True))  # the bytes tok.save writes
-    log.info("%d unique documents, %d later copies", len(seen), sum(map(len, copies.values())))
+    dedup.drop_working_files(plan)
+    log.info("%d unique documents, %d later copies", found["documents"] - found["copies"],
+             found["copies"])  # fmt: skip
     return {
-        "copies": {k: frozenset(v) for k, v in copies.items()},
+        "copies": dedup.Copies(plan.folder, plan.files, tuple(found["buckets"])),
         "tokenizer": str(saved),
         "classes": _classes(cfg),
     }
@@ -204,7 +200,7 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     skips: list[SkipSample] = []
 
     def documents():
-        for doc in _split_documents(cfg, state, file, item.split):
+        for doc in _split_documents(cfg, state, file, item.number, item.split):
             if isinstance(doc, SkipSample):
                 skips.append(doc)
             else:
@@ -222,9 +218,9 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     yield from skips
 
 
-def _split_documents(cfg, state, item: TextFile, split: str):
+def _split_documents(cfg, state, item: TextFile, number: int, split: str):
     """The file's documents that belong to ``split``, first copies only; counts the rest."""
-    copies = state["copies"].get(item.path, frozenset())
+    copies = dedup.copies_in(state["copies"], number)
     for doc in read_documents(item, cfg.text_field):
         if isinstance(doc, BadLine):
             if split == "train":

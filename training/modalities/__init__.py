@@ -98,6 +98,9 @@ class Modality:
     # (input config, train split dir) -> the input config with values measured at prep time
     # filled in (audio: log-mel mean and std); what the export records.
     bind_input: Callable[[Any, str], Any] = lambda cfg, train_shards: cfg
+    # Files beside the splits that define what a sample's values mean (text: the tokenizer;
+    # audio: the log-mel statistics): splits mixed in one pretraining stream must share them.
+    encoding_files: tuple[str, ...] = ()
     # (input config, tasks config) -> the input configs the val split is scored under and the
     # function of a sample key that groups their outputs for averaging (None: each sample
     # alone). Video's multi-view test: three crops, every clip of a video averaged.

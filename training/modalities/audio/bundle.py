@@ -102,5 +102,6 @@ MODALITY = Modality(
     eval_splits=("labelled_train", "labelled_val"),
     unit_per_sample=clip_seconds,
     bind_input=bind_input,
+    encoding_files=(FEATURE_STATS,),
     foreign_export_problem=None,  # a log-mel spectrogram: a one-channel picture to a ViT
 )

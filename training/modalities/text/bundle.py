@@ -108,6 +108,7 @@ MODALITY = Modality(
     eval_splits=("labelled_train", "labelled_val"),
     unit_per_sample=tokens_per_sample,
     bind_input=bind_input,
+    encoding_files=(TOKENIZER_FILE,),
     foreign_export_problem="no class in HF or timm holds it: BERT and RoBERTa are post-norm "
     "with learned positions and an embedding LayerNorm; ours is pre-norm with sin-cos "
     "positions and a cls vector that is not a vocabulary id",
