@@ -222,8 +222,7 @@ def _page(
         "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
         _img(fig_dir / "reconstructions.png"),
         *masking,
-        "<h2>Data</h2>",
-        _data_table(cfg),
+        *_data_section(cfg, last),
     ]
     return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
 
@@ -337,6 +336,24 @@ def _vocab_size(cfg: RunConfig) -> int | None:
 
 def _describe_input(input_cfg) -> str:
     return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(input_cfg).items())
+
+
+def _data_section(cfg: RunConfig, last: dict) -> list[str]:
+    """The prepared splits, and a mixture's sources with the share each had by the end."""
+    section = ["<h2>Data</h2>", _data_table(cfg)]
+    if len(cfg.pretrain.data) > 1:
+        realised = last.get("mixture", {})
+        rows = [
+            (s.shards, f"weight {s.weight:g}" if s.weight is not None else f"repeat {s.repeat:g}",
+             f"{100 * realised[s.shards]:.2f}%" if s.shards in realised else "-")
+            for s in cfg.pretrain.data
+        ]  # fmt: skip
+        section += [
+            "<p class=muted>Pretraining mixed these splits (<code>pretrain.data</code>), drawn "
+            "per sample; the share is of every sample drawn, at the last step.</p>",
+            _table(["source", "asked", "realised share"], rows),
+        ]
+    return section
 
 
 def _data_table(cfg: RunConfig) -> str:

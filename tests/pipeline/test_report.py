@@ -113,3 +113,23 @@ def test_a_report_shows_the_frontier_only_of_its_own_modality(tmp_path, modality
     assert (tmp_path / "masking.png").exists() == placed
     assert ("No cost-quality frontier has been measured for video yet" in html) != placed
     assert "the training FLOPs per sample of MAE's default" in html
+
+
+def test_a_mixtures_report_names_each_source_with_its_asked_and_realised_share(prepared):
+    from types import SimpleNamespace
+
+    from pipeline.report import _data_section
+    from training.config import DataSource
+
+    data = [DataSource(str(prepared / "train"), weight=0.7),
+            DataSource(str(prepared / "val"), weight=0.3)]  # fmt: skip
+    cfg = SimpleNamespace(
+        prep=SimpleNamespace(out=str(prepared), splits=["train", "val"]),
+        pretrain=SimpleNamespace(data=data),
+    )
+    last = {"mixture": {data[0].shards: 0.7, data[1].shards: 0.3}}
+    page = "\n".join(_data_section(cfg, last))
+    assert page.count("<tr>") == 3 + 3  # the splits' table, and the sources' (headers included)
+    assert "weight 0.7" in page and "70.00%" in page and "30.00%" in page
+    cfg.pretrain.data = data[:1]
+    assert "realised share" not in "\n".join(_data_section(cfg, last))
