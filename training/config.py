@@ -275,6 +275,8 @@ class PretrainConfig:
     # Start from published weights (training/objectives/mae/published.py): HF ViTMAE / ViT (a saved folder
     # or its model.safetensors), the MAE repository's checkpoint (.pth), or our export's
     # mae.safetensors; objectives that read one (MAE). A checkpoint of this run takes precedence.
+    # With steps: 0 the weights are exported as loaded: the evaluation stages then fine-tune,
+    # probe and k-NN the published model against random init.
     init: str = ""
     # prefixes of our tensors the file may lack, started from scratch (e.g. [decoder.] for an
     # encoder-only file); any other missing tensor refuses the load
@@ -308,8 +310,9 @@ class PretrainConfig:
             yield ("mask.per_sample", "1 for an MLM (one masked copy of each sequence)")
         if (self.steps is None) == (self.epochs is None):
             yield ("steps", "set exactly one of steps or epochs")
-        if self.steps is not None and self.steps < 1:
-            yield ("steps", f"an int >= 1, got {self.steps}")
+        if self.steps is not None and self.steps < (0 if self.init else 1):
+            yield ("steps", f"an int >= 1 (0 with init: the weights exported as loaded, for the "
+                            f"evaluation stages to fine-tune and probe), got {self.steps}")  # fmt: skip
         if self.epochs is not None and self.epochs <= 0:
             yield ("epochs", f"a float > 0, got {self.epochs}")
         if self.precision not in PRECISIONS:

@@ -79,3 +79,34 @@ def test_text_quickstart_pretraining_beats_random_init(quickstart):
         assert scores["pretrained"]["top1"] > scores["random_init"]["top1"], (task, scores)
     mlm = quickstart["mlm"]
     assert mlm["pretrained"]["perplexity"] < mlm["random_init"]["perplexity"], mlm
+
+
+@pytest.mark.slow  # a second whole tiny run (~1 min)
+def test_a_text_mixture_runs_through_the_pipeline(text_run, tmp_path):
+    """The tiny run again, pretraining on its corpus (0.7) mixed with another corpus prepared
+    with the same tokenizer (0.3): every stage finishes, and the report shows the shares."""
+    from data_prep.text.reader import TextPrepConfig, prep_text
+    from training.mixture import MixPlan, quotas
+
+    cfg, _ = text_run
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = [json.dumps({"text": f"Another corpus, line {i}: it says {i % 7} things."})
+             for i in range(300)]  # fmt: skip
+    (other / "part.jsonl").write_text("\n".join(lines) + "\n")
+    tokenizer = f"{cfg.prep.out}/tokenizer.json"
+    prep_text(TextPrepConfig(source=str(other), out=str(tmp_path / "other_prep"), seq_len=32,
+                             tokenizer=tokenizer, splits=["train"]))  # fmt: skip
+    mixture = (
+        "pretrain:\n  data:\n"
+        '    - {{shards: "${{prep.out}}/train", weight: 0.7}}\n'
+        f"    - {{{{shards: {tmp_path / 'other_prep' / 'train'}, weight: 0.3}}}}\n"
+    )
+    _, run = tiny_run(tmp_path / "mixed", RUN.replace("pretrain:\n", mixture, 1))
+    for stage in ("prep", "pretrain", "finetune", "probe", "report"):
+        assert read_state(run, stage).status == "done"
+    rows = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").open()]
+    last = [r for r in rows if "mixture" in r][-1]
+    drawn = MixPlan(quotas([0.7, 0.3]), seed=0).position(last["step"] * 2 * 4)  # 2 ranks x 4
+    assert list(last["mixture"].values()) == pytest.approx([n / sum(drawn) for n in drawn])
+    assert "realised share" in (run / "report.html").read_text()

@@ -169,3 +169,42 @@ def test_pretraining_starts_from_an_hf_checkpoint_and_a_bad_one_is_one_line(tmp_
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "pretrain.init: " in proc.stderr and "init_accept=[decoder.]" in proc.stderr
+
+
+def test_zero_steps_from_published_weights_export_them_as_loaded(tmp_path, prepared):
+    """``pretrain: {init: HF folder, steps: 0}``: no step is taken, and the export holds the
+    published weights as our model loads them, for the evaluation stages (fine-tune, probe,
+    k-NN) to start from. Without init, 0 steps is refused by key."""
+    import subprocess
+    import sys
+
+    from tests.training.test_pretrain_distributed import _config
+    from training.export import load_model
+    from training.export_format import read_export
+    from training.objectives import objective
+
+    nano = {**TINY, "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 3,
+            "intermediate_size": 384, "layer_norm_eps": 1e-6}  # fmt: skip
+    torch.manual_seed(5)
+    transformers.ViTMAEForPreTraining(
+        transformers.ViTMAEConfig(image_size=32, **nano)
+    ).save_pretrained(tmp_path / "hf")
+    model = {"preset": "nano", "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2,
+             "norm_pix_loss": False}  # fmt: skip
+    cfg = _config(tmp_path, prepared, precision="fp32", steps=0, init=str(tmp_path / "hf"),
+                  model=model)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "training.pretrain", str(cfg)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = load_model(tmp_path / "run" / "export").state_dict()
+    export = read_export(tmp_path / "run" / "export")
+    assert export.info["step"] == 0
+    fresh = objective("mae").build_model(export.model, export.geometry, None)
+    load_published(fresh, tmp_path / "hf")
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(exported[name], tensor), name
+    from training.config import pretrain_schema
+    from training.typed_config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"steps: an int >= 1 \(0 with init"):
+        load_config(pretrain_schema, [{"train_shards": "x", "out_dir": "y", "steps": 0}])
