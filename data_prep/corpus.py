@@ -117,12 +117,18 @@ def corpus_reader(modality: str) -> CorpusReader:
 
 # Of a reader's config without ``max_failed_share`` (a modality written before it existed).
 DEFAULT_MAX_FAILED_SHARE = 0.01
+# The most bytes a shard holds before its unit rolls over into a next part (prep.shard_bytes):
+# webdataset advises 100 MB - 1 GB shards, MosaicML streaming 64 MB; a text file or a LibriLight
+# chapter set made shards of tens of GB before.
+SHARD_BYTES = 256 << 20
 
 
 def prep_problems(cfg: Any) -> Iterable[tuple[str, str]]:
     """The checks every modality's ``prep`` section shares (sharding and the Ray session)."""
     if cfg.samples_per_shard < 1:
         yield ("samples_per_shard", f"an int >= 1, got {cfg.samples_per_shard}")
+    if getattr(cfg, "shard_bytes", 0) < 0:
+        yield ("shard_bytes", f"bytes >= 0 (0: no limit), got {cfg.shard_bytes}")
     if cfg.num_cpus is not None and cfg.num_cpus < 1:
         yield ("num_cpus", f"an int >= 1 or null, got {cfg.num_cpus}")
     share = getattr(cfg, "max_failed_share", DEFAULT_MAX_FAILED_SHARE)

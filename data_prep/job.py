@@ -112,6 +112,7 @@ def _write_splits(
             stats[split] = prepare_split(
                 units, out / split, encode, desc=f"prep {split}",
                 max_failed_share=failed_share, check_hashes=check_hashes, ignored=unread[split],
+                max_bytes=getattr(cfg, "shard_bytes", 0),
             )  # fmt: skip
     return stats
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data_prep.corpus import SHARD_BYTES
 from data_prep.lock import LockHeld, exclusive
 from data_prep.shard_format import META_DIR, atomic_write_text
 from data_prep.store import remove_tree
@@ -40,6 +41,8 @@ class PrepOutputError(RuntimeError):
 def settings_of(cfg: Any) -> dict:
     """The settings a prep output records: the config as JSON values, less NOT_SETTINGS."""
     values = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    if values.get("shard_bytes") == SHARD_BYTES:  # the default: as outputs made before the key
+        del values["shard_bytes"]
     return {k: v for k, v in sorted(values.items()) if k not in NOT_SETTINGS}
 
 

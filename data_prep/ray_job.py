@@ -24,7 +24,13 @@ from data_prep.corpus import SourceError
 from data_prep.plan import WorkUnit
 from data_prep.ray_reaper import SessionGuard, reap_stale_sessions
 from data_prep.ray_token import ensure_private_token
-from data_prep.shard_format import SUCCESS, WORK_DIR, adopt_legacy_records, shard_name
+from data_prep.shard_format import (
+    SUCCESS,
+    WORK_DIR,
+    adopt_legacy_records,
+    shard_name,
+    shard_unit,
+)
 from data_prep.store import location
 from data_prep.tasks import run_tasks
 from data_prep.unread import Unread
@@ -121,27 +127,29 @@ def prepare_split(
     max_failed_share: float = 1.0,
     check_hashes: bool = False,
     ignored: Sequence[Unread] = (),
+    max_bytes: int = 0,
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
     Returns the split's stats (also written to ``stats.json``). Outside a Ray session (a small
     prep) the units are written here, one after another: the same shards. Under Ray, a bounded
     number of tasks is in flight and a task whose worker dies or that fails on an OSError runs
-    again (:func:`data_prep.tasks.run_tasks`).
+    again (:func:`data_prep.tasks.run_tasks`). With ``max_bytes``, a unit's shard that reaches
+    that size is closed and its output goes on in the unit's next part.
     """
     start = time.perf_counter()
     results, todo = _reopened(split_dir, units, describe, check_hashes)
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
     # running totals for the bar: summing every result at each completion was quadratic
-    samples = sum(r.record.samples for r in results.values())
+    samples = sum(r.samples for r in results.values())
     skipped = sum(sum(r.skipped.values()) for r in results.values())
-    calls = ((u, str(split_dir), encode, describe) for u in todo)
+    calls = ((u, str(split_dir), encode, describe, max_bytes) for u in todo)
     with tqdm(total=len(units), initial=len(results), desc=desc, unit="shard",
               dynamic_ncols=True) as bar:  # fmt: skip
         for result in run_tasks(write_shard, calls):
-            results[result.record.unit] = result
-            samples += result.record.samples
+            results[result.unit] = result
+            samples += result.samples
             skipped += sum(result.skipped.values())
             bar.set_postfix(samples=samples, skipped=skipped, refresh=False)  # drawn by update()
             bar.update(1)
@@ -158,7 +166,7 @@ def _reopened(split_dir, units, describe, check_hashes: bool):
         adopt_legacy_records(split_dir)
     if (split_dir / SUCCESS).exists():
         (split_dir / SUCCESS).unlink()
-    _remove_unplanned(split_dir, {shard_name(u.index) for u in units})
+    _remove_unplanned(split_dir, {u.index for u in units})
     results: dict[int, UnitResult] = {}
     todo = []
     for unit in units:
@@ -170,17 +178,20 @@ def _reopened(split_dir, units, describe, check_hashes: bool):
     return results, todo
 
 
-def write_shard(unit: WorkUnit, split_dir: str, encode: Encoder, describe) -> UnitResult:
-    """One unit's shard, in a Ray task or here (its name prefixes a worker's lines on the
+def write_shard(
+    unit: WorkUnit, split_dir: str, encode: Encoder, describe, max_bytes: int = 0
+) -> UnitResult:
+    """One unit's shards, in a Ray task or here (its name prefixes a worker's lines on the
     driver's console)."""
-    return write_unit(unit, location(split_dir), encode, describe)
+    return write_unit(unit, location(split_dir), encode, describe, max_bytes)
 
 
-def _remove_unplanned(split_dir: Path, planned: set[str]) -> None:
+def _remove_unplanned(split_dir: Path, planned: set[int]) -> None:
     """Drop shards (and their records) left by an earlier plan with different unit counts."""
     for shard in split_dir.glob("shard-*.tar"):
-        if shard.name not in planned:
+        unit = shard_unit(shard.name)
+        if unit is not None and unit not in planned:
             shard.unlink()
-            record = split_dir / WORK_DIR / f"{shard.name}.json"
+            record = split_dir / WORK_DIR / f"{shard_name(unit)}.json"
             if record.exists():
                 record.unlink()

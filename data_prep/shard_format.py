@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ _LEGACY_WORK_DIR = "_work"
 def shard_name(index: int) -> str:
     """File name of shard ``index``; names come from the plan so reruns rewrite the same files."""
     return f"shard-{index:06d}.tar"
+
+
+def shard_unit(name: str) -> int | None:
+    """The work unit a shard file belongs to: ``shard-000003.tar`` and its later parts
+    (``shard-000003-001.tar``, written when the unit's output passed ``prep.shard_bytes``)."""
+    found = re.fullmatch(r"shard-(\d{6})(?:-\d{3})?\.tar", name)
+    return int(found.group(1)) if found else None
 
 
 @dataclass(frozen=True)

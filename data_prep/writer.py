@@ -83,13 +83,28 @@ class Sample:
 
 @dataclass
 class UnitResult:
-    record: ShardRecord
+    """What one work unit wrote: its shards (one, or more when its output passed the shard
+    size and rolled over), and what it read, skipped and converted."""
+
+    records: list[ShardRecord]
     inputs: int
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     converted: dict[str, int] = field(default_factory=dict)
     # inputs an unexpected error stopped: {"input": its name, "error": the error's one line}
     failures: list[dict] = field(default_factory=list)
+
+    @property
+    def unit(self) -> int:
+        return self.records[0].unit
+
+    @property
+    def samples(self) -> int:
+        return sum(r.samples for r in self.records)
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.records)
 
 
 class FailedInputsError(RuntimeError):
@@ -126,82 +141,127 @@ def unit_is_done(
     if not done.exists():
         return None
     data = json.loads(done.read_text())
-    record = ShardRecord(**data["record"])
+    # "record": written before a unit could roll over into several shards
+    records = [ShardRecord(**r) for r in data.get("records") or [data["record"]]]
     if data.get("inputs_digest", inputs_digest(unit, describe)) != inputs_digest(unit, describe):
         return None
-    problem = shard_problem(split_dir / record.file, record, sha256=sha256)
-    if problem:
-        log.warning("%s: %s; writing it again", record.file, problem)
-        return None
+    for record in records:
+        problem = shard_problem(split_dir / record.file, record, sha256=sha256)
+        if problem:
+            log.warning("%s: %s; writing its unit again", record.file, problem)
+            return None
     return UnitResult(
-        record, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {}),
+        records, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {}),
         data.get("failures", []),
     )  # fmt: skip
 
 
-def write_unit(unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str) -> UnitResult:
-    """Encode every item of ``unit`` into shard ``unit.index``; bad items are skipped, counted.
+def write_unit(
+    unit: WorkUnit, split_dir: Path, encode: Encoder, describe=str, max_bytes: int = 0
+) -> UnitResult:
+    """Encode every item of ``unit`` into shard ``unit.index`` (and, with ``max_bytes``, its
+    next parts once a shard reaches that size); bad items are skipped, counted.
     Into a store (``split_dir`` a URL's path): written in a local staging folder, then
-    published: the shard, its sample index, and last its completion record."""
+    published: the shards, their sample indexes, and last the completion record."""
     if isinstance(split_dir, Path):
-        return _write_unit_here(unit, split_dir, encode, describe)
+        return _write_unit_here(unit, split_dir, encode, describe, max_bytes)
     with tempfile.TemporaryDirectory(prefix="maskmill-stage-") as stage:
-        result = _write_unit_here(unit, Path(stage), encode, describe)
-        record = result.record
-        index = index_path(Path(stage), record).relative_to(stage).as_posix()
-        publish(Path(stage), split_dir, [record.file, index, f"{WORK_DIR}/{record.file}.json"])
+        result = _write_unit_here(unit, Path(stage), encode, describe, max_bytes)
+        names = []
+        for record in result.records:
+            names += [record.file, index_path(Path(stage), record).relative_to(stage).as_posix()]
+        publish(Path(stage), split_dir, [*names, f"{WORK_DIR}/{shard_name(unit.index)}.json"])
     return result
 
 
-def _write_unit_here(unit: WorkUnit, split_dir: Path, encode: Encoder, describe) -> UnitResult:
+def _write_unit_here(
+    unit: WorkUnit, split_dir: Path, encode: Encoder, describe, max_bytes: int
+) -> UnitResult:
     start = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     skipped: Counter[str] = Counter()
     converted: Counter[str] = Counter()
     failures: list[dict] = []
-    final = split_dir / shard_name(unit.index)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    written = 0
-    try:
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for item in unit.items:
-                    added, failure = _add_item(tar, item, encode, describe, skipped, converted)
-                    written += added
-                    if failure:
-                        failures.append({"input": describe(item), "error": failure})
-            raw.flush()
-            os.fsync(raw.fileno())
-        digest = file_sha256(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    first, last = (describe(unit.items[0]), describe(unit.items[-1])) if unit.items else ("", "")
+    with _Parts(split_dir, unit.index, max_bytes, first, last) as parts:
+        for item in unit.items:
+            failure = _add_item(parts, item, encode, describe, skipped, converted)
+            if failure:
+                failures.append({"input": describe(item), "error": failure})
     unsaid = {r: n - WARNINGS_PER_REASON for r, n in skipped.items() if n > WARNINGS_PER_REASON}
     if unsaid:  # the first few of each reason were named; the rest are counted
         log.warning(
             "%s: %d more skipped, not named (%s); every count is in stats.json",
-            final.name, sum(unsaid.values()), ", ".join(f"{r}: {n}" for r, n in unsaid.items()),
+            shard_name(unit.index), sum(unsaid.values()),
+            ", ".join(f"{r}: {n}" for r, n in unsaid.items()),
         )  # fmt: skip
-    record = ShardRecord(
-        file=final.name,
-        samples=written,
-        bytes=size,
-        sha256=digest,
-        unit=unit.index,
-        first_input=describe(unit.items[0]) if unit.items else "",
-        last_input=describe(unit.items[-1]) if unit.items else "",
-    )
-    write_shard_index(split_dir, record)  # where each sample starts: a rank reads only its own
+    for record in parts.records:  # where each sample starts: a rank reads only its own
+        write_shard_index(split_dir, record)
     result = UnitResult(
-        record, len(unit.items), dict(skipped), time.perf_counter() - start, dict(converted),
-        failures,
+        parts.records, len(unit.items), dict(skipped), time.perf_counter() - start,
+        dict(converted), failures,
     )  # fmt: skip
     done = asdict(result) | {"inputs_digest": inputs_digest(unit, describe)}
-    atomic_write_text(split_dir / WORK_DIR / f"{final.name}.json", json.dumps(done))
+    atomic_write_text(split_dir / WORK_DIR / f"{shard_name(unit.index)}.json", json.dumps(done))
     return result
+
+
+class _Parts:
+    """The shards of one unit, written a tar at a time: ``shard-NNNNNN.tar``, then with
+    ``max_bytes`` (a shard at least that large is closed) ``shard-NNNNNN-001.tar``, ... A shard
+    is renamed into place whole; parts an earlier attempt left beyond this one's are removed."""
+
+    def __init__(self, split_dir: Path, unit: int, max_bytes: int, first: str, last: str):
+        self.split_dir, self.unit, self.max_bytes = split_dir, unit, max_bytes
+        self.inputs = (first, last)
+        self.records: list[ShardRecord] = []
+        self._open()
+
+    def _open(self) -> None:
+        self.final = self.split_dir / part_name(self.unit, len(self.records))
+        self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
+        # open across add() calls, closed by _close() or __exit__: no with-block fits
+        self.raw = open(self.tmp, "wb")  # noqa: SIM115
+        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self.samples = 0
+
+    def add(self, sample: Sample) -> None:
+        _add_sample(self.tar, sample)
+        self.samples += 1
+        if self.max_bytes and self.raw.tell() >= self.max_bytes:
+            self._close()
+            self._open()
+
+    def _close(self) -> None:
+        self.tar.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        digest, size = file_sha256(self.tmp), self.tmp.stat().st_size
+        os.replace(self.tmp, self.final)
+        self.records.append(ShardRecord(self.final.name, self.samples, size, digest, self.unit,
+                                        *self.inputs))  # fmt: skip
+
+    def __enter__(self) -> _Parts:
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        try:
+            if kind is None and (self.samples or not self.records):  # no empty last part
+                self._close()
+        finally:
+            self.tar.close()
+            self.raw.close()
+            self.tmp.unlink(missing_ok=True)
+        for stale in self.split_dir.glob(f"shard-{self.unit:06d}-*.tar"):
+            if stale.name not in {r.file for r in self.records}:
+                stale.unlink()
+
+
+def part_name(unit: int, part: int) -> str:
+    """Part ``part`` of unit ``unit``: the unit's shard name for the first, numbered after."""
+    return shard_name(unit) if part == 0 else f"shard-{unit:06d}-{part:03d}.tar"
 
 
 def finish_split(
@@ -215,13 +275,13 @@ def finish_split(
     (``ignored``) and finally ``_SUCCESS``; returns the stats.
     More failed inputs than ``max_failed_share`` of them is a :class:`FailedInputsError`, and
     no ``_SUCCESS``."""
-    results = sorted(results, key=lambda r: r.record.unit)
+    results = sorted(results, key=lambda r: r.unit)
     split_dir = location(split_dir)
     stats = split_stats(results, seconds, ignored)
     failures = [f for r in results for f in r.failures]
     if isinstance(split_dir, Path):
         (split_dir / META_DIR).mkdir(parents=True, exist_ok=True)
-    write_manifest(split_dir, [r.record for r in results])
+    write_manifest(split_dir, [record for r in results for record in r.records])
     atomic_write_text(split_dir / STATS, json.dumps(stats, indent=2) + "\n")
     atomic_write_text(split_dir / FAILURES, "".join(json.dumps(f) + "\n" for f in failures))
     atomic_write_text(
@@ -252,25 +312,25 @@ def split_stats(results: list[UnitResult], seconds: float, ignored: Sequence[Unr
         converted.update(r.converted)
     return {
         "inputs": sum(r.inputs for r in results),
-        "samples": sum(r.record.samples for r in results),
+        "samples": sum(r.samples for r in results),
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": sum(skipped.values()),
         "converted": dict(sorted(converted.items())),
         "ignored": dict(sorted(Counter(u.reason for u in ignored).items())),
-        "shards": len(results),
-        "bytes": sum(r.record.bytes for r in results),
+        "shards": sum(len(r.records) for r in results),
+        "bytes": sum(r.bytes for r in results),
         "seconds": round(seconds, 3),
     }
 
 
-def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted: Counter):
-    """Add the samples of one input to ``tar``, counting skips and conversions; returns how
-    many samples were added, and the one line of the error that stopped the input (or None).
+def _add_item(parts: _Parts, item, encode: Encoder, describe, skipped: Counter, converted: Counter):
+    """Add the samples of one input to the unit's shards, counting skips and conversions;
+    returns the one line of the error that stopped the input (or None).
 
     An unexpected error (an EIO from a network filesystem, a decoder's bug) stops this input
     only: the samples it gave before stay, it is counted as ``failed`` and listed in
     ``failures.jsonl``. One such error among 200 k reads used to end the whole prep."""
-    added, failure = 0, None
+    failure = None
     for out in _encoded(encode, item):
         if isinstance(out, _Failure):
             skipped[FAILED] += 1
@@ -284,9 +344,8 @@ def _add_item(tar, item, encode: Encoder, describe, skipped: Counter, converted:
         elif isinstance(out, Converted):
             converted[out.reason] += 1
         else:
-            _add_sample(tar, out)
-            added += 1
-    return added, failure
+            parts.add(out)
+    return failure
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from cluster.local import (
     run_logged,
     srun_command,
 )
-from data_prep.corpus import corpus_reader
+from data_prep.corpus import SHARD_BYTES, corpus_reader
 from data_prep.job import run_prep, summary_line
 from data_prep.shard_format import (
     MANIFEST,
@@ -288,6 +288,8 @@ def _prep_section(cfg: RunConfig):
     )
     tree = OmegaConf.to_container(OmegaConf.structured(section))
     tree.pop("max_failed_share", None)  # what a prep tolerates (absent from older records)
+    if tree.get("shard_bytes") == SHARD_BYTES:  # the default: a run finished before the key
+        del tree["shard_bytes"]
     return tree
 
 

@@ -39,7 +39,7 @@ from data_prep.audio.layout import (
     librispeech_items,
 )
 from data_prep.audio.segments import plan_segments
-from data_prep.corpus import CorpusReader, LayoutError, prep_problems
+from data_prep.corpus import SHARD_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import FEATURE_STATS, atomic_write_text
 from data_prep.store import location
@@ -67,6 +67,8 @@ class AudioPrepConfig:
     label: str = "transcript"  # the class of a labelled utterance: its transcript or its speaker
     stats_files: int = 64  # train recordings read at fit time for the log-mel mean and std
     samples_per_shard: int = 500
+    # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
+    shard_bytes: int = SHARD_BYTES
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
     # A split whose inputs failed with unexpected errors (listed in failures.jsonl) beyond

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.corpus import CorpusReader, prep_problems
+from data_prep.corpus import SHARD_BYTES, CorpusReader, prep_problems
 from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
 from data_prep.image.encode import EncodedImage, normalize_image
 from data_prep.image.layout import IMAGE_SUFFIXES, SYNSETS, VAL_CSV, ImageItem, read_layout
@@ -36,6 +36,8 @@ class ImagePrepConfig:
     # for re-encoded images (RGB JPEGs already small enough are passed through byte for byte)
     jpeg_quality: int = 90
     samples_per_shard: int = 1000
+    # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
+    shard_bytes: int = SHARD_BYTES
     # shuffles inputs before sharding (ImageNet is sorted by class)
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.corpus import CorpusReader, LayoutError, prep_problems
+from data_prep.corpus import SHARD_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import atomic_write_text, npy_zst_bytes
 from data_prep.store import location
@@ -87,6 +87,8 @@ class TextPrepConfig:
     lowercase: bool = True
     tokenizer_sample_docs: int = 100_000  # unique training documents the tokenizer learns from
     samples_per_shard: int = 1  # input files per shard (a corpus file gives many sequences)
+    # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
+    shard_bytes: int = SHARD_BYTES
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
     # A split whose inputs failed with unexpected errors (listed in failures.jsonl) beyond

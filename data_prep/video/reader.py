@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.corpus import CorpusReader, prep_problems
+from data_prep.corpus import SHARD_BYTES, CorpusReader, prep_problems
 from data_prep.job import run_prep
 from data_prep.video.clips import plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
@@ -52,6 +52,8 @@ class VideoPrepConfig:
     clip_format: str = DEFAULT_FORM  # mjpeg | mp4 | npy.zst (data_prep.video.codecs)
     quality: int = 90  # JPEG quality; mp4: the matching CRF
     samples_per_shard: int = 200
+    # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
+    shard_bytes: int = SHARD_BYTES
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
     # A split whose inputs failed with unexpected errors (listed in failures.jsonl) beyond

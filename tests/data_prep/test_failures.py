@@ -31,7 +31,7 @@ def _encode(item: str):
 def test_an_unexpected_error_stops_its_input_only_and_is_listed(tmp_path):
     """Before: the OSError ended write_unit, and with it the whole prep."""
     result = write_unit(WorkUnit(0, ("a", "eio1", "b")), tmp_path, _encode)
-    assert result.record.samples == 2 and result.skipped == {"failed": 1}
+    assert result.samples == 2 and result.skipped == {"failed": 1}
     stats = finish_split(tmp_path, [result], 0.0, max_failed_share=0.5)
     assert stats["skipped"] == {"failed": 1} and (tmp_path / SUCCESS).exists()
     (listed,) = [json.loads(line) for line in (tmp_path / FAILURES).read_text().splitlines()]

@@ -19,7 +19,7 @@ def test_written_shard_is_a_plain_tar_with_contiguous_samples(tmp_path):
     with tarfile.open(tmp_path / shard_name(0)) as tar:
         names = tar.getnames()
     assert names == ["a.txt", "a.cls", "b.txt", "b.cls", "c.txt", "c.cls"]
-    assert result.record.samples == 3 and result.skipped == {"broken": 1}
+    assert result.samples == 3 and result.skipped == {"broken": 1}
 
 
 def test_manifest_hash_and_size_match_the_file(tmp_path):
@@ -34,7 +34,7 @@ def test_manifest_hash_and_size_match_the_file(tmp_path):
 def test_same_inputs_give_byte_identical_shards(tmp_path):
     a = write_unit(WorkUnit(0, ("x", "y")), tmp_path / "a", _encode)
     b = write_unit(WorkUnit(0, ("x", "y")), tmp_path / "b", _encode)
-    assert a.record.sha256 == b.record.sha256
+    assert [r.sha256 for r in a.records] == [r.sha256 for r in b.records]
 
 
 def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path, monkeypatch):
@@ -127,7 +127,7 @@ def test_an_input_may_give_several_samples_and_skips_are_counted_by_reason(tmp_p
         "cut_0.txt",
         "cut_1.txt",
     ]
-    assert result.inputs == 4 and result.record.samples == 7
+    assert result.inputs == 4 and result.samples == 7
     assert result.skipped == {"too_short": 1, "truncated": 1}
 
 
@@ -140,3 +140,35 @@ def test_skips_are_named_a_few_at_a_time_and_the_rest_counted(tmp_path, caplog):
     named = [r.message for r in caplog.records if r.message.startswith("skipped bad")]
     assert len(named) == 3
     assert "7 more skipped, not named (broken: 7); every count is in stats.json" in caplog.text
+
+
+def _big(item: str):
+    """Ten samples of ~10 KB each per input."""
+    for n in range(10):
+        yield Sample(key=f"{item}_{n}", members={"bin": bytes([n]) * 10_000, "cls": b"1"})
+
+
+def test_a_unit_rolls_over_into_parts_each_below_twice_the_limit(tmp_path):
+    """Plan by output: a unit whose output passes ``max_bytes`` goes on in a next part, so no
+    shard holds much more than the limit (one sample more at most) and none is empty; the parts
+    hold, in order, the samples one unbounded shard holds."""
+    from data_prep.shard_format import read_shard_samples
+
+    unit = WorkUnit(3, ("a", "b", "c", "d"))
+    whole = write_unit(unit, tmp_path / "whole", _big)
+    parts = write_unit(unit, tmp_path / "parts", _big, max_bytes=64 * 1024)
+    names = [r.file for r in parts.records]
+    assert names[:2] == [shard_name(3), "shard-000003-001.tar"] and len(names) >= 5
+    assert all(0 < r.samples for r in parts.records)
+    assert all(r.bytes < 2 * 64 * 1024 for r in parts.records)  # tar pads to 10 KB records
+    keys = [
+        s["__key__"] for r in parts.records for s in read_shard_samples(tmp_path / "parts" / r.file)
+    ]
+    assert keys == [s["__key__"] for s in read_shard_samples(tmp_path / "whole" / shard_name(3))]
+    assert parts.samples == whole.samples == 40
+    finish_split(tmp_path / "parts", [parts], seconds=0.1)
+    assert [r.file for r in read_manifest(tmp_path / "parts")] == names
+    done = unit_is_done(tmp_path / "parts", unit)
+    assert done is not None and [r.file for r in done.records] == names
+    (tmp_path / "parts" / names[2]).write_bytes(b"cut")  # one part damaged: the unit again
+    assert unit_is_done(tmp_path / "parts", unit) is None

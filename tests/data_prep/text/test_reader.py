@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.shard_format import npy_zst_array, read_shard_samples, read_stats, shard_urls
+from data_prep.shard_format import (
+    npy_zst_array,
+    read_manifest,
+    read_shard_samples,
+    read_stats,
+    shard_urls,
+)
 from data_prep.text.layout import BadLine, normalise, read_documents, text_files
 from data_prep.text.reader import TextPrepConfig, fit, held_out, items, prep_text
 from data_prep.text.tokenizer import PAD, load_tokenizer
@@ -155,3 +161,26 @@ def test_byte_level_bpe_trains_to_the_same_tokenizer_in_every_process():
         for _ in range(3)
     }
     assert len(runs) == 1, runs
+
+
+def test_every_shard_stays_within_twice_the_shard_size(tmp_path):
+    """Plan by output: a 4 MB file among small ones. Before, a file was one shard whatever its
+    size (a 5 MB document made an 85 MB shard beside 10 KB ones); now a shard reaching
+    ``shard_bytes`` rolls over into the next part of its unit."""
+    source = tmp_path / "corpus"
+    source.mkdir()
+    words = " ".join(f"word{i % 500}" for i in range(400))
+    big = [json.dumps({"text": f"{words} number {i}."}) for i in range(1500)]
+    (source / "big.jsonl").write_text("\n".join(big) + "\n")
+    for f in range(3):
+        small = [json.dumps({"text": f"small file {f} line {i}"}) for i in range(20)]
+        (source / f"small{f}.jsonl").write_text("\n".join(small) + "\n")
+    target = 256 * 1024
+    cfg = TextPrepConfig(source=str(source), out=str(tmp_path / "out"), splits=["train"],
+                         seq_len=64, vocab_size=300, val_fraction=0.0, shard_bytes=target)  # fmt: skip
+    stats = prep_text(cfg)["train"]
+    records = read_manifest(tmp_path / "out" / "train")
+    sizes = sorted(r.bytes for r in records)
+    print(f"{len(records)} shards, bytes {sizes[0]:,} .. {sizes[-1]:,} (target {target:,})")
+    assert stats["bytes"] > 8 * target and len(records) > 8  # the big file alone rolled over
+    assert all(r.samples > 0 for r in records) and sizes[-1] <= 2 * target

@@ -56,7 +56,7 @@ def written(request, tmp_path):
     result = write_unit(
         WorkUnit(0, tuple(items)), tmp_path, functools.partial(reader.encode, cfg, state)
     )
-    assert result.record.samples >= 4, result.skipped
+    assert result.samples >= 4, result.skipped
     return name, list(read_shard_samples(tmp_path / shard_name(0)))
 
 
