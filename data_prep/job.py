@@ -113,6 +113,7 @@ def _write_splits(
                 units, out / split, encode, desc=f"prep {split}",
                 max_failed_share=failed_share, check_hashes=check_hashes, ignored=unread[split],
                 max_bytes=getattr(cfg, "shard_bytes", 0),
+                memory_mb=getattr(cfg, "task_memory_mb", 0),
             )  # fmt: skip
     return stats
 

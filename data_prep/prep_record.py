@@ -30,7 +30,9 @@ SETTINGS = f"{META_DIR}/prep.json"
 LOCK = f"{META_DIR}/prep.lock"
 # Where and how a prep runs, which of its splits it writes: not what any shard holds.
 # How a prep runs and what it tolerates, not what it writes.
-NOT_SETTINGS = ("out", "num_cpus", "ray_address", "splits", "max_failed_share")
+NOT_SETTINGS = (
+    "out", "num_cpus", "ray_address", "splits", "max_failed_share", "task_memory_mb",
+)  # fmt: skip
 
 
 class PrepOutputError(RuntimeError):

@@ -128,6 +128,7 @@ def prepare_split(
     check_hashes: bool = False,
     ignored: Sequence[Unread] = (),
     max_bytes: int = 0,
+    memory_mb: int = 0,
 ) -> dict:
     """Write every unit of a split (inside a :func:`ray_session`) and finish the split.
 
@@ -147,7 +148,7 @@ def prepare_split(
     calls = ((u, str(split_dir), encode, describe, max_bytes) for u in todo)
     with tqdm(total=len(units), initial=len(results), desc=desc, unit="shard",
               dynamic_ncols=True) as bar:  # fmt: skip
-        for result in run_tasks(write_shard, calls):
+        for result in run_tasks(write_shard, calls, memory_mb):
             results[result.unit] = result
             samples += result.samples
             skipped += sum(result.skipped.values())

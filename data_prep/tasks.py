@@ -20,16 +20,18 @@ from typing import Any
 TASK_RETRIES = 3
 
 
-def run_tasks(fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
+def run_tasks(fn: Callable, calls: Iterable[tuple], memory_mb: int = 0) -> Iterator[Any]:
     """``fn(*args)`` for each ``args`` of ``calls``, each result as it comes (in completion
-    order under Ray, in call order here)."""
+    order under Ray, in call order here). ``memory_mb``: the memory each task reserves, so Ray
+    starts no more tasks on a node than its memory holds (0: none reserved)."""
     # Not imported here: Ray reads its auth mode when first imported (data_prep.ray_job sets it)
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         for args in calls:
             yield fn(*args)
         return
-    task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError])(_logged(fn))
+    options = {"memory": memory_mb << 20} if memory_mb else {}
+    task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=[OSError], **options)(_logged(fn))
     waiting = iter(calls)
     pending = [task.remote(*args) for args in itertools.islice(waiting, in_flight())]
     while pending:

@@ -288,6 +288,7 @@ def _prep_section(cfg: RunConfig):
     )
     tree = OmegaConf.to_container(OmegaConf.structured(section))
     tree.pop("max_failed_share", None)  # what a prep tolerates (absent from older records)
+    tree.pop("task_memory_mb", None)  # how Ray schedules it, not what it writes
     if tree.get("shard_bytes") == SHARD_BYTES:  # the default: a run finished before the key
         del tree["shard_bytes"]
     return tree

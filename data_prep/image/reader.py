@@ -38,6 +38,8 @@ class ImagePrepConfig:
     samples_per_shard: int = 1000
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
+    # memory each Ray task reserves (MB; 0: none): Ray runs no more tasks on a node than fit
+    task_memory_mb: int = 0
     # shuffles inputs before sharding (ImageNet is sorted by class)
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core

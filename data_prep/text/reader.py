@@ -89,6 +89,8 @@ class TextPrepConfig:
     samples_per_shard: int = 1  # input files per shard (a corpus file gives many sequences)
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
+    # memory each Ray task reserves (MB; 0: none): Ray runs no more tasks on a node than fit
+    task_memory_mb: int = 0
     seed: int = 0
     num_cpus: int | None = None  # local Ray head size; None = every core
     # A split whose inputs failed with unexpected errors (listed in failures.jsonl) beyond

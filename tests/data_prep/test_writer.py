@@ -159,7 +159,7 @@ def test_a_unit_rolls_over_into_parts_each_below_twice_the_limit(tmp_path):
     parts = write_unit(unit, tmp_path / "parts", _big, max_bytes=64 * 1024)
     names = [r.file for r in parts.records]
     assert names[:2] == [shard_name(3), "shard-000003-001.tar"] and len(names) >= 5
-    assert all(0 < r.samples for r in parts.records)
+    assert all(r.samples > 0 for r in parts.records)
     assert all(r.bytes < 2 * 64 * 1024 for r in parts.records)  # tar pads to 10 KB records
     keys = [
         s["__key__"] for r in parts.records for s in read_shard_samples(tmp_path / "parts" / r.file)
