@@ -336,6 +336,8 @@ def _pretrain_section(cfg: RunConfig):
     del tree["global_batch"]  # hashed below, as it was before the key existed
     del tree["activation_checkpointing"]  # memory against time, the same losses
     del tree["monitor"]  # watches the run, changes nothing in it
+    if not tree["data"]:  # absent from older records: one split's stream stays as it was
+        del tree["data"]
     if not tree["init"]:  # absent from older records: a run from scratch stays as it was
         del tree["init"], tree["init_accept"]
     if tree["rollback"]["skip"]:  # batches left out change what trains; the rest only what a

@@ -275,16 +275,21 @@ def test_activation_checkpointing_measures_the_kept_bytes_and_projects_the_batch
 
 
 def test_prep_scale_projects_from_marginal_figures():
-    from benchmarks.prep_scale import TARGET_CPUS, marginal, project
+    from benchmarks.prep_scale import C4_TOKENS, TARGET_CPUS, marginal, project
 
-    runs = [{"n": 1000, "driver_cpu_s": 2.0, "wall_s": 7.0},
-            {"n": 11000, "driver_cpu_s": 2.5, "wall_s": 9.0}]  # fmt: skip
+    runs = [{"n": 1000, "driver_cpu_s": 2.0, "wall_s": 7.0, "tokens": 12_000},
+            {"n": 11000, "driver_cpu_s": 2.5, "wall_s": 9.0, "tokens": 132_000}]  # fmt: skip
     assert marginal(runs, "driver_cpu_s") == 0.5 / 10000
     lines = project({"image": runs, "text": runs}, image_cost=0.004, cpus=2)
     assert lines[0].startswith("| ImageNet-1k | 1,281,167 | 4.00 ms x 1,281,167 / 640")
     assert "50 µs x 1,281,167 = 1.1 min" in lines[0]
-    text = 2 * 2.0 / 10000  # the tasks' marginal wall x CPUs per document
-    assert f"{text * 365e6 / TARGET_CPUS / 60:.1f} min" in lines[2]
+    per_token = 2 * 2.0 / 120_000  # the tasks' marginal wall x CPUs per token
+    assert f"{per_token * C4_TOKENS / TARGET_CPUS / 60:.1f} min" in lines[2]
+    assert "50.0 µs x 365,000,000 = 304.2 min" in lines[2]  # the driver's serial share
+    falling = [runs[0], {**runs[1], "driver_cpu_s": 1.5}]  # noise: a negative marginal
+    assert (
+        "0.0 µs x 365,000,000 = 0.0 min" in project({"image": runs, "text": falling}, 0.004, 2)[2]
+    )
 
 
 @pytest.mark.slow  # ~1 min: six real preps on local Ray
