@@ -43,9 +43,16 @@ class PrepOutputError(RuntimeError):
 def settings_of(cfg: Any) -> dict:
     """The settings a prep output records: the config as JSON values, less NOT_SETTINGS."""
     values = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    if values.get("shard_bytes") == SHARD_BYTES:  # the default: as outputs made before the key
-        del values["shard_bytes"]
-    return {k: v for k, v in sorted(values.items()) if k not in NOT_SETTINGS}
+    return {k: v for k, v in sorted(without_new_defaults(values).items()) if k not in NOT_SETTINGS}
+
+
+# Keys added after outputs were written: at these values they are left out of the records and
+# fingerprints, so an output made before the key reads as made with its default.
+NEW_DEFAULTS = {"shard_bytes": SHARD_BYTES, "near_dedup": False}
+
+
+def without_new_defaults(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in NEW_DEFAULTS or v != NEW_DEFAULTS[k]}
 
 
 def changed_keys(recorded: dict, settings: dict) -> list[str]:

@@ -30,8 +30,9 @@ from cluster.local import (
     run_logged,
     srun_command,
 )
-from data_prep.corpus import SHARD_BYTES, corpus_reader
+from data_prep.corpus import corpus_reader
 from data_prep.job import run_prep, summary_line
+from data_prep.prep_record import without_new_defaults
 from data_prep.shard_format import (
     MANIFEST,
     bad_shard_error,
@@ -289,9 +290,7 @@ def _prep_section(cfg: RunConfig):
     tree = OmegaConf.to_container(OmegaConf.structured(section))
     tree.pop("max_failed_share", None)  # what a prep tolerates (absent from older records)
     tree.pop("task_memory_mb", None)  # how Ray schedules it, not what it writes
-    if tree.get("shard_bytes") == SHARD_BYTES:  # the default: a run finished before the key
-        del tree["shard_bytes"]
-    return tree
+    return without_new_defaults(tree)  # a run finished before those keys stays finished
 
 
 def _prep_inputs(cfg: RunConfig) -> str:

@@ -138,21 +138,21 @@ def write_signatures(dedup: Dedup, number: int, file: TextFile, quota: int) -> i
             elif entry > picked[0]:
                 offered.discard(-heapq.heapreplace(picked, entry)[0])
     root = location(dedup.folder)
-    _mkdir(root)
+    mkdir(root)
     lines = (json.dumps({"priority": -p, "doc": -i, "text": t}) for p, i, t in sorted(picked))
     atomic_write_text(root / f"cand-{number:06d}.jsonl", "".join(f"{line}\n" for line in lines))
     table = np.array(rows, dtype=SIG)
     bucket = table["hi"] % dedup.buckets
-    table = table[np.lexsort((table["doc"], table["lo"], table["hi"], bucket))]
-    starts = np.searchsorted(np.sort(bucket), np.arange(dedup.buckets + 1)).astype("<u8")
-    atomic_write_bytes(root / _sig(number), starts.tobytes() + table.tobytes())  # done last
+    order = np.lexsort((table["doc"], table["lo"], table["hi"], bucket))
+    data = grouped_bytes(table[order], bucket[order], dedup.buckets)
+    atomic_write_bytes(root / _sig(number), data)  # done last
     return len(table)
 
 
 def write_copies(dedup: Dedup, bucket: int) -> int:
     """Step 2 for one bucket; returns how many later copies it holds."""
     root = location(dedup.folder)
-    parts = [_rows(root / _sig(i), dedup.buckets, bucket, SIG) for i in range(dedup.files)]
+    parts = [grouped_rows(root / _sig(i), dedup.buckets, bucket, SIG) for i in range(dedup.files)]
     rows = np.concatenate(parts) if parts else np.zeros(0, SIG)
     rows = rows[np.lexsort((rows["doc"], rows["file"], rows["lo"], rows["hi"]))]
     later = np.zeros(len(rows), bool)
@@ -160,15 +160,14 @@ def write_copies(dedup: Dedup, bucket: int) -> int:
     copies = np.zeros(int(later.sum()), DUP)
     copies["file"], copies["doc"] = rows["file"][later], rows["doc"][later]
     copies = copies[np.lexsort((copies["doc"], copies["file"]))]
-    starts = np.searchsorted(copies["file"], np.arange(dedup.files + 1)).astype("<u8")
-    atomic_write_bytes(root / _dup(bucket), starts.tobytes() + copies.tobytes())
+    atomic_write_bytes(root / _dup(bucket), grouped_bytes(copies, copies["file"], dedup.files))
     return len(copies)
 
 
 def copies_in(copies: Copies, number: int) -> frozenset[int]:
     """Step 3: the indices of file ``number``'s documents that are later copies."""
     root = location(copies.folder)
-    found = [_rows(root / _dup(b), copies.files, number, DUP)["doc"] for b in copies.buckets]
+    found = [grouped_rows(root / _dup(b), copies.files, number, DUP)["doc"] for b in copies.buckets]
     return frozenset(int(i) for part in found for i in part)
 
 
@@ -194,14 +193,22 @@ def tokenizer_sample(dedup: Dedup) -> list[str]:
 
 
 def drop_working_files(dedup: Dedup) -> None:
-    """Remove the signatures and candidates (24 bytes a document and the sample's texts):
-    the copies' lists and the summary are all a rerun needs."""
+    """Remove the signatures and candidates (24 bytes a document and the sample's texts; the
+    near-duplicates' band hashes and edges): the copies' lists and summaries are all a rerun
+    needs."""
     root = location(dedup.folder)
-    for path in _listed(root, ("sig-", "cand-")):
+    for path in listed(root, ("sig-", "cand-", "nsig-", "edges-")):
         remove_tree(path)
 
 
-def _rows(path: Any, groups: int, group: int, dtype: np.dtype) -> np.ndarray:
+def grouped_bytes(table: np.ndarray, group_of: np.ndarray, groups: int) -> bytes:
+    """``table`` (sorted by ``group_of``) as a file :func:`grouped_rows` reads: ``groups + 1``
+    record offsets, then the records."""
+    starts = np.searchsorted(group_of, np.arange(groups + 1)).astype("<u8")
+    return starts.tobytes() + table.tobytes()
+
+
+def grouped_rows(path: Any, groups: int, group: int, dtype: np.dtype) -> np.ndarray:
     """The records of ``group`` in a file headed by ``groups + 1`` record offsets."""
     with path.open("rb") as f:
         f.seek(8 * group)
@@ -243,13 +250,13 @@ def _remove_other_corpora(root: Any) -> None:
                 remove_tree(other)
 
 
-def _listed(root: Any, prefixes: Iterable[str]) -> list[Any]:
+def listed(root: Any, prefixes: Iterable[str]) -> list[Any]:
     return (
         [p for p in root.iterdir() if p.name.startswith(tuple(prefixes))] if root.exists() else []
     )
 
 
-def _mkdir(root: Any) -> None:
+def mkdir(root: Any) -> None:
     if isinstance(root, Path):
         root.mkdir(parents=True, exist_ok=True)
 

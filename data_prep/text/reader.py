@@ -20,7 +20,7 @@ A sample is ``<file>_<seq>.tokens.npy.zst``: a ``[2, seq_len]`` array (uint16 wh
 fits, else uint32) of token ids and word-start flags, zstd-compressed; ``.json`` (source, real
 tokens); labelled samples add ``.cls``. Skipped, by reason: ``invalid_utf8``, ``malformed_json``,
 ``missing_text``, ``empty_text`` (counted in ``train``: a bad line has no text to assign a split
-by), ``duplicate``, ``missing_label``, ``unknown_label``; converted: ``truncated_record`` (a
+by), ``duplicate``, ``near_duplicate`` (with ``near_dedup``), ``missing_label``, ``unknown_label``; converted: ``truncated_record`` (a
 labelled record longer than ``seq_len``).
 """
 
@@ -39,7 +39,7 @@ from data_prep.corpus import SHARD_BYTES, CorpusReader, LayoutError, prep_proble
 from data_prep.job import run_prep
 from data_prep.shard_format import atomic_write_text, npy_zst_bytes
 from data_prep.store import location
-from data_prep.text import dedup
+from data_prep.text import dedup, minhash
 from data_prep.text.demo import TextDemoConfig, write_text_demo
 from data_prep.text.layout import (
     BadLine,
@@ -86,6 +86,8 @@ class TextPrepConfig:
     vocab_size: int = 30522  # BERT's
     lowercase: bool = True
     tokenizer_sample_docs: int = 100_000  # unique training documents the tokenizer learns from
+    # also drop near-duplicates (MinHash LSH, 5-word shingles, 14 bands x 8: data_prep.text.minhash)
+    near_dedup: bool = False
     samples_per_shard: int = 1  # input files per shard (a corpus file gives many sequences)
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
@@ -157,6 +159,7 @@ def fit(cfg: TextPrepConfig, train_items) -> dict:
     files = [i.file for i in train_items]
     plan, sizes = dedup.plan(cfg.out, files, cfg, wanted)
     found = dedup.find_copies(plan, files, sizes)
+    near = minhash.find_near_copies(plan, files) if cfg.near_dedup else None
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     elif saved.exists():
@@ -168,10 +171,11 @@ def fit(cfg: TextPrepConfig, train_items) -> dict:
     if not saved.exists() or cfg.tokenizer:
         atomic_write_text(saved, tok.to_str(pretty=True))  # the bytes tok.save writes
     dedup.drop_working_files(plan)
-    log.info("%d unique documents, %d later copies", found["documents"] - found["copies"],
-             found["copies"])  # fmt: skip
+    log.info("%d unique documents, %d later copies%s", found["documents"] - found["copies"],
+             found["copies"], f", {near['near_copies']} near-copies" if near else "")  # fmt: skip
     return {
         "copies": dedup.Copies(plan.folder, plan.files, tuple(found["buckets"])),
+        "near": minhash.NearCopies(plan.folder, plan.files) if near else None,
         "tokenizer": str(saved),
         "classes": _classes(cfg),
     }
@@ -225,6 +229,7 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
 def _split_documents(cfg, state, item: TextFile, number: int, split: str):
     """The file's documents that belong to ``split``, first copies only; counts the rest."""
     copies = dedup.copies_in(state["copies"], number)
+    near = minhash.near_copies_in(state["near"], number) if state.get("near") else frozenset()
     for doc in read_documents(item, cfg.text_field):
         if isinstance(doc, BadLine):
             if split == "train":
@@ -234,6 +239,9 @@ def _split_documents(cfg, state, item: TextFile, number: int, split: str):
             continue
         if doc.index in copies:
             yield SkipSample("duplicate", f"{item.path}:{doc.index + 1}")
+            continue
+        if doc.index in near:
+            yield SkipSample("near_duplicate", f"{item.path}:{doc.index + 1}")
             continue
         yield doc
 
