@@ -75,7 +75,8 @@ def plain_loop(files, tokenizer) -> int:
 def maskmill_prep(cfg: TextPrepConfig, state: dict, files, out: Path) -> None:
     """The train split of ``files`` written as the Ray tasks do, one shard per file."""
     for n, f in enumerate(files):
-        write_unit(WorkUnit(n, (TextItem(f, "train"),)), out, functools.partial(encode, cfg, state))
+        item = TextItem(f, "train", n)
+        write_unit(WorkUnit(n, (item,)), out, functools.partial(encode, cfg, state))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(cfg.out).mkdir(parents=True)
     files = text_files(source)
     start = time.perf_counter()
-    state = fit(cfg, [TextItem(f, "train") for f in files])
+    state = fit(cfg, [TextItem(f, "train", n) for n, f in enumerate(files)])
     fit_s = time.perf_counter() - start
     tokenizer = load_tokenizer(state["tokenizer"])
     ours, plain, real_tokens, plain_tokens = [], [], 0, 0

@@ -11,7 +11,6 @@ same inputs give byte-identical shards and a rerun reproduces the same sha256 in
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from data_prep.shard_format import (
     atomic_write_text,
     file_sha256,
     index_path,
+    member_header,
     shard_name,
     shard_problem,
     write_manifest,
@@ -196,8 +196,8 @@ def _write_unit_here(
             shard_name(unit.index), sum(unsaid.values()),
             ", ".join(f"{r}: {n}" for r, n in unsaid.items()),
         )  # fmt: skip
-    for record in parts.records:  # where each sample starts: a rank reads only its own
-        write_shard_index(split_dir, record)
+    for record, offsets in zip(parts.records, parts.offsets):  # a rank reads only its own
+        write_shard_index(split_dir, record, offsets)
     result = UnitResult(
         parts.records, len(unit.items), dict(skipped), time.perf_counter() - start,
         dict(converted), failures,
@@ -209,13 +209,16 @@ def _write_unit_here(
 
 class _Parts:
     """The shards of one unit, written a tar at a time: ``shard-NNNNNN.tar``, then with
-    ``max_bytes`` (a shard at least that large is closed) ``shard-NNNNNN-001.tar``, ... A shard
-    is renamed into place whole; parts an earlier attempt left beyond this one's are removed."""
+    ``max_bytes`` (a shard at least that large is closed) ``shard-NNNNNN-001.tar``, ... Each is
+    a plain ustar file (``shard_format.member_header``: what ``tarfile`` writes, built directly)
+    whose sample offsets are noted as it grows, renamed into place whole; parts an earlier
+    attempt left beyond this one's are removed."""
 
     def __init__(self, split_dir: Path, unit: int, max_bytes: int, first: str, last: str):
         self.split_dir, self.unit, self.max_bytes = split_dir, unit, max_bytes
         self.inputs = (first, last)
         self.records: list[ShardRecord] = []
+        self.offsets: list[list[int]] = []
         self._open()
 
     def _open(self) -> None:
@@ -223,35 +226,41 @@ class _Parts:
         self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
         # open across add() calls, closed by _close() or __exit__: no with-block fits
         self.raw = open(self.tmp, "wb")  # noqa: SIM115
-        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        self.samples = 0
+        self.starts: list[int] = []
 
     def add(self, sample: Sample) -> None:
-        _add_sample(self.tar, sample)
-        self.samples += 1
+        self.starts.append(self.raw.tell())
+        for ext, payload in sample.members.items():
+            self.raw.write(member_header(f"{sample.key}.{ext}", len(payload)))
+            self.raw.write(payload)
+            self.raw.write(b"\0" * (-len(payload) % tarfile.BLOCKSIZE))
         if self.max_bytes and self.raw.tell() >= self.max_bytes:
             self._close()
             self._open()
 
     def _close(self) -> None:
-        self.tar.close()
+        end = self.raw.tell()
+        self.raw.write(
+            b"\0" * (2 * tarfile.BLOCKSIZE)
+        )  # the end marker, then padding to a whole record
+        self.raw.write(b"\0" * (-(end + 2 * tarfile.BLOCKSIZE) % tarfile.RECORDSIZE))
         self.raw.flush()
         os.fsync(self.raw.fileno())
         self.raw.close()
         digest, size = file_sha256(self.tmp), self.tmp.stat().st_size
         os.replace(self.tmp, self.final)
-        self.records.append(ShardRecord(self.final.name, self.samples, size, digest, self.unit,
-                                        *self.inputs))  # fmt: skip
+        self.records.append(ShardRecord(self.final.name, len(self.starts), size, digest,
+                                        self.unit, *self.inputs))  # fmt: skip
+        self.offsets.append([*self.starts, end])
 
     def __enter__(self) -> _Parts:
         return self
 
     def __exit__(self, kind, err, tb) -> None:
         try:
-            if kind is None and (self.samples or not self.records):  # no empty last part
+            if kind is None and (self.starts or not self.records):  # no empty last part
                 self._close()
         finally:
-            self.tar.close()
             self.raw.close()
             self.tmp.unlink(missing_ok=True)
         for stale in self.split_dir.glob(f"shard-{self.unit:06d}-*.tar"):
@@ -363,13 +372,3 @@ def _encoded(encode: Encoder, item) -> Iterator[Sample | SkipSample | Converted 
     except Exception as err:  # any error of one input is that input's, not the prep's
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         yield _Failure(f"{type(err).__name__}: {first}".rstrip(": "))
-
-
-def _add_sample(tar: tarfile.TarFile, sample: Sample) -> None:
-    for ext, payload in sample.members.items():
-        info = tarfile.TarInfo(f"{sample.key}.{ext}")
-        info.size = len(payload)
-        info.mtime = 0
-        info.mode = 0o644
-        info.uname = info.gname = ""
-        tar.addfile(info, io.BytesIO(payload))

@@ -124,7 +124,7 @@ class TextItem:
 
     file: TextFile
     split: str
-    number: int = 0  # the file's place in the corpus listing (names it in the dedup records)
+    number: int  # the file's place in the corpus listing (names it in the dedup records)
 
     def __str__(self) -> str:
         return f"{self.file.path} ({self.split})"

@@ -42,16 +42,18 @@ def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path, monkeypatch):
     (test_failures), but this one is the unit's, which leaves nothing behind."""
     import errno
 
-    added = []
+    import data_prep.writer as writer
 
-    def full(tar, info, fileobj=None):
-        added.append(info.name)
-        if len(added) > 2:
+    written = []
+
+    def full(name, size):
+        written.append(name)
+        if len(written) > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tar, info, fileobj)
+        return real(name, size)
 
-    real = tarfile.TarFile.addfile
-    monkeypatch.setattr(tarfile.TarFile, "addfile", full)
+    real = writer.member_header
+    monkeypatch.setattr(writer, "member_header", full)
     with pytest.raises(OSError, match="No space left"):
         write_unit(WorkUnit(0, ("a", "boom")), tmp_path, _encode)
     assert not (tmp_path / shard_name(0)).exists()
@@ -172,3 +174,32 @@ def test_a_unit_rolls_over_into_parts_each_below_twice_the_limit(tmp_path):
     assert done is not None and [r.file for r in done.records] == names
     (tmp_path / "parts" / names[2]).write_bytes(b"cut")  # one part damaged: the unit again
     assert unit_is_done(tmp_path / "parts", unit) is None
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("a.txt", 0), ("n01440764_10026.jpg", 110_517), ("k" * 95 + ".json", 3),
+     ("x" * 90 + "/" + "y" * 40 + ".cls", 1)],
+)  # fmt: skip
+def test_a_member_header_is_what_tarfile_writes(name, size):
+    from data_prep.shard_format import member_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
+    assert member_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint8", "float32"])
+def test_npy_zst_members_are_what_np_save_and_zstd_write(dtype):
+    import io
+
+    import numpy as np
+    import zstandard
+
+    from data_prep.shard_format import npy_zst_array, npy_zst_bytes
+
+    array = (np.arange(2 * 128) % 251).astype(dtype).reshape(2, 128)
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    assert npy_zst_bytes(array) == zstandard.ZstdCompressor(level=3).compress(buf.getvalue())
+    assert np.array_equal(npy_zst_array(npy_zst_bytes(array)), array)
