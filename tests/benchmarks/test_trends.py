@@ -1,0 +1,43 @@
+"""``benchmarks/trends.py``: the verdict rule, and the tiny grid run end to end through the
+pipeline (two image points, one seed) with its JSON, table and figure, redrawn by --replot."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.trends import Claim, main, verdict
+
+
+def _runs(scores: dict[str, list[float]]) -> list[dict]:
+    return [
+        {"label": label, "seed": seed, "scores": {"linear_probe.top1": value}}
+        for label, values in scores.items()
+        for seed, value in enumerate(values)
+    ]
+
+
+def test_a_verdict_compares_the_ranges_over_seeds():
+    beats = Claim("p", "0.75", "0.25", "linear_probe.top1")
+    assert verdict(beats, _runs({"0.75": [40, 42], "0.25": [30, 35]})) == "reproduced"
+    assert verdict(beats, _runs({"0.75": [30, 33], "0.25": [35, 40]})) == "not reproduced"
+    assert verdict(beats, _runs({"0.75": [36, 41], "0.25": [35, 40]})) == "within noise"
+    level = Claim("p", "0.4", "0.15", "linear_probe.top1", "matches or beats")
+    assert verdict(level, _runs({"0.4": [30, 34], "0.15": [33, 36]})) == "reproduced"
+    assert verdict(level, _runs({"0.4": [30, 32], "0.15": [33, 36]})) == "not reproduced"
+    assert verdict(beats, _runs({"0.75": [40]})) == "not measured"
+
+
+def test_the_tiny_grid_runs_and_replots(tmp_path):
+    out = tmp_path / "trends"
+    args = ["--grid", "tiny", "--modalities", "image", "--seeds", "1",
+            "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    runs = result["modalities"]["image"]["runs"]
+    assert [r["label"] for r in runs] == ["0.5", "0.75"]
+    assert all(0 <= r["scores"]["linear_probe.top1"] <= 100 for r in runs)
+    table = out.with_suffix(".md").read_text()
+    assert "| MAE (He et al. 2022, Fig. 5) | 0.75 beats 0.5 on linear_probe.top1 |" in table
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    out.with_suffix(".md").unlink()
+    assert main([*args, "--replot"]) == 0 and out.with_suffix(".md").read_text() == table
