@@ -182,15 +182,37 @@ def _page(
     fig_dir: Path,
     masking: list[str],
 ) -> str:
+    unit = modality_.unit
+    last = curve[-1] if curve else {}
+    body = [
+        f"<h1>maskmill run <code>{html.escape(cfg.name)}</code></h1>",
+        f"<p class=muted>written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
+        _table(["", ""], _facts(cfg, modality_, curve), cls="facts"),
+        "<h2>What pretraining bought</h2>",
+        _eval_table(metrics, unit, _vocab_size(cfg)),
+        *_downstream_section(fig_dir),
+        "<h2>Training curves</h2>",
+        _img(fig_dir / "curves.png"),
+        *_monitor_section(fig_dir),
+        "<h2>Reconstructions (val split)</h2>",
+        "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
+        _img(fig_dir / "reconstructions.png"),
+        *masking,
+        *_data_section(cfg, last),
+    ]
+    return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
+
+
+def _facts(cfg: RunConfig, modality_: Modality, curve: list[dict]) -> list[tuple[str, str]]:
+    """The run at a glance: the table at the top of the page."""
     p = cfg.pretrain
     m = p.model.resolved()
-    unit = modality_.unit
     grid = modality_.geometry(p.input).grid
     tokens = math.prod(grid)
     last = curve[-1] if curve else {}
     speed = _throughput_key(curve)
     split = pretrain_split(p, cfg.launch.world_size)
-    facts = [
+    return [
         ("run", cfg.name),
         ("modality", f"{cfg.modality}: {_describe_input(p.input)}"),
         ("encoder", f"ViT {m.preset} ({m.embed_dim}-d, {m.depth} blocks, {tokens} tokens)"),
@@ -205,26 +227,9 @@ def _page(
         ("final loss", f"{last.get('loss', float('nan')):.4f}"),
         (
             "throughput",
-            f"{_median([r[speed] for r in curve if speed in r]):.0f} {unit}/s (median)",
+            f"{_median([r[speed] for r in curve if speed in r]):.0f} {modality_.unit}/s (median)",
         ),
     ]
-    body = [
-        f"<h1>maskmill run <code>{html.escape(cfg.name)}</code></h1>",
-        f"<p class=muted>written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
-        _table(["", ""], facts, cls="facts"),
-        "<h2>What pretraining bought</h2>",
-        _eval_table(metrics, unit, _vocab_size(cfg)),
-        *_downstream_section(fig_dir),
-        "<h2>Training curves</h2>",
-        _img(fig_dir / "curves.png"),
-        *_monitor_section(fig_dir),
-        "<h2>Reconstructions (val split)</h2>",
-        "<p class=muted>Visible tokens are pasted back into the reconstruction; masked ones are the model's guess.</p>",
-        _img(fig_dir / "reconstructions.png"),
-        *masking,
-        *_data_section(cfg, last),
-    ]
-    return _HTML.format(title=html.escape(cfg.name), body="\n".join(body))
 
 
 def _monitor_section(fig_dir: Path) -> list[str]:

@@ -204,15 +204,8 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
     watchdog = Watchdog(run.out, info.rank, info.world_size, cfg.stall_timeout_s)
     try:
         for step in range(start, schedule.total):
-            batch, weight = next(batches)
-            for m, micro in enumerate(micro_batches(batch, split.accum)):
-                loss = job.loss(micro, step, first_row + m * split.micro) * weight
-                engine.backward(loss)
-                engine.step()  # DeepSpeed steps the optimizer after the last micro step
-                agreement.add(loss.detach())
-            verdict = agreement.agree(stop=stop_requested())
-            if verdict.non_finite_ranks:
-                raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
+            verdict = _trained_step(job, engine, agreement, next(batches), step, split,
+                                    first_row, desc)  # fmt: skip
             done = step + 1
             watchdog.beat(done)
             bar.update(1)
@@ -242,6 +235,21 @@ def _steps(job, run, schedule, split, engine, start, best, metrics_log, desc):
         bar.close()
         watchdog.close()
     return best, last
+
+
+def _trained_step(job, engine, agreement, weighted_batch, step, split, first_row, desc):
+    """One optimizer step over the rank's micro batches; the step's verdict, agreed by every
+    rank in the one all-reduce."""
+    batch, weight = weighted_batch
+    for m, micro in enumerate(micro_batches(batch, split.accum)):
+        loss = job.loss(micro, step, first_row + m * split.micro) * weight
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimizer after the last micro step
+        agreement.add(loss.detach())
+    verdict = agreement.agree(stop=stop_requested())
+    if verdict.non_finite_ranks:
+        raise NonFiniteLoss(f"{desc}: loss became non-finite at step {step + 1}")
+    return verdict
 
 
 def _scored(job, run, schedule, done, best, metrics_log):
