@@ -72,6 +72,9 @@ class CorpusReader:
     demo_config: type  # the ``demo_data`` section of this modality
     write_demo: Callable[[Any], Any]
     source_keys: tuple[str, ...] = ("source",)
+    # whether the sources may be object-store URLs (s3://, gs://: read through fsspec); the
+    # readers that walk a file tree with os calls need a folder (a mounted bucket)
+    reads_stores: bool = False
     aliases: tuple[str, ...] = ()  # other words `maskmill prep` takes for it (its layout's name)
     # Splits of the default ``splits`` that need a key of their own (split -> key): `maskmill
     # prep` leaves them out, saying so, when the key is not given (an unlabelled corpus).

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +44,16 @@ def run_prep(
     their sha256 too (a forced prep; `maskmill verify` finds what it repairs)."""
     # Absolute paths: Ray workers do not share the driver's working directory.
     remote = [f"prep.{k} {v}" for k, v in reader.sources(cfg).items() if is_url(v)]
-    if remote:  # the readers walk a file tree; a store serves the shards (prep.out)
+    if remote and not reader.reads_stores:  # these readers walk a file tree with os calls
         raise SourceError(
-            f"{remote[0]}: the raw corpus is read from a folder; mount the bucket (s3fs, "
-            "rclone mount, mountpoint-s3) or copy it, and name that folder (prep.out may be "
-            "s3://...)"
+            f"{remote[0]}: the {reader.modality} reader reads the raw corpus from a folder; "
+            "mount the bucket (s3fs, rclone mount, mountpoint-s3) or copy it, and name that "
+            "folder (prep.out may be s3://...; text reads its corpus from a store too)"
         )
-    sources = {k: os.path.abspath(v) for k, v in reader.sources(cfg).items()}
+    sources = {k: absolute(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))
     if not is_url(cfg.out):
-        refuse_inside(Path(cfg.out), sources)
+        refuse_inside(Path(cfg.out), {k: v for k, v in sources.items() if not is_url(v)})
     items = {split: reader.items(cfg, split) for split in cfg.splits}
     unread = unread_by_split(reader, cfg, items)
     said = summary([u for us in unread.values() for u in us], reader.modality)
@@ -84,8 +83,9 @@ def unread_by_split(reader: CorpusReader, cfg: Any, items: dict) -> dict[str, li
     folders = (set(cfg.splits), {"train", "val", *cfg.splits})
     for key, root in reader.sources(cfg).items():
         own = [s for s, k in reader.optional_splits.items() if k == key and s in found]
-        for u in unread_files([Path(root)], used, reader.layout_file, reader.reads_format, folders):
-            top = Path(u.path).relative_to(root).parts[0]
+        for u in unread_files([location(root)], used, reader.layout_file, reader.reads_format,
+                              folders):  # fmt: skip
+            top = u.path.removeprefix(str(root).rstrip("/") + "/").split("/")[0]
             split = own[0] if len(own) == 1 else top if top in found else cfg.splits[0]
             found[split].append(u)
     return found

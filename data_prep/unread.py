@@ -66,7 +66,7 @@ def unread_files(
     file under ``val/`` of a prep of ``train`` alone is named as such."""
     prepared, known = splits
     for root in roots:
-        for path in _walk(Path(root)):
+        for path in _walk(root if not isinstance(root, str) else Path(root)):
             if str(path) in used:
                 continue
             rel = path.relative_to(root).as_posix()
@@ -87,7 +87,11 @@ def _classify(path: str, rel: str, formats, prepared: set[str], known: set[str])
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Every file below ``root`` (symlinked folders not followed: a loop cannot hang the walk)."""
+    """Every file below ``root`` (symlinked folders not followed: a loop cannot hang the walk);
+    below a prefix of an object store, every object."""
+    if not isinstance(root, Path):
+        yield from sorted((p for p in root.rglob("*") if p.is_file()), key=str)
+        return
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):

@@ -11,6 +11,7 @@ modality's tasks that train the encoder, ``probe`` those that read its frozen fe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from data_prep.shard_format import (
     resized_shards,
     split_record,
 )
-from data_prep.store import absolute, location
+from data_prep.store import absolute, is_url, location
 from pipeline.schema import RunConfig
 from pipeline.state import STATE_DIR, tree_signature
 from training.config import EVAL_METRICS, pretrain_split
@@ -284,7 +285,7 @@ def _prep_section(cfg: RunConfig):
         cfg.prep,
         num_cpus=None,
         ray_address=None,
-        **{k: os.path.abspath(v) for k, v in sources.items()},
+        **{k: absolute(v) for k, v in sources.items()},
         out=absolute(cfg.prep.out),
     )
     tree = OmegaConf.to_container(OmegaConf.structured(section))
@@ -296,10 +297,21 @@ def _prep_section(cfg: RunConfig):
 def _prep_inputs(cfg: RunConfig) -> str:
     """The contents of every raw folder the prep reads ("missing" for one not there yet)."""
     sources = corpus_reader(cfg.modality).sources(cfg.prep)
-    return "|".join(
-        tree_signature(Path(path)) if Path(path).is_dir() else "missing"
-        for path in sources.values()
-    )
+    return "|".join(_source_signature(path) for path in sources.values())
+
+
+def _source_signature(path: str) -> str:
+    """A raw source's identity: every file's relative path, size and time under a folder; every
+    object's relative key, size and ETag under a store prefix; "missing" when absent."""
+    if not is_url(path):
+        return tree_signature(Path(path)) if Path(path).is_dir() else "missing"
+    root = location(path)
+    if not root.is_dir():
+        return "missing"
+    fs, prefix = root.fs, root.path.rstrip("/") + "/"
+    listing = sorted(fs.find(prefix, detail=True).items())
+    rows = [f"{k.removeprefix(prefix)}\0{v.get('size')}\0{v.get('ETag', '')}" for k, v in listing]
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def _demo_data_section(cfg: RunConfig):

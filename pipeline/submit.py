@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -31,6 +30,7 @@ from cluster import ray_jobs, slurm
 from cluster.sbatch import JobSpec, render
 from cluster.slurm import SlurmError
 from cluster.slurm_config import TRAINING_STAGES
+from data_prep.store import absolute
 from pipeline.schema import RunConfig
 from pipeline.stages import STAGES
 from pipeline.state import STATE_DIR
@@ -235,7 +235,7 @@ def wait_slurm(sub: Submission, poll_seconds: float = 5.0, timeout: float | None
 def frozen_for_ray(cfg: RunConfig) -> RunConfig:
     """The config the Ray job reads: paths made absolute (the job's working directory is a copy
     of the code somewhere on the cluster), and prep joins the cluster it runs in."""
-    absolute = os.path.abspath
+    # a store URL (prep.source of a text corpus, prep.out) stays as it is
     demo = cfg.demo_data and dataclasses.replace(cfg.demo_data, out=absolute(cfg.demo_data.out))
     prep = dataclasses.replace(
         cfg.prep, source=absolute(cfg.prep.source), out=absolute(cfg.prep.out), ray_address="auto"

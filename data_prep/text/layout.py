@@ -19,6 +19,7 @@ hashed, deduplicated or tokenised, so two copies differing only in spacing are o
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import itertools
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.corpus import LayoutError
+from data_prep.store import location
 
 # suffix -> reader name; the longest matching suffix wins. JSON lines and plain text are read
 # as they are or compressed (gzip, bz2, zstd, xz); ``.json`` is JSON lines (as HF datasets and
@@ -56,7 +58,7 @@ class TextFile:
 
     @property
     def file(self) -> Path:
-        return Path(self.root) / self.path
+        return location(self.root) / self.path
 
     @property
     def key(self) -> str:
@@ -82,11 +84,12 @@ class BadLine:
 
 
 def text_files(root: Path) -> list[TextFile]:
-    """Every file of a known format under ``root``, sorted by path."""
+    """Every file of a known format under ``root`` (a folder, or a prefix in an object store:
+    ``data_prep.store.location``), sorted by path."""
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
     files = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted((p for p in root.rglob("*") if p.is_file()), key=str):
         fmt = format_of(path.name)
         if fmt:
             files.append(TextFile(str(root), path.relative_to(root).as_posix(), fmt))
@@ -143,18 +146,26 @@ def _unreadable() -> tuple[type[BaseException], ...]:
 UNREADABLE = _unreadable()
 
 
-def _open_lines(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if path.name.endswith(".xz"):
-        return lzma.open(path, "rb")
-    if path.name.endswith(".zst"):
-        import zstandard
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[io.BufferedIOBase]:
+    """The file's bytes, decompressed by its suffix; from a disk or an object store alike (a
+    ``UPath`` opens a stream of its object)."""
+    with path.open("rb") as raw:
+        if path.name.endswith(".gz"):
+            f = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif path.name.endswith(".bz2"):
+            f = bz2.BZ2File(raw, "rb")
+        elif path.name.endswith(".xz"):
+            f = lzma.LZMAFile(raw, "rb")  # noqa: SIM115 (closed by the with below)
+        elif path.name.endswith(".zst"):
+            import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")))
-    return path.open("rb")
+            f = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            yield raw
+            return
+        with f:
+            yield f
 
 
 def _jsonl_documents(
@@ -222,7 +233,7 @@ def _document(index: int, text, label: str | None = None) -> Document | BadLine:
 def _parquet_documents(path: Path, text_field: str) -> Iterator[Document | BadLine]:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path.open("rb"))
     if text_field not in parquet.schema_arrow.names:
         raise LayoutError(
             f"{path}: no column {text_field!r} (columns: {parquet.schema_arrow.names})"

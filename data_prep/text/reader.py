@@ -31,7 +31,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -136,9 +135,9 @@ def items(cfg: TextPrepConfig, split: str) -> list[TextItem]:
 
 def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:
     if split in ("train", "val"):
-        return text_files(Path(cfg.source))
+        return text_files(location(cfg.source))
     name = split.removeprefix("labelled_")
-    files = [f for f in text_files(Path(cfg.labelled)) if f.path.split(".")[0] == name]
+    files = [f for f in text_files(location(cfg.labelled)) if f.path.split(".")[0] == name]
     if not files:
         raise LayoutError(f"{cfg.labelled} has no {name}.jsonl (text and label on each line)")
     return files
@@ -314,6 +313,7 @@ READER = CorpusReader(
     demo_config=TextDemoConfig,
     write_demo=write_text_demo,
     source_keys=("source", "labelled"),
+    reads_stores=True,
     optional_splits={"labelled_train": "labelled", "labelled_val": "labelled"},
     input_file=lambda cfg, item: str(item.file.file),
     reads_format=lambda name: format_of(name) is not None,

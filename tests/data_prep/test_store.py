@@ -115,3 +115,34 @@ def test_ranges_of_a_local_file_and_of_an_object_are_the_same_bytes(s3_bucket, t
     assert read_ranges(location(tmp_path / "f"), spans) == want
     assert read_ranges(location(f"{s3_bucket}/ranges/f"), spans) == want
     assert is_url(s3_bucket) and not is_url(tmp_path)
+
+
+def test_a_text_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, text_demo, tmp_path):
+    """``prep.source: s3://...`` for text (every format, read through fsspec): the same
+    manifests and counts as the corpus copied to a disk, and a file no split reads in the
+    bucket named by reason as on a disk."""
+    import shutil
+
+    from data_prep.shard_format import read_stats
+    from data_prep.text.reader import TextPrepConfig, prep_text
+    from tests.conftest import TEXT_PREP_KEYS
+
+    local = tmp_path / "corpus"
+    shutil.copytree(text_demo / "corpus", local)
+    (local / "notes.docx").write_bytes(b"not a text format")
+    fs = fsspec.filesystem("s3")
+    fs.put(str(local), f"{s3_bucket}/text/corpus", recursive=True)
+    outs = {}
+    for name, source in (("store", f"{s3_bucket}/text/corpus"), ("disk", str(local))):
+        outs[name] = tmp_path / name
+        prep_text(TextPrepConfig(source=source, out=str(outs[name]), splits=["train", "val"],
+                                 tokenizer_kind="bpe", **TEXT_PREP_KEYS))  # fmt: skip
+    for split in ("train", "val"):
+        store, disk = read_stats(outs["store"] / split), read_stats(outs["disk"] / split)
+        assert {k: store[k] for k in ("inputs", "samples", "skipped", "ignored")} == {
+            k: disk[k] for k in ("inputs", "samples", "skipped", "ignored")
+        }
+        assert [(r.samples, r.sha256) for r in read_manifest(outs["store"] / split)] == [
+            (r.samples, r.sha256) for r in read_manifest(outs["disk"] / split)
+        ]
+    assert read_stats(outs["store"] / "train")["ignored"] == {"unsupported_format": 1}

@@ -156,7 +156,11 @@ CASES = [
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["export", QUICKSTART, "--format", "onnx"], 2, "invalid choice: 'onnx'"),
     (["stage", QUICKSTART, "nostage"], 2, "STAGE: stages from demo_data"),
-    (["prep", "image", "s3://bucket/raw", "{tmp}/out"], 2, "prep.source s3://bucket/raw: the raw"),
+    (
+        ["prep", "image", "s3://bucket/raw", "{tmp}/out"],
+        2,
+        "prep.source s3://bucket/raw: the image reader reads",
+    ),
 ]
 
 
