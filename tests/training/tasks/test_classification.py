@@ -123,6 +123,9 @@ def _two_rank_norm(rank: int, port: int, x: torch.Tensor, out: str) -> None:
     y = norm(mine)
     (y * torch.arange(1.0, 1 + y.numel()).view_as(y) / 10).sum().backward()
     torch.save({"y": y.detach(), "grad": mine.grad, "running": norm.running_var}, f"{out}/{rank}")
+    # both ranks past the backward's collective before either tears gloo down (once, under load,
+    # rank 0 aborted in teardown: "terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 
