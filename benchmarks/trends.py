@@ -5,6 +5,7 @@ paper's direction comes out.
     python -m benchmarks.trends [--modalities image text audio video] [--seeds 2]
         [--work runs/trends] [--out docs/trends] [--grid full|tiny]
     python -m benchmarks.trends --replot          # redraw docs/trends.{md,png} from the JSON
+    python -m benchmarks.trends --modalities video --points "tube 0.9" "random 0.9"
 
 Each point is a real run of the modality's quickstart (``configs/quickstart_<m>.yaml``) through
 the pipeline, stages ``pretrain`` and ``probe`` only (linear probe and k-NN; text also scores
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/trends")
     parser.add_argument("--out", default="docs/trends")
     parser.add_argument("--replot", action="store_true", help="redraw from <out>.json")
+    parser.add_argument("--points", nargs="+", help="only these labels of each sweep")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -276,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
               "modalities": dict(before.get("modalities", {})) if before.get("grid") == args.grid else {}}  # fmt: skip
     for modality in args.modalities:
         sweep = sweeps[modality]
+        labels = [label for label, _ in sweep.points if not args.points or label in args.points]
         runs = [run_point(sweep, label, seed, Path(args.work))
-                for seed in range(args.seeds) for label, _ in sweep.points]  # fmt: skip
+                for seed in range(args.seeds) for label in labels]  # fmt: skip
         result["modalities"][modality] = {"runs": runs}
         result["seconds"] = sum(
             r["seconds"] for e in result["modalities"].values() for r in e["runs"]
