@@ -12,8 +12,9 @@ import torch
 
 from data_prep.plan import WorkUnit
 from data_prep.writer import Sample, finish_split, write_unit
+from tests.training.test_rank_share import global_steps
 from training.config import DataSource, LoaderConfig
-from training.loader import TrainStream, mixed_train_spec, train_loader
+from training.loader import TrainStream, mixed_train_spec
 from training.mixture import BLOCK, MixPlan, quotas, shares
 from training.modalities import modality
 from training.modalities.image.bundle import ImageInputConfig
@@ -77,18 +78,11 @@ def test_the_loader_draws_each_source_as_the_plan_says(prepared):
 
 
 def test_a_mixture_resumes_exactly_at_another_world_size_and_worker_count(prepared):
-    def steps(world, workers, skip, count):
-        streams = [train_loader(_mixture(prepared, world, r, skip, workers)) for r in range(world)]
-        batches = [list(itertools.islice(s, count)) for s in streams]
-        for s in streams:
-            s.close()
-        return [
-            ([k for b in batches for k in b[i][2]], torch.cat([b[i][0] for b in batches]))
-            for i in range(count)
-        ]
+    def spec_of(rank, world, skip, workers):
+        return _mixture(prepared, world, rank, skip, workers)
 
-    straight = steps(world=2, workers=2, skip=0, count=6)
-    resumed = steps(world=4, workers=1, skip=3, count=3)
+    straight = global_steps(spec_of, world=2, workers=2, skip=0, count=6)
+    resumed = global_steps(spec_of, world=4, workers=1, skip=3, count=3)
     assert any("val" in k for keys, _ in straight for k in keys)
     for (keys, images), (want_keys, want_images) in zip(resumed, straight[3:]):
         assert keys == want_keys

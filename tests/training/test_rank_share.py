@@ -95,18 +95,24 @@ def test_a_run_resumes_exactly_at_another_world_size_and_worker_count(split):
     worker: each step's global batch (the ranks' rows in rank order) is the same samples with
     the same augmentation."""
 
-    def steps(world, workers, skip, count):
-        streams = [train_loader(_spec(split, r, world, skip, workers)) for r in range(world)]
-        batches = [list(itertools.islice(s, count)) for s in streams]
-        for s in streams:
-            s.close()
-        return [
-            ([k for b in batches for k in b[i][2]], torch.cat([b[i][0] for b in batches]))
-            for i in range(count)
-        ]
+    def spec_of(rank, world, skip, workers):
+        return _spec(split, rank, world, skip, workers)
 
-    straight = steps(world=2, workers=2, skip=0, count=6)
-    resumed = steps(world=4, workers=1, skip=3, count=3)
+    straight = global_steps(spec_of, world=2, workers=2, skip=0, count=6)
+    resumed = global_steps(spec_of, world=4, workers=1, skip=3, count=3)
     for (keys, images), (want_keys, want_images) in zip(resumed, straight[3:]):
         assert keys == want_keys
         assert torch.equal(images, want_images)
+
+
+def global_steps(spec_of, world: int, workers: int, skip: int, count: int) -> list:
+    """(keys, augmented inputs) of ``count`` global batches from ``skip`` on, the ranks' rows in
+    rank order; ``spec_of(rank, world, skip, workers)`` gives each rank's stream."""
+    streams = [train_loader(spec_of(r, world, skip, workers)) for r in range(world)]
+    batches = [list(itertools.islice(s, count)) for s in streams]
+    for s in streams:
+        s.close()
+    return [
+        ([k for b in batches for k in b[i][2]], torch.cat([b[i][0] for b in batches]))
+        for i in range(count)
+    ]
