@@ -320,6 +320,9 @@ def _demo_data_section(cfg: RunConfig):
     )
 
 
+MODEL_NEW_DEFAULTS = {"cls_token": True, "final_norm": True, "stored_positions": False}
+
+
 def _pretrain_section(cfg: RunConfig):
     # The global batch decides the result, not how it is split: 2 nodes x 8 ranks x 64 and
     # 4 x 8 x 32 are the same run, and a checkpoint of one resumes as the other. Nor does the
@@ -351,6 +354,9 @@ def _pretrain_section(cfg: RunConfig):
         del tree["data"]
     if not tree["init"]:  # absent from older records: a run from scratch stays as it was
         del tree["init"], tree["init_accept"]
+    for key, default in MODEL_NEW_DEFAULTS.items():  # absent from older records at these values
+        if tree["model"][key] == default:
+            del tree["model"][key]
     if tree["rollback"]["skip"]:  # batches left out change what trains; the rest only what a
         tree["rollback"] = {"skip": tree["rollback"]["skip"]}  # bad step does, absent before
     else:

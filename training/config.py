@@ -66,6 +66,15 @@ class ModelConfig:
     # that share); evaluation and the report reconstruct all
     decoder_predict_fraction: float = 1.0
     attention: str = "auto"  # auto: matmul + softmax for bf16 on CPU, else fused SDPA; sdpa; matmul
+    # false: no cls token, the tokens attend to each other only (VideoMAE's encoder; to start
+    # from its weights with pretrain.init)
+    cls_token: bool = True
+    # false: no final LayerNorm (VideoMAE's use_mean_pooling: its classifier norms the mean)
+    final_norm: bool = True
+    # The position tables are part of the weights (checkpoints and exports hold them), not
+    # recomputed: set by pretrain.init, whose published tables (their own sin-cos layout,
+    # interpolated to this grid) are what the loaded weights were trained with.
+    stored_positions: bool = False
 
     def resolved(self) -> ModelConfig:
         """A copy with every preset-derived size filled in."""
@@ -94,6 +103,8 @@ class ModelConfig:
             yield ("decoder_embed_dim", f"divisible by decoder_num_heads {self.decoder_num_heads}")
         if self.pool not in ("mean", "cls"):
             yield ("pool", f"'mean' or 'cls', got {self.pool!r}")
+        if self.pool == "cls" and not self.cls_token:
+            yield ("pool", "'mean' without a cls token (cls_token: false)")
 
 
 @dataclass
@@ -326,7 +337,7 @@ class PretrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             yield ("device", f"auto, cpu or cuda, got {self.device!r}")
-        yield from _export_format_problems(self.export_formats, self.modality)
+        yield from _export_format_problems(self.export_formats, self.modality, self.model)
         for name in (
             "batch_size",
             "grad_accum",
@@ -448,11 +459,11 @@ def _mixture_problems(data: list[DataSource]):
         yield ("data", "weights for every source, or repeats for every source, not both")
 
 
-def _export_format_problems(formats: list[str], modality: str):
+def _export_format_problems(formats: list[str], modality: str, model: ModelConfig):
     from training.export_format import FORMATS, interop_problem
 
     for fmt in formats:
         if fmt not in FORMATS:
             yield ("export_formats", f"a list from {', '.join(FORMATS)}, got {fmt!r}")
-    if formats and interop_problem(modality):
-        yield ("export_formats", f"[] for {modality}: {interop_problem(modality)}")
+    if formats and interop_problem(modality, model):
+        yield ("export_formats", f"[] for {modality}: {interop_problem(modality, model)}")

@@ -65,6 +65,9 @@ def read_export(export_dir: str | Path) -> ExportInfo:
     )
 
 
-def interop_problem(modality_name: str) -> str | None:
-    """Why a modality's encoder cannot be exported to HF / timm, or None when it can."""
+def interop_problem(modality_name: str, model: ModelConfig | None = None) -> str | None:
+    """Why a modality's encoder (of ``model``'s shape) cannot be exported to HF / timm, or None
+    when it can."""
+    if model is not None and not (model.cls_token and model.final_norm):
+        return "an encoder without a cls token or final norm (VideoMAE's) has no ViT class there"
     return modality(modality_name).foreign_export_problem

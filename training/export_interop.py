@@ -63,7 +63,7 @@ def timm_state_dict(encoder: dict[str, torch.Tensor], export: ExportInfo) -> dic
         .reshape(dim, p, p, c)
         .permute(0, 3, 1, 2),
         "patch_embed.proj.bias": encoder["patch_embed.bias"],
-        "pos_embed": stored_positions(dim, export.geometry.grid),
+        "pos_embed": stored_positions(dim, export.geometry.grid, encoder.get("pos_embed")),
         "norm.weight": encoder["norm.weight"],
         "norm.bias": encoder["norm.bias"],
     }
@@ -82,9 +82,12 @@ def timm_state_dict(encoder: dict[str, torch.Tensor], export: ExportInfo) -> dic
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def stored_positions(dim: int, grid: tuple[int, ...]) -> torch.Tensor:
-    """``[1, 1 + N, D]``: our fixed positions with the cls token's zero row first."""
-    table = sincos_positions(dim, grid)
+def stored_positions(
+    dim: int, grid: tuple[int, ...], stored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[1, 1 + N, D]``: our positions (fixed sin-cos, or the table the export stores:
+    ``model.stored_positions``) with the cls token's zero row first."""
+    table = sincos_positions(dim, grid) if stored is None else stored.reshape(-1, dim)
     return torch.cat([torch.zeros(1, dim), table])[None]
 
 
@@ -162,7 +165,7 @@ def hf_config(export: ExportInfo) -> dict:
 def write_interop(export_dir: str | Path, fmt: str, out: str | Path) -> Path:
     """Write export ``export_dir`` as ``fmt`` (hf | timm) into ``out``; returns ``out``."""
     export = read_export(export_dir)
-    problem = interop_problem(export.modality)
+    problem = interop_problem(export.modality, export.model)
     if problem:
         raise ValueError(f"cannot export a {export.modality} encoder to {fmt}: {problem}")
     out = Path(out)

@@ -67,11 +67,12 @@ def mae_forward_flops(
     (:func:`recomputed_block_flops`)."""
     c = cfg.resolved()
     n = geometry.num_tokens
-    visible = visible_count(kind, geometry.grid, ratio) + 1
+    cls = int(c.cls_token)
+    visible = visible_count(kind, geometry.grid, ratio) + cls
     patch_dim = geometry.values_per_token
     block = recomputed_block_flops if blocks_only else block_flops
     encoder_blocks = c.depth * block(visible, c.embed_dim, c.mlp_ratio)
-    encoder = (0 if blocks_only else 2 * (visible - 1) * patch_dim * c.embed_dim) + encoder_blocks
+    encoder = (0 if blocks_only else 2 * (visible - cls) * patch_dim * c.embed_dim) + encoder_blocks
     if not decoder:
         return encoder
     d = c.decoder_embed_dim
@@ -79,7 +80,7 @@ def mae_forward_flops(
     if c.decoder_type == "cross":
         mlp_out = 2 * targets * d * d * c.mlp_ratio if blocks_only else 0  # not recomputed
         blocks = c.decoder_depth * (cross_block_flops(targets, visible, d, c.mlp_ratio) - mlp_out)
-    elif visible - 1 == n:  # nothing masked: the visible tokens predict themselves
+    elif visible - cls == n:  # nothing masked: the visible tokens predict themselves
         blocks = c.decoder_depth * block(visible, d, c.mlp_ratio)
     else:
         blocks = c.decoder_depth * block(visible + targets, d, c.mlp_ratio)

@@ -110,6 +110,8 @@ def run(cfg: PretrainConfig) -> Path:
     if problems:
         raise BadConfig("; ".join(f"{key}: {what}" for key, what in problems))
     cfg = dataclasses.replace(cfg, input=modality.bind_input(cfg.input, cfg.sources()[0].shards))
+    if cfg.init:  # the published position tables travel with the weights (ModelConfig)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, stored_positions=True))
     rank, world_size = launch_env()
     try:
         cfg = for_world(cfg, world_size)

@@ -44,15 +44,17 @@ class ViTEncoder(nn.Module):
             if geometry.vocab_size
             else nn.Linear(geometry.values_per_token, cfg.embed_dim)
         )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.cls_token else None
         self.register_buffer(
-            "pos_embed", sincos_positions(cfg.embed_dim, geometry.grid)[None], persistent=False
+            "pos_embed",
+            sincos_positions(cfg.embed_dim, geometry.grid)[None],
+            persistent=cfg.stored_positions,
         )
         rates = torch.linspace(0, drop_path, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.attention) for r in rates
         )
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6) if cfg.final_norm else nn.Identity()
 
     def forward(
         self,
@@ -64,7 +66,9 @@ class ViTEncoder(nn.Module):
 
         With ``ids_keep`` only those K tokens are embedded and encoded. ``padding`` (id tokens):
         whether any is the padding id, when the caller knows it from the host (None: asked of
-        the tokens, a read of the device)."""
+        the tokens, a read of the device). Without a cls token (``cls_token: false``, VideoMAE's
+        encoder) the tokens attend to each other only and row 0 is their mean, so every caller
+        reads the same ``[B, 1 + K, D]``."""
         pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
         if ids_keep is not None:
             tokens = gather_tokens(tokens, ids_keep)
@@ -73,18 +77,22 @@ class ViTEncoder(nn.Module):
         if self.geometry.vocab_size:
             x = x * self.cfg.embed_dim**0.5  # see init_weights: as large as the positions
         x = x + pos.to(x.dtype)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         key_bias = self._padding_bias(tokens, padding)
         for block in self.blocks:
             x = block(x, key_bias=key_bias)
-        return self.norm(x)
+        x = self.norm(x)
+        return x if self.cls_token is not None else torch.cat([x.mean(1, keepdim=True), x], 1)
 
     def _padding_bias(self, tokens: torch.Tensor, padding: bool | None) -> torch.Tensor | None:
         """``[B, 1, 1, 1 + N]``: -inf at padding ids (text; the cls slot is never padding); None
         without padding, so the attention runs unmasked (the fused kernel)."""
         if not self.geometry.vocab_size or padding is False:
             return None
-        pad = torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1) == PAD_ID
+        if self.cls_token is not None:
+            tokens = torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)
+        pad = tokens == PAD_ID
         if padding is None and not pad.any():
             return None
         return torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))[
@@ -112,10 +120,11 @@ class MAEDecoder(nn.Module):
         cfg = cfg.resolved()
         dim = cfg.decoder_embed_dim
         self.cross = cfg.decoder_type == "cross"
+        self.cls = cfg.cls_token  # without one, the encoder's row 0 is a mean: not decoded
         self.embed = nn.Linear(cfg.embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer(
-            "pos_embed", sincos_positions(dim, geometry.grid)[None], persistent=False
+            "pos_embed", sincos_positions(dim, geometry.grid)[None], persistent=cfg.stored_positions
         )
         self.blocks = nn.ModuleList(
             Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio, 0.0, cfg.attention, self.cross)
@@ -139,7 +148,9 @@ class MAEDecoder(nn.Module):
         embeddings alone, with no un-shuffling."""
         x = self.embed(latent)
         pos = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
-        visible = torch.cat([x[:, :1], x[:, 1:] + gather_tokens(pos, ids_keep)], dim=1)
+        visible = x[:, 1:] + gather_tokens(pos, ids_keep)
+        if self.cls:
+            visible = torch.cat([x[:, :1], visible], dim=1)
         queries = self.mask_token.to(x.dtype) + gather_tokens(pos, ids_pred)
         if self.cross:
             for block in self.blocks:
@@ -147,7 +158,7 @@ class MAEDecoder(nn.Module):
         elif ids_keep.shape[1] == pos.shape[1]:  # nothing masked: each token predicts itself
             for block in self.blocks:
                 visible = block(visible)
-            queries = visible[:, 1:]
+            queries = visible[:, int(self.cls) :]
         else:
             x = torch.cat([visible, queries], dim=1)
             for block in self.blocks:

@@ -13,6 +13,7 @@ from training.modalities.image.patches import patchify
 from training.objectives.mae.masking import random_mask
 from training.objectives.mae.model import MaskedAutoencoder
 from training.objectives.mae.published import InitError, load_published, mae_to_ours
+from training.positions import sincos_positions
 
 transformers = pytest.importorskip("transformers")
 
@@ -203,6 +204,13 @@ def test_zero_steps_from_published_weights_export_them_as_loaded(tmp_path, prepa
     load_published(fresh, tmp_path / "hf")
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(exported[name], tensor), name
+    # HF's tables order their sin-cos halves otherwise than ours: the export holds HF's, which
+    # the loaded weights were trained with, so evaluation does not recompute ours
+    assert export.model.stored_positions
+    hf_table = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "hf").state_dict()
+    want = hf_table["vit.embeddings.position_embeddings"][:, 1:]
+    assert torch.equal(exported["encoder.pos_embed"], want)
+    assert not torch.equal(want, sincos_positions(96, (8, 8))[None])
     from training.config import pretrain_schema
     from training.typed_config import ConfigError, load_config
 
