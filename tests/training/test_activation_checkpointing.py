@@ -81,9 +81,12 @@ def test_the_flop_count_includes_the_recomputed_forward():
     assert counted == mae_step_flops(CFG, G, 0.75, 4) + blocks
 
 
-@pytest.mark.slow  # ~15 s of DeepSpeed runs; the gradients' equality above runs by default
-def test_a_pretraining_run_gives_the_same_losses_with_it(tmp_path, prepared):
-    """Under DeepSpeed (one rank, fp32): the flag changes memory and time, not the numbers."""
+@pytest.mark.slow  # ~30 s of DeepSpeed runs; the gradients' equality above runs by default
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_pretraining_run_gives_the_same_losses_with_it(tmp_path, prepared, zero_stage):
+    """Under DeepSpeed (one rank, fp32), ZeRO-2 and ZeRO-3 (whose hooks gather each block's
+    parameters again for the recomputation): the flag changes memory and time, not the
+    numbers."""
     import subprocess
     import sys
 
@@ -94,10 +97,11 @@ def test_a_pretraining_run_gives_the_same_losses_with_it(tmp_path, prepared):
     for flag in (False, True):
         (tmp_path / str(flag)).mkdir()
         config = _config(tmp_path / str(flag), prepared, precision="fp32", steps=3,
-                         activation_checkpointing=flag)  # fmt: skip
+                         activation_checkpointing=flag, zero_stage=zero_stage)  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "training.pretrain", str(config)],
                               capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"ZeRO-{zero_stage}" in proc.stderr
         losses.append([r["loss"] for r in read_metrics(tmp_path / str(flag) / "run")])
     assert len(losses[0]) == 3
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
