@@ -314,10 +314,16 @@ def _source_signature(path: str) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
+DEMO_NEW_DEFAULTS = {"selection_split": False}  # absent from older records at these values
+
+
 def _demo_data_section(cfg: RunConfig):
-    return cfg.demo_data and dataclasses.replace(
-        cfg.demo_data, out=os.path.abspath(cfg.demo_data.out)
+    if not cfg.demo_data:
+        return cfg.demo_data
+    tree = dataclasses.asdict(
+        dataclasses.replace(cfg.demo_data, out=os.path.abspath(cfg.demo_data.out))
     )
+    return {k: v for k, v in tree.items() if DEMO_NEW_DEFAULTS.get(k, object()) != v}
 
 
 MODEL_NEW_DEFAULTS = {"cls_token": True, "final_norm": True, "stored_positions": False}

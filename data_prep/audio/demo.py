@@ -7,7 +7,10 @@ chapter's ``voice_activity`` comes from the synthesis (each sentence's first to 
 sample). The labelled set is TIDIGITS-style: ``digit_strings`` distinct strings ("four seven
 one") said ``repeats`` times by every speaker (``digits/train``), and once more by the same
 speakers and by ``held_out_voices`` never heard in pretraining (``digits/val``), each utterance
-with its transcript, upper case as LibriSpeech ships them.
+with its transcript, upper case as LibriSpeech ships them. With ``selection_split`` every voice
+says each string once more (``digits/select``): the split a recipe is chosen on, so that the
+numbers reported on ``digits/val`` come from a split no choice looked at (the other splits'
+bytes are the same with it and without).
 
 Quirks of real downloads are reproduced: one chapter at espeak's native 22.05 kHz, one in
 stereo. With ``corrupt`` the corpus also gets inputs the prep must skip or repair and count: a
@@ -119,6 +122,8 @@ class SpeechDemoConfig:
     held_out_voices: int = 3  # say digit strings in digits/val only
     digit_strings: int = 20  # distinct strings: the classes of utterance classification
     repeats: int = 3  # times each speaker says each string in digits/train
+    # digits/select: every voice once more, to choose recipes on (benchmarks.recipe_selection)
+    selection_split: bool = False
     corrupt: bool = False  # add broken and quirky inputs the prep must count
     seed: int = 0
 
@@ -151,7 +156,8 @@ def require_espeak() -> str:
 
 
 def write_speech_demo(cfg: SpeechDemoConfig) -> Path:
-    """Write ``out/librilight/small/...`` and ``out/digits/{train,val}/...``; returns ``out``."""
+    """Write ``out/librilight/small/...`` and ``out/digits/{train,val[,select]}/...``; returns
+    ``out``."""
     require_espeak()
     root = Path(cfg.out)
     rng = np.random.default_rng([cfg.seed, 7])
@@ -283,12 +289,13 @@ class _Utterance:
 
 
 def _digit_jobs(cfg: SpeechDemoConfig, speakers: list[str], strings: list[str], rng) -> list:
-    """digits/train: the LibriLight speakers, ``repeats`` each; digits/val: every voice once."""
+    """digits/train: the LibriLight speakers, ``repeats`` each; digits/val (and digits/select
+    with ``selection_split``, drawn last so the others stay as they were): every voice once."""
     jobs = []
-    for split, chapter, who, times in (
-        ("train", "1", speakers[: cfg.speakers], cfg.repeats),
-        ("val", "2", speakers, 1),
-    ):
+    splits = [("train", "1", speakers[: cfg.speakers], cfg.repeats), ("val", "2", speakers, 1)]
+    if cfg.selection_split:
+        splits.append(("select", "3", speakers, 1))
+    for split, chapter, who, times in splits:
         for speaker in who:
             voice = VOICES[speakers.index(speaker)]
             folder = Path(cfg.out) / "digits" / split / speaker / chapter
