@@ -85,8 +85,9 @@ def recorded_state(
     stage: Stage, cfg: RunConfig, run_dir: Path, current: str | None, adopt: bool = False
 ) -> StageState:
     """The stage's recorded state; a stage that an older maskmill finished with today's config
-    (the modality's ``older_sections``: image runs of 0.1) counts as done under today's
-    fingerprint, and with ``adopt`` is recorded so."""
+    (the modality's ``older_sections``: image runs of 0.1) or today's inputs read the old way
+    (the stage's ``older_inputs``: prep's stat of every source file) counts as done under
+    today's fingerprint, and with ``adopt`` is recorded so."""
     state = read_state(run_dir, stage.name)
     if state.status != DONE or current in (None, state.fingerprint):
         return state
@@ -95,10 +96,13 @@ def recorded_state(
         fingerprint(stage.name, text, inputs)
         for text in modality(cfg.modality).older_sections(stage.name, stage.section(cfg))
     }
+    if state.fingerprint not in v1 and stage.older_inputs is not None:
+        section = to_yaml(stage.section(cfg))
+        v1.add(fingerprint(stage.name, section, stage.older_inputs(cfg)))
     if state.fingerprint in v1:
         state.fingerprint = current
         if adopt:
-            log.info("%-9s finished by maskmill 0.1 with this config; kept", stage.name)
+            log.info("%-9s finished by an older maskmill with this config; kept", stage.name)
             write_state(run_dir, stage.name, state)
     return state
 

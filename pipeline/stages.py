@@ -44,7 +44,7 @@ from data_prep.shard_format import (
 )
 from data_prep.store import absolute, is_url, location
 from pipeline.schema import RunConfig
-from pipeline.state import STATE_DIR, tree_signature
+from pipeline.state import STATE_DIR, listing_signature, tree_signature
 from training.config import EVAL_METRICS, pretrain_split
 from training.export_format import ENCODER, MAE, MODEL_JSON
 from training.metrics import METRICS as TRAIN_METRICS
@@ -84,6 +84,9 @@ class Stage:
     # The earlier stages whose outputs it reads: a submitted job waits for their jobs only (the
     # probe needs the pretrained encoder, not the fine-tune).
     needs: tuple[str, ...] = ()
+    # ``inputs`` as an older maskmill computed it, or None: a stage it finished with today's
+    # config stays done (pipeline.runner.recorded_state), at that one extra cost, once.
+    older_inputs: Callable[[RunConfig], str] | None = None
 
 
 def _demo_data(cfg: RunConfig) -> None:
@@ -294,17 +297,23 @@ def _prep_section(cfg: RunConfig):
     return without_new_defaults(tree)  # a run finished before those keys stays finished
 
 
-def _prep_inputs(cfg: RunConfig) -> str:
-    """The contents of every raw folder the prep reads ("missing" for one not there yet)."""
+def _prep_inputs(cfg: RunConfig, signature=listing_signature) -> str:
+    """The listings of every raw folder the prep reads ("missing" for one not there yet)."""
     sources = corpus_reader(cfg.modality).sources(cfg.prep)
-    return "|".join(_source_signature(path) for path in sources.values())
+    return "|".join(_source_signature(path, signature) for path in sources.values())
 
 
-def _source_signature(path: str) -> str:
-    """A raw source's identity: every file's relative path, size and time under a folder; every
-    object's relative key, size and ETag under a store prefix; "missing" when absent."""
+def _prep_inputs_before_listings(cfg: RunConfig) -> str:
+    """What :func:`_prep_inputs` was before it read listings only (a stat per file)."""
+    return _prep_inputs(cfg, tree_signature)
+
+
+def _source_signature(path: str, signature=listing_signature) -> str:
+    """A raw source's identity: a folder's listing (``listing_signature``); every object's
+    relative key, size and ETag under a store prefix (a listing gives them); "missing" when
+    absent."""
     if not is_url(path):
-        return tree_signature(Path(path)) if Path(path).is_dir() else "missing"
+        return signature(Path(path)) if Path(path).is_dir() else "missing"
     root = location(path)
     if not root.is_dir():
         return "missing"
@@ -412,6 +421,7 @@ STAGES: tuple[Stage, ...] = (
         "shard the corpus into WebDataset tars (Ray)",
         section=_prep_section,
         inputs=_prep_inputs,
+        older_inputs=_prep_inputs_before_listings,
         output=lambda cfg: location(cfg.prep.out),
         execute=_prep,
         damage=_prep_damage,

@@ -12,6 +12,7 @@ from pipeline.stages import STAGES
 from pipeline.state import fingerprint, read_state, write_state
 from training.metrics import read_eval_metrics
 from training.modalities.image.legacy import v1_sections
+from training.typed_config import to_yaml
 
 RUN = """
 name: tiny
@@ -277,6 +278,25 @@ def test_a_stage_that_0_1_finished_with_the_same_config_stays_done(finished_run)
     assert read_state(run, "pretrain").fingerprint == v1  # status only looks
     assert recorded_state(stage, cfg, run, today, adopt=True).status == "done"
     assert read_state(run, "pretrain").fingerprint == today  # recorded under today's
+
+
+def test_a_prep_finished_when_sources_were_stat_ed_per_file_stays_done(finished_run):
+    """The prep's inputs are now the sources' listings (pipeline.state.listing_signature); a
+    prep recorded under the per-file signature with today's config is kept, and recorded
+    under today's fingerprint, so the per-file walk runs once."""
+    path, run = finished_run
+    cfg = load_run_config(path)
+    stage = next(s for s in STAGES if s.name == "prep")
+    today = stage_fingerprint(stage, cfg)
+    before = fingerprint("prep", to_yaml(stage.section(cfg)), stage.older_inputs(cfg))
+    assert before != today
+    state = read_state(run, "prep")
+    kept = state.fingerprint
+    state.fingerprint = before  # as the per-file signature recorded it
+    write_state(run, "prep", state)
+    assert next(v for v in stage_views(cfg) if v.name == "prep").label == "done"
+    assert recorded_state(stage, cfg, run, today, adopt=True).status == "done"
+    assert read_state(run, "prep").fingerprint == today == kept
 
 
 @pytest.mark.slow  # ~35 s; the prep-level repair (tests/data_prep/test_prep_record.py) runs by default
