@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.corpus import LayoutError, csv_rows
+from data_prep.store import location
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ImageItem:
 
 @dataclass(frozen=True)
 class ImageNetLayout:
-    root: Path
+    root: Path  # or a UPath: a prefix of an object store, read through fsspec
     wnids: tuple[str, ...]
     names: dict[str, str]
 
@@ -151,8 +152,9 @@ def _storable(key: str) -> bool:
 
 
 def read_layout(root: str | Path) -> ImageNetLayout:
-    """Open an ImageNet-layout folder; fails at once, with a clear message, if it is not one."""
-    root = Path(root)
+    """Open an ImageNet-layout folder (or ``s3://`` / any fsspec URL of one); fails at once, with
+    a clear message, if it is not one."""
+    root = location(root)
     if not root.exists():
         raise LayoutError(f"source folder {root} does not exist")
     train = root / "train"

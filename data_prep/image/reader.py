@@ -18,6 +18,7 @@ from data_prep.image.demo import DemoCorpusConfig, write_demo_corpus
 from data_prep.image.encode import EncodedImage, normalize_image
 from data_prep.image.layout import IMAGE_SUFFIXES, SYNSETS, VAL_CSV, ImageItem, read_layout
 from data_prep.job import run_prep
+from data_prep.store import location
 from data_prep.writer import Converted, Sample, SkipSample
 
 
@@ -117,7 +118,7 @@ def _source_bytes(cfg: ImagePrepConfig, item: ImageItem) -> bytes:
     named like an image, a link that loops or dangles, a file that cannot be read."""
     if item.label < 0:
         raise SkipSample("no_label_row", f"{item} has no row in LOC_val_solution.csv")
-    path = Path(cfg.source) / item.path
+    path = location(cfg.source) / item.path
     try:
         return path.read_bytes()
     except IsADirectoryError:
@@ -140,6 +141,7 @@ READER = CorpusReader(
     input_file=lambda cfg, item: os.path.join(cfg.source, item.path),
     reads_format=lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES,
     layout_file=lambda rel: rel in (VAL_CSV, SYNSETS),
+    reads_stores=True,  # the layout is walked and each image read through fsspec
 )
 
 

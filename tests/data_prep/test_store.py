@@ -146,3 +146,24 @@ def test_a_text_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, text_demo
             (r.samples, r.sha256) for r in read_manifest(outs["disk"] / split)
         ]
     assert read_stats(outs["store"] / "train")["ignored"] == {"unsupported_format": 1}
+
+
+def test_an_image_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, demo_corpus, prepared,
+                                                              tmp_path):  # fmt: skip
+    """``prep.source: s3://...`` for the ImageNet layout (train/<wnid>/, val/ with its label
+    CSV, quirks and broken files included), walked and read through fsspec: the same
+    manifests, counts and ignored files as the folder it was uploaded from (``prepared``)."""
+    from data_prep.shard_format import read_stats
+
+    fsspec.filesystem("s3").put(str(demo_corpus), f"{s3_bucket}/images/raw", recursive=True)
+    out = tmp_path / "from_store"
+    prep_imagenet(prep_config(f"{s3_bucket}/images/raw", out))  # type: ignore[arg-type]
+    for split in ("train", "val"):
+        store, disk = read_stats(out / split), read_stats(prepared / split)
+        keys = ("inputs", "samples", "skipped", "converted", "ignored")
+        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}
+        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
+            (r.samples, r.sha256) for r in read_manifest(prepared / split)
+        ]
+    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+    assert (out / "labels.json").read_text() == (prepared / "labels.json").read_text()
