@@ -82,6 +82,24 @@ def test_at_another_resolution_the_positions_are_hfs_interpolated(hf_mae):
     torch.testing.assert_close(got, hidden[:, 1:].mean(1), rtol=1e-5, atol=1e-6)
 
 
+def test_a_224_checkpoint_at_256_gives_hfs_interpolated_features(tmp_path):
+    """The paper's resolutions: a ViTMAE of 224 px / 16 (14 x 14 patches) run at 256 px
+    (16 x 16): our bicubic resize of its table gives HF's ``interpolate_pos_encoding``."""
+    torch.manual_seed(6)
+    config = transformers.ViTMAEConfig(image_size=224, mask_ratio=0.0, **{**TINY, "patch_size": 16})
+    hf = transformers.ViTMAEModel(config).eval()
+    hf.save_pretrained(tmp_path / "vitmae224")
+    cfg = ModelConfig(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, decoder_embed_dim=32,
+                      decoder_depth=1, decoder_num_heads=2, attention="matmul")  # fmt: skip
+    ours = MaskedAutoencoder(cfg, geometry(ImageInputConfig(image_size=256, patch_size=16))).eval()
+    load_published(ours, tmp_path / "vitmae224", accept=["decoder."])
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        hidden = hf(pixel_values=images, interpolate_pos_encoding=True).last_hidden_state
+        got = ours.encoder.features(patchify(images, 16))
+    torch.testing.assert_close(got, hidden[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
+
+
 def test_an_encoder_alone_is_refused_until_the_decoder_is_accepted(tmp_path):
     torch.manual_seed(1)
     config = transformers.ViTMAEConfig(image_size=32, mask_ratio=0.0, **TINY)
