@@ -1,10 +1,13 @@
 """A small action-recognition corpus in the Kinetics layout, rendered and encoded with PyAV.
 
-Six classes that only motion tells apart: a shape moving left or right, growing or shrinking,
-rotating clockwise or anticlockwise. Every class draws the same shapes, colours, backgrounds,
-positions, sizes and angles, so one frame carries no class information; two frames do. A clip
-is ``seconds`` long at ``fps`` over a smooth, muted background with a little sensor noise, encoded as
-H.264 mp4 (one mkv and one webm among them, as Kinetics downloads mix containers).
+Six classes that only motion tells apart: moving left or right, growing or shrinking, rotating
+clockwise or anticlockwise. With ``scene: object`` one shape moves so over a smooth, muted
+background; with ``scene: texture`` the whole picture does (a camera panning, zooming and
+rolling over a scene of blobs and shapes), so every part of every frame shows the motion. Every
+class draws the same shapes, colours, backgrounds, positions, sizes and angles, so one frame
+carries no class information; two frames do. A clip is ``seconds`` long at ``fps`` with a little
+sensor noise, encoded as H.264 mp4 (one mkv and one webm among them, as Kinetics downloads mix
+containers).
 
 Layout (Kinetics-400's): ``train.csv`` and ``validate.csv`` with ``label,youtube_id,time_start,
 time_end,split`` and the clips as ``{train,val}/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4``.
@@ -38,6 +41,7 @@ CLASSES = (
     "rotating anticlockwise",
 )
 CSV_FIELDS = ("label", "youtube_id", "time_start", "time_end", "split")
+SCENES = ("object", "texture")
 # x264 options under which the same frames give the same bytes (measured: with the lookahead and
 # mb-tree on, one to all of 8 clips came out different on a second encode, threads 1 or not).
 X264_REPRODUCIBLE = {"rc-lookahead": "0", "mbtree": "0"}
@@ -57,8 +61,13 @@ class VideoDemoConfig:
     seconds: float = 2.0
     corrupt: bool = False  # add broken and quirky inputs the prep must count
     seed: int = 0
+    # object: one shape moves over a still background; texture: the whole scene moves (a
+    # camera's pan, zoom and roll), so every token of a clip sees the motion
+    scene: str = "object"
 
     def problems(self):
+        if self.scene not in SCENES:
+            yield ("scene", f"one of {', '.join(SCENES)}, got {self.scene!r}")
         for key in ("clips_per_class", "val_clips_per_class"):
             if getattr(self, key) < 1:
                 yield (key, f"an int >= 1, got {getattr(self, key)}")
@@ -85,7 +94,7 @@ def write_video_demo(cfg: VideoDemoConfig) -> Path:
     ]
     for n, (split, label) in enumerate(tqdm(jobs, desc="video demo", unit="clip")):
         ext = ".mkv" if n == 1 else ".webm" if n == 2 else ".mp4"
-        clip = render_clip(label, cfg.width, cfg.height, frames, rng)
+        clip = render_clip(label, cfg.width, cfg.height, frames, rng, cfg.scene)
         rows[split].append(_write_clip(root, split, label, clip, cfg.fps, ext, rng))
     if cfg.corrupt:
         _write_quirks(root, cfg, rows, rng)
@@ -95,8 +104,12 @@ def write_video_demo(cfg: VideoDemoConfig) -> Path:
     return root
 
 
-def render_clip(label: str, width: int, height: int, frames: int, rng) -> np.ndarray:
+def render_clip(
+    label: str, width: int, height: int, frames: int, rng, scene: str = "object"
+) -> np.ndarray:
     """uint8 RGB ``[frames, height, width, 3]`` of one clip of class ``label``."""
+    if scene == "texture":
+        return _render_camera(label, width, height, frames, rng)
     background = _background(width, height, rng)
     # Saturated colours over a muted background: the object, not the background, is what a
     # clip's pixels vary by most (over a high-contrast background neither a small 3-D CNN nor
@@ -124,6 +137,48 @@ def render_clip(label: str, width: int, height: int, frames: int, rng) -> np.nda
         noise = rng.integers(-4, 5, size=frame.shape, dtype=np.int16)
         out[t] = np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return out
+
+
+def _render_camera(label: str, width: int, height: int, frames: int, rng) -> np.ndarray:
+    """The whole scene moves: a canvas three times the frame, viewed through a window that pans
+    (the scene moves left or right), zooms (it grows or shrinks) or rolls (it rotates) about
+    the canvas's centre, at the same speeds as an object moves."""
+    canvas = _scene(3 * width, 3 * height, rng)
+    travel = rng.uniform(0.6, 0.8) * width
+    spin = rng.uniform(270, 450)
+    growth = rng.uniform(2.5, 3.5)
+    angle0 = rng.uniform(0, 360)
+    centre = (1.5 * width, 1.5 * height)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        u = t / (frames - 1) - 0.5
+        shift, scale, angle = 0.0, 1.0, angle0
+        if label.startswith("moving"):
+            shift = travel * u if label == "moving right" else -travel * u
+        elif label in ("growing", "shrinking"):
+            scale = growth ** (u if label == "growing" else -u)
+        else:  # as for an object: clockwise on screen is a growing angle (y points down)
+            angle = angle0 + (spin * u if label == "rotating clockwise" else -spin * u)
+        # the scene about the canvas's centre: rotated, scaled, shifted, then the frame's window
+        m = cv2.getRotationMatrix2D(centre, -angle, scale)
+        m[:, 2] += (shift - width, -height)
+        frame = cv2.warpAffine(canvas, m, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+        noise = rng.integers(-4, 5, size=frame.shape, dtype=np.int16)
+        out[t] = np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return out
+
+
+def _scene(width: int, height: int, rng) -> np.ndarray:
+    """A canvas of soft colour blobs with sharp shapes on it: edges to follow everywhere."""
+    coarse = rng.integers(60, 196, size=(9, 12, 3)).astype(np.uint8)
+    canvas = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    side = min(width, height)
+    for _ in range(40):
+        colour = tuple(int(c) for c in rng.choice([30, 60, 196, 226], size=3))
+        centre = (rng.uniform(0, width), rng.uniform(0, height))
+        _draw_shape(canvas, centre, rng.uniform(0.05, 0.15) * side, rng.uniform(0, 360), colour)
+    return canvas
 
 
 def _background(width: int, height: int, rng) -> np.ndarray:
@@ -197,11 +252,17 @@ def _write_quirks(root: Path, cfg: VideoDemoConfig, rows: dict, rng) -> None:
         row = _row(CLASSES[0], "train", long / fps, rng)
         path = root / "train" / "moving_left" / f"{_file_stem(row)}.mp4"
         options = {"movflags": "faststart"} if index_first else {}
-        write_video(path, render_clip(CLASSES[0], w, h, long, rng), fps, options)
+        write_video(path, render_clip(CLASSES[0], w, h, long, rng, cfg.scene), fps, options)
         path.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
         rows["train"].append(row)
     short = _write_clip(
-        root, "train", CLASSES[1], render_clip(CLASSES[1], w, h, 6, rng), fps, ".mp4", rng
+        root,
+        "train",
+        CLASSES[1],
+        render_clip(CLASSES[1], w, h, 6, rng, cfg.scene),
+        fps,
+        ".mp4",
+        rng,
     )
     rows["train"].append(short)
     silent = _row(CLASSES[2], "train", 1.0, rng)
