@@ -323,7 +323,10 @@ def _source_signature(path: str, signature=listing_signature) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-DEMO_NEW_DEFAULTS = {"selection_split": False, "scene": "object"}  # absent from older records at these values
+DEMO_NEW_DEFAULTS = {
+    "selection_split": False,
+    "scene": "object",
+}  # absent from older records at these values
 
 
 def _demo_data_section(cfg: RunConfig):
