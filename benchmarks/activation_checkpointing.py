@@ -61,12 +61,22 @@ MODELS = {
         0.9,
         "tube",
     ),
+    "vit_l_video": (
+        "mae",
+        "video",
+        "large",
+        {"num_frames": 16, "frame_size": 224, "patch_size": 16, "tubelet": 2},
+        0.9,
+        "tube",
+    ),
     "vit_b_audio": ("mae", "audio", "base", {"frames": 1024, "patch_size": 16}, 0.8, "random"),
     "bert_base_text": ("mlm", "text", "base", {"seq_len": 512, "vocab_size": 30522}, 0.3, "random"),
 }
-RECIPES = {  # recipe -> what it pretrains
+RECIPES = {  # recipe -> what it pretrains (and the largest model users ask to fit: ViT-L)
     "imagenet_mae_vitb": "vit_b_image",
+    "imagenet_mae_vitb, model.preset: large": "vit_l_image",
     "kinetics400_videomae_vitb": "vit_b_video",
+    "kinetics400_videomae_vitb, model.preset: large": "vit_l_video",
     "librilight_audiomae_vitb": "vit_b_audio",
     "c4_bert_base": "bert_base_text",
 }
@@ -159,6 +169,8 @@ def largest_batch(params: int, act_per_sample: float, gpus: int = RECIPE_GPUS) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--recipes", nargs="*", help="only these models' projection rows "
+                        "(e.g. vit_l_image vit_l_video); skips the step table")  # fmt: skip
     parser.add_argument("--one", nargs=4, metavar=("KIND", "NAME", "CKPT", "BATCH"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -174,6 +186,8 @@ def main() -> None:
     peak = matmul_peak(torch.bfloat16)
     print(f"bf16 matmul peak of this machine, this run: {peak / 1e9:.0f} GFLOP/s (2 threads)\n")
     batches = {"vit_b_image": 8 if args.quick else 32, "vit_l_image": 4 if args.quick else 16}
+    if args.recipes:
+        batches = {}
     print("| model | batch | mode | activations / sample | peak RSS | step | step ratio |")
     print("|---|---|---|---|---|---|---|")
     for name, batch in batches.items():
@@ -195,6 +209,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     for recipe, name in RECIPES.items():
+        if args.recipes and name not in args.recipes:
+            continue
         acts = [_in_subprocess("--one", "act", name, c, "2")["bytes"] for c in ("0", "1")]
         model, _ = _build(name, False, 1)
         params = sum(p.numel() for p in model.parameters())
