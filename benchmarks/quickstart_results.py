@@ -84,7 +84,8 @@ def page(results: dict, about: dict) -> str:
     ]
     for modality, found in results.items():
         took = f" ({found['seconds'] / 60:.1f} min)" if found.get("seconds") else ""
-        lines += ["", f"## {modality}{took}", "", *table(found["rows"])]
+        source = [f"From {found['from']}.", ""] if found.get("from") else []
+        lines += ["", f"## {modality}{took}", "", *source, *table(found["rows"])]
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +94,8 @@ def readme_block(results: dict, about: dict) -> str:
     task), pretrained against random init."""
     lines = [
         "<!-- results: written by benchmarks/quickstart_results.py; do not edit by hand -->",
-        f"From `make results` on {about['date']} (commit `{about['commit']}`, {about['cpu']}, "
+        about.get("readme_how")
+        or f"From `make results` on {about['date']} (commit `{about['commit']}`, {about['cpu']}, "
         f"{about['cores']} cores):",
         "",
         "| modality | protocol | pretrained | random init |",
@@ -124,28 +126,55 @@ def main() -> None:
     parser.add_argument("--collect", nargs="*", help="finished run folders to read, not run")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument("--update", nargs="*", metavar="MODALITY=RUN_DIR",
+                        help="re-read these modalities from finished runs of this checkout's "
+                        "quickstarts; the others stay as <out>.json has them, and each section "
+                        "says where it comes from")  # fmt: skip
     args = parser.parse_args()
     results = {}
-    if args.collect:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    if args.update:
+        saved = json.loads(Path(args.out).with_suffix(".json").read_text())
+        before = saved["about"]
+        results = saved["results"]
+        for found in results.values():
+            found.setdefault("from", f"`make results` on {before['date']} at commit "
+                                     f"`{before['commit']}`")  # fmt: skip
+        for item in args.update:
+            modality, run_dir = item.split("=", 1)
+            results[modality] = {
+                "rows": rows(Path(run_dir)),
+                "from": f"`maskmill run configs/quickstart_{modality}.yaml` from scratch on "
+                f"{datetime.date.today().isoformat()} at commit `{commit}`",
+            }
+    elif args.collect:
         for run_dir in map(Path, args.collect):
             results[run_dir.name] = {"rows": rows(run_dir)}
     else:
         for modality in args.modalities:
             run_dir, seconds = run_quickstart(modality)
             results[modality] = {"rows": rows(run_dir), "seconds": seconds}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     how = (
-        f"Collected from finished run folders ({', '.join(args.collect)}), commit not checked"
+        "Each quickstart ran from scratch; the sections re-run since say so"
+        if args.update
+        else f"Collected from finished run folders ({', '.join(args.collect)}), commit not checked"
         if args.collect
         else "Each quickstart ran from scratch"
     )
     about = {**machine(), "date": datetime.date.today().isoformat(), "commit": commit or "?",
              "how": how}  # fmt: skip
+    if args.update:
+        names = ", ".join(i.split("=", 1)[0] for i in args.update)
+        about["readme_how"] = (
+            f"From `make results` at commit `{before['commit']}` and, for {names}, runs from "
+            f"scratch at commit `{commit}` ({about['date']}, {about['cpu']}, {about['cores']} "
+            "cores; docs/results.md says which is which):"
+        )
     out = Path(args.out)
     out.write_text(page(results, about))
     out.with_suffix(".json").write_text(json.dumps({"about": about, "results": results}, indent=1))
-    if not args.no_readme and not args.collect:
+    if not args.no_readme and (args.update or not args.collect):
         update_readme(readme_block(results, about))
     print(out.read_text())
 
