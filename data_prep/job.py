@@ -54,8 +54,9 @@ def run_prep(
     cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))
     if not is_url(cfg.out):
         refuse_inside(Path(cfg.out), {k: v for k, v in sources.items() if not is_url(v)})
-    items = {split: reader.items(cfg, split) for split in cfg.splits}
-    unread = unread_by_split(reader, cfg, items)
+    with _store_listing(reader, cfg):
+        items = {split: reader.items(cfg, split) for split in cfg.splits}
+        unread = unread_by_split(reader, cfg, items)
     said = summary([u for us in unread.values() for u in us], reader.modality)
     for split, split_items in items.items():
         if not split_items:
@@ -70,6 +71,25 @@ def run_prep(
     out = location(cfg.out)
     with writing(out, settings_of(cfg), rebuild):
         return _write_splits(reader, cfg, items, out, check_hashes, unread)
+
+
+@contextlib.contextmanager
+def _store_listing(reader: CorpusReader, cfg: Any):
+    """A source in a store that cannot be listed (no credentials, no bucket, no network) is one
+    line naming it, before any work, not a client library's traceback."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as err:
+        remote = [f"prep.{k} {v}" for k, v in reader.sources(cfg).items() if is_url(v)]
+        if not remote:
+            raise
+        raise SourceError(
+            f"{remote[0]} cannot be listed: {type(err).__name__}: {err} (credentials come from "
+            "the environment, ~/.aws or an instance role; AWS_ENDPOINT_URL names another "
+            "S3-API server)"
+        ) from None
 
 
 def unread_by_split(reader: CorpusReader, cfg: Any, items: dict) -> dict[str, list[Unread]]:

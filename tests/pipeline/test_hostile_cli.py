@@ -4,6 +4,7 @@ A table, so a new case is one row."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -157,9 +158,14 @@ CASES = [
     (["export", QUICKSTART, "--format", "onnx"], 2, "invalid choice: 'onnx'"),
     (["stage", QUICKSTART, "nostage"], 2, "STAGE: stages from demo_data"),
     (
+        ["prep", "audio", "s3://bucket/raw", "{tmp}/out"],
+        2,
+        "prep.source s3://bucket/raw: the audio reader reads",
+    ),
+    (  # image reads a store: with no credentials here, one line before any work
         ["prep", "image", "s3://bucket/raw", "{tmp}/out"],
         2,
-        "prep.source s3://bucket/raw: the image reader reads",
+        "prep.source s3://bucket/raw cannot be listed: NoCredentialsError",
     ),
 ]
 
@@ -168,8 +174,13 @@ CASES = [
 def test_each_hostile_case_is_one_line_and_its_exit_code(argv, code, says, tmp_path):
     names = {**_files(tmp_path), "tmp": str(tmp_path)}
     args = [a.format(**names) for a in argv]
+    # no store credentials or endpoint (another test's S3 server may have set them): a user's
+    # first try at a bucket
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+                          text=True, timeout=120, cwd=tmp_path, env=env)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == code, out[-2000:]
