@@ -76,5 +76,7 @@ def quickstart(tmp_path_factory):
 
 @pytest.mark.slow
 def test_video_quickstart_pretraining_beats_random_init_on_the_action_probe(quickstart):
-    scores = quickstart["linear_probe"]
-    assert scores["pretrained"]["top1"] > scores["random_init"]["top1"], scores
+    """By a clear margin on the probe (61.11 vs 45.56 on 2026-12-02), and on k-NN too."""
+    probe, knn = quickstart["linear_probe"], quickstart["knn"]
+    assert probe["pretrained"]["top1"] >= probe["random_init"]["top1"] + 10, probe
+    assert knn["pretrained"]["top1"] > knn["random_init"]["top1"], knn
