@@ -202,6 +202,9 @@ def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
     return [name for name in tasks_of_stage(tasks, stage) if getattr(tasks, name).enabled]
 
 
+TASK_NEW_DEFAULTS = {"mask_time": 0.0, "mask_freq": 0.0}  # absent from older records (ctc)
+
+
 def _eval_section(stage: str):
     """What a ``finetune`` / ``probe`` result depends on: the section without the other stage's
     tasks, and without how it runs (batch size of scoring passes, micro steps, checkpoints,
@@ -217,6 +220,9 @@ def _eval_section(stage: str):
         for task in tree["tasks"].values():  # absent from older records: old runs stay done
             task.pop("micro_batch", None)
             task.pop("activation_checkpointing", None)  # memory against time, same result
+            for key, default in TASK_NEW_DEFAULTS.items():
+                if task.get(key, default) == default:
+                    task.pop(key, None)
         return tree
 
     return section

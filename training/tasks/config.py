@@ -137,11 +137,19 @@ class CtcConfig:
     # characters (a letter of read speech lasts ~70 ms); 4 gives 40 ms steps.
     upsample: int = 4
     eval_every: int = 1  # epochs between scorings of the val split (the best model is kept)
+    # SpecAugment at patch resolution, in training only: the share of each clip's time columns
+    # and of its frequency rows whose patches are zeroed (the normalised spectrogram's mean).
+    # AudioMAE fine-tunes with 0.2-0.3 of each; 0: off.
+    mask_time: float = 0.0
+    mask_freq: float = 0.0
 
     def problems(self):
         yield from schedule_problems(self)
         if self.upsample < 1:
             yield ("upsample", f"an int >= 1, got {self.upsample}")
+        for name in ("mask_time", "mask_freq"):
+            if not 0 <= getattr(self, name) < 1:
+                yield (name, f"a share in [0, 1), got {getattr(self, name)}")
         if self.eval_every < 1:
             yield ("eval_every", f"an int >= 1 (epochs), got {self.eval_every}")
 

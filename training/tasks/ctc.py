@@ -103,6 +103,23 @@ class CtcHead(nn.Module):
         return logits.float().log_softmax(dim=-1)
 
 
+def spec_keep(
+    seed: int, step: int, batch_size: int, grid: tuple[int, int], shares: tuple[float, float]
+) -> torch.Tensor:
+    """``[B, T*F]`` booleans, False on the patches SpecAugment zeroes in every row of a global
+    batch at ``step``: ``round(share * T)`` time columns and ``round(share * F)`` frequency rows
+    a row, drawn per row (rows, not ranks, own them: the same masks whatever the world size,
+    and again on resume)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_033 + step)
+    keep = torch.ones(batch_size, *grid, dtype=torch.bool)
+    for axis, (share, size) in enumerate(zip(shares, grid)):
+        count = round(share * size)
+        chosen = torch.rand(batch_size, size, generator=gen).argsort(dim=1)[:, :count]
+        dropped = torch.zeros(batch_size, size, dtype=torch.bool).scatter_(1, chosen, True)
+        keep &= ~dropped.unsqueeze(2 - axis)  # time: [B, T, 1]; frequency: [B, 1, F]
+    return keep.reshape(batch_size, -1)
+
+
 class CtcFinetune:
     name, title, directions = "ctc", "CTC fine-tune", {"wer": LOWER, "cer": LOWER}
 
@@ -150,11 +167,17 @@ class CtcJob(EncoderJob):
         grid = data.modality.geometry(data.input).grid
         super().__init__(CtcHead(encoder, grid, cfg.upsample), data, cfg, data.input, run)
         self.samples = len(self.train_text)
+        self.grid, self.shares = grid, (cfg.mask_time, cfg.mask_freq)
 
     def loss(self, batch, step: int, first_row: int) -> torch.Tensor:
         x, _, keys = batch
         rows = [i for i, k in enumerate(keys) if k in self.train_text]
-        log_probs = self.engine(self.cast(self.data.tokens(x)))
+        tokens = self.data.tokens(x)
+        if any(self.shares):
+            keep = spec_keep(self.data.seed, step, self.cfg.batch_size, self.grid, self.shares)
+            keep = keep[first_row : first_row + len(x)].to(tokens.device)
+            tokens = tokens * keep.unsqueeze(-1).to(tokens.dtype)
+        log_probs = self.engine(self.cast(tokens))
         if not rows:  # every rank steps together: a batch with no transcript adds nothing
             return log_probs.sum() * 0.0
         return ctc_loss(log_probs[rows], [self.train_text[keys[i]] for i in rows])

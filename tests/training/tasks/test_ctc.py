@@ -16,6 +16,7 @@ from training.tasks.ctc import (
     edit_distance,
     error_rates,
     greedy_decode,
+    spec_keep,
     text_to_ids,
 )
 
@@ -68,3 +69,34 @@ def test_the_head_learns_to_spell_a_toy_utterance():
     log_probs = head(tokens)
     assert log_probs.shape == (2, 18, len(VOCAB) + 1)
     assert [greedy_decode(row) for row in log_probs] == texts
+
+
+def test_spec_augment_zeroes_whole_time_columns_and_frequency_rows_per_row():
+    grid = (16, 8)
+    keep = spec_keep(0, step=3, batch_size=6, grid=grid, shares=(0.25, 0.25)).reshape(6, *grid)
+    for row in keep:
+        dropped_columns = (~row).all(dim=1)  # every frequency of that time column
+        dropped_rows = (~row).all(dim=0)
+        assert dropped_columns.sum() == 4 and dropped_rows.sum() == 2
+        # what is kept is exactly the other columns' other rows
+        assert torch.equal(row, ~dropped_columns[:, None] & ~dropped_rows[None, :])
+    assert not all(torch.equal(keep[0], other) for other in keep[1:])  # drawn per row
+    # the global batch's rows own their draws: a rank slicing its rows sees the same masks,
+    # and another step draws others
+    assert torch.equal(keep, spec_keep(0, 3, 6, grid, (0.25, 0.25)).reshape(6, *grid))
+    assert not torch.equal(keep, spec_keep(0, 4, 6, grid, (0.25, 0.25)).reshape(6, *grid))
+
+
+def test_spec_augment_off_keeps_every_patch():
+    assert spec_keep(0, 0, 4, (16, 8), (0.0, 0.0)).all()
+    only_time = spec_keep(0, 0, 4, (16, 8), (0.5, 0.0)).reshape(4, 16, 8)
+    assert (~only_time).all(dim=2).sum(dim=1).tolist() == [8] * 4
+    assert only_time.any(dim=1).all()  # no frequency row dropped
+
+
+def test_spec_augment_shares_outside_zero_to_one_are_named():
+    from training.tasks.config import CtcConfig
+
+    problems = dict(CtcConfig(mask_time=1.0, mask_freq=-0.1).problems())
+    assert problems["mask_time"] == "a share in [0, 1), got 1.0"
+    assert "mask_freq" in problems and not dict(CtcConfig(mask_time=0.3).problems())

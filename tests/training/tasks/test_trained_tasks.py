@@ -59,7 +59,7 @@ def test_finetune_trains_a_copy_of_the_encoder(prepared):
 
 def test_ctc_trains_a_copy_of_the_encoder(speech_prepared):
     seen = bind_input(AudioInputConfig(frames=256), str(speech_prepared / "train"))
-    cfg = CtcConfig(epochs=1, batch_size=8)
+    cfg = CtcConfig(epochs=1, batch_size=8, mask_time=0.2, mask_freq=0.2)  # SpecAugment on
     _untouched(
         lambda enc, data, run: CtcJob(enc, data, cfg, run), "audio", seen, speech_prepared, 3
     )
