@@ -289,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = [label for label, _ in sweep.points if not args.points or label in args.points]
         runs = [run_point(sweep, label, seed, Path(args.work))
                 for seed in range(args.seeds) for label in labels]  # fmt: skip
-        result["modalities"][modality] = {"runs": runs}
+        # with --points, the sweep's other points measured before are kept beside these
+        kept = [r for r in result["modalities"].get(modality, {}).get("runs", [])
+                if r["label"] not in labels]  # fmt: skip
+        result["modalities"][modality] = {"runs": kept + runs}
         result["seconds"] = sum(
             r["seconds"] for e in result["modalities"].values() for r in e["runs"]
         )

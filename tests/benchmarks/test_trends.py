@@ -30,7 +30,8 @@ def test_a_verdict_compares_the_ranges_over_seeds():
 def test_the_tiny_grid_runs_and_replots(tmp_path):
     """One point of the tiny grid through the real pipeline (demo corpus, prep, pretrain,
     probe: ~40 s; both points took 80 s of the default suite); its claim then lacks the other
-    point and says so."""
+    point and says so. Measured again with --points, a point replaces its earlier runs and the
+    sweep's other points stay."""
     out = tmp_path / "trends"
     args = ["--grid", "tiny", "--modalities", "image", "--seeds", "1", "--points", "0.75",
             "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
@@ -44,3 +45,14 @@ def test_the_tiny_grid_runs_and_replots(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000
     out.with_suffix(".md").unlink()
     assert main([*args, "--replot"]) == 0 and out.with_suffix(".md").read_text() == table
+
+    scores = {"linear_probe.top1": -1.0, "knn.top1": -1.0}
+    earlier = {"label": "0.5", "seed": 0, "seconds": 1.0, "scores": scores}
+    stale = {**earlier, "label": "0.75"}
+    result["modalities"]["image"]["runs"] = [earlier, stale]
+    out.with_suffix(".json").write_text(json.dumps(result))
+    assert main(args) == 0  # the run is done: its scores are read back
+    again = json.loads(out.with_suffix(".json").read_text())["modalities"]["image"]["runs"]
+    assert again[0] == earlier and [r["label"] for r in again] == ["0.5", "0.75"]
+    assert again[1]["scores"] == runs[0]["scores"]
+    assert "**not measured**" not in out.with_suffix(".md").read_text()
