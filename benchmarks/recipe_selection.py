@@ -124,7 +124,9 @@ SELECTIONS = {
          "base lr 2e-2, layer decay 0.85": ("evaluate.tasks.finetune.base_lr=2e-2",
                                             "evaluate.tasks.finetune.layer_decay=0.85"),
          "base lr 5e-2, layer decay 0.85": ("evaluate.tasks.finetune.base_lr=5e-2",
-                                            "evaluate.tasks.finetune.layer_decay=0.85")},
+                                            "evaluate.tasks.finetune.layer_decay=0.85"),
+         # added once 5e-2, the grid's new edge, came out best
+         "base lr 1e-1, 10 epochs": ("evaluate.tasks.finetune.base_lr=1e-1",)},
         stages=("demo_data", "prep", "pretrain", "finetune"),
         how="Each candidate fine-tunes the same pretrained encoder (the scene and ratio the "
             "video selection chose, given with --with) on a demo corpus of seed 1 and is scored "

@@ -48,7 +48,7 @@ def run_prep(
         raise SourceError(
             f"{remote[0]}: the {reader.modality} reader reads the raw corpus from a folder; "
             "mount the bucket (s3fs, rclone mount, mountpoint-s3) or copy it, and name that "
-            "folder (prep.out may be s3://...; text and image read their corpora from a store too)"
+            "folder (prep.out may be s3://...)"
         )
     sources = {k: absolute(v) for k, v in reader.sources(cfg).items()}
     cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))

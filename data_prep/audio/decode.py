@@ -11,7 +11,8 @@ is named so the prep counts it too.
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -22,14 +23,23 @@ from data_prep.writer import SkipSample
 RATE = 16000
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """float32 ``[frames, channels]`` and the sample rate of a source file, or SkipSample."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise SkipSample("empty_audio", str(path))
+def read_audio(path: Any) -> tuple[np.ndarray, int]:
+    """float32 ``[frames, channels]`` and the sample rate of a source file (a path, or a
+    ``UPath`` of an object in a store, fetched whole: libsndfile seeks), or SkipSample."""
+    if isinstance(path, str | PurePath):
+        path, source = Path(path), str(path)
+        if path.stat().st_size == 0:
+            raise SkipSample("empty_audio", source)
+    else:
+        data = path.read_bytes()
+        if not data:
+            raise SkipSample("empty_audio", str(path))
+        source = io.BytesIO(data)
     try:
-        promised = sf.info(str(path)).frames
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        promised = sf.info(source).frames
+        if not isinstance(source, str):
+            source.seek(0)
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
         reason = "truncated_audio" if "lost sync" in str(err) else "unreadable_audio"
         raise SkipSample(reason, f"{path}: {err}") from None

@@ -22,9 +22,11 @@ import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
+from typing import Any
 
 from data_prep.corpus import LayoutError
+from data_prep.store import location
 
 # What libsndfile (soundfile's wheel bundles 1.2) decodes, as corpora name it.
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}
@@ -42,11 +44,12 @@ class AudioItem:
     transcript: str | None = None  # LibriSpeech form only
     voice_activity: tuple[tuple[float, float], ...] | None = None  # LibriLight's JSON
     problem: str | None = None  # missing_json | unreadable_json | missing_transcript
-    root: str = ""  # the folder ``path`` is relative to
+    root: str = ""  # the folder ``path`` is relative to (or an object store's URL of it)
 
     @property
-    def file(self) -> Path:
-        return Path(self.root) / self.path
+    def file(self) -> Any:
+        """A ``Path``, or a ``UPath`` read through fsspec when the root is a store's URL."""
+        return location(self.root) / self.path
 
     def __str__(self) -> str:
         return self.path
@@ -59,10 +62,17 @@ def is_layout_file(rel: str) -> bool:
     return name.endswith((".json", TRANSCRIPT_SUFFIX)) or name in LAYOUT_TABLES
 
 
-def detect_layout(root: Path) -> str:
+def _in_walk_order(paths: Iterable[Any], root: Any) -> list[Any]:
+    """``paths`` below ``root`` sorted by their relative parts, as ``sorted`` orders local
+    ``Path`` objects (a store's listing comes in key order, where ``a-b`` sorts before ``a/b``)."""
+    return sorted(paths, key=lambda p: PurePosixPath(str(p.relative_to(root))).parts)
+
+
+def detect_layout(root: Any) -> str:
     """``librispeech`` when there are transcripts (at any depth), ``librilight`` when audio sits
-    three folders down; else a LayoutError saying what was expected."""
-    root = Path(root)
+    three folders down; else a LayoutError saying what was expected. ``root`` may be a folder or
+    an object store's URL of one."""
+    root = location(root)
     if not root.is_dir():
         raise LayoutError(f"source folder {root} does not exist")
     if any(root.rglob(f"*{TRANSCRIPT_SUFFIX}")):
@@ -76,16 +86,22 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def librilight_items(root: Path) -> list[AudioItem]:
-    """Every chapter recording under ``root``, with its voice activity; sorted by path."""
-    root = Path(root)
+def librilight_items(root: Any) -> list[AudioItem]:
+    """Every chapter recording under ``root`` (a folder or a store's URL), with its voice
+    activity; sorted by path. One walk finds the recordings and their JSONs (no probe per
+    chapter: on a store each is a request)."""
+    root = location(root)
+    found = _in_walk_order(root.glob("*/*/*/*"), root)
+    listed = {PurePosixPath(str(p.relative_to(root))) for p in found}
     items = []
-    for audio in sorted(p for p in root.glob("*/*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        _, speaker, book, _ = audio.relative_to(root).parts
-        activity, problem = _voice_activity(audio.with_suffix(".json"))
+    for audio in (p for p in found if p.suffix.lower() in AUDIO_SUFFIXES):
+        rel = PurePosixPath(str(audio.relative_to(root)))
+        _, speaker, book, _ = rel.parts
+        meta = audio.with_suffix(".json") if rel.with_suffix(".json") in listed else None
+        activity, problem = _voice_activity(meta)
         items.append(
             AudioItem(
-                path=str(audio.relative_to(root)),
+                path=str(rel),
                 speaker=speaker,
                 book=book,
                 chapter=audio.stem,
@@ -97,20 +113,23 @@ def librilight_items(root: Path) -> list[AudioItem]:
     return items
 
 
-def librispeech_items(root: Path) -> list[AudioItem]:
-    """Every utterance under ``root`` with its transcript (upper case, as distributed). Chapter
-    folders are found at any depth, so LibriLight's fine-tuning set (``1h/0/clean/...``,
-    ``9h/other/...``) reads as one folder."""
-    root = Path(root)
+def librispeech_items(root: Any) -> list[AudioItem]:
+    """Every utterance under ``root`` (a folder or a store's URL) with its transcript (upper
+    case, as distributed). Chapter folders are found at any depth, so LibriLight's fine-tuning
+    set (``1h/0/clean/...``, ``9h/other/...``) reads as one folder."""
+    root = location(root)
     items = []
-    for chapter_dir in sorted({t.parent for t in root.rglob(f"*{TRANSCRIPT_SUFFIX}")}):
+    transcripts = list(root.rglob(f"*{TRANSCRIPT_SUFFIX}"))
+    chapters = {str(t.parent): t.parent for t in transcripts}.values()
+    for chapter_dir in _in_walk_order(chapters, root):
         speaker, chapter = chapter_dir.parent.name, chapter_dir.name
         lines = _transcripts(chapter_dir / f"{speaker}-{chapter}{TRANSCRIPT_SUFFIX}")
-        for audio in sorted(p for p in chapter_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
+        audio_files = (p for p in chapter_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        for audio in _in_walk_order(audio_files, root):
             text = lines.get(audio.stem)
             items.append(
                 AudioItem(
-                    path=str(audio.relative_to(root)),
+                    path=str(PurePosixPath(str(audio.relative_to(root)))),
                     speaker=speaker,
                     book=chapter,
                     chapter=audio.stem,
@@ -133,8 +152,8 @@ def held_out_speakers(speakers: Iterable[str], fraction: float, seed: int) -> fr
     return frozenset(ordered[:count])
 
 
-def _voice_activity(path: Path) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
-    if not path.is_file():
+def _voice_activity(path: Any) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
+    if path is None:
         return None, "missing_json"
     try:
         meta = json.loads(path.read_text())
@@ -147,7 +166,7 @@ def _voice_activity(path: Path) -> tuple[tuple[tuple[float, float], ...] | None,
     return pairs, None
 
 
-def _transcripts(path: Path) -> dict[str, str]:
+def _transcripts(path: Any) -> dict[str, str]:
     if not path.is_file():
         return {}
     lines = {}

@@ -100,16 +100,16 @@ class AudioPrepConfig:
 
 def items(cfg: AudioPrepConfig, split: str) -> list[AudioItem]:
     if split in ("labelled_train", "labelled_val"):
-        root = Path(getattr(cfg, split))
+        root = location(getattr(cfg, split))
         _expect(root, "librispeech", split)
         return librispeech_items(root)
-    _expect(Path(cfg.source), "librilight", "source")
-    chapters = librilight_items(Path(cfg.source))
+    _expect(location(cfg.source), "librilight", "source")
+    chapters = librilight_items(location(cfg.source))
     held = held_out_speakers((c.speaker for c in chapters), cfg.val_speakers, cfg.seed)
     return [c for c in chapters if (c.speaker in held) == (split == "val")]
 
 
-def _expect(root: Path, layout: str, key: str) -> None:
+def _expect(root, layout: str, key: str) -> None:
     found = detect_layout(root)
     if found != layout:
         raise LayoutError(f"prep.{key}: {root} is in {found} form; expected {layout}")
@@ -125,7 +125,7 @@ def class_names(cfg: AudioPrepConfig) -> list[str] | None:
     sorted."""
     if not cfg.labelled_train:
         return None
-    found = librispeech_items(Path(cfg.labelled_train))
+    found = librispeech_items(location(cfg.labelled_train))
     return sorted({getattr(u, cfg.label) for u in found if u.transcript is not None})
 
 
@@ -243,6 +243,9 @@ READER = CorpusReader(
     input_file=lambda cfg, item: str(item.file),
     reads_format=lambda name: Path(name).suffix.lower() in AUDIO_SUFFIXES,
     layout_file=is_layout_file,
+    # the layout is walked and each recording read through fsspec (fetched whole: libsndfile
+    # seeks in it)
+    reads_stores=True,
 )
 
 

@@ -11,9 +11,11 @@ file that breaks partway is kept up to the damage and named ``truncated_video``.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import av
 import numpy as np
@@ -39,13 +41,21 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
 
 
-def read_video(path: Path, short_side: int) -> DecodedVideo:
-    """Every frame of the first video stream of ``path``, or SkipSample."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise SkipSample("empty_video", str(path))
+def read_video(path: Any, short_side: int) -> DecodedVideo:
+    """Every frame of the first video stream of ``path`` (a path, or a ``UPath`` of an object in
+    a store, fetched whole: demuxers seek), or SkipSample."""
+    if isinstance(path, str | PurePath):
+        path = Path(path)
+        if path.stat().st_size == 0:
+            raise SkipSample("empty_video", str(path))
+        source: Any = str(path)
+    else:
+        data = path.read_bytes()
+        if not data:
+            raise SkipSample("empty_video", str(path))
+        source = io.BytesIO(data)
     try:
-        container = av.open(str(path))
+        container = av.open(source)
     except (av.FFmpegError, UnicodeDecodeError) as err:
         raise SkipSample("unreadable_video", f"{path}: {err}") from None
     with container:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from data_prep.corpus import LayoutError, csv_rows
+from data_prep.store import location
 
 # What PyAV opens and corpora ship in (Kinetics: mp4, mkv, webm; older sets: avi, mpg, flv).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
@@ -43,12 +45,13 @@ class VideoItem:
     path: str  # relative to the root (the missing file's expected name when absent)
     label: str  # class name
     key: str  # the dot-free sample key stem of this video
-    root: str = ""
+    root: str = ""  # a folder, or an object store's URL of one
     problem: str = ""  # "missing_file" when the row names no file on disk
 
     @property
-    def file(self) -> Path:
-        return Path(self.root) / self.path
+    def file(self) -> Any:
+        """A ``Path``, or a ``UPath`` read through fsspec when the root is a store's URL."""
+        return location(self.root) / self.path
 
     def __str__(self) -> str:
         return self.path
@@ -60,8 +63,10 @@ def is_layout_file(rel: str) -> bool:
     return rel in tables | set(SSV2_SPLITS.values())
 
 
-def detect_layout(root: Path) -> str:
-    """``kinetics``, ``ssv2`` or ``folders``; LayoutError when none fits."""
+def detect_layout(root: Any) -> str:
+    """``kinetics``, ``ssv2`` or ``folders``; LayoutError when none fits. ``root`` is a folder or
+    an object store's URL of one (``data_prep.store.location``)."""
+    root = location(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
     if any((root / name).is_file() for names in KINETICS_CSV.values() for name in names):
@@ -76,8 +81,9 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def class_names(root: Path) -> list[str]:
+def class_names(root: Any) -> list[str]:
     """Every class of the corpus, in index order."""
+    root = location(root)
     layout = detect_layout(root)
     if layout == "ssv2":
         found = json_table(root / SSV2_LABELS)
@@ -85,8 +91,9 @@ def class_names(root: Path) -> list[str]:
     return sorted({item.label for item in split_items(root, "train")})
 
 
-def split_items(root: Path, split: str) -> list[VideoItem]:
+def split_items(root: Any, split: str) -> list[VideoItem]:
     """The items of ``split`` (``train`` or ``val``), sorted by path."""
+    root = location(root)
     layout = detect_layout(root)
     if layout == "kinetics":
         found = _kinetics(root, split)
@@ -166,9 +173,7 @@ def _folders(root: Path, split: str) -> list[VideoItem]:
     if not base.is_dir():
         raise LayoutError(f"{root}: no {split}/<class>/ folders for split '{split}'")
     return [
-        VideoItem(
-            str(p.relative_to(root)), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root)
-        )
+        VideoItem(_relative(p, root), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root))
         for p in sorted(base.glob("*/*"))
         if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
     ]
@@ -177,7 +182,11 @@ def _folders(root: Path, split: str) -> list[VideoItem]:
 def _item(root: Path, found: Path | None, stem: str, label: str, split: str) -> VideoItem:
     if found is None:
         return VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")
-    return VideoItem(str(found.relative_to(root)), label, _key(stem), str(root))
+    return VideoItem(_relative(found, root), label, _key(stem), str(root))
+
+
+def _relative(path: Any, root: Any) -> str:
+    return str(PurePosixPath(str(path.relative_to(root))))
 
 
 def _key(stem: str) -> str:

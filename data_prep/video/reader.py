@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_prep.corpus import SHARD_BYTES, CorpusReader, prep_problems
 from data_prep.job import run_prep
+from data_prep.store import location
 from data_prep.video.clips import plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
 from data_prep.video.decode import read_video
@@ -79,15 +80,15 @@ class VideoPrepConfig:
 
 
 def items(cfg: VideoPrepConfig, split: str) -> list[VideoItem]:
-    return split_items(Path(cfg.source), split)
+    return split_items(location(cfg.source), split)
 
 
 def labels(cfg: VideoPrepConfig) -> list[dict]:
-    return [{"index": i, "name": n} for i, n in enumerate(class_names(Path(cfg.source)))]
+    return [{"index": i, "name": n} for i, n in enumerate(class_names(location(cfg.source)))]
 
 
 def fit(cfg: VideoPrepConfig, train_items) -> dict:
-    return {"classes": {name: i for i, name in enumerate(class_names(Path(cfg.source)))}}
+    return {"classes": {name: i for i, name in enumerate(class_names(location(cfg.source)))}}
 
 
 def encode(cfg: VideoPrepConfig, state: dict, item: VideoItem) -> Iterator:
@@ -145,6 +146,8 @@ READER = CorpusReader(
     input_file=lambda cfg, item: str(item.file),
     reads_format=lambda name: Path(name).suffix.lower() in VIDEO_EXTENSIONS,
     layout_file=is_layout_file,
+    # the layout is walked and each video read through fsspec (fetched whole: demuxers seek)
+    reads_stores=True,
 )
 
 

@@ -167,3 +167,69 @@ def test_an_image_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, demo_co
         ]
     assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
     assert (out / "labels.json").read_text() == (prepared / "labels.json").read_text()
+
+
+def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_corpus,
+                                                              speech_prepared, tmp_path):  # fmt: skip
+    """``prep.source`` and the labelled sets as ``s3://...`` for audio (LibriLight chapters with
+    their voice-activity JSONs, LibriSpeech-form digit strings with transcripts; the broken and
+    quirky inputs included), walked and each recording read through fsspec: the same
+    manifests, counts, feature statistics and classes as the folders they were uploaded from
+    (``speech_prepared``)."""
+    from data_prep.audio.reader import prep_audio
+    from data_prep.shard_format import FEATURE_STATS, read_stats
+    from tests.conftest import audio_prep_config
+
+    fsspec.filesystem("s3").put(str(speech_corpus), f"{s3_bucket}/speech/raw", recursive=True)
+    raw, out = f"{s3_bucket}/speech/raw", tmp_path / "from_store"
+    cfg = audio_prep_config(speech_corpus, out, source=f"{raw}/librilight",
+                            labelled_train=f"{raw}/digits/train",
+                            labelled_val=f"{raw}/digits/val")  # fmt: skip
+    prep_audio(cfg)
+    for split in ("train", "val", "labelled_train", "labelled_val"):
+        store, disk = read_stats(out / split), read_stats(speech_prepared / split)
+        keys = ("inputs", "samples", "skipped", "converted", "ignored")
+        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}, split
+        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
+            (r.samples, r.sha256) for r in read_manifest(speech_prepared / split)
+        ]
+    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+    for name in (FEATURE_STATS, "labels.json"):
+        assert (out / name).read_text() == (speech_prepared / name).read_text()
+
+
+def test_a_video_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, clip_corpus,
+                                                             clips_prepared, tmp_path):  # fmt: skip
+    """``prep.source: s3://...`` for video (the Kinetics layout: CSVs, clips in mp4, mkv and
+    webm, truncated and audio-only files, a row without its file), walked and each video read
+    through fsspec and decoded from memory: the same manifests and counts as the folder."""
+    from data_prep.shard_format import read_stats
+    from data_prep.video.reader import prep_video
+    from tests.conftest import video_prep_config
+
+    fsspec.filesystem("s3").put(str(clip_corpus), f"{s3_bucket}/clips/raw", recursive=True)
+    out = tmp_path / "from_store"
+    prep_video(video_prep_config(f"{s3_bucket}/clips/raw", out))  # type: ignore[arg-type]
+    for split in ("train", "val"):
+        store, disk = read_stats(out / split), read_stats(clips_prepared / split)
+        keys = ("inputs", "samples", "skipped", "converted", "ignored")
+        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}, split
+        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
+            (r.samples, r.sha256) for r in read_manifest(clips_prepared / split)
+        ]
+    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+
+
+def test_a_reader_that_reads_only_folders_refuses_a_store_source_in_one_line(tmp_path):
+    """The contract for a reader added later: without ``reads_stores`` a URL source is refused
+    before any work, saying to mount the bucket."""
+    import dataclasses
+
+    from data_prep.corpus import SourceError
+    from data_prep.image.reader import READER
+    from data_prep.job import run_prep
+
+    folders_only = dataclasses.replace(READER, reads_stores=False)
+    cfg = prep_config("s3://bucket/raw", tmp_path / "out")
+    with pytest.raises(SourceError, match=r"prep\.source s3://bucket/raw: .* mount the bucket"):
+        run_prep(folders_only, cfg)

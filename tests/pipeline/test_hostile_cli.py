@@ -157,15 +157,13 @@ CASES = [
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["export", QUICKSTART, "--format", "onnx"], 2, "invalid choice: 'onnx'"),
     (["stage", QUICKSTART, "nostage"], 2, "STAGE: stages from demo_data"),
-    (
-        ["prep", "audio", "s3://bucket/raw", "{tmp}/out"],
-        2,
-        "prep.source s3://bucket/raw: the audio reader reads",
-    ),
-    (  # image reads a store: with no credentials here, one line before any work
-        ["prep", "image", "s3://bucket/raw", "{tmp}/out"],
-        2,
-        "prep.source s3://bucket/raw cannot be listed: NoCredentialsError",
+    *(  # every reader reads a store: with no credentials here, one line before any work
+        (
+            ["prep", modality, "s3://bucket/raw", "{tmp}/out"],
+            2,
+            "prep.source s3://bucket/raw cannot be listed: NoCredentialsError",
+        )
+        for modality in ("image", "audio", "video")
     ),
 ]
 
