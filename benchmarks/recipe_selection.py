@@ -93,7 +93,14 @@ SELECTIONS = {
              "evaluate.tasks.ctc.mask_freq=0.25"),
          "lr 1e-2, SpecAugment time 0.3, frequency 0.25, 100 epochs": (
              *_ctc(1e-2, 1.0, epochs=100), "evaluate.tasks.ctc.mask_time=0.3",
-             "evaluate.tasks.ctc.mask_freq=0.25")},
+             "evaluate.tasks.ctc.mask_freq=0.25"),
+         # added once SpecAugment over 100 epochs came out best: the epochs alone
+         "lr 1e-2, 100 epochs": _ctc(1e-2, 1.0, epochs=100),
+         # the head alone first, wav2vec 2.0's recipe
+         "lr 1e-2, encoder frozen 10 of 60 epochs": (
+             *_ctc(1e-2, 1.0), "evaluate.tasks.ctc.freeze_epochs=10"),
+         "lr 1e-2, encoder frozen 20 of 60 epochs": (
+             *_ctc(1e-2, 1.0), "evaluate.tasks.ctc.freeze_epochs=20")},
         how="Each candidate fine-tunes the same pretrained encoder with CTC and is scored on "
             "`digits/select` (every voice once more); the reported numbers (docs/results.md) come "
             "from `digits/val`, which none of this looked at.",
@@ -126,7 +133,12 @@ SELECTIONS = {
          "base lr 5e-2, layer decay 0.85": ("evaluate.tasks.finetune.base_lr=5e-2",
                                             "evaluate.tasks.finetune.layer_decay=0.85"),
          # added once 5e-2, the grid's new edge, came out best
-         "base lr 1e-1, 10 epochs": ("evaluate.tasks.finetune.base_lr=1e-1",)},
+         "base lr 1e-1, 10 epochs": ("evaluate.tasks.finetune.base_lr=1e-1",),
+         # added once 5e-2 was chosen: the head alone first (LP-FT, Kumar et al. 2022)
+         "base lr 5e-2, encoder frozen 2 of 10 epochs": ("evaluate.tasks.finetune.base_lr=5e-2",
+                                                         "evaluate.tasks.finetune.freeze_epochs=2"),
+         "base lr 5e-2, encoder frozen 4 of 10 epochs": ("evaluate.tasks.finetune.base_lr=5e-2",
+                                                         "evaluate.tasks.finetune.freeze_epochs=4")},
         stages=("demo_data", "prep", "pretrain", "finetune"),
         how="Each candidate fine-tunes the same pretrained encoder (the scene and ratio the "
             "video selection chose, given with --with) on a demo corpus of seed 1 and is scored "

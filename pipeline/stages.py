@@ -202,7 +202,8 @@ def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
     return [name for name in tasks_of_stage(tasks, stage) if getattr(tasks, name).enabled]
 
 
-TASK_NEW_DEFAULTS = {"mask_time": 0.0, "mask_freq": 0.0}  # absent from older records (ctc)
+# absent from older records at these values
+TASK_NEW_DEFAULTS = {"mask_time": 0.0, "mask_freq": 0.0, "freeze_epochs": 0}
 
 
 def _eval_section(stage: str):

@@ -83,14 +83,19 @@ def test_stating_the_global_batch_keeps_a_run_s_fingerprint():
     assert section("pretrain.global_batch=512") != per_rank
 
 
-def test_new_ctc_keys_at_their_defaults_leave_a_finished_fine_tune_done():
-    """SpecAugment's shares came after runs were recorded: at 0 (off) the finetune stage's
-    section holds no trace of them, so a recorded fine-tune stays done; set, they change it."""
+def test_new_task_keys_at_their_defaults_leave_a_finished_fine_tune_done():
+    """SpecAugment's shares and the frozen start came after runs were recorded: at 0 (off) the
+    finetune stage's section holds no trace of them, so a recorded fine-tune stays done; set,
+    they change it."""
     from pipeline.stages import STAGES
 
     finetune = next(s for s in STAGES if s.name == "finetune")
     audio = CONFIGS / "quickstart_audio.yaml"
     plain = finetune.section(load_run_config(audio))
-    assert "mask_time" not in plain["tasks"]["ctc"] and "mask_freq" not in plain["tasks"]["ctc"]
+    for task, key in (("ctc", "mask_time"), ("ctc", "mask_freq"), ("ctc", "freeze_epochs"),
+                      ("finetune", "freeze_epochs")):  # fmt: skip
+        assert key not in plain["tasks"][task]
     masked = finetune.section(load_run_config(audio, ["evaluate.tasks.ctc.mask_time=0.2"]))
     assert masked != plain and masked["tasks"]["ctc"]["mask_time"] == 0.2
+    frozen = finetune.section(load_run_config(audio, ["evaluate.tasks.finetune.freeze_epochs=2"]))
+    assert frozen != plain and frozen["tasks"]["finetune"]["freeze_epochs"] == 2

@@ -102,6 +102,9 @@ class FinetuneConfig:
     eval_every: int = 1  # epochs between scorings of the val split (the best model is kept)
     # recompute each encoder block in the backward pass: bigger batches for ~1/3 more compute
     activation_checkpointing: bool = False
+    # epochs at the start in which only the head trains (the encoder's lr held at 0): a head
+    # fitted to the features before they move (LP-FT, Kumar et al. 2022); 0: off
+    freeze_epochs: int = 0
 
     def problems(self):
         yield from schedule_problems(self)
@@ -142,6 +145,9 @@ class CtcConfig:
     # AudioMAE fine-tunes with 0.2-0.3 of each; 0: off.
     mask_time: float = 0.0
     mask_freq: float = 0.0
+    # epochs at the start in which only the head trains (the encoder's lr held at 0), as
+    # wav2vec 2.0 fine-tunes with CTC (its transformer frozen for the first updates); 0: off
+    freeze_epochs: int = 0
 
     def problems(self):
         yield from schedule_problems(self)
@@ -163,6 +169,8 @@ def schedule_problems(cfg):
         )
     if not 0 < cfg.layer_decay <= 1:
         yield ("layer_decay", f"a float in (0, 1], got {cfg.layer_decay}")
+    if not 0 <= cfg.freeze_epochs < max(1, cfg.epochs):
+        yield ("freeze_epochs", f"an int in [0, epochs), got {cfg.freeze_epochs}")
     yield from micro_batch_problems(cfg)
 
 

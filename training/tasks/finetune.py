@@ -69,12 +69,14 @@ def layer_decay_groups(
         else:
             layer = depth + 1
         no_decay = p.ndim < 2 or name.endswith("cls_token")
+        encoder = name.startswith("encoder.")  # its final norm shares the head's layer
         group = groups.setdefault(
-            (layer, no_decay),
+            (layer, no_decay, encoder),
             {
                 "params": [],
                 "weight_decay": 0.0 if no_decay else weight_decay,
                 "lr_scale": decay ** (depth + 1 - layer),
+                "encoder": encoder,
             },
         )
         group["params"].append(p)

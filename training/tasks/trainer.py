@@ -70,6 +70,7 @@ class Schedule:
     warmup_steps: int
     eval_every: int  # epochs
     micro_batch: int | None = None  # the most rows of one forward on a rank
+    frozen_steps: int = 0  # the first steps, in which the encoder's lr is 0
 
     @property
     def total(self) -> int:
@@ -92,7 +93,21 @@ def schedule_for(task_cfg, samples: int) -> Schedule:
         warmup_steps=task_cfg.warmup_epochs * per_epoch,
         eval_every=task_cfg.eval_every,
         micro_batch=task_cfg.micro_batch,
+        frozen_steps=getattr(task_cfg, "freeze_epochs", 0) * per_epoch,
     )
+
+
+def lr_factors(groups: list[dict], schedule: Schedule) -> list:
+    """Each param group's lr factor by optimizer step (0-based): warmup + cosine, held at 0 for
+    the encoder's groups during the first ``schedule.frozen_steps`` (only the head trains)."""
+
+    def shape(step: int) -> float:
+        return warmup_cosine(step, schedule.total, schedule.warmup_steps, 1.0, 0.0)
+
+    def frozen(step: int) -> float:
+        return 0.0 if step < schedule.frozen_steps else shape(step)
+
+    return [frozen if schedule.frozen_steps and g.get("encoder") else shape for g in groups]
 
 
 @dataclass
@@ -320,10 +335,7 @@ def _engine(job: Job, run: TaskRun, schedule: Schedule, split: BatchSplit):
         optimizer = LARS(groups, lr=schedule.lr)
     else:
         optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(step, schedule.total, schedule.warmup_steps, 1.0, 0.0),
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(groups, schedule))
     stage = cfg.zero_stage if job.zero_stage is None else job.zero_stage
     on_cuda = info.device.type == "cuda"
     bf16 = cfg.precision == "bf16" and job.optimizer != "lars"

@@ -106,6 +106,32 @@ def test_layer_decay_scales_lr_by_depth():
     assert len(groups) > 2
 
 
+def test_a_frozen_start_holds_the_encoders_lr_at_zero_and_trains_the_head():
+    """``freeze_epochs``: for the first steps every encoder group's lr factor is 0 (its final
+    norm included, though it shares the head's layer), the head's follows warmup + cosine; then
+    both follow the same schedule. Off, every group has the same factors."""
+    from training.schedule import warmup_cosine
+    from training.tasks.trainer import Schedule, lr_factors
+
+    model = Classifier(random_encoder(_export(), seed=0), 3)
+    groups = layer_decay_groups(model, 1.0, 0.05, 0.65)
+    ids = {id(p): n for n, p in model.named_parameters()}
+    names = [[ids[id(p)] for p in g["params"]] for g in groups]
+    assert all(g["encoder"] == all(n.startswith("encoder.") for n in ns)
+               for g, ns in zip(groups, names))  # fmt: skip
+    assert any("encoder.norm.weight" in ns for ns, g in zip(names, groups) if g["encoder"])
+    schedule = Schedule(epochs=10, batch_size=8, steps_per_epoch=5, lr=1.0, warmup_steps=5,
+                        eval_every=1, frozen_steps=15)  # fmt: skip
+    factors = lr_factors(groups, schedule)
+    for g, factor in zip(groups, factors):
+        for step in range(schedule.total):
+            shape = warmup_cosine(step, 50, 5, 1.0, 0.0)
+            frozen = g["encoder"] and step < 15
+            assert factor(step) == (0.0 if frozen else shape), (g["encoder"], step)
+    off = lr_factors(groups, Schedule(10, 8, 5, 1.0, 5, 1))
+    assert all(f(3) == off[0](3) > 0 for f in off)
+
+
 def test_random_encoder_is_reproducible():
     a, b = random_encoder(_export(), 3), random_encoder(_export(), 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
@@ -147,3 +173,36 @@ def test_the_probe_standardises_by_the_global_batch_on_every_rank(tmp_path):
     torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach())
     torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), full.grad)
     torch.testing.assert_close(ranks[0]["running"], whole.running_var)
+
+
+def test_a_frozen_start_leaves_the_encoder_bit_for_bit_under_adamw():
+    """The factors drive the optimizer the tasks hand DeepSpeed (AdamW, decoupled weight decay,
+    LambdaLR): during the frozen steps the encoder's weights do not move at all (its decay is
+    scaled by its lr, 0) while the head's do; after them the encoder trains."""
+    from training.tasks.trainer import Schedule, lr_factors
+
+    torch.manual_seed(0)
+    model = Classifier(random_encoder(_export(), seed=0), 3)
+    groups = layer_decay_groups(model, 1e-2, 0.05, 0.65)
+    schedule = Schedule(epochs=2, batch_size=4, steps_per_epoch=2, lr=1e-2, warmup_steps=1,
+                        eval_every=1, frozen_steps=2)  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(groups, schedule))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 16, 8 * 8 * 3)  # 32 px pictures in 8 px patches
+
+    def step():
+        optimizer.zero_grad()
+        model(x).logsumexp(dim=-1).mean().backward()
+        optimizer.step()
+        scheduler.step()
+
+    for _ in range(2):
+        step()
+    now = model.state_dict()
+    assert all(torch.equal(start[k], now[k]) for k in start if k.startswith("encoder."))
+    assert not torch.equal(start["head.weight"], now["head.weight"])
+    step()
+    after = model.state_dict()
+    assert not torch.equal(start["encoder.blocks.0.attn.qkv.weight"],
+                           after["encoder.blocks.0.attn.qkv.weight"])  # fmt: skip

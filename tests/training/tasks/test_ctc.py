@@ -94,9 +94,11 @@ def test_spec_augment_off_keeps_every_patch():
     assert only_time.any(dim=1).all()  # no frequency row dropped
 
 
-def test_spec_augment_shares_outside_zero_to_one_are_named():
+def test_spec_augment_shares_and_a_freeze_longer_than_the_run_are_named():
     from training.tasks.config import CtcConfig
 
     problems = dict(CtcConfig(mask_time=1.0, mask_freq=-0.1).problems())
     assert problems["mask_time"] == "a share in [0, 1), got 1.0"
     assert "mask_freq" in problems and not dict(CtcConfig(mask_time=0.3).problems())
+    frozen_throughout = dict(CtcConfig(epochs=5, freeze_epochs=5).problems())
+    assert frozen_throughout["freeze_epochs"] == "an int in [0, epochs), got 5"
