@@ -55,10 +55,13 @@ class Finetune:
 
 
 def layer_decay_groups(
-    model: nn.Module, base_lr: float, weight_decay: float, decay: float
+    model: nn.Module, base_lr: float, weight_decay: float, decay: float, apart: bool = False
 ) -> list[dict]:
     """Param groups with lr scaled by ``decay ** (L + 1 - layer)``: embeddings are layer 0,
-    block i is layer i + 1, the head is layer L + 1 (BEiT / MAE fine-tuning)."""
+    block i is layer i + 1, the head is layer L + 1 (BEiT / MAE fine-tuning). ``apart``: the
+    encoder's final norm in groups of its own, not the head's (for a frozen start: the
+    groupings give the same updates, but DeepSpeed's flattened partitions follow the groups,
+    and the quickstarts' fine-tunes moved by a sample when they changed)."""
     depth = len(model.encoder.blocks)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
@@ -69,7 +72,7 @@ def layer_decay_groups(
         else:
             layer = depth + 1
         no_decay = p.ndim < 2 or name.endswith("cls_token")
-        encoder = name.startswith("encoder.")  # its final norm shares the head's layer
+        encoder = apart and name.startswith("encoder.")  # its final norm shares the head's layer
         group = groups.setdefault(
             (layer, no_decay, encoder),
             {
@@ -103,7 +106,8 @@ class EncoderJob(Job):
         module.to(data.device)
 
     def param_groups(self, lr: float) -> list[dict]:
-        return layer_decay_groups(self.module, lr, self.cfg.weight_decay, self.cfg.layer_decay)
+        return layer_decay_groups(self.module, lr, self.cfg.weight_decay, self.cfg.layer_decay,
+                                  apart=self.cfg.freeze_epochs > 0)  # fmt: skip
 
     def batches(self, skip_steps: int):
         return self.data.train_batches(self.train_input, self.cfg.batch_size, self.rows, skip_steps)

@@ -114,12 +114,13 @@ def test_a_frozen_start_holds_the_encoders_lr_at_zero_and_trains_the_head():
     from training.tasks.trainer import Schedule, lr_factors
 
     model = Classifier(random_encoder(_export(), seed=0), 3)
-    groups = layer_decay_groups(model, 1.0, 0.05, 0.65)
+    groups = layer_decay_groups(model, 1.0, 0.05, 0.65, apart=True)
     ids = {id(p): n for n, p in model.named_parameters()}
     names = [[ids[id(p)] for p in g["params"]] for g in groups]
     assert all(g["encoder"] == all(n.startswith("encoder.") for n in ns)
                for g, ns in zip(groups, names))  # fmt: skip
     assert any("encoder.norm.weight" in ns for ns, g in zip(names, groups) if g["encoder"])
+    assert not any(g["encoder"] for g in layer_decay_groups(model, 1.0, 0.05, 0.65))  # as before
     schedule = Schedule(epochs=10, batch_size=8, steps_per_epoch=5, lr=1.0, warmup_steps=5,
                         eval_every=1, frozen_steps=15)  # fmt: skip
     factors = lr_factors(groups, schedule)
@@ -183,7 +184,7 @@ def test_a_frozen_start_leaves_the_encoder_bit_for_bit_under_adamw():
 
     torch.manual_seed(0)
     model = Classifier(random_encoder(_export(), seed=0), 3)
-    groups = layer_decay_groups(model, 1e-2, 0.05, 0.65)
+    groups = layer_decay_groups(model, 1e-2, 0.05, 0.65, apart=True)
     schedule = Schedule(epochs=2, batch_size=4, steps_per_epoch=2, lr=1e-2, warmup_steps=1,
                         eval_every=1, frozen_steps=2)  # fmt: skip
     optimizer = torch.optim.AdamW(groups, lr=1e-2)
