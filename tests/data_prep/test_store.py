@@ -169,6 +169,7 @@ def test_an_image_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, demo_co
     assert (out / "labels.json").read_text() == (prepared / "labels.json").read_text()
 
 
+@pytest.mark.slow  # ~40 s; the image and text readers' store tests run by default
 def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_corpus,
                                                               speech_prepared, tmp_path):  # fmt: skip
     """``prep.source`` and the labelled sets as ``s3://...`` for audio (LibriLight chapters with
@@ -198,6 +199,7 @@ def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_
         assert (out / name).read_text() == (speech_prepared / name).read_text()
 
 
+@pytest.mark.slow  # ~40 s; the image and text readers' store tests run by default
 def test_a_video_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, clip_corpus,
                                                              clips_prepared, tmp_path):  # fmt: skip
     """``prep.source: s3://...`` for video (the Kinetics layout: CSVs, clips in mp4, mkv and

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.training.test_pretrain_distributed import _config
@@ -39,6 +40,7 @@ def test_it_scores_what_the_knn_task_scores_on_the_same_samples(prepared):
     assert got == want
 
 
+@pytest.mark.slow  # ~50 s; the monitor's scores are checked against k-NN's in the default run
 def test_a_pretraining_run_writes_the_monitor_curve(tmp_path, prepared):
     monitor = {"every": 2, "samples": 32, "k": 5, "train_shards": str(prepared / "train"),
                "val_shards": str(prepared / "val")}  # fmt: skip
