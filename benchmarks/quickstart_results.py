@@ -130,7 +130,11 @@ def main() -> None:
                         help="re-read these modalities from finished runs of this checkout's "
                         "quickstarts; the others stay as <out>.json has them, and each section "
                         "says where it comes from")  # fmt: skip
+    parser.add_argument("--how", nargs="*", default=[], metavar="MODALITY=TEXT",
+                        help="how an updated modality's run was made, when not from scratch at "
+                        "this commit (a run resumed after a config change reran some stages)")  # fmt: skip
     args = parser.parse_args()
+    said = dict(item.split("=", 1) for item in args.how)
     results = {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -145,7 +149,8 @@ def main() -> None:
             modality, run_dir = item.split("=", 1)
             results[modality] = {
                 "rows": rows(Path(run_dir)),
-                "from": f"`maskmill run configs/quickstart_{modality}.yaml` from scratch on "
+                "from": said.get(modality)
+                or f"`maskmill run configs/quickstart_{modality}.yaml` from scratch on "
                 f"{datetime.date.today().isoformat()} at commit `{commit}`",
             }
     elif args.collect:
@@ -165,11 +170,10 @@ def main() -> None:
     about = {**machine(), "date": datetime.date.today().isoformat(), "commit": commit or "?",
              "how": how}  # fmt: skip
     if args.update:
-        names = ", ".join(i.split("=", 1)[0] for i in args.update)
+        origins = "; ".join(f"{m}: {r['from']}" for m, r in results.items())
         about["readme_how"] = (
-            f"From `make results` at commit `{before['commit']}` and, for {names}, runs from "
-            f"scratch at commit `{commit}` ({about['date']}, {about['cpu']}, {about['cores']} "
-            "cores; docs/results.md says which is which):"
+            f"From runs of several commits ({about['cpu']}, {about['cores']} cores), each "
+            f"section of docs/results.md saying which: {origins}."
         )
     out = Path(args.out)
     out.write_text(page(results, about))
