@@ -91,11 +91,14 @@ def test_new_task_keys_at_their_defaults_leave_a_finished_fine_tune_done():
 
     finetune = next(s for s in STAGES if s.name == "finetune")
     audio = CONFIGS / "quickstart_audio.yaml"
-    plain = finetune.section(load_run_config(audio))
+    off = ["evaluate.tasks.ctc.mask_time=0.0", "evaluate.tasks.ctc.mask_freq=0.0"]
+    plain = finetune.section(load_run_config(audio, off))  # the quickstart's CTC masks, off
     for task, key in (("ctc", "mask_time"), ("ctc", "mask_freq"), ("ctc", "freeze_epochs"),
                       ("finetune", "freeze_epochs")):  # fmt: skip
         assert key not in plain["tasks"][task]
-    masked = finetune.section(load_run_config(audio, ["evaluate.tasks.ctc.mask_time=0.2"]))
+    masked = finetune.section(load_run_config(audio, [*off, "evaluate.tasks.ctc.mask_time=0.2"]))
     assert masked != plain and masked["tasks"]["ctc"]["mask_time"] == 0.2
-    frozen = finetune.section(load_run_config(audio, ["evaluate.tasks.finetune.freeze_epochs=2"]))
+    frozen = finetune.section(
+        load_run_config(audio, [*off, "evaluate.tasks.finetune.freeze_epochs=2"])
+    )
     assert frozen != plain and frozen["tasks"]["finetune"]["freeze_epochs"] == 2
