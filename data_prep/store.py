@@ -14,11 +14,12 @@ a killed task leaves at most a shard without a record, which a rerun writes agai
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 # A remote shard's samples are fetched this many byte ranges at a time, concurrently: one
@@ -58,6 +59,21 @@ def absolute(where: str | os.PathLike) -> str:
 
 def size(path: Any) -> int:
     return path.stat().st_size
+
+
+def relative(path: Any, root: Any) -> str:
+    """``path`` below ``root`` as a ``/``-separated string, for a ``Path`` or a ``UPath``."""
+    return str(PurePosixPath(str(path.relative_to(root))))
+
+
+def decoder_source(path: Any) -> tuple[str | io.BytesIO, int]:
+    """What a decoder that seeks (libsndfile, FFmpeg's demuxers) opens, and its size in bytes: a
+    local file's path, or a store object fetched whole into memory (a LibriLight chapter is
+    ~20 MB, a Kinetics clip ~2 MB)."""
+    if isinstance(path, str | PurePath):
+        return str(path), os.stat(path).st_size
+    data = path.read_bytes()
+    return io.BytesIO(data), len(data)
 
 
 def read_ranges(path: Any, spans: Iterable[tuple[int, int]]) -> list[bytes]:

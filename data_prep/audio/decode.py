@@ -11,13 +11,13 @@ is named so the prep counts it too.
 from __future__ import annotations
 
 import io
-from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from data_prep.audio.resample import resample
+from data_prep.store import decoder_source
 from data_prep.writer import SkipSample
 
 RATE = 16000
@@ -26,15 +26,9 @@ RATE = 16000
 def read_audio(path: Any) -> tuple[np.ndarray, int]:
     """float32 ``[frames, channels]`` and the sample rate of a source file (a path, or a
     ``UPath`` of an object in a store, fetched whole: libsndfile seeks), or SkipSample."""
-    if isinstance(path, str | PurePath):
-        path, source = Path(path), str(path)
-        if path.stat().st_size == 0:
-            raise SkipSample("empty_audio", source)
-    else:
-        data = path.read_bytes()
-        if not data:
-            raise SkipSample("empty_audio", str(path))
-        source = io.BytesIO(data)
+    source, size = decoder_source(path)
+    if size == 0:
+        raise SkipSample("empty_audio", str(path))
     try:
         promised = sf.info(source).frames
         if not isinstance(source, str):

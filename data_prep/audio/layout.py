@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from data_prep.corpus import LayoutError
-from data_prep.store import location
+from data_prep.store import location, relative
 
 # What libsndfile (soundfile's wheel bundles 1.2) decodes, as corpora name it.
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}
@@ -65,7 +65,7 @@ def is_layout_file(rel: str) -> bool:
 def _in_walk_order(paths: Iterable[Any], root: Any) -> list[Any]:
     """``paths`` below ``root`` sorted by their relative parts, as ``sorted`` orders local
     ``Path`` objects (a store's listing comes in key order, where ``a-b`` sorts before ``a/b``)."""
-    return sorted(paths, key=lambda p: PurePosixPath(str(p.relative_to(root))).parts)
+    return sorted(paths, key=lambda p: PurePosixPath(relative(p, root)).parts)
 
 
 def detect_layout(root: Any) -> str:
@@ -92,10 +92,10 @@ def librilight_items(root: Any) -> list[AudioItem]:
     chapter: on a store each is a request)."""
     root = location(root)
     found = _in_walk_order(root.glob("*/*/*/*"), root)
-    listed = {PurePosixPath(str(p.relative_to(root))) for p in found}
+    listed = {PurePosixPath(relative(p, root)) for p in found}
     items = []
     for audio in (p for p in found if p.suffix.lower() in AUDIO_SUFFIXES):
-        rel = PurePosixPath(str(audio.relative_to(root)))
+        rel = PurePosixPath(relative(audio, root))
         _, speaker, book, _ = rel.parts
         meta = audio.with_suffix(".json") if rel.with_suffix(".json") in listed else None
         activity, problem = _voice_activity(meta)
@@ -129,7 +129,7 @@ def librispeech_items(root: Any) -> list[AudioItem]:
             text = lines.get(audio.stem)
             items.append(
                 AudioItem(
-                    path=str(PurePosixPath(str(audio.relative_to(root)))),
+                    path=relative(audio, root),
                     speaker=speaker,
                     book=chapter,
                     chapter=audio.stem,

@@ -11,15 +11,14 @@ file that breaks partway is kept up to the damage and named ``truncated_video``.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
 from typing import Any
 
 import av
 import numpy as np
 
+from data_prep.store import decoder_source
 from data_prep.writer import SkipSample
 
 log = logging.getLogger(__name__)
@@ -44,16 +43,9 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def read_video(path: Any, short_side: int) -> DecodedVideo:
     """Every frame of the first video stream of ``path`` (a path, or a ``UPath`` of an object in
     a store, fetched whole: demuxers seek), or SkipSample."""
-    if isinstance(path, str | PurePath):
-        path = Path(path)
-        if path.stat().st_size == 0:
-            raise SkipSample("empty_video", str(path))
-        source: Any = str(path)
-    else:
-        data = path.read_bytes()
-        if not data:
-            raise SkipSample("empty_video", str(path))
-        source = io.BytesIO(data)
+    source, size = decoder_source(path)
+    if size == 0:
+        raise SkipSample("empty_video", str(path))
     try:
         container = av.open(source)
     except (av.FFmpegError, UnicodeDecodeError) as err:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from data_prep.corpus import LayoutError, csv_rows
-from data_prep.store import location
+from data_prep.store import location, relative
 
 # What PyAV opens and corpora ship in (Kinetics: mp4, mkv, webm; older sets: avi, mpg, flv).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
@@ -173,7 +173,7 @@ def _folders(root: Path, split: str) -> list[VideoItem]:
     if not base.is_dir():
         raise LayoutError(f"{root}: no {split}/<class>/ folders for split '{split}'")
     return [
-        VideoItem(_relative(p, root), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root))
+        VideoItem(relative(p, root), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root))
         for p in sorted(base.glob("*/*"))
         if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
     ]
@@ -182,11 +182,7 @@ def _folders(root: Path, split: str) -> list[VideoItem]:
 def _item(root: Path, found: Path | None, stem: str, label: str, split: str) -> VideoItem:
     if found is None:
         return VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")
-    return VideoItem(_relative(found, root), label, _key(stem), str(root))
-
-
-def _relative(path: Any, root: Any) -> str:
-    return str(PurePosixPath(str(path.relative_to(root))))
+    return VideoItem(relative(found, root), label, _key(stem), str(root))
 
 
 def _key(stem: str) -> str:

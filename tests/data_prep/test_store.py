@@ -148,24 +148,32 @@ def test_a_text_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, text_demo
     assert read_stats(outs["store"] / "train")["ignored"] == {"unsupported_format": 1}
 
 
+def _same_prep(out, disk, splits) -> None:
+    """Each split prepared from the store holds what the one prepared from the folder holds: the
+    same counts by reason and the same shards, sha256 for sha256; the broken files came along
+    and were counted."""
+    from data_prep.shard_format import read_stats
+
+    for split in splits:
+        store, local = read_stats(out / split), read_stats(disk / split)
+        keys = ("inputs", "samples", "skipped", "converted", "ignored")
+        assert {k: store.get(k) for k in keys} == {k: local.get(k) for k in keys}, split
+        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
+            (r.samples, r.sha256) for r in read_manifest(disk / split)
+        ]
+    assert read_stats(out / "train")["skipped"]
+
+
 def test_an_image_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, demo_corpus, prepared,
                                                               tmp_path):  # fmt: skip
     """``prep.source: s3://...`` for the ImageNet layout (train/<wnid>/, val/ with its label
     CSV, quirks and broken files included), walked and read through fsspec: the same
     manifests, counts and ignored files as the folder it was uploaded from (``prepared``)."""
-    from data_prep.shard_format import read_stats
 
     fsspec.filesystem("s3").put(str(demo_corpus), f"{s3_bucket}/images/raw", recursive=True)
     out = tmp_path / "from_store"
     prep_imagenet(prep_config(f"{s3_bucket}/images/raw", out))  # type: ignore[arg-type]
-    for split in ("train", "val"):
-        store, disk = read_stats(out / split), read_stats(prepared / split)
-        keys = ("inputs", "samples", "skipped", "converted", "ignored")
-        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}
-        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
-            (r.samples, r.sha256) for r in read_manifest(prepared / split)
-        ]
-    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+    _same_prep(out, prepared, ("train", "val"))
     assert (out / "labels.json").read_text() == (prepared / "labels.json").read_text()
 
 
@@ -178,7 +186,7 @@ def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_
     manifests, counts, feature statistics and classes as the folders they were uploaded from
     (``speech_prepared``)."""
     from data_prep.audio.reader import prep_audio
-    from data_prep.shard_format import FEATURE_STATS, read_stats
+    from data_prep.shard_format import FEATURE_STATS
     from tests.conftest import audio_prep_config
 
     fsspec.filesystem("s3").put(str(speech_corpus), f"{s3_bucket}/speech/raw", recursive=True)
@@ -187,14 +195,7 @@ def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_
                             labelled_train=f"{raw}/digits/train",
                             labelled_val=f"{raw}/digits/val")  # fmt: skip
     prep_audio(cfg)
-    for split in ("train", "val", "labelled_train", "labelled_val"):
-        store, disk = read_stats(out / split), read_stats(speech_prepared / split)
-        keys = ("inputs", "samples", "skipped", "converted", "ignored")
-        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}, split
-        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
-            (r.samples, r.sha256) for r in read_manifest(speech_prepared / split)
-        ]
-    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+    _same_prep(out, speech_prepared, ("train", "val", "labelled_train", "labelled_val"))
     for name in (FEATURE_STATS, "labels.json"):
         assert (out / name).read_text() == (speech_prepared / name).read_text()
 
@@ -205,21 +206,13 @@ def test_a_video_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, clip_cor
     """``prep.source: s3://...`` for video (the Kinetics layout: CSVs, clips in mp4, mkv and
     webm, truncated and audio-only files, a row without its file), walked and each video read
     through fsspec and decoded from memory: the same manifests and counts as the folder."""
-    from data_prep.shard_format import read_stats
     from data_prep.video.reader import prep_video
     from tests.conftest import video_prep_config
 
     fsspec.filesystem("s3").put(str(clip_corpus), f"{s3_bucket}/clips/raw", recursive=True)
     out = tmp_path / "from_store"
     prep_video(video_prep_config(f"{s3_bucket}/clips/raw", out))  # type: ignore[arg-type]
-    for split in ("train", "val"):
-        store, disk = read_stats(out / split), read_stats(clips_prepared / split)
-        keys = ("inputs", "samples", "skipped", "converted", "ignored")
-        assert {k: store.get(k) for k in keys} == {k: disk.get(k) for k in keys}, split
-        assert [(r.samples, r.sha256) for r in read_manifest(out / split)] == [
-            (r.samples, r.sha256) for r in read_manifest(clips_prepared / split)
-        ]
-    assert read_stats(out / "train")["skipped"]  # the broken files came along, and were counted
+    _same_prep(out, clips_prepared, ("train", "val"))
 
 
 def test_a_reader_that_reads_only_folders_refuses_a_store_source_in_one_line(tmp_path):

@@ -63,7 +63,7 @@ def layer_decay_groups(
     groupings give the same updates, but DeepSpeed's flattened partitions follow the groups,
     and the quickstarts' fine-tunes moved by a sample when they changed)."""
     depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if name.startswith("encoder.blocks."):
             layer = int(name.split(".")[2]) + 1
