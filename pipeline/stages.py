@@ -203,7 +203,7 @@ def _eval_tasks(cfg: RunConfig, stage: str) -> list[str]:
 
 
 # absent from older records at these values
-TASK_NEW_DEFAULTS = {"mask_time": 0.0, "mask_freq": 0.0, "freeze_epochs": 0}
+TASK_NEW_DEFAULTS = {"mask_time": 0.0, "mask_freq": 0.0, "freeze_epochs": 0, "label_fraction": 1.0}
 
 
 def _eval_section(stage: str):

@@ -120,6 +120,15 @@ class TrainStreamSpec:
     # per block of the one stream. Empty: the stream is split_dir alone.
     mixture: tuple[tuple[str, tuple[ShardRecord, ...]], ...] = ()
     quotas: tuple[int, ...] = ()
+    # A subset of the split (a low-label fine-tune): the ordinals each shard contributes, in
+    # manifest order (``stream_order.subset_ordinals``). Empty: every sample.
+    subset: tuple[tuple[int, ...], ...] = ()
+
+    def counts(self) -> list[int]:
+        """The samples each shard gives the stream."""
+        if self.subset:
+            return [len(kept) for kept in self.subset]
+        return [r.samples for r in self.records]
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -347,7 +356,7 @@ def _slot_samples(
     """``(index in the slot's stream, sample or None where it was skipped)`` from ``skip`` on,
     epoch after epoch; with ``keep``, only the indices it accepts (the others are not read
     when their shard holds none that is kept)."""
-    counts = [r.samples for r in s.records]
+    counts = s.counts()
     first_epoch, into = resume_point(counts, slot, slots, s.seed, skip)
     index = skip
     for epoch in itertools.count(first_epoch):
@@ -355,7 +364,8 @@ def _slot_samples(
         chosen, sizes, order = ordered()
         # With keep, a replay of the same draws finds the positions kept: only those are read.
         wanted = order.pending() if keep is None else kept_positions(ordered()[2], index, keep)
-        samples = _EpochSamples([s.records[i] for i in chosen], sizes, wanted, shards)
+        subset = [s.subset[i] for i in chosen] if s.subset else None
+        samples = _EpochSamples([s.records[i] for i in chosen], sizes, wanted, shards, subset)
         for position in order:
             if keep is None or keep(index):
                 yield index, samples.take(position)
@@ -412,11 +422,13 @@ class _ShardReader:
 class _EpochSamples:
     """One epoch's samples by position: shards are read forward, keeping only pending positions
     until the shuffle asks for them; a shard with none pending is not opened. Positions of a
-    skipped shard come out as None."""
+    skipped shard come out as None. With ``subset`` (each shard's ordinals the stream holds),
+    a shard's positions are its subset's places, and only those samples are read."""
 
-    def __init__(self, records: list[ShardRecord], sizes: list[int], pending, shards):
+    def __init__(self, records: list[ShardRecord], sizes: list[int], pending, shards,
+                 subset: list[tuple[int, ...]] | None = None):  # fmt: skip
         self.held: dict[int, dict | None] = {}
-        self.reading = self._read(records, sizes, pending, shards)
+        self.reading = self._read(records, sizes, pending, shards, subset)
 
     def take(self, position: int) -> dict | None:
         while position not in self.held:
@@ -425,30 +437,44 @@ class _EpochSamples:
         return self.held.pop(position)
 
     @staticmethod
-    def _read(records, sizes, pending, shards) -> Iterator[tuple[int, dict | None]]:
+    def _read(records, sizes, pending, shards, subset) -> Iterator[tuple[int, dict | None]]:
         start = 0
-        for record, size in zip(records, sizes):
+        for k, (record, size) in enumerate(zip(records, sizes)):
             if pending.any_in(start, start + size):
-                wanted = functools.partial(_is_pending, pending, start)
+                place = _places(size, None if subset is None else subset[k])
+                wanted = functools.partial(_is_wanted, pending, start, place)
                 seen = set()
                 sparse = isinstance(pending, Kept)
                 for ordinal, sample in shards.samples(record, wanted, sparse):
-                    if ordinal < size:
-                        seen.add(ordinal)
-                        yield start + ordinal, sample
+                    at = place(ordinal)
+                    if at is not None:
+                        seen.add(at)
+                        yield start + at, sample
                 # What a skipped (or short) shard did not give: empty places in the order.
-                for ordinal in range(size):
-                    if ordinal not in seen and wanted(ordinal):
-                        yield start + ordinal, None
+                for at in range(size):
+                    if at not in seen and start + at in pending:
+                        yield start + at, None
             start += size
+
+
+def _places(size: int, kept: tuple[int, ...] | None) -> Callable[[int], int | None]:
+    """A shard ordinal's place among the shard's samples the stream holds (None: not held)."""
+    if kept is None:
+        return functools.partial(_below, size)
+    return {ordinal: at for at, ordinal in enumerate(kept)}.get
+
+
+def _below(size: int, ordinal: int) -> int | None:
+    return ordinal if ordinal < size else None
 
 
 def _within(first: int, stop: int, ordinal: int) -> bool:
     return first <= ordinal < stop
 
 
-def _is_pending(pending, start: int, ordinal: int) -> bool:
-    return start + ordinal in pending
+def _is_wanted(pending, start: int, place, ordinal: int) -> bool:
+    at = place(ordinal)
+    return at is not None and start + at in pending
 
 
 def _decoded(m, input_cfg, sample: dict | None, rng, skips: SkipCounts) -> Example | None:

@@ -23,6 +23,8 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def assign_shards(num_shards: int, slot: int, slots: int, seed: int, epoch: int) -> list[int]:
     """Shard indices read by ``slot`` (of ``slots`` = ranks x workers) in ``epoch``.
@@ -106,6 +108,29 @@ def kept_positions(order: ShuffleOrder, first_index: int, keep) -> Kept:
     positions are held (~1/slots of the epoch), so memory stays at a rank's share."""
     kept = [p for i, p in enumerate(order, start=first_index) if keep(i)]
     return Kept(tuple(sorted(kept)))
+
+
+def subset_ordinals(
+    counts: Sequence[int], fraction: float, seed: int
+) -> tuple[tuple[int, ...], ...]:
+    """The ordinals of each shard's samples in a seeded subset of a split holding about
+    ``fraction`` of it (a low-label fine-tune: MAE's and SimCLR's 1% / 10% protocols). Sample
+    ``j`` of shard ``i`` is in it when the ``j``-th uniform of a generator seeded by (seed, i) is
+    below ``fraction``: drawn from the counts alone (no data is read), so every encoder fine-tuned
+    with the seed gets the same subset, at any world size. A subset that would be empty is the
+    split's first sample (a caller asks for at least one)."""
+    kept = tuple(
+        tuple(np.flatnonzero(np.random.default_rng([seed, SUBSET_STREAM, i]).random(n) < fraction)
+              .tolist())
+        for i, n in enumerate(counts)
+    )  # fmt: skip
+    if not any(kept) and sum(counts):
+        first = next(i for i, n in enumerate(counts) if n)
+        kept = tuple((0,) if i == first else () for i in range(len(counts)))
+    return kept
+
+
+SUBSET_STREAM = 0x5B5E7  # keeps the subset's draws apart from any other use of (seed, shard)
 
 
 def epoch_order(counts: Sequence[int], slot: int, slots: int, seed: int, epoch: int, buffer: int):

@@ -84,9 +84,9 @@ def test_stating_the_global_batch_keeps_a_run_s_fingerprint():
 
 
 def test_new_task_keys_at_their_defaults_leave_a_finished_fine_tune_done():
-    """SpecAugment's shares and the frozen start came after runs were recorded: at 0 (off) the
-    finetune stage's section holds no trace of them, so a recorded fine-tune stays done; set,
-    they change it."""
+    """SpecAugment's shares, the frozen start and the label fraction came after runs were
+    recorded: at their defaults (off, the whole split) the finetune stage's section holds no
+    trace of them, so a recorded fine-tune stays done; set, they change it."""
     from pipeline.stages import STAGES
 
     finetune = next(s for s in STAGES if s.name == "finetune")
@@ -94,7 +94,7 @@ def test_new_task_keys_at_their_defaults_leave_a_finished_fine_tune_done():
     off = ["evaluate.tasks.ctc.mask_time=0.0", "evaluate.tasks.ctc.mask_freq=0.0"]
     plain = finetune.section(load_run_config(audio, off))  # the quickstart's CTC masks, off
     for task, key in (("ctc", "mask_time"), ("ctc", "mask_freq"), ("ctc", "freeze_epochs"),
-                      ("finetune", "freeze_epochs")):  # fmt: skip
+                      ("finetune", "freeze_epochs"), ("finetune", "label_fraction")):  # fmt: skip
         assert key not in plain["tasks"][task]
     masked = finetune.section(load_run_config(audio, [*off, "evaluate.tasks.ctc.mask_time=0.2"]))
     assert masked != plain and masked["tasks"]["ctc"]["mask_time"] == 0.2
@@ -102,3 +102,7 @@ def test_new_task_keys_at_their_defaults_leave_a_finished_fine_tune_done():
         load_run_config(audio, [*off, "evaluate.tasks.finetune.freeze_epochs=2"])
     )
     assert frozen != plain and frozen["tasks"]["finetune"]["freeze_epochs"] == 2
+    few = finetune.section(
+        load_run_config(audio, [*off, "evaluate.tasks.finetune.label_fraction=0.1"])
+    )
+    assert few != plain and few["tasks"]["finetune"]["label_fraction"] == 0.1

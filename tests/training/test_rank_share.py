@@ -9,6 +9,7 @@ read every shard on every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -17,8 +18,15 @@ import torch
 
 from data_prep.shard_format import SampleSpans, read_manifest
 from training.config import LoaderConfig
-from training.loader import TrainStream, indexed_eval_batches, train_loader, train_spec_for
+from training.loader import (
+    TrainStream,
+    eval_batches,
+    indexed_eval_batches,
+    train_loader,
+    train_spec_for,
+)
 from training.modalities.image.bundle import ImageInputConfig
+from training.stream_order import subset_ordinals
 
 GLOBAL = 16
 WORKERS = 2
@@ -116,3 +124,38 @@ def global_steps(spec_of, world: int, workers: int, skip: int, count: int) -> li
         ([k for b in batches for k in b[i][2]], torch.cat([b[i][0] for b in batches]))
         for i in range(count)
     ]
+
+
+def test_a_label_subset_is_read_alone_once_an_epoch_in_one_order_at_any_world_size(split):
+    """A low-label fine-tune's stream (``finetune.label_fraction``) holds exactly its subset's
+    samples, each once an epoch, in the same global batches at world 1 and 2, and a rank reads
+    about its share of the subset's bytes, not of the split's."""
+    records = read_manifest(split)
+    counts = [r.samples for r in records]
+    subset = subset_ordinals(counts, 0.3, seed=0)
+    batch = 8
+    keys = [k for batch in eval_batches(str(split), "image", SEEN, 64) for k in batch[2]]
+    starts = list(itertools.accumulate([0, *counts]))
+    want = {keys[starts[i] + o] for i, kept in enumerate(subset) for o in kept}
+    steps = len(want) // batch
+    total = sum(r.bytes for r in records)
+
+    def steps_of(world):
+        per_rank = []
+        for rank in range(world):
+            loader = LoaderConfig(workers=0, shuffle_buffer=50)
+            spec = train_spec_for(str(split), "image", SEEN, loader, batch_size=batch // world,
+                                  seed=0, rank=rank, world_size=world)  # fmt: skip
+            spec = dataclasses.replace(spec, subset=subset)
+            before = _rchar()
+            stream = TrainStream(spec)._rows_of_global_batches(0, 1)
+            per_rank.append([b[2] for b in itertools.islice(stream, steps)])
+            read = _rchar() - before
+            assert read <= 1.3 * total * len(want) / sum(counts) / world, f"rank {rank}: {read}"
+        return [[k for rows in per_rank for k in rows[i]] for i in range(steps)]
+
+    assert steps >= 2
+    one, two = steps_of(1), steps_of(2)
+    assert one == two
+    every = [k for batch in one for k in batch]
+    assert len(every) == steps * batch == len(set(every)) and set(every) <= want

@@ -3,7 +3,13 @@
 import itertools
 import random
 
-from training.stream_order import ShuffleOrder, assign_shards, epoch_order, resume_point
+from training.stream_order import (
+    ShuffleOrder,
+    assign_shards,
+    epoch_order,
+    resume_point,
+    subset_ordinals,
+)
 
 
 def test_shuffle_order_emits_every_position_once_and_mixes():
@@ -39,3 +45,17 @@ def test_each_epoch_has_its_own_shuffle():
     second = list(epoch_order(counts, 0, 1, 0, 1, 4)[2])
     assert sorted(first) == sorted(second) == list(range(30)) and first != second
     assert list(itertools.islice(epoch_order(counts, 0, 1, 0, 0, 4)[2], 30)) == first
+
+
+def test_a_label_subset_is_seeded_about_its_fraction_and_never_empty():
+    counts = [400, 0, 250, 350]
+    tenth = subset_ordinals(counts, 0.1, seed=0)
+    assert tenth == subset_ordinals(counts, 0.1, seed=0)  # drawn from the counts and seed alone
+    assert tenth != subset_ordinals(counts, 0.1, seed=1)
+    assert 70 <= sum(map(len, tenth)) <= 130 and tenth[1] == ()
+    assert all(list(kept) == sorted(set(kept)) and all(0 <= o < n for o in kept)
+               for kept, n in zip(tenth, counts))  # fmt: skip
+    # a larger fraction holds the smaller one's samples: the same draws, a higher bar
+    half = subset_ordinals(counts, 0.5, seed=0)
+    assert all(set(a) <= set(b) for a, b in zip(tenth, half))
+    assert subset_ordinals([0, 3], 1e-9, seed=0) == ((), (0,))  # one sample at least

@@ -105,9 +105,15 @@ class FinetuneConfig:
     # epochs at the start in which only the head trains (the encoder's lr held at 0): a head
     # fitted to the features before they move (LP-FT, Kumar et al. 2022); 0: off
     freeze_epochs: int = 0
+    # The share of the train split's labels the fine-tune sees: a seeded subset, the same for
+    # every encoder fine-tuned with the run's seed (MAE's and SimCLR's semi-supervised 1% / 10%
+    # protocols); epochs are over the subset. 1.0: the whole split.
+    label_fraction: float = 1.0
 
     def problems(self):
         yield from schedule_problems(self)
+        if not 0 < self.label_fraction <= 1:
+            yield ("label_fraction", f"a share in (0, 1], got {self.label_fraction}")
         if not 0 <= self.drop_path < 1:
             yield ("drop_path", f"a float in [0, 1), got {self.drop_path}")
         if self.mixup < 0 or self.cutmix < 0:

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from data_prep.shard_format import read_labels, read_shard_samples, shard_urls
+from data_prep.shard_format import read_labels, read_manifest, read_shard_samples, shard_urls
 from training.config import LoaderConfig
 from training.distributed import all_gathered_rows
 from training.loader import Batch, eval_batches, indexed_eval_batches, train_loader, train_spec_for
 from training.modalities import Modality
+from training.stream_order import subset_ordinals
 
 
 @dataclass
@@ -81,12 +82,25 @@ class Downstream:
             split_dir, self.modality.name, self.input, self.batch_size, self.rank, self.world_size
         )
 
+    def train_subset(self, fraction: float) -> tuple[tuple[int, ...], ...]:
+        """The seeded subset of the train split a low-label task trains on (each shard's
+        ordinals; ``stream_order.subset_ordinals``), or () for the whole split."""
+        if fraction >= 1:
+            return ()
+        counts = [r.samples for r in read_manifest(self.train_shards)]
+        return subset_ordinals(counts, fraction, self.seed)
+
     def train_batches(
-        self, input_cfg, batch_size: int, rows: tuple[int, int] | None = None, skip: int = 0
+        self,
+        input_cfg,
+        batch_size: int,
+        rows: tuple[int, int] | None = None,
+        skip: int = 0,
+        subset: tuple[tuple[int, ...], ...] = (),
     ) -> Iterator[Batch | None]:
-        """An endless, augmented, seeded stream of the train split in global batches of
-        ``batch_size``: this rank's ``rows`` of each, from batch ``skip`` on (the same batches
-        whatever the world size; ``loader.TrainStreamSpec.rows``)."""
+        """An endless, augmented, seeded stream of the train split (or of its ``subset``) in
+        global batches of ``batch_size``: this rank's ``rows`` of each, from batch ``skip`` on
+        (the same batches whatever the world size; ``loader.TrainStreamSpec.rows``)."""
         spec = train_spec_for(
             self.train_shards,
             self.modality.name,
@@ -96,7 +110,7 @@ class Downstream:
             seed=self.seed,
             skip_batches=skip,
         )
-        spec = dataclasses.replace(spec, rows=rows or (0, batch_size))
+        spec = dataclasses.replace(spec, rows=rows or (0, batch_size), subset=subset)
         return train_loader(spec, pin_memory=torch.cuda.is_available())
 
     @torch.no_grad()

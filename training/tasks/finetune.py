@@ -7,6 +7,7 @@ as a distributed, resumable job (``training.tasks.trainer``).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from training.tasks.downstream import Downstream, topk_accuracy
 from training.tasks.mixing import Mix, mixed_batch, soft_cross_entropy
 from training.tasks.trainer import Job, TaskRun, schedule_for, train
 from training.transformer import checkpoint_blocks
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(nn.Module):
@@ -103,6 +106,7 @@ class EncoderJob(Job):
         self.module, self.data, self.cfg, self.run = module, data, cfg, run
         self.train_input = train_input
         self.rows = run.rows(cfg.batch_size)
+        self.subset: tuple[tuple[int, ...], ...] = ()  # the train split's, unless a task says
         module.to(data.device)
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -110,7 +114,9 @@ class EncoderJob(Job):
                                   apart=self.cfg.freeze_epochs > 0)  # fmt: skip
 
     def batches(self, skip_steps: int):
-        return self.data.train_batches(self.train_input, self.cfg.batch_size, self.rows, skip_steps)
+        return self.data.train_batches(
+            self.train_input, self.cfg.batch_size, self.rows, skip_steps, self.subset
+        )
 
     def draws(self, step: int, first_row: int, rows: int) -> torch.Tensor:
         depth = len(self.module.encoder.blocks)
@@ -132,6 +138,12 @@ class FinetuneJob(EncoderJob):
             checkpoint_blocks(encoder)
         super().__init__(Classifier(encoder, data.num_classes), data, cfg, train_input, run)
         self.samples = sum(r.samples for r in read_manifest(data.train_shards))
+        if cfg.label_fraction < 1:
+            self.subset = data.train_subset(cfg.label_fraction)
+            held = sum(map(len, self.subset))
+            log.info("fine-tuning on %d of the %d train samples (label_fraction %g, seed %d)",
+                     held, self.samples, cfg.label_fraction, data.seed)  # fmt: skip
+            self.samples = held
         self.mix = Mix(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.switch_prob)
         self.rows_multiple = 2 if self.mix.enabled else 1
 

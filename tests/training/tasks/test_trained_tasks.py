@@ -4,10 +4,12 @@ classifier's. The jobs are stepped plainly here (the stage steps them under Deep
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import torch
 
+from data_prep.shard_format import read_manifest
 from training.config import ModelConfig
 from training.evaluate import random_encoder
 from training.export_format import ExportInfo
@@ -55,6 +57,28 @@ def test_finetune_trains_a_copy_of_the_encoder(prepared):
         lambda enc, data, run: FinetuneJob(enc, data, cfg, data.input, run),
         "image", ImageInputConfig(32, 8), prepared, 4,
     )  # fmt: skip
+
+
+def test_a_low_label_finetune_trains_on_its_seeded_subset_alone(prepared):
+    """``label_fraction``: the job's epoch is the subset's size, and its batches hold only the
+    subset's samples; the same subset for every encoder of the run (it follows the seed)."""
+    data = _data("image", ImageInputConfig(32, 8), prepared, 4)
+    model = ModelConfig(preset="nano", embed_dim=32, depth=2, num_heads=2)
+    info = ExportInfo("image", "mae", data.input, model, {})
+    run = SimpleNamespace(rows=lambda batch: (0, batch))
+    cfg = FinetuneConfig(epochs=1, batch_size=4, label_fraction=0.2)
+    jobs = [FinetuneJob(random_encoder(info, seed=s), data, cfg, data.input, run) for s in (0, 1)]
+    whole = FinetuneJob(random_encoder(info, seed=0), data, FinetuneConfig(), data.input, run)
+    assert jobs[0].subset == jobs[1].subset
+    assert 0 < jobs[0].samples == sum(map(len, jobs[0].subset)) < whole.samples / 2
+    records = read_manifest(data.train_shards)
+    starts = list(itertools.accumulate([0, *(r.samples for r in records)]))
+    keys = [k for batch in data.eval_batches(data.train_shards) for k in batch[2]]
+    want = {keys[starts[i] + o] for i, kept in enumerate(jobs[0].subset) for o in kept}
+    batches = jobs[0].batches(0)
+    got = [k for batch in itertools.islice(batches, 2 * jobs[0].samples // 4) for k in batch[2]]
+    batches.close()
+    assert set(got) == want  # two epochs: every subset sample, and nothing else
 
 
 def test_ctc_trains_a_copy_of_the_encoder(speech_prepared):
