@@ -7,10 +7,13 @@ itself at import time. A package laid out like ours on ``PYTHONPATH`` (``data_pr
 adds a modality without touching this tree (``data_prep/__init__.py`` extends its path). The shared job (``data_prep.job``) calls only these:
 
 * ``items(cfg, split)``: the split's inputs, sorted, each with a stable ``str()`` (its name in
-  logs and manifests);
+  logs and manifests): any iterable, picklable items. The job writes them to the driver's disk
+  as they come (``data_prep.listing``), so a reader that yields them, as the image reader does,
+  never holds the corpus's listing in memory;
 * ``fit(cfg, train_items)``: run once before sharding (train a tokenizer, measure feature
   statistics, find duplicates); returns a small picklable state handed to every ``encode``. It
-  is called on the driver inside the prep's Ray session, so work that grows with the corpus
+  is called on the driver inside the prep's Ray session (``train_items`` a sequence: length, positions,
+  iteration), so work that grows with the corpus
   goes to tasks (:func:`data_prep.tasks.run_tasks`), as text's dedup does. It runs again on a
   rerun, so it must be deterministic or reuse what it wrote under ``cfg.out``;
 * ``encode(cfg, state, item)``: yields 0..n :class:`~data_prep.writer.Sample` for one input, and
@@ -65,7 +68,7 @@ class CorpusReader:
     modality: str
     layout: str  # what the source must look like, for --help and errors
     config: type  # the ``prep`` section of this modality
-    items: Callable[[Any, str], Sequence[Any]]
+    items: Callable[[Any, str], Iterable[Any]]
     fit: Callable[[Any, Sequence[Any]], Any]
     encode: Callable[[Any, Any, Any], Iterable[Any]]
     labels: Callable[[Any], list[dict] | None]

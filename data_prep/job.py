@@ -3,7 +3,8 @@
 
 The reader (``data_prep.corpus``) says what the inputs are and how one becomes samples; this
 module does the rest the same way for all of them: inputs are listed (a bad source fails before
-any work), the reader fits once on the driver, each split is planned into work units
+any work) onto the driver's disk (``data_prep.listing``: its memory does not grow with the
+corpus), the reader fits once on the driver, each split is planned into work units
 (``data_prep.plan``, pure) and written one shard per Ray task (``data_prep.ray_job``), finished
 units are kept on a rerun once checked against their shards. The output records the settings
 that made it and is locked while a prep writes (``data_prep.prep_record``).
@@ -16,11 +17,13 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from data_prep.corpus import DEFAULT_MAX_FAILED_SHARE, CorpusReader, SourceError
-from data_prep.plan import plan_shards
+from data_prep.listing import Listing, PathDigests
+from data_prep.plan import UnitPlan
 from data_prep.prep_record import refuse_inside, settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
 from data_prep.shard_format import LABELS, atomic_write_text
@@ -54,9 +57,23 @@ def run_prep(
     cfg = dataclasses.replace(cfg, **sources, out=absolute(cfg.out))
     if not is_url(cfg.out):
         refuse_inside(Path(cfg.out), {k: v for k, v in sources.items() if not is_url(v)})
-    with _store_listing(reader, cfg):
-        items = {split: reader.items(cfg, split) for split in cfg.splits}
-        unread = unread_by_split(reader, cfg, items)
+    with listed(reader, cfg) as (items, unread):
+        return _prepared(reader, cfg, items, unread, rebuild, check_hashes)
+
+
+@contextlib.contextmanager
+def listed(reader: CorpusReader, cfg: Any) -> Iterator[tuple[dict, dict]]:
+    """``({split: its inputs}, {split: the files no split took})`` for the life of the context:
+    the inputs on the driver's disk (``data_prep.listing``), not in its memory."""
+    with contextlib.ExitStack() as listings:
+        with _store_listing(reader, cfg):
+            items = {split: listings.enter_context(Listing.of(reader.items(cfg, split)))
+                     for split in cfg.splits}  # fmt: skip
+            unread = unread_by_split(reader, cfg, items)
+        yield items, unread
+
+
+def _prepared(reader, cfg, items: dict, unread: dict, rebuild: bool, check_hashes: bool):
     said = summary([u for us in unread.values() for u in us], reader.modality)
     for split, split_items in items.items():
         if not split_items:
@@ -99,7 +116,9 @@ def unread_by_split(reader: CorpusReader, cfg: Any, items: dict) -> dict[str, li
     found: dict[str, list[Unread]] = {split: [] for split in cfg.splits}
     if reader.input_file is None:
         return found
-    used = {reader.input_file(cfg, item) for split_items in items.values() for item in split_items}
+    used = PathDigests(
+        reader.input_file(cfg, item) for split_items in items.values() for item in split_items
+    )
     folders = (set(cfg.splits), {"train", "val", *cfg.splits})
     for key, root in reader.sources(cfg).items():
         own = [s for s, k in reader.optional_splits.items() if k == key and s in found]
@@ -128,7 +147,7 @@ def _write_splits(
             atomic_write_text(out / LABELS, json.dumps(labels, indent=1) + "\n")
         encode = functools.partial(reader.encode, cfg, state)
         for split, split_items in items.items():
-            units = plan_shards(split_items, cfg.samples_per_shard, cfg.seed)
+            units = UnitPlan(split_items, cfg.samples_per_shard, cfg.seed)
             stats[split] = prepare_split(
                 units, out / split, encode, desc=f"prep {split}",
                 max_failed_share=failed_share, check_hashes=check_hashes, ignored=unread[split],

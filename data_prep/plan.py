@@ -9,7 +9,8 @@ holding one class each would defeat any shuffle buffer in the loader.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -39,3 +40,33 @@ def plan_shards(items: Sequence[Item], per_shard: int, seed: int) -> list[WorkUn
         units.append(WorkUnit(index, tuple(order[start : start + size])))
         start += size
     return units
+
+
+class UnitPlan(Sequence):
+    """:func:`plan_shards` of a long sequence of items (a ``data_prep.listing.Listing`` on the
+    driver's disk) without holding them: the seeded order is a permutation of positions, 4
+    bytes an input (the same draws as shuffling the items: ``random.shuffle`` draws by length
+    alone), and a unit's items are read when the unit is asked for."""
+
+    def __init__(self, items: Sequence[Item], per_shard: int, seed: int):
+        if per_shard < 1:
+            raise ValueError(f"per_shard must be >= 1, got {per_shard}")
+        self.items = items
+        n = len(items)
+        self.order = array("I" if n < 1 << 32 else "Q", range(n))
+        random.Random(seed).shuffle(self.order)
+        self.count = max(1, -(-n // per_shard)) if n else 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> WorkUnit[Item]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"unit {index} of {self.count}")
+        n, units = len(self.order), self.count
+        start = index * (n // units) + min(index, n % units)
+        size = n // units + (1 if index < n % units else 0)
+        return WorkUnit(index, tuple(self.items[p] for p in self.order[start : start + size]))
+
+    def __iter__(self) -> Iterator[WorkUnit[Item]]:
+        return (self[i] for i in range(self.count))

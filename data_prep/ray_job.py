@@ -139,7 +139,10 @@ def prepare_split(
     that size is closed and its output goes on in the unit's next part.
     """
     start = time.perf_counter()
-    results, todo = _reopened(split_dir, units, describe, check_hashes)
+    results = _reopened(split_dir, units, describe, check_hashes)
+    # the units read again, one at a time as tasks are submitted: a plan's items wait on the
+    # driver's disk (data_prep.listing), and a list of every unit still to write held them all
+    todo = (u for u in units if u.index not in results)
     if results:
         log.info("%s: %d of %d shards already done, resuming", desc, len(results), len(units))
     # running totals for the bar: summing every result at each completion was quadratic
@@ -158,25 +161,21 @@ def prepare_split(
     return finish_split(split_dir, results.values(), seconds, max_failed_share, ignored)
 
 
-def _reopened(split_dir, units, describe, check_hashes: bool):
+def _reopened(split_dir, units, describe, check_hashes: bool) -> dict[int, UnitResult]:
     """Ready ``split_dir`` for (re)writing: its older records adopted, ``_SUCCESS`` and the
-    shards of another plan removed; returns (the finished units' results by index, the units
-    still to write)."""
+    shards of another plan removed; returns the finished units' results by index."""
     split_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(split_dir, Path):  # a split in a store was never in the older layout
         adopt_legacy_records(split_dir)
     if (split_dir / SUCCESS).exists():
         (split_dir / SUCCESS).unlink()
-    _remove_unplanned(split_dir, {u.index for u in units})
+    _remove_unplanned(split_dir, set(range(len(units))))
     results: dict[int, UnitResult] = {}
-    todo = []
     for unit in units:
         done = unit_is_done(split_dir, unit, describe, sha256=check_hashes)
-        if done is None:
-            todo.append(unit)
-        else:
+        if done is not None:
             results[unit.index] = done
-    return results, todo
+    return results
 
 
 def write_shard(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,11 +132,11 @@ def class_names(cfg: AudioPrepConfig) -> list[str] | None:
 def fit(cfg: AudioPrepConfig, train_items) -> dict:
     """Measure the log-mel statistics (written beside the splits) and fix the class indices."""
     names = class_names(cfg) or []
-    _write_feature_stats(cfg, list(train_items))
+    _write_feature_stats(cfg, train_items)
     return {"classes": {name: i for i, name in enumerate(names)}}
 
 
-def _write_feature_stats(cfg: AudioPrepConfig, train_items: list[AudioItem]) -> None:
+def _write_feature_stats(cfg: AudioPrepConfig, train_items: Sequence[AudioItem]) -> None:
     """Log-mel mean and std over ``stats_files`` recordings spread evenly over the train split;
     kept from an earlier run when it read the same recordings."""
     step = max(1, len(train_items) // cfg.stats_files)

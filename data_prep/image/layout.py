@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.corpus import LayoutError, csv_rows
+from data_prep.listing import Listing, path_digest, repeated_digests
 from data_prep.store import location
 
 log = logging.getLogger(__name__)
@@ -47,20 +50,21 @@ class ImageNetLayout:
     wnids: tuple[str, ...]
     names: dict[str, str]
 
-    def items(self, split: str) -> list[ImageItem]:
-        """Every image file of ``split`` with its label, sorted by path."""
+    def items(self, split: str) -> KeyedItems:
+        """Every image file of ``split`` with its label, sorted by path, each with its sample
+        key. The walk happens here (a bad layout fails now); the items wait on the driver's
+        disk (``data_prep.listing``), not in its memory."""
         split_dir = self.root / split
         if not split_dir.is_dir():
             alone = "; to prepare train alone: splits=[train]" if split != "train" else ""
             raise LayoutError(f"{self.root} has no {split}/ folder{alone}")
         if split == "val" and (self.root / VAL_CSV).is_file():
-            items = self._items_from_csv(split_dir)
+            found = self._items_from_csv(split_dir)
         else:
-            items = self._items_from_folders(split_dir)
-        keys = unique_keys([i.path for i in items])
-        return [dataclasses.replace(i, key=k) for i, k in zip(items, keys)]
+            found = self._items_from_folders(split_dir)
+        return KeyedItems.of(found)
 
-    def _items_from_folders(self, split_dir: Path) -> list[ImageItem]:
+    def _items_from_folders(self, split_dir: Path) -> Iterator[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
         class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
         loose = [f for f in split_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -70,17 +74,15 @@ class ImageNetLayout:
                 f"{VAL_CSV} (ImageId,PredictionString) beside {split_dir.name}/, or the images "
                 f"in {split_dir.name}/<wnid>/ folders"
             )
-        items = []
         for class_dir in class_dirs:
             if class_dir.name not in index:
                 raise LayoutError(f"{class_dir} is not a train synset folder")
-            for f in sorted(class_dir.iterdir()):
+            for f in sorted(class_dir.iterdir()):  # one class's names at a time
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     rel = str(f.relative_to(self.root))
-                    items.append(ImageItem(rel, index[class_dir.name], class_dir.name))
-        return items
+                    yield ImageItem(rel, index[class_dir.name], class_dir.name)
 
-    def _items_from_csv(self, split_dir: Path) -> list[ImageItem]:
+    def _items_from_csv(self, split_dir: Path) -> Iterator[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
         labels: dict[str, str] = {}
         with csv_rows(self.root / VAL_CSV) as rows:
@@ -96,18 +98,49 @@ class ImageNetLayout:
                 words = (row["PredictionString"] or "").split()
                 if words:  # an empty label is a missing one: its image counts as no_label_row
                     labels[row["ImageId"]] = words[0]
-        items = []
         for f in sorted(split_dir.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if f.stem not in labels:  # kept, to be skipped and counted (no_label_row)
-                items.append(ImageItem(str(f.relative_to(self.root)), -1, ""))
+                yield ImageItem(str(f.relative_to(self.root)), -1, "")
                 continue
             wnid = labels[f.stem]
             if wnid not in index:
                 raise LayoutError(f"{VAL_CSV} labels {f.stem} with unknown synset {wnid}")
-            items.append(ImageItem(str(f.relative_to(self.root)), index[wnid], wnid))
-        return items
+            yield ImageItem(str(f.relative_to(self.root)), index[wnid], wnid)
+
+
+class KeyedItems:
+    """A split's items with their sample keys (:func:`unique_keys`, streamed): the walk's items
+    wait on the driver's disk with an 8-byte digest of each stem, so the stems that collide are
+    known before the first key is given, and the keys are checked distinct the same way."""
+
+    def __init__(self, spool: Listing, colliding: set[int]):
+        self.spool, self.colliding = spool, colliding
+
+    @classmethod
+    def of(cls, found: Iterator[ImageItem]) -> KeyedItems:
+        spool, stems = Listing(), array("Q")
+        for item in found:
+            spool.append(item)
+            stems.append(path_digest(_stem(item.path)))
+        spool.flush()
+        keyed = cls(spool, repeated_digests(stems))
+        del stems
+        same = repeated_digests(array("Q", (path_digest(i.key) for i in keyed)))
+        if same:  # a long form equal to someone's stem: not in any real corpus
+            keys = sorted({i.key for i in keyed if path_digest(i.key) in same})
+            raise LayoutError(f"sample keys collide: {keys[:5]}")
+        return keyed
+
+    def __len__(self) -> int:
+        return len(self.spool)
+
+    def __iter__(self) -> Iterator[ImageItem]:
+        for item in self.spool:
+            stem = _stem(item.path)
+            key = _key(item.path, stem, path_digest(stem) in self.colliding)
+            yield dataclasses.replace(item, key=key)
 
 
 def unique_keys(paths: list[str]) -> list[str]:
@@ -117,24 +150,35 @@ def unique_keys(paths: list[str]) -> list[str]:
 
     Only colliding paths get the long form, so the keys of a corpus without collisions, which
     seed its masks and crops, are those it always had."""
-    stems = [Path(p).stem.replace(".", "_") for p in paths]
+    stems = [_stem(p) for p in paths]
     counts = Counter(stems)
-    keys = []
-    for path, stem in zip(paths, stems):
-        digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
-        if not _storable(stem):
-            keys.append(f"h{digest[:24]}")  # the original name stays in the json member
-        elif counts[stem] == 1:
-            keys.append(stem)
-        else:
-            below_split = "_".join(Path(path).parts[1:]).replace(".", "_")
-            key = f"{below_split}_{digest[:8]}"
-            keys.append(key if _storable(key) else f"h{digest[:24]}")
+    keys = [_key(path, stem, counts[stem] > 1) for path, stem in zip(paths, stems)]
     if len(set(keys)) != len(keys):  # a long form equal to someone's stem: not in any real corpus
         raise LayoutError(
             f"sample keys collide: {sorted(k for k, n in Counter(keys).items() if n > 1)[:5]}"
         )
     return keys
+
+
+def _stem(path: str) -> str:
+    """``Path(path).stem`` with its dots made underscores, by string operations: a Path interns
+    each part of the path, and those stayed alive (1.9 MB more over 32 k files here)."""
+    name = path.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return (name[:dot] if 0 < dot < len(name) - 1 else name).replace(".", "_")
+
+
+def _key(path: str, stem: str, colliding: bool) -> str:
+    """A path's sample key: its stem, unless that collides with another's in the split or
+    cannot be a member name (see :func:`unique_keys`)."""
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+    if not _storable(stem):
+        return f"h{digest[:24]}"  # the original name stays in the json member
+    if not colliding:
+        return stem
+    below_split = "_".join(Path(path).parts[1:]).replace(".", "_")
+    key = f"{below_split}_{digest[:8]}"
+    return key if _storable(key) else f"h{digest[:24]}"
 
 
 # A tar member's name is at most 100 bytes in ustar (no pax: our reader and plain webdataset

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ class ImagePrepConfig:
             yield ("splits", f"a non-empty list of 'train' and/or 'val', got {self.splits}")
 
 
-def items(cfg: ImagePrepConfig, split: str) -> list[ImageItem]:
+def items(cfg: ImagePrepConfig, split: str) -> Iterable[ImageItem]:
     return read_layout(cfg.source).items(split)
 
 
