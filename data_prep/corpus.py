@@ -127,6 +127,9 @@ DEFAULT_MAX_FAILED_SHARE = 0.01
 # webdataset advises 100 MB - 1 GB shards, MosaicML streaming 64 MB; a text file or a LibriLight
 # chapter set made shards of tens of GB before.
 SHARD_BYTES = 256 << 20
+# A text file larger than this is read by several tasks (prep.task_bytes): the Pile's 30 files of
+# 5-14 GB were 30 tasks of hours each on any cluster.
+TASK_BYTES = 256 << 20
 
 
 def prep_problems(cfg: Any) -> Iterable[tuple[str, str]]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_prep.corpus import SHARD_BYTES
+from data_prep.corpus import SHARD_BYTES, TASK_BYTES
 from data_prep.lock import LockHeld, exclusive
 from data_prep.shard_format import META_DIR, atomic_write_text
 from data_prep.store import remove_tree
@@ -48,7 +48,7 @@ def settings_of(cfg: Any) -> dict:
 
 # Keys added after outputs were written: at these values they are left out of the records and
 # fingerprints, so an output made before the key reads as made with its default.
-NEW_DEFAULTS = {"shard_bytes": SHARD_BYTES, "near_dedup": False}
+NEW_DEFAULTS = {"shard_bytes": SHARD_BYTES, "near_dedup": False, "task_bytes": TASK_BYTES}
 
 
 def without_new_defaults(values: dict) -> dict:

@@ -26,6 +26,7 @@ labelled record longer than ``seq_len``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_prep.corpus import SHARD_BYTES, CorpusReader, LayoutError, prep_problems
+from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import atomic_write_text, npy_zst_bytes
 from data_prep.store import location
@@ -45,6 +46,7 @@ from data_prep.text.layout import (
     Document,
     TextFile,
     format_of,
+    in_piece,
     read_documents,
     text_files,
 )
@@ -88,6 +90,9 @@ class TextPrepConfig:
     # also drop near-duplicates (MinHash LSH, 5-word shingles, 14 bands x 8: data_prep.text.minhash)
     near_dedup: bool = False
     samples_per_shard: int = 1  # input files per shard (a corpus file gives many sequences)
+    # a corpus file (JSON lines, parquet) larger than this is read by several tasks, each taking
+    # every n-th block of 1,000 lines (data_prep.text.layout.in_piece); 0: a task per file
+    task_bytes: int = TASK_BYTES
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
     # memory each Ray task reserves (MB; 0: none): Ray runs no more tasks on a node than fit
@@ -113,24 +118,49 @@ class TextPrepConfig:
             yield ("tokenizer_kind", f"one of {', '.join(KINDS)}, got {self.tokenizer_kind!r}")
         if self.vocab_size < 100:
             yield ("vocab_size", f"an int >= 100, got {self.vocab_size}")
+        if self.task_bytes < 0:
+            yield ("task_bytes", f"bytes >= 0 (0: a task per file), got {self.task_bytes}")
         if self.tokenizer_sample_docs < 1:
             yield ("tokenizer_sample_docs", f"an int >= 1, got {self.tokenizer_sample_docs}")
 
 
 @dataclass(frozen=True)
 class TextItem:
-    """One input file read for one split (the corpus splits read every file)."""
+    """One input file read for one split (the corpus splits read every file), or one piece of
+    a large one (``part`` of ``parts``: every ``parts``-th block of its lines)."""
 
     file: TextFile
     split: str
     number: int  # the file's place in the corpus listing (names it in the dedup records)
+    part: int = 0
+    parts: int = 1
 
     def __str__(self) -> str:
-        return f"{self.file.path} ({self.split})"
+        piece = f" [piece {self.part + 1} of {self.parts}]" if self.parts > 1 else ""
+        return f"{self.file.path}{piece} ({self.split})"
+
+    def keep(self):
+        """Which of the file's line indices this item reads (None: all)."""
+        return None if self.parts == 1 else functools.partial(in_piece, self.part, self.parts)
+
+    @property
+    def key(self) -> str:
+        """Its samples' key prefix: the file's, and the piece's number in a file read in pieces."""
+        return self.file.key if self.parts == 1 else f"{self.file.key}_p{self.part:05d}"
 
 
-def items(cfg: TextPrepConfig, split: str) -> list[TextItem]:
-    return [TextItem(f, split, n) for n, f in enumerate(_split_files(cfg, split))]
+def items(cfg: TextPrepConfig, split: str) -> Iterator[TextItem]:
+    for n, f in enumerate(_split_files(cfg, split)):
+        parts = _pieces(cfg, f) if split in ("train", "val") else 1
+        yield from (TextItem(f, split, n, part, parts) for part in range(parts))
+
+
+def _pieces(cfg: TextPrepConfig, file: TextFile) -> int:
+    """How many tasks read a corpus file: one per ``task_bytes`` of it (a text file is one
+    document: one)."""
+    if not cfg.task_bytes or file.format == "txt":
+        return 1
+    return max(1, -(-file.file.stat().st_size // cfg.task_bytes))
 
 
 def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:
@@ -155,7 +185,7 @@ def fit(cfg: TextPrepConfig, train_items) -> dict:
     run as Ray tasks inside the prep's session."""
     saved = location(cfg.out) / TOKENIZER_FILE
     wanted = 0 if cfg.tokenizer or saved.exists() else cfg.tokenizer_sample_docs
-    files = [i.file for i in train_items]
+    files = [i.file for i in train_items if i.part == 0]  # a file read in pieces, once
     plan, sizes = dedup.plan(cfg.out, files, cfg, wanted)
     found = dedup.find_copies(plan, files, sizes)
     near = minhash.find_near_copies(plan, files) if cfg.near_dedup else None
@@ -207,7 +237,7 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     skips: list[SkipSample] = []
 
     def documents():
-        for doc in _split_documents(cfg, state, file, item.number, item.split):
+        for doc in _split_documents(cfg, state, item):
             if isinstance(doc, SkipSample):
                 skips.append(doc)
             else:
@@ -216,7 +246,7 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     for n, seq in enumerate(pack(_tokenised(tok, documents()), cfg.seq_len, SEP, PAD)):
         meta = {"source": file.path, "tokens": seq.tokens}
         yield Sample(
-            key=f"{file.key}_{n:06d}",
+            key=f"{item.key}_{n:06d}",
             members={
                 TOKENS: npy_zst_bytes(np.stack([seq.ids, seq.starts]).astype(dtype)),
                 "json": json.dumps(meta).encode(),
@@ -225,11 +255,12 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     yield from skips
 
 
-def _split_documents(cfg, state, item: TextFile, number: int, split: str):
-    """The file's documents that belong to ``split``, first copies only; counts the rest."""
+def _split_documents(cfg, state, text: TextItem):
+    """The item's documents that belong to its split, first copies only; counts the rest."""
+    item, split, number = text.file, text.split, text.number
     copies = dedup.copies_in(state["copies"], number)
     near = minhash.near_copies_in(state["near"], number) if state.get("near") else frozenset()
-    for doc in read_documents(item, cfg.text_field):
+    for doc in read_documents(item, cfg.text_field, keep=text.keep()):
         if isinstance(doc, BadLine):
             if split == "train":
                 yield SkipSample(doc.reason, doc.detail or f"{item.path}:{doc.index + 1}")

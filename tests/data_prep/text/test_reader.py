@@ -184,3 +184,43 @@ def test_every_shard_stays_within_twice_the_shard_size(tmp_path):
     print(f"{len(records)} shards, bytes {sizes[0]:,} .. {sizes[-1]:,} (target {target:,})")
     assert stats["bytes"] > 8 * target and len(records) > 8  # the big file alone rolled over
     assert all(r.samples > 0 for r in records) and sizes[-1] <= 2 * target
+
+
+def test_a_large_file_is_read_by_several_tasks_to_the_same_documents(tmp_path):
+    """``task_bytes``: a file over it becomes pieces, each a task taking every n-th block of
+    1,000 lines (before, the Pile's 14 GB files were one task each, for hours). The pieces
+    together give what one task gave: the same real tokens, the same copies dropped (a copy
+    in another piece included, the first copy kept), the one cut file counted once."""
+    import gzip
+
+    source = tmp_path / "corpus"
+    source.mkdir()
+    texts = [f"document {i} tells of {i % 37} things and {i % 11} more" for i in range(3000)]
+    texts[2500] = texts[10]  # a copy three blocks (three pieces) later
+    (source / "big.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    noise = [json.dumps({"text": hashlib.sha256(str(i).encode()).hexdigest()}) for i in range(3000)]
+    whole = gzip.compress(("\n".join(noise) + "\n").encode())
+    (source / "cut.json.gz").write_bytes(whole[: len(whole) // 2])
+    (source / "small.jsonl").write_text(json.dumps({"text": "a small file"}) + "\n")
+
+    def prepared(name, task_bytes, tokenizer=None):
+        cfg = TextPrepConfig(source=str(source), out=str(tmp_path / name), splits=["train"],
+                             seq_len=32, vocab_size=300, val_fraction=0.0,
+                             task_bytes=task_bytes, tokenizer=tokenizer)  # fmt: skip
+        stats = prep_text(cfg)["train"]
+        keys = [s["__key__"] for url in shard_urls(tmp_path / name / "train")
+                for s in read_shard_samples(url)]  # fmt: skip
+        assert len(keys) == len(set(keys))
+        return stats, _tokens_in(tmp_path / name / "train")[0]
+
+    whole_stats, whole_tokens = prepared("whole", 0)
+    # the same tokenizer: WordPiece training tie-breaks by hash order (tokenizers#1794)
+    piece_stats, piece_tokens = prepared(
+        "pieces", 40_000, str(tmp_path / "whole" / "tokenizer.json")
+    )
+    assert whole_stats["inputs"] == 3 and piece_stats["inputs"] > 6  # big.jsonl: 5 pieces
+    assert piece_tokens == whole_tokens
+    assert piece_stats["skipped"] == whole_stats["skipped"]
+    assert (
+        whole_stats["skipped"]["duplicate"] == 1 and whole_stats["skipped"]["unreadable_file"] == 1
+    )
