@@ -101,11 +101,20 @@ def format_of(name: str) -> str | None:
     return FORMATS[suffix] if suffix else None
 
 
+_SPACE_RUNS = re.compile(r"[ \t\f\v\r]+")
+_LINE_BREAKS = re.compile(r" ?\n[\s]*")
+
+
 def normalise(text: str) -> str:
-    """NFC, trimmed; runs of spaces/tabs to one space, runs of blank lines to one newline."""
+    """NFC, trimmed; runs of spaces/tabs to one space, runs of blank lines to one newline.
+    Each substitution runs only on a text it can change (a few substring scans in C decide):
+    the two regular expressions were a fifth of the prep's time beside the tokenizer."""
     text = unicodedata.normalize("NFC", text)
-    text = re.sub(r"[ \t\f\v\r]+", " ", text)
-    return re.sub(r" ?\n[\s]*", "\n", text).strip()
+    if "  " in text or "\t" in text or "\r" in text or "\f" in text or "\v" in text:
+        text = _SPACE_RUNS.sub(" ", text)
+    if "\n" in text:
+        text = _LINE_BREAKS.sub("\n", text)
+    return text.strip()
 
 
 # A piece of a file read by several tasks takes every ``parts``-th block of this many lines (or

@@ -8,10 +8,12 @@ separator is a word of its own) for whole-word and span masking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+_ONE = np.ones(1, dtype=np.uint8)  # the separator's word start
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,15 @@ class Packed:
 
 
 def pack(
-    docs: Iterable[tuple[list[int], list[int]]], seq_len: int, sep: int, pad: int
+    docs: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int, sep: int, pad: int
 ) -> Iterator[Packed]:
     """(ids, word starts) of each document -> packed sequences; the last one padded."""
     ids: list[np.ndarray] = []
     starts: list[np.ndarray] = []
     held = 0
     for doc_ids, doc_starts in docs:
-        ids.append(np.asarray([*doc_ids, sep], dtype=np.int64))
-        starts.append(np.asarray([*doc_starts, 1], dtype=np.uint8))
+        ids += (np.asarray(doc_ids, dtype=np.int64), np.array([sep], dtype=np.int64))
+        starts += (np.asarray(doc_starts, dtype=np.uint8), _ONE)
         held += len(doc_ids) + 1
         if held < seq_len:
             continue

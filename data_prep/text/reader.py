@@ -175,6 +175,8 @@ def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:
 
 def held_out(text: str, fraction: float, seed: int) -> bool:
     """Whether a document belongs to ``val``: a hash of its text, uniform in [0, 1)."""
+    if fraction <= 0:
+        return False
     digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
@@ -310,7 +312,7 @@ def _labelled_samples(cfg, state, tok, item: TextFile) -> Iterator:
         if len(enc.ids) > cfg.seq_len:
             yield Converted("truncated_record")
         pad = cfg.seq_len - len(ids)
-        array = np.array([ids + [PAD] * pad, starts + [1] * pad], dtype=dtype)
+        array = np.array([ids + [PAD] * pad, [*starts.tolist(), *[1] * pad]], dtype=dtype)
         yield Sample(
             key=f"{item.key}_{doc.index:07d}",
             members={

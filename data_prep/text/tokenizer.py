@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.store import location
 
 # One thread per tokenizer: the prep's parallelism is its Ray tasks, one per core.
@@ -71,11 +73,12 @@ def ids_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def word_starts(encoding) -> list[int]:
-    """1 where a token begins a word (a pre-tokenizer piece), else 0: what whole-word and span
-    masking group by."""
-    starts, previous = [], None
-    for word in encoding.word_ids:
-        starts.append(int(word is None or word != previous))
-        previous = word
+def word_starts(encoding) -> np.ndarray:
+    """1 where a token begins a word (a pre-tokenizer piece), else 0 (uint8): what whole-word
+    and span masking group by. A token of no word (None: nan here, unequal to anything) is a
+    start, and so is the token after it. In numpy: the loop over tokens in Python was a
+    third of the prep's time beside the tokenizer."""
+    words = np.array(encoding.word_ids, dtype=np.float64)
+    starts = np.ones(len(words), dtype=np.uint8)
+    starts[1:] = words[1:] != words[:-1]
     return starts
