@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.corpus import DEFAULT_MAX_FAILED_SHARE, CorpusReader, SourceError
-from data_prep.listing import Listing, PathDigests
+from data_prep.listing import PathDigests, on_disk
 from data_prep.plan import UnitPlan
 from data_prep.prep_record import refuse_inside, settings_of, writing
 from data_prep.ray_job import prepare_split, ray_session
@@ -67,7 +67,7 @@ def listed(reader: CorpusReader, cfg: Any) -> Iterator[tuple[dict, dict]]:
     the inputs on the driver's disk (``data_prep.listing``), not in its memory."""
     with contextlib.ExitStack() as listings:
         with _store_listing(reader, cfg):
-            items = {split: listings.enter_context(Listing.of(reader.items(cfg, split)))
+            items = {split: listings.enter_context(on_disk(reader.items(cfg, split)))
                      for split in cfg.splits}  # fmt: skip
             unread = unread_by_split(reader, cfg, items)
         yield items, unread

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,40 @@ class Listing(Sequence):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Mapped(Sequence):
+    """A listing read through a function of each item (the image reader's keys, given once the
+    whole walk is known): a reader may return one, and the job uses it as its listing rather
+    than pickling every item a second time."""
+
+    def __init__(self, listing: Listing, fn: Callable[[Any], Any]):
+        self.listing, self.fn = listing, fn
+
+    def __len__(self) -> int:
+        return len(self.listing)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.fn(self.listing[index])
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.fn, self.listing)
+
+    def close(self) -> None:
+        self.listing.close()
+
+    def __enter__(self) -> Mapped:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def on_disk(items: Iterable[Any]) -> Listing | Mapped:
+    """``items`` as a listing on the driver's disk: as they are when a reader made one."""
+    return items if isinstance(items, Listing | Mapped) else Listing.of(items)
 
 
 def _remove(data, offsets, folder: Path) -> None:

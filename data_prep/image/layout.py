@@ -14,6 +14,7 @@ torchvision's ImageFolder and every ImageNet checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 from array import array
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.corpus import LayoutError, csv_rows
-from data_prep.listing import Listing, path_digest, repeated_digests
+from data_prep.listing import Listing, Mapped, path_digest, repeated_digests
 from data_prep.store import location
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ImageNetLayout:
     wnids: tuple[str, ...]
     names: dict[str, str]
 
-    def items(self, split: str) -> KeyedItems:
+    def items(self, split: str) -> Mapped:
         """Every image file of ``split`` with its label, sorted by path, each with its sample
         key. The walk happens here (a bad layout fails now); the items wait on the driver's
         disk (``data_prep.listing``), not in its memory."""
@@ -62,7 +63,7 @@ class ImageNetLayout:
             found = self._items_from_csv(split_dir)
         else:
             found = self._items_from_folders(split_dir)
-        return KeyedItems.of(found)
+        return keyed_items(found)
 
     def _items_from_folders(self, split_dir: Path) -> Iterator[ImageItem]:
         index = {w: i for i, w in enumerate(self.wnids)}
@@ -110,37 +111,29 @@ class ImageNetLayout:
             yield ImageItem(str(f.relative_to(self.root)), index[wnid], wnid)
 
 
-class KeyedItems:
+def keyed_items(found: Iterator[ImageItem]) -> Mapped:
     """A split's items with their sample keys (:func:`unique_keys`, streamed): the walk's items
     wait on the driver's disk with an 8-byte digest of each stem, so the stems that collide are
-    known before the first key is given, and the keys are checked distinct the same way."""
+    known before the first key is given, and the keys are checked distinct the same way. The
+    job lists the result as it is (``data_prep.listing.Mapped``)."""
+    spool, stems = Listing(), array("Q")
+    for item in found:
+        spool.append(item)
+        stems.append(path_digest(_stem(item.path)))
+    spool.flush()
+    keyed = Mapped(spool, functools.partial(_keyed, repeated_digests(stems)))
+    del stems
+    same = repeated_digests(array("Q", (path_digest(i.key) for i in keyed)))
+    if same:  # a long form equal to someone's stem: not in any real corpus
+        keys = sorted({i.key for i in keyed if path_digest(i.key) in same})
+        keyed.close()
+        raise LayoutError(f"sample keys collide: {keys[:5]}")
+    return keyed
 
-    def __init__(self, spool: Listing, colliding: set[int]):
-        self.spool, self.colliding = spool, colliding
 
-    @classmethod
-    def of(cls, found: Iterator[ImageItem]) -> KeyedItems:
-        spool, stems = Listing(), array("Q")
-        for item in found:
-            spool.append(item)
-            stems.append(path_digest(_stem(item.path)))
-        spool.flush()
-        keyed = cls(spool, repeated_digests(stems))
-        del stems
-        same = repeated_digests(array("Q", (path_digest(i.key) for i in keyed)))
-        if same:  # a long form equal to someone's stem: not in any real corpus
-            keys = sorted({i.key for i in keyed if path_digest(i.key) in same})
-            raise LayoutError(f"sample keys collide: {keys[:5]}")
-        return keyed
-
-    def __len__(self) -> int:
-        return len(self.spool)
-
-    def __iter__(self) -> Iterator[ImageItem]:
-        for item in self.spool:
-            stem = _stem(item.path)
-            key = _key(item.path, stem, path_digest(stem) in self.colliding)
-            yield dataclasses.replace(item, key=key)
+def _keyed(colliding: set[int], item: ImageItem) -> ImageItem:
+    stem = _stem(item.path)
+    return dataclasses.replace(item, key=_key(item.path, stem, path_digest(stem) in colliding))
 
 
 def unique_keys(paths: list[str]) -> list[str]:
