@@ -83,8 +83,9 @@ class Listing(Sequence):
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError(f"listing position {index} of {self._count}")
-        start, stop = np.frombuffer(os.pread(self._offsets.fileno(), 16, 8 * index), "<u8")
-        return pickle.loads(os.pread(self._data.fileno(), int(stop - start), int(start)))
+        raw = os.pread(self._offsets.fileno(), 16, 8 * index)
+        start, stop = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+        return pickle.loads(os.pread(self._data.fileno(), stop - start, start))
 
     def __iter__(self) -> Iterator[Any]:
         for first in range(0, self._count, _CHUNK):

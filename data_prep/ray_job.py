@@ -171,10 +171,14 @@ def _reopened(split_dir, units, describe, check_hashes: bool) -> dict[int, UnitR
         (split_dir / SUCCESS).unlink()
     _remove_unplanned(split_dir, set(range(len(units))))
     results: dict[int, UnitResult] = {}
-    for unit in units:
-        done = unit_is_done(split_dir, unit, describe, sha256=check_hashes)
-        if done is not None:
-            results[unit.index] = done
+    recorded = {
+        shard_unit(f.name.removesuffix(".json")) for f in (split_dir / WORK_DIR).glob("*.json")
+    }
+    for index in sorted(recorded - {None}):
+        if index < len(units):  # only a recorded unit is read back: a unit's items are on disk
+            done = unit_is_done(split_dir, units[index], describe, sha256=check_hashes)
+            if done is not None:
+                results[index] = done
     return results
 
 

@@ -13,7 +13,6 @@ torchvision's ImageFolder and every ImageNet checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -78,7 +77,9 @@ class ImageNetLayout:
         for class_dir in class_dirs:
             if class_dir.name not in index:
                 raise LayoutError(f"{class_dir} is not a train synset folder")
-            for f in sorted(class_dir.iterdir()):  # one class's names at a time
+            # one class's names at a time, by name (the order of the Paths: comparing Paths
+            # took a third of the driver's listing time)
+            for f in sorted(class_dir.iterdir(), key=_name):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     rel = str(f.relative_to(self.root))
                     yield ImageItem(rel, index[class_dir.name], class_dir.name)
@@ -99,7 +100,7 @@ class ImageNetLayout:
                 words = (row["PredictionString"] or "").split()
                 if words:  # an empty label is a missing one: its image counts as no_label_row
                     labels[row["ImageId"]] = words[0]
-        for f in sorted(split_dir.iterdir()):
+        for f in sorted(split_dir.iterdir(), key=_name):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if f.stem not in labels:  # kept, to be skipped and counted (no_label_row)
@@ -133,7 +134,8 @@ def keyed_items(found: Iterator[ImageItem]) -> Mapped:
 
 def _keyed(colliding: set[int], item: ImageItem) -> ImageItem:
     stem = _stem(item.path)
-    return dataclasses.replace(item, key=_key(item.path, stem, path_digest(stem) in colliding))
+    key = _key(item.path, stem, path_digest(stem) in colliding)
+    return ImageItem(item.path, item.label, item.wnid, key)  # dataclasses.replace: 4x slower
 
 
 def unique_keys(paths: list[str]) -> list[str]:
@@ -151,6 +153,10 @@ def unique_keys(paths: list[str]) -> list[str]:
             f"sample keys collide: {sorted(k for k, n in Counter(keys).items() if n > 1)[:5]}"
         )
     return keys
+
+
+def _name(path: Path) -> str:
+    return path.name
 
 
 def _stem(path: str) -> str:
