@@ -1,8 +1,8 @@
 """A split's inputs on the driver's local disk, not in its memory (a bounded driver at 10^7 inputs).
 
-The files go to a temporary folder (``TMPDIR``, else ``/tmp``), removed when the prep ends: 151
-bytes an ImageNet input (its pickle and offset), 2.1 GB for ImageNet-21k; point ``TMPDIR`` at a larger disk on a head
-node whose ``/tmp`` is small.
+The files go to a temporary folder (``TMPDIR``, else ``/tmp``), removed when the prep ends:
+151 bytes an ImageNet input (its pickle and offset), 2.1 GB for ImageNet-21k; point ``TMPDIR``
+at a larger disk on a head node whose ``/tmp`` is small.
 
 A reader's listing yields its items; :class:`Listing` pickles them one after another into a file
 on the driver's disk, with each one's offset in a second file, and reads them back by position.
