@@ -93,10 +93,13 @@ class UnitResult:
     converted: dict[str, int] = field(default_factory=dict)
     # inputs an unexpected error stopped: {"input": its name, "error": the error's one line}
     failures: list[dict] = field(default_factory=list)
+    # the unit's index (a unit that gave no sample has no shard record to name it); None in
+    # completion records written before: their first record names it
+    index: int | None = None
 
     @property
     def unit(self) -> int:
-        return self.records[0].unit
+        return self.records[0].unit if self.index is None else self.index
 
     @property
     def samples(self) -> int:
@@ -142,7 +145,9 @@ def unit_is_done(
         return None
     data = json.loads(done.read_text())
     # "record": written before a unit could roll over into several shards
-    records = [ShardRecord(**r) for r in data.get("records") or [data["record"]]]
+    records = [
+        ShardRecord(**r) for r in (data["records"] if "records" in data else [data["record"]])
+    ]
     if data.get("inputs_digest", inputs_digest(unit, describe)) != inputs_digest(unit, describe):
         return None
     for record in records:
@@ -152,7 +157,7 @@ def unit_is_done(
             return None
     return UnitResult(
         records, data["inputs"], data["skipped"], data["seconds"], data.get("converted", {}),
-        data.get("failures", []),
+        data.get("failures", []), unit.index,
     )  # fmt: skip
 
 
@@ -200,7 +205,7 @@ def _write_unit_here(
         write_shard_index(split_dir, record, offsets)
     result = UnitResult(
         parts.records, len(unit.items), dict(skipped), time.perf_counter() - start,
-        dict(converted), failures,
+        dict(converted), failures, unit.index,
     )  # fmt: skip
     done = asdict(result) | {"inputs_digest": inputs_digest(unit, describe)}
     atomic_write_text(split_dir / WORK_DIR / f"{shard_name(unit.index)}.json", json.dumps(done))
@@ -258,14 +263,17 @@ class _Parts:
 
     def __exit__(self, kind, err, tb) -> None:
         try:
-            if kind is None and (self.starts or not self.records):  # no empty last part
+            # No empty part: a unit whose inputs gave no sample (all broken; a text file with
+            # no document held out for val) writes no shard, where it wrote a 0-sample one.
+            if kind is None and self.starts:
                 self._close()
         finally:
             self.raw.close()
             self.tmp.unlink(missing_ok=True)
-        for stale in self.split_dir.glob(f"shard-{self.unit:06d}-*.tar"):
+        first = self.split_dir / shard_name(self.unit)
+        for stale in [first, *self.split_dir.glob(f"shard-{self.unit:06d}-*.tar")]:
             if stale.name not in {r.file for r in self.records}:
-                stale.unlink()
+                stale.unlink(missing_ok=True)
 
 
 def part_name(unit: int, part: int) -> str:

@@ -37,6 +37,21 @@ def test_same_inputs_give_byte_identical_shards(tmp_path):
     assert [r.sha256 for r in a.records] == [r.sha256 for r in b.records]
 
 
+def test_a_unit_that_gives_no_sample_writes_no_shard(tmp_path):
+    """Never an empty shard (issue: prep at corpus scale): a unit whose every input was skipped
+    is counted and recorded done, with no shard and no manifest row; it wrote a 0-sample shard
+    before (the demo text corpus's val split had one: a file with no document held out)."""
+    (tmp_path / shard_name(1)).write_bytes(b"an earlier attempt's shard")
+    empty = write_unit(WorkUnit(1, ("bad1", "bad2")), tmp_path, _encode)
+    assert empty.records == [] and empty.skipped == {"broken": 2}
+    assert not (tmp_path / shard_name(1)).exists()
+    assert unit_is_done(tmp_path, WorkUnit(1, ("bad1", "bad2"))) is not None  # not redone
+    full = write_unit(WorkUnit(0, ("a", "b")), tmp_path, _encode)
+    stats = finish_split(tmp_path, [full, empty], seconds=0.1)
+    assert [r.file for r in read_manifest(tmp_path)] == [shard_name(0)]
+    assert stats["samples"] == 2 and stats["inputs"] == 4
+
+
 def test_a_failing_unit_leaves_no_shard_and_no_record(tmp_path, monkeypatch):
     """Writing the shard fails (the disk is full): an input's own error is only that input's
     (test_failures), but this one is the unit's, which leaves nothing behind."""
