@@ -1,4 +1,4 @@
-"""Shard planning: a pure function from a list of inputs to numbered work units.
+"""Shard planning: a pure function from a sequence of inputs to numbered work units.
 
 One work unit becomes one shard. The plan depends only on the inputs, the shard size and the
 seed, so a rerun after a crash computes the same plan and rewrites exactly the missing shards.
@@ -28,25 +28,15 @@ def plan_shards(items: Sequence[Item], per_shard: int, seed: int) -> list[WorkUn
 
     The unit sizes differ by at most one, so no shard ends up with a handful of samples.
     """
-    if per_shard < 1:
-        raise ValueError(f"per_shard must be >= 1, got {per_shard}")
-    order = list(items)
-    random.Random(seed).shuffle(order)
-    n_units = max(1, -(-len(order) // per_shard)) if order else 0
-    units = []
-    start = 0
-    for index in range(n_units):
-        size = len(order) // n_units + (1 if index < len(order) % n_units else 0)
-        units.append(WorkUnit(index, tuple(order[start : start + size])))
-        start += size
-    return units
+    return list(UnitPlan(items, per_shard, seed))
 
 
 class UnitPlan(Sequence):
-    """:func:`plan_shards` of a long sequence of items (a ``data_prep.listing.Listing`` on the
-    driver's disk) without holding them: the seeded order is a permutation of positions, 4
-    bytes an input (the same draws as shuffling the items: ``random.shuffle`` draws by length
-    alone), and a unit's items are read when the unit is asked for."""
+    """:func:`plan_shards`, a unit at a time, for a long sequence of items (a
+    ``data_prep.listing.Listing`` on the driver's disk) that it does not hold: the seeded order
+    is a permutation of positions, 4 bytes an input (``random.shuffle`` draws by length alone,
+    so it is the order a shuffle of the items themselves gave), and a unit's items are read
+    when the unit is asked for."""
 
     def __init__(self, items: Sequence[Item], per_shard: int, seed: int):
         if per_shard < 1:

@@ -9,6 +9,7 @@ position; what stays in memory is a few bytes an input (the plan's permutation, 
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 from types import SimpleNamespace
 
@@ -17,7 +18,22 @@ import pytest
 from data_prep.image.reader import READER
 from data_prep.job import listed
 from data_prep.listing import Listing, PathDigests
-from data_prep.plan import UnitPlan, plan_shards
+from data_prep.plan import UnitPlan, WorkUnit, plan_shards
+
+
+def _plan_of_the_list(items: list, per_shard: int, seed: int) -> list[WorkUnit]:
+    """The plan as it was computed before the listing went to disk (``plan_shards`` until
+    2026-12-03, verbatim): the list of items itself shuffled, then cut into balanced units."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    n_units = max(1, -(-len(order) // per_shard)) if order else 0
+    units = []
+    start = 0
+    for index in range(n_units):
+        size = len(order) // n_units + (1 if index < len(order) % n_units else 0)
+        units.append(WorkUnit(index, tuple(order[start : start + size])))
+        start += size
+    return units
 
 
 @pytest.mark.parametrize("n,per", [(0, 3), (1, 3), (10, 3), (1000, 7), (1001, 1000)])
@@ -27,12 +43,10 @@ def test_a_plan_over_a_listing_is_the_plan_over_the_list(n, per):
     items = [f"train/c{i % 7}/img_{i}.JPEG" for i in range(n)]
     with Listing.of(iter(items)) as listing:
         assert len(listing) == n and list(listing) == items
-        assert (
-            [listing[i] for i in (0, n // 2, n - 1)] == [items[0], items[n // 2], items[-1]]
-            if n
-            else True
-        )
-        assert list(UnitPlan(listing, per, seed=3)) == plan_shards(items, per, seed=3)
+        if n:
+            assert [listing[i] for i in (0, n // 2, n - 1)] == [items[0], items[n // 2], items[-1]]
+        assert list(UnitPlan(listing, per, seed=3)) == _plan_of_the_list(items, per, seed=3)
+        assert plan_shards(items, per, seed=3) == _plan_of_the_list(items, per, seed=3)
 
 
 def test_path_digests_answer_membership():
