@@ -151,9 +151,7 @@ def read_documents(
             docs = iter([_txt_document(file.file)])
         else:
             docs = _jsonl_documents(file.file, text_field, label_field, keep, reached)
-        for doc in docs:
-            reached[0] = max(reached[0], doc.index + 1)
-            yield doc
+        yield from docs  # the readers keep ``reached`` as they go
     except UNREADABLE as err:
         if keep is None or keep(reached[0]):
             why = f"{file.path}: {type(err).__name__}: {err}"
