@@ -11,6 +11,7 @@ is named so the prep counts it too.
 from __future__ import annotations
 
 import io
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,42 @@ def read_audio(path: Any) -> tuple[np.ndarray, int]:
     if len(data) == 0:
         raise SkipSample("empty_audio", str(path))
     return data, rate
+
+
+def audio_info(path: Any) -> tuple[int, int]:
+    """``(frames, rate)`` from a source file's header (a store's object is opened for ranged
+    reads, not fetched), or SkipSample."""
+    try:
+        with _opened(path) as f:
+            return f.frames, f.samplerate
+    except sf.LibsndfileError as err:
+        raise SkipSample("unreadable_audio", f"{path}: {err}") from None
+
+
+def read_span(path: Any, start: int, stop: int) -> tuple[np.ndarray, int]:
+    """float32 ``[frames, channels]`` of source frames ``[start, stop)`` and the rate: what a
+    task cutting one piece of a long chapter decodes (libsndfile seeks to ``start``; FLAC's
+    seek table or a bisection), or SkipSample when the file ends or breaks inside the span."""
+    try:
+        with _opened(path) as f:
+            f.seek(start)
+            data = f.read(stop - start, dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except sf.LibsndfileError as err:
+        # a span past a truncation: the decoder loses sync, or the seek finds no frame
+        cut = "lost sync" in str(err) or "fseek" in str(err)
+        raise SkipSample("truncated_audio" if cut else "unreadable_audio", f"{path}: {err}") from None
+    if len(data) < stop - start:
+        raise SkipSample(
+            "truncated_audio", f"{path}: frames {start}-{stop} end at {start + len(data)}"
+        )
+    return data, rate
+
+
+def _opened(path: Any) -> sf.SoundFile:
+    if isinstance(path, str | PurePath):
+        return sf.SoundFile(str(path))
+    return sf.SoundFile(path.open("rb"))  # fsspec's file: ranged reads as libsndfile seeks
 
 
 def to_mono_16k(data: np.ndarray, rate: int) -> tuple[np.ndarray, list[str]]:

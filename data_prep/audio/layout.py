@@ -19,10 +19,11 @@ validation split: :func:`held_out_speakers` picks whole speakers to hold out.
 from __future__ import annotations
 
 import json
+import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_prep.corpus import LayoutError
@@ -42,9 +43,12 @@ class AudioItem:
     book: str  # LibriLight's book id; LibriSpeech's chapter folder
     chapter: str
     transcript: str | None = None  # LibriSpeech form only
-    voice_activity: tuple[tuple[float, float], ...] | None = None  # LibriLight's JSON
-    problem: str | None = None  # missing_json | unreadable_json | missing_transcript
+    problem: str | None = None  # missing_json | missing_transcript (known from the listing)
     root: str = ""  # the folder ``path`` is relative to (or an object store's URL of it)
+    # a chapter read by several tasks: this one cuts the ``part``-th of ``parts`` contiguous
+    # ranges of its segments
+    part: int = 0
+    parts: int = 1
 
     @property
     def file(self) -> Any:
@@ -52,7 +56,9 @@ class AudioItem:
         return location(self.root) / self.path
 
     def __str__(self) -> str:
-        return self.path
+        return (
+            self.path if self.parts == 1 else f"{self.path} [piece {self.part + 1} of {self.parts}]"
+        )
 
 
 def is_layout_file(rel: str) -> bool:
@@ -86,31 +92,63 @@ def detect_layout(root: Any) -> str:
     )
 
 
-def librilight_items(root: Any) -> list[AudioItem]:
-    """Every chapter recording under ``root`` (a folder or a store's URL), with its voice
-    activity; sorted by path. One walk finds the recordings and their JSONs (no probe per
-    chapter: on a store each is a request)."""
+def librilight_items(root: Any, task_bytes: int = 0) -> Iterator[AudioItem]:
+    """Every chapter recording under ``root`` (a folder or a store's URL), in path order, one
+    book folder's listing held at a time (LibriLight's 219 k chapters are never a list on the
+    driver). A chapter's voice-activity JSON is not opened here: whether it exists comes from
+    the book's listing, and the task that cuts the chapter reads it (before, the driver opened
+    every JSON in turn: 219 k serial reads, a request each on a store). A chapter larger than
+    ``task_bytes`` (0: never) is several items, each a contiguous range of its segments."""
     root = location(root)
-    found = _in_walk_order(root.glob("*/*/*/*"), root)
-    listed = {PurePosixPath(relative(p, root)) for p in found}
-    items = []
-    for audio in (p for p in found if p.suffix.lower() in AUDIO_SUFFIXES):
-        rel = PurePosixPath(relative(audio, root))
-        _, speaker, book, _ = rel.parts
-        meta = audio.with_suffix(".json") if rel.with_suffix(".json") in listed else None
-        activity, problem = _voice_activity(meta)
-        items.append(
-            AudioItem(
-                path=str(rel),
-                speaker=speaker,
-                book=book,
-                chapter=audio.stem,
-                voice_activity=activity,
-                problem=problem,
-                root=str(root),
-            )
-        )
-    return items
+    for subset in _folders(root):
+        for speaker in _folders(root / subset):
+            for book in _folders(root / subset / speaker):
+                listed = _files(root / subset / speaker / book, task_bytes > 0)
+                for name, size in listed.items():
+                    stem, dot, suffix = name.rpartition(".")
+                    if not dot or f".{suffix.lower()}" not in AUDIO_SUFFIXES:
+                        continue
+                    parts = max(1, -(-size // task_bytes)) if task_bytes else 1
+                    has_json = f"{stem}.json" in listed
+                    for part in range(parts):
+                        yield AudioItem(
+                            path=f"{subset}/{speaker}/{book}/{name}",
+                            speaker=speaker,
+                            book=book,
+                            chapter=stem,
+                            problem=None if has_json else "missing_json",
+                            root=str(root),
+                            part=part,
+                            parts=parts,
+                        )
+
+
+def librilight_speakers(root: Any) -> set[str]:
+    """The speakers with at least one chapter recording under ``root``."""
+    return {item.speaker for item in librilight_items(root)}
+
+
+def _folders(folder: Any) -> list[str]:
+    """The names of ``folder``'s sub-folders, sorted (the order ``sorted`` gives their paths)."""
+    if isinstance(folder, Path):
+        with os.scandir(folder) as found:
+            return sorted(e.name for e in found if e.is_dir())
+    listed = folder.fs.ls(folder.path, detail=True)
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in listed
+                  if e["type"] == "directory")  # fmt: skip
+
+
+def _files(folder: Any, sizes: bool) -> dict[str, int]:
+    """``{name: size}`` of the files in ``folder``, sorted by name (sizes 0 unless asked: a
+    local stat each)."""
+    if isinstance(folder, Path):
+        with os.scandir(folder) as found:
+            files = [e for e in found if e.is_file()]
+            return {e.name: e.stat().st_size if sizes else 0
+                    for e in sorted(files, key=lambda e: e.name)}  # fmt: skip
+    listed = folder.fs.ls(folder.path, detail=True)
+    return dict(sorted((e["name"].rsplit("/", 1)[-1], int(e.get("size") or 0))
+                       for e in listed if e["type"] == "file"))  # fmt: skip
 
 
 def librispeech_items(root: Any) -> list[AudioItem]:
@@ -152,9 +190,12 @@ def held_out_speakers(speakers: Iterable[str], fraction: float, seed: int) -> fr
     return frozenset(ordered[:count])
 
 
-def _voice_activity(path: Any) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
-    if path is None:
+def voice_activity(item: AudioItem) -> tuple[tuple[tuple[float, float], ...] | None, str | None]:
+    """A LibriLight chapter's voice activity from its JSON, or what was wrong with it
+    (``missing_json``, ``unreadable_json``): read by the task that cuts the chapter."""
+    if item.problem == "missing_json":
         return None, "missing_json"
+    path = item.file.with_suffix(".json")
     try:
         meta = json.loads(path.read_text())
         raw = meta.get("voice_activity") if isinstance(meta, dict) else None

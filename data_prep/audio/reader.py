@@ -18,6 +18,7 @@ audio; an utterance without a transcript) is counted by reason in ``stats.json``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.audio.decode import RATE, flac_bytes, read_audio, to_mono_16k
+from data_prep.audio.decode import RATE, audio_info, flac_bytes, read_audio, read_span, to_mono_16k
 from data_prep.audio.demo import SpeechDemoConfig, write_speech_demo
 from data_prep.audio.layout import (
     AUDIO_SUFFIXES,
@@ -36,10 +37,13 @@ from data_prep.audio.layout import (
     held_out_speakers,
     is_layout_file,
     librilight_items,
+    librilight_speakers,
     librispeech_items,
+    voice_activity,
 )
+from data_prep.audio.resample import input_span
 from data_prep.audio.segments import plan_segments
-from data_prep.corpus import SHARD_BYTES, CorpusReader, LayoutError, prep_problems
+from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
 from data_prep.shard_format import FEATURE_STATS, atomic_write_text
 from data_prep.store import location
@@ -67,6 +71,9 @@ class AudioPrepConfig:
     label: str = "transcript"  # the class of a labelled utterance: its transcript or its speaker
     stats_files: int = 64  # train recordings read at fit time for the log-mel mean and std
     samples_per_shard: int = 500
+    # a chapter larger than this is cut by several tasks, each a contiguous range of its
+    # segments (0: a task per chapter)
+    task_bytes: int = TASK_BYTES
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
     # memory each Ray task reserves (MB; 0: none): Ray runs no more tasks on a node than fit
@@ -94,19 +101,29 @@ class AudioPrepConfig:
             )
         if self.label not in LABELS:
             yield ("label", f"one of {', '.join(LABELS)}, got {self.label!r}")
+        if self.task_bytes < 0:
+            yield ("task_bytes", f"bytes >= 0 (0: a task per chapter), got {self.task_bytes}")
         if self.stats_files < 1:
             yield ("stats_files", f"an int >= 1, got {self.stats_files}")
 
 
-def items(cfg: AudioPrepConfig, split: str) -> list[AudioItem]:
+def items(cfg: AudioPrepConfig, split: str) -> Iterator[AudioItem]:
     if split in ("labelled_train", "labelled_val"):
         root = location(getattr(cfg, split))
         _expect(root, "librispeech", split)
-        return librispeech_items(root)
+        return iter(librispeech_items(root))
     _expect(location(cfg.source), "librilight", "source")
-    chapters = librilight_items(location(cfg.source))
-    held = held_out_speakers((c.speaker for c in chapters), cfg.val_speakers, cfg.seed)
-    return [c for c in chapters if (c.speaker in held) == (split == "val")]
+    held = _held_out(cfg.source, cfg.val_speakers, cfg.seed)
+    chapters = librilight_items(location(cfg.source), cfg.task_bytes)
+    return (c for c in chapters if (c.speaker in held) == (split == "val"))
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out(source: str, fraction: float, seed: int) -> frozenset[str]:
+    """The speakers held out as ``val`` (a walk of the source; LibriLight has ~7 k speakers)."""
+    if not fraction:
+        return frozenset()
+    return held_out_speakers(librilight_speakers(location(source)), fraction, seed)
 
 
 def _expect(root, layout: str, key: str) -> None:
@@ -167,33 +184,67 @@ def _write_feature_stats(cfg: AudioPrepConfig, train_items: Sequence[AudioItem])
 
 
 def encode(cfg: AudioPrepConfig, state: dict, item: AudioItem) -> Iterator:
-    """One recording -> its samples, with what was converted; a SkipSample for bad input."""
+    """One recording (or one piece of a long chapter) -> its samples, with what was converted;
+    a SkipSample for bad input."""
     if item.problem == "missing_transcript":
         raise SkipSample("missing_transcript", item.path)
-    samples, conversions = to_mono_16k(*read_audio(item.file))
-    for reason in conversions:
-        yield Converted(reason)
     if item.transcript is not None:
+        samples, conversions = to_mono_16k(*read_audio(item.file))
+        yield from map(Converted, conversions)
         yield _utterance(item, samples, state["classes"].get(getattr(item, cfg.label), -1))
         return
-    if item.problem:  # missing or unreadable JSON: fixed windows
-        yield Converted(item.problem)
-    duration = len(samples) / RATE
-    plan = plan_segments(
-        item.voice_activity, duration, cfg.segment_seconds, cfg.min_segment_seconds
+    yield from _chapter_segments(cfg, item)
+
+
+def _chapter_segments(cfg: AudioPrepConfig, item: AudioItem) -> Iterator:
+    """A LibriLight chapter cut at its voice activity (fixed windows without it). A chapter in
+    pieces: each plans the whole chapter's segments from the header's length and decodes only
+    the span of its range (``resample.input_span``: resampled, the very samples the whole
+    chapter gave), so the pieces together give the samples one task gave, key for key and byte
+    for byte. The chapter's conversions are counted once: the JSON's by piece 0, the audio's by
+    the piece holding the first segment."""
+    activity, problem = voice_activity(item)
+    if item.parts == 1:
+        samples, conversions = to_mono_16k(*read_audio(item.file))
+        length, first = len(samples), 0
+    else:
+        frames, rate = audio_info(item.file)
+        length = -(-frames * RATE // rate)  # the 16 kHz samples the whole chapter resamples to
+    plan = plan_segments(activity, length / RATE, cfg.segment_seconds, cfg.min_segment_seconds)
+    lo, hi = (
+        item.part * len(plan.segments) // item.parts,
+        (item.part + 1) * len(plan.segments) // item.parts,
     )
+    mine = plan.segments[lo:hi]
+    end = min(length, round(mine[-1].end * RATE)) if mine else 0
+    if item.parts > 1 and mine:
+        a, b, first = input_span(round(mine[0].start * RATE), end, frames, rate, RATE)
+        samples, conversions = to_mono_16k(*read_span(item.file, a, b))
+    if item.part == 0:
+        yield from _plan_conversions(plan, problem)
+    if mine and lo == 0:
+        yield from map(Converted, conversions)
+    for k, span in enumerate(mine, start=lo):
+        piece = samples[round(span.start * RATE) - first : min(end, round(span.end * RATE)) - first]
+        meta = json.dumps(_meta(item, span.start, span.end)).encode()
+        yield Sample(
+            key=f"{_stem(item)}_{k:04d}", members={"flac": flac_bytes(piece), "json": meta}
+        )
+
+
+def _plan_conversions(plan, problem: str | None) -> Iterator[Converted]:
+    if problem:  # missing or unreadable JSON: fixed windows
+        yield Converted(problem)
     for reason in plan.problems:
-        if not (reason == "no_voice_activity" and item.problem):
+        if not (reason == "no_voice_activity" and problem):
             yield Converted(reason)
     if plan.dropped_seconds:
         yield Converted("short_segment_dropped")
-    for k, span in enumerate(plan.segments):
-        piece = samples[round(span.start * RATE) : round(span.end * RATE)]
-        meta = _meta(item, span.start, span.end)
-        yield Sample(
-            key=f"{_stem(item)}_{k:04d}",
-            members={"flac": flac_bytes(piece), "json": json.dumps(meta).encode()},
-        )
+
+
+def _piece_range(count: int, part: int, parts: int) -> tuple[int, int]:
+    """The segments ``[lo, hi)`` piece ``part`` of ``parts`` cuts: contiguous, sizes within one."""
+    return part * count // parts, (part + 1) * count // parts
 
 
 def _utterance(item: AudioItem, samples: np.ndarray, label: int) -> Sample:

@@ -49,6 +49,24 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     return out.reshape(*x.shape[:-1], out_len)
 
 
+def input_span(start: int, stop: int, length: int, src_rate: int, dst_rate: int):
+    """``(a, b, first)``: resampling input samples ``[a, b)`` of a signal of ``length`` gives,
+    bit for bit, outputs ``[start, stop)`` of the whole signal's resampling, at indices
+    ``start - first`` on. ``a`` is a multiple of ``down``, so the slice's outputs sit on the
+    whole signal's output grid with the same filter phases, and the span reaches every tap of
+    its first and last outputs: the sums are the same, term for term. What a task cutting one
+    piece of a long recording decodes."""
+    if src_rate == dst_rate:
+        return start, stop, start
+    g = math.gcd(src_rate, dst_rate)
+    up, down = dst_rate // g, src_rate // g
+    half = ZERO_CROSSINGS * max(up, down)
+    first_input = -((half - start * down) // up)  # the lowest input output `start` weighs
+    a = max(0, first_input // down * down)
+    last_input = (((stop - 1) * down + half) // up) + 1  # beyond the highest `stop - 1` weighs
+    return a, min(length, last_input + 1), a // down * up
+
+
 def sinc_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     """The low-pass filter on the upsampled grid and its half-length: cut-off at the lower
     Nyquist frequency, gain ``up`` (zero-stuffing divides the signal's level by ``up``)."""

@@ -43,46 +43,105 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def read_video(path: Any, short_side: int) -> DecodedVideo:
     """Every frame of the first video stream of ``path`` (a path, or a ``UPath`` of an object in
     a store, fetched whole: demuxers seek), or SkipSample."""
+    kept = read_frames(path, short_side)
+    frames = np.stack([kept.frames[i] for i in range(kept.count)])
+    return DecodedVideo(frames, kept.fps, kept.source_size, kept.conversions)
+
+
+@dataclass
+class KeptFrames:
+    """A video decoded whole, of which only the frames asked for were converted and held."""
+
+    count: int  # frames the video decoded to, kept or not
+    frames: dict[int, np.ndarray]  # uint8 [H, W, 3] by frame index
+    fps: float
+    source_size: tuple[int, int]  # width, height
+    conversions: list[str] = field(default_factory=list)
+
+    def clip(self, indices) -> np.ndarray:
+        return np.stack([self.frames[i] for i in indices])
+
+
+# Frames a video of unknown length (no frame count in its index: webm, mkv) holds before it is
+# decoded once more, counting first: a 10 s Kinetics clip at 256 px is ~100 MB, an hour ~35 GB.
+HELD_BYTES = 1 << 30
+
+
+def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
+    """The frames of ``path`` that ``wanted(count)`` names for its frame count (every frame when
+    ``wanted`` is None), or SkipSample. Only those frames are converted to RGB and held, so a
+    task's memory is its clips', not its video's (before, every frame of a video was held: an
+    hour of video at 256 px is ~35 GB). The count comes from the container's index; a video
+    without one (webm, mkv) keeps every frame up to ``HELD_BYTES``, and past it is decoded twice,
+    counted first; an index that promised more frames than decode gives (a cut file) or fewer
+    is decoded once more for the frames the true count names. So the frames are the ones a
+    whole decode would pick."""
     source, size = decoder_source(path)
     if size == 0:
         raise SkipSample("empty_video", str(path))
-    try:
-        container = av.open(source)
-    except (av.FFmpegError, UnicodeDecodeError) as err:
-        raise SkipSample("unreadable_video", f"{path}: {err}") from None
-    with container:
-        if not container.streams.video:
-            raise SkipSample("no_video_stream", str(path))
-        stream = container.streams.video[0]
-        stream.thread_count = 1  # a Ray task has one CPU; FFmpeg's threads only contend
-        frames, broken = _decode_frames(container, stream, short_side)
-        if not broken and 0 < len(frames) < stream.frames:  # the index promised more
-            broken = f"{len(frames)} of {stream.frames} frames"
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 25.0
-        source = (stream.codec_context.width, stream.codec_context.height)
-    if not frames:
+    promised = _frame_count(source, path)
+    keep = None if wanted is None or not promised else set(wanted(promised))
+    held = None if wanted is None or promised else HELD_BYTES
+    video, broken = _decoded(source, path, short_side, keep, held)
+    index_wrong = keep is not None and video.count != promised
+    over_bound = held is not None and len(video.frames) < video.count
+    if index_wrong or over_bound:  # the frames held are not those the true count names
+        video, broken = _decoded(source, path, short_side, set(wanted(video.count)), None)
+    if not broken and 0 < video.count < promised:  # the index promised more
+        broken = f"{video.count} of {promised} frames"
+    if not video.count:
         raise SkipSample("no_frames", f"{path}: {broken}" if broken else str(path))
-    video = DecodedVideo(np.stack(frames), fps, source)
     if broken:
-        log.info("%s: kept %d frames before the damage (%s)", path, len(frames), broken)
+        log.info("%s: kept %d frames before the damage (%s)", path, video.count, broken)
         video.conversions.append("truncated_video")
     return video
 
 
-def _decode_frames(container, stream, short_side: int) -> tuple[list[np.ndarray], str]:
-    """The decoded RGB frames, and the error that ended decoding early ('' when none)."""
-    frames: list[np.ndarray] = []
-    size = None
+def _opened(source, path):
+    if not isinstance(source, str):
+        source.seek(0)
     try:
-        for frame in container.decode(stream):
-            if size is None:
-                size = scaled_size(frame.width, frame.height, short_side)
-            frames.append(
-                frame.to_ndarray(
-                    width=size[0], height=size[1], format="rgb24", interpolation="AREA"
-                )
-            )
-    except (av.FFmpegError, ValueError) as err:
-        return frames, str(err)
-    return frames, ""
+        container = av.open(source)
+    except (av.FFmpegError, UnicodeDecodeError) as err:
+        raise SkipSample("unreadable_video", f"{path}: {err}") from None
+    if not container.streams.video:
+        container.close()
+        raise SkipSample("no_video_stream", str(path))
+    stream = container.streams.video[0]
+    stream.thread_count = 1  # a Ray task has one CPU; FFmpeg's threads only contend
+    return container, stream
+
+
+def _frame_count(source, path) -> int:
+    """The frame count the container's index gives (0: none given)."""
+    container, stream = _opened(source, path)
+    with container:
+        return stream.frames
+
+
+def _decoded(source, path, short_side: int, keep, held) -> tuple[KeptFrames, str]:
+    """Decode every frame; convert and hold those in ``keep`` (None: all, and when ``held``
+    bytes are passed, none more: the rest only counted). Also the error that ended decoding
+    early ('' when none)."""
+    container, stream = _opened(source, path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+        source_size = (stream.codec_context.width, stream.codec_context.height)
+        frames: dict[int, np.ndarray] = {}
+        count, size, total, broken = 0, None, 0, ""
+        try:
+            for frame in container.decode(stream):
+                if size is None:
+                    size = scaled_size(frame.width, frame.height, short_side)
+                if (keep is None or count in keep) and (held is None or total <= held):
+                    frames[count] = frame.to_ndarray(
+                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+                    )
+                    total += frames[count].nbytes
+                count += 1
+        except (av.FFmpegError, ValueError) as err:
+            broken = str(err)
+    if held is not None and total > held:
+        frames = {}  # past the bound: the count is known now; the caller decodes again
+    fps = float(rate) if rate else 25.0
+    return KeptFrames(count, frames, fps, source_size), broken

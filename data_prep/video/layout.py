@@ -16,6 +16,7 @@ the prep counts it instead of losing it silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,17 +92,17 @@ def class_names(root: Any) -> list[str]:
     return sorted({item.label for item in split_items(root, "train")})
 
 
-def split_items(root: Any, split: str) -> list[VideoItem]:
-    """The items of ``split`` (``train`` or ``val``), sorted by path."""
+def split_items(root: Any, split: str) -> Iterator[VideoItem]:
+    """The items of ``split`` (``train`` or ``val``), sorted by path. Class folders are walked
+    one folder at a time (WebVid-size folder corpora are never a list on the driver); a
+    Kinetics or Something-Something table is joined to the files it names, so its split is
+    built whole, then sorted (~300 bytes a video, transient: the job spools it to disk)."""
     root = location(root)
     layout = detect_layout(root)
-    if layout == "kinetics":
-        found = _kinetics(root, split)
-    elif layout == "ssv2":
-        found = _ssv2(root, split)
-    else:
-        found = _folders(root, split)
-    return sorted(found, key=lambda item: item.path)
+    if layout == "folders":
+        return _folders(root, split)
+    found = _kinetics(root, split) if layout == "kinetics" else _ssv2(root, split)
+    return iter(sorted(found, key=lambda item: item.path))
 
 
 def _videos_by_stem(root: Path) -> dict[str, Path]:
@@ -168,15 +169,15 @@ def _ssv2_label(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
-def _folders(root: Path, split: str) -> list[VideoItem]:
+def _folders(root: Path, split: str) -> Iterator[VideoItem]:
     base = root / split
     if not base.is_dir():
         raise LayoutError(f"{root}: no {split}/<class>/ folders for split '{split}'")
-    return [
-        VideoItem(relative(p, root), p.parent.name, _key(f"{p.parent.name}_{p.stem}"), str(root))
-        for p in sorted(base.glob("*/*"))
-        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-    ]
+    # a folder's name sorts as its path's prefix does: "a/" after "a b/" (as sorting the paths)
+    for label in sorted((p.name for p in base.iterdir() if p.is_dir()), key=lambda n: n + "/"):
+        for p in sorted((base / label).iterdir()):
+            if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
+                yield VideoItem(relative(p, root), label, _key(f"{label}_{p.stem}"), str(root))
 
 
 def _item(root: Path, found: Path | None, stem: str, label: str, split: str) -> VideoItem:

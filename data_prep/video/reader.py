@@ -26,7 +26,7 @@ from data_prep.job import run_prep
 from data_prep.store import location
 from data_prep.video.clips import plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
-from data_prep.video.decode import read_video
+from data_prep.video.decode import read_frames
 from data_prep.video.demo import VideoDemoConfig, write_video_demo
 from data_prep.video.layout import (
     VIDEO_EXTENSIONS,
@@ -98,17 +98,23 @@ def encode(cfg: VideoPrepConfig, state: dict, item: VideoItem) -> Iterator:
     label = state["classes"].get(item.label)
     if label is None:
         raise SkipSample("unknown_label", f"{item.path}: {item.label!r} is not a train class")
-    video = read_video(item.file, cfg.short_side)
+
+    def plan_of(count: int):
+        return plan_clips(count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+
+    video = read_frames(
+        item.file, cfg.short_side, lambda n: {i for c in plan_of(n).clips for i in c}
+    )
     for reason in video.conversions:
         yield Converted(reason)
-    plan = plan_clips(len(video.frames), cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+    plan = plan_of(video.count)
     if not plan.clips:
         needed = span(cfg.frames, cfg.stride)
-        raise SkipSample("too_short", f"{item.path}: {len(video.frames)} frames < {needed}")
+        raise SkipSample("too_short", f"{item.path}: {video.count} frames < {needed}")
     if plan.padded:
         yield Converted("padded_short_video")
     for k, indices in enumerate(plan.clips):
-        clip = video.frames[list(indices)]
+        clip = video.clip(indices)
         meta = {
             "label": item.label,
             "source": item.path,

@@ -9,7 +9,9 @@ from data_prep.audio.layout import (
     detect_layout,
     held_out_speakers,
     librilight_items,
+    librilight_speakers,
     librispeech_items,
+    voice_activity,
 )
 
 
@@ -50,16 +52,36 @@ def librispeech(tmp_path):
 
 def test_librilight_chapters_carry_their_voice_activity_or_what_was_wrong(librilight):
     assert detect_layout(librilight) == "librilight"
-    items = {i.chapter: i for i in librilight_items(librilight)}
-    assert set(items) == {"ch_a", "ch_b", "ch_c", "ch_d"}
-    assert (
-        items["ch_a"].voice_activity == ((0.4, 3.1), (3.6, 9.0)) and items["ch_a"].problem is None
-    )
+    listed = list(librilight_items(librilight))
+    assert [i.path for i in listed] == [  # path order, as sorting every path gave it
+        "medium/205/3002/ch_d.flac",
+        "small/100/2001/ch_a.flac",
+        "small/100/2001/ch_b.flac",
+        "small/205/3001/ch_c.flac",
+    ]
+    items = {i.chapter: i for i in listed}
     assert items["ch_a"].speaker == "100" and items["ch_a"].book == "2001"
-    assert items["ch_a"].path == "small/100/2001/ch_a.flac"
-    assert items["ch_b"].problem == "missing_json" and items["ch_b"].voice_activity is None
-    assert items["ch_c"].problem == "unreadable_json"
-    assert items["ch_d"].voice_activity == () and items["ch_d"].problem is None
+    # the JSON is read by the task that cuts the chapter, not by the listing
+    assert voice_activity(items["ch_a"]) == (((0.4, 3.1), (3.6, 9.0)), None)
+    assert items["ch_b"].problem == "missing_json"
+    assert voice_activity(items["ch_b"]) == (None, "missing_json")
+    assert items["ch_c"].problem is None and voice_activity(items["ch_c"]) == (
+        None,
+        "unreadable_json",
+    )
+    assert voice_activity(items["ch_d"]) == ((), None)
+    assert librilight_speakers(librilight) == {"100", "205"}
+
+
+def test_a_chapter_over_task_bytes_is_listed_in_pieces(librilight):
+    """Only the listing's sizes decide it: 4-byte files at task_bytes 3 are two pieces each."""
+    (librilight / "small" / "100" / "2001" / "ch_a.flac").write_bytes(b"fLaC" * 4)  # 16 bytes
+    pieces = [(i.chapter, i.part, i.parts) for i in librilight_items(librilight, task_bytes=5)]
+    assert pieces == [("ch_d", 0, 1), ("ch_a", 0, 4), ("ch_a", 1, 4), ("ch_a", 2, 4),
+                      ("ch_a", 3, 4), ("ch_b", 0, 1), ("ch_c", 0, 1)]  # fmt: skip
+    assert str(next(i for i in librilight_items(librilight, 5) if i.part == 1)) == (
+        "small/100/2001/ch_a.flac [piece 2 of 4]"
+    )
 
 
 def test_librispeech_utterances_carry_their_transcripts(librispeech):

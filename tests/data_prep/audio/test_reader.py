@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
+from data_prep.audio.reader import prep_audio
 from data_prep.audio.segments import clean_intervals, plan_segments
 from data_prep.corpus import LayoutError
 from data_prep.shard_format import (
@@ -17,6 +19,7 @@ from data_prep.shard_format import (
     file_sha256,
     read_labels,
     read_manifest,
+    read_shard_samples,
     read_stats,
     shard_urls,
 )
@@ -110,3 +113,30 @@ def test_a_labelled_set_in_the_wrong_form_fails_before_any_work(speech_corpus, t
     )
     with pytest.raises(LayoutError, match="labelled_train"):
         items(cfg, "labelled_train")
+
+
+def test_a_long_chapter_is_cut_by_several_tasks_to_the_same_samples(
+    speech_corpus, speech_prepared, tmp_path
+):
+    """``task_bytes``: a chapter over it is several tasks, each decoding only the span of its
+    range of segments (before, a LibriLight chapter of hours was one task). The pieces give the
+    samples one task per chapter gave, key for key and byte for byte, the 22.05 kHz chapter's
+    resampled ones and the stereo one's downmixed ones included, and the same counts."""
+    cfg = audio_prep_config(
+        speech_corpus, tmp_path / "pieces", splits=["train", "val"], task_bytes=100_000
+    )
+    pieces = prep_audio(dataclasses.replace(cfg, num_cpus=None))  # few inputs: in process
+    for split in ("train", "val"):
+        whole_stats = read_stats(speech_prepared / split)
+        assert pieces[split]["inputs"] > whole_stats["inputs"]  # 430 KB: five pieces
+        for count in ("samples", "skipped", "converted"):
+            assert pieces[split][count] == whole_stats[count], (split, count)
+        assert _samples(tmp_path / "pieces" / split) == _samples(speech_prepared / split)
+
+
+def _samples(split_dir: Path) -> dict[str, tuple[bytes, bytes]]:
+    return {
+        s["__key__"]: (s["flac"], s["json"])
+        for url in shard_urls(split_dir)
+        for s in read_shard_samples(url)
+    }

@@ -39,3 +39,20 @@ def test_channels_are_resampled_alike_and_equal_rates_pass_through():
     assert resample(same, 16000, 16000) is not None and np.array_equal(
         resample(same, 16000, 16000), same
     )
+
+
+@pytest.mark.parametrize("src", [44100, 48000, 8000, 22050, 16000])
+def test_a_span_resampled_alone_gives_the_whole_signals_samples_bit_for_bit(src):
+    """What a task cutting one piece of a long chapter relies on (``input_span``)."""
+    from data_prep.audio.resample import input_span
+
+    rng = np.random.default_rng(src)
+    x = rng.standard_normal(src // 2).astype(np.float32)
+    whole = resample(x, src, 16000)
+    for start, stop in [(0, 5), (0, len(whole)), (1234, 4321), (len(whole) - 7, len(whole))]:
+        a, b, first = input_span(start, stop, len(x), src, 16000)
+        assert 0 <= a <= b <= len(x)
+        if stop - start < 5000:  # a short span reads a short part: its filters' reach, aligned
+            assert b - a < (stop - start) * src / 16000 + 1000
+        piece = resample(x[a:b], src, 16000)
+        assert np.array_equal(piece[start - first : stop - first], whole[start:stop])

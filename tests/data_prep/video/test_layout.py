@@ -14,7 +14,7 @@ from data_prep.video.layout import class_names, detect_layout, split_items
 def test_kinetics_rows_find_their_clips_in_any_folder_and_any_container(clip_corpus):
     assert detect_layout(clip_corpus) == "kinetics"
     assert class_names(clip_corpus) == sorted(CLASSES)
-    train = split_items(clip_corpus, "train")
+    train = list(split_items(clip_corpus, "train"))
     assert len(train) == 18 + 4 and not any(i.problem for i in train)
     assert {i.file.suffix for i in train} == {".mp4", ".mkv", ".webm"}
     for item in train:
@@ -44,7 +44,7 @@ def test_something_something_templates_are_the_labels(clip_corpus, tmp_path):
         "Pushing something from left to right",
         "Putting something on a surface",
     ]
-    items = split_items(root, "train")
+    items = list(split_items(root, "train"))
     assert [i.key for i in items] == ["100", "101", "102", "999"]
     assert [i.problem for i in items] == ["", "", "", "missing_file"]
     assert items[1].label == "Putting something on a surface"
@@ -60,6 +60,12 @@ def test_class_folders_keep_same_named_files_of_two_classes_apart(clip_corpus, t
     assert class_names(tmp_path) == ["clapping", "waving"]
     keys = [i.key for i in split_items(tmp_path, "train")]
     assert keys == ["clapping_clip", "waving_clip"]
+    # walked a folder at a time, in the order sorting the paths gives ("a b/" before "a/")
+    for cls in ("wave", "wave hands"):
+        (tmp_path / "train" / cls).mkdir()
+        shutil.copy(videos[0].file, tmp_path / "train" / cls / "clip.mp4")
+    paths = [i.path for i in split_items(tmp_path, "train")]
+    assert paths == sorted(paths) and len(paths) == 4
 
 
 def test_a_folder_in_no_layout_is_refused_with_what_was_expected(tmp_path):
