@@ -67,7 +67,9 @@ def read_span(path: Any, start: int, stop: int) -> tuple[np.ndarray, int]:
     except sf.LibsndfileError as err:
         # a span past a truncation: the decoder loses sync, or the seek finds no frame
         cut = "lost sync" in str(err) or "fseek" in str(err)
-        raise SkipSample("truncated_audio" if cut else "unreadable_audio", f"{path}: {err}") from None
+        raise SkipSample(
+            "truncated_audio" if cut else "unreadable_audio", f"{path}: {err}"
+        ) from None
     if len(data) < stop - start:
         raise SkipSample(
             "truncated_audio", f"{path}: frames {start}-{stop} end at {start + len(data)}"
