@@ -2,8 +2,8 @@
 each prepared by the real job (local Ray), and the driver's figures at each size, projected to
 the real corpora on 640 CPUs with the arithmetic shown.
 
-    python -m benchmarks.prep_scale                           # image and text, 2k / 8k / 32k
-    python -m benchmarks.prep_scale --sizes 10000 100000 1000000 --cpus 16
+    python -m benchmarks.prep_scale                           # every modality, 2k / 8k / 32k
+    python -m benchmarks.prep_scale --modalities audio video --sizes 10000 100000 1000000
 
 Per modality and size, in a process of its own (the driver's peak RSS is per process):
 - driver peak RSS and driver CPU seconds per 1,000 inputs (the driver lists, plans, submits and
@@ -19,9 +19,11 @@ Tiny items (16 px images, one-line documents) make the driver's share visible: i
 input does not depend on the item's size, the tasks' does. Fixed costs (importing, starting the
 Ray head) dominate small runs, so the figures projected are marginal: the difference between
 the largest and the smallest size, per input. The tasks' cost per input comes from a real-sized
-item timed here for images (an ImageNet-sized JPEG), and from the runs for text (one-line
-documents: C4's average document is ~400 words, so its tasks cost more; the driver's share,
-the point here, does not).
+item timed here for images (an ImageNet-sized JPEG), audio (a minute of LibriLight-like speech
+cut as the reader cuts it, per second of audio, times LibriLight's 60 k hours) and video (a
+Kinetics-sized clip: 10 s at 340 x 256, 30 fps, cut into the reader's default four clips), and
+from the runs for text (one-line documents: C4's average document is ~400 words, so its tasks
+cost more; the driver's share, the point here, does not).
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ C4_TOKENS = 156e9  # C4.en's count (Dodge et al. 2021, "Documenting Large Webtex
 CORPORA = {
     "ImageNet-1k": ("image", 1_281_167),
     "ImageNet-21k": ("image", 14_197_122),
+    "LibriLight": ("audio", 219_000),  # chapters; 60 k hours (Kahn et al. 2020)
+    "Kinetics-400": ("video", 260_000),  # train + val videos, ~10 s each
     "C4 (en)": ("text", 365_000_000),
 }
+MODALITIES = ("image", "text", "audio", "video")
+LIBRILIGHT_SECONDS = 60_000 * 3600
 
 
 def write_images(root: Path, n: int) -> None:
@@ -61,6 +67,47 @@ def write_images(root: Path, n: int) -> None:
         folder = root / "train" / f"n{i % 10:08d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"n{i % 10:08d}_{i}.JPEG").write_bytes(data)
+
+
+def write_chapters(root: Path, n: int) -> None:
+    """LibriLight's layout, ``n`` chapters of 1.1 s (a tone: FLAC packs it small) with their
+    voice activity; 100 speakers, 10 books each."""
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(17600) / 16000)
+    sf.write(buf, tone, 16000, format="FLAC", subtype="PCM_16")
+    audio, meta = buf.getvalue(), json.dumps({"voice_activity": [[0.0, 1.1]]})
+    for i in range(n):
+        folder = root / "small" / f"{i % 100}" / f"{i % 1000}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"chapter_{i}.flac").write_bytes(audio)
+        (folder / f"chapter_{i}.json").write_text(meta)
+
+
+def write_videos(root: Path, n: int) -> None:
+    """Kinetics' layout: ``train.csv`` and ``n`` clips of 16 frames at 32 x 32 (one encoded
+    once, copied), 10 classes."""
+    import numpy as np
+
+    from data_prep.video.demo import write_video
+
+    sample = root / "sample.mp4"
+    write_video(sample, np.full((16, 32, 32, 3), 90, np.uint8), 25)
+    data = sample.read_bytes()
+    sample.unlink()
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for i in range(n):
+        label = f"class {i % 10}"
+        folder = root / "train" / label.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"v{i:09d}_000000_000010.mp4").write_bytes(data)
+        rows.append(f"{label},v{i:09d},0,10,train")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+
+
+WRITERS = {"image": write_images, "audio": write_chapters, "video": write_videos}
 
 
 TEXT_FILES = 16  # the file count stays: what grows is the documents, whose cost is measured
@@ -85,6 +132,8 @@ def _prep_config(modality: str, source: Path, out: Path, cpus: int):
     keys = {"source": str(source), "out": str(out), "splits": ["train"], "num_cpus": cpus}
     if modality == "text":
         keys.update(vocab_size=200, tokenizer_sample_docs=2000, seq_len=32, val_fraction=0.0)
+    if modality == "video":
+        keys.update(short_side=32)
     return reader, reader.config(**keys)
 
 
@@ -95,7 +144,7 @@ def measure(modality: str, n: int, cpus: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="prep-scale-"))
     source = tmp / "src"
-    (write_images if modality == "image" else write_documents)(source, n)
+    WRITERS.get(modality, write_documents)(source, n)
     reader, cfg = _prep_config(modality, source, tmp / "out", cpus)
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
@@ -137,22 +186,71 @@ def real_image_cost(repeats: int = 20) -> float:
     return (time.process_time() - start) / repeats
 
 
+def real_audio_cost(seconds: int = 60) -> float:
+    """CPU seconds a second of LibriLight-like audio costs the audio reader: a chapter of
+    ``seconds`` (speech-like: noise bursts in a 1-3 s rhythm, pauses between), decoded, cut at
+    its voice activity into 10 s segments, each re-encoded as FLAC."""
+    import numpy as np
+    import soundfile as sf
+
+    from data_prep.audio.layout import AudioItem
+    from data_prep.audio.reader import AudioPrepConfig, encode
+
+    rng = np.random.default_rng(0)
+    t = np.arange(seconds * 16000) / 16000
+    envelope = (np.sin(2 * np.pi * t / 2.3) > -0.3).astype(np.float32)
+    speech = 0.2 * envelope * rng.standard_normal(len(t)).astype(np.float32)
+    activity = [[float(a), float(min(seconds, a + 1.6))] for a in np.arange(0, seconds, 2.3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "small" / "1" / "2"
+        folder.mkdir(parents=True)
+        sf.write(folder / "c.flac", speech, 16000, format="FLAC", subtype="PCM_16")
+        (folder / "c.json").write_text(json.dumps({"voice_activity": activity}))
+        item = AudioItem("small/1/2/c.flac", "1", "2", "c", root=tmp)
+        cfg = AudioPrepConfig(source=tmp, out=tmp)
+        start = time.process_time()
+        assert sum(1 for _ in encode(cfg, {"classes": {}}, item)) >= seconds // 10
+        return (time.process_time() - start) / seconds
+
+
+def real_video_cost() -> float:
+    """CPU seconds the video reader spends on one Kinetics-sized clip: 10 s at 340 x 256,
+    30 fps, H.264 (moving shapes over a textured scene), cut into its default clips."""
+    import numpy as np
+
+    from data_prep.video.demo import write_video
+    from data_prep.video.layout import VideoItem
+    from data_prep.video.reader import VideoPrepConfig, encode
+
+    rng = np.random.default_rng(0)
+    scene = (rng.random((256 + 300, 340 + 300, 3)) * 255).astype(np.uint8)
+    frames = np.stack([scene[k : k + 256, k : k + 340] for k in range(300)])  # a slow pan
+    with tempfile.TemporaryDirectory() as tmp:
+        write_video(Path(tmp) / "v.mp4", frames, 30)
+        item = VideoItem("v.mp4", "a", "v", root=tmp)
+        cfg = VideoPrepConfig(source=tmp, out=tmp)
+        start = time.process_time()
+        assert sum(1 for _ in encode(cfg, {"classes": {"a": 0}}, item)) >= 4
+        return time.process_time() - start
+
+
 def marginal(found: list[dict], key: str) -> float:
     """``key``'s growth per input from the smallest size to the largest."""
     return (found[-1][key] - found[0][key]) / (found[-1]["n"] - found[0]["n"])
 
 
-def project(rows: dict, image_cost: float, cpus: int) -> list[str]:
-    """The arithmetic, one line per corpus: tasks over TARGET_CPUS, plus the driver's serial
-    share at its marginal cost per input."""
+def project(rows: dict, costs: dict[str, float], cpus: int) -> list[str]:
+    """The arithmetic, one line per corpus whose modality was measured: tasks over
+    TARGET_CPUS at ``costs[modality]`` CPU seconds an input (text: the runs' cost per token),
+    plus the driver's serial share at its marginal cost per input."""
     lines = []
     for corpus, (modality, inputs) in CORPORA.items():
+        if modality not in rows:
+            continue
         found = rows[modality]
         # a marginal below the runs' noise can come out negative: counted as none
         per_input = max(0.0, marginal(found, "driver_cpu_s"))
         driver = per_input * inputs
-        task = image_cost if modality == "image" else marginal(found, "wall_s") * cpus
-        tasks = task * inputs / TARGET_CPUS
         if modality == "text":  # C4's documents are ~430 tokens, ours ~12: cost by the token
             per_token = (
                 (found[-1]["wall_s"] - found[0]["wall_s"])
@@ -167,8 +265,15 @@ def project(rows: dict, image_cost: float, cpus: int) -> list[str]:
                 f"{driver / 60:.1f} min | {(tasks + driver) / 60:.1f} min |"
             )
             continue
+        task = costs[modality]
+        tasks = task * inputs / TARGET_CPUS
+        if modality == "audio":  # by the second of audio: chapters run 1 min to hours
+            per_second = task / (LIBRILIGHT_SECONDS / inputs)
+            what = f"{per_second * 1e3:.2f} ms x {LIBRILIGHT_SECONDS:.3g} s of audio"
+        else:
+            what = f"{task * 1e3:.2f} ms x {inputs:,}"
         lines.append(
-            f"| {corpus} | {inputs:,} | {task * 1e3:.2f} ms x {inputs:,} / {TARGET_CPUS} = "
+            f"| {corpus} | {inputs:,} | {what} / {TARGET_CPUS} = "
             f"{tasks / 60:.1f} min | {per_input * 1e6:.0f} µs x {inputs:,} = "
             f"{driver / 60:.1f} min | {(tasks + driver) / 60:.1f} min |"
         )
@@ -179,6 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs=3, type=int, default=SIZES)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
     parser.add_argument("--one", nargs=2, metavar=("MODALITY", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -192,7 +298,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     rows: dict[str, list[dict]] = {}
-    for modality in ("image", "text"):
+    for modality in args.modalities:
         for n in [n * (TEXT_SCALE if modality == "text" else 1) for n in args.sizes]:
             cmd = [sys.executable, "-m", "benchmarks.prep_scale", "--cpus", str(args.cpus),
                    "--one", modality, str(n)]  # fmt: skip
@@ -212,12 +318,21 @@ def main() -> None:
               f"{per_input * 1.28e6 / 1e9:.2f} GB at ImageNet-1k's 1.28 M and "
               f"{per_input * 1e9 / 1e9:.0f} GB at 10^9; driver CPU "
               f"{marginal(found, 'driver_cpu_s') * 1e6:.0f} µs per input")  # fmt: skip
-    image_cost = real_image_cost()
-    print(f"\nProjection to {TARGET_CPUS} CPUs (an ImageNet-sized JPEG: {image_cost * 1e3:.1f} ms "
-          "of CPU, timed here; text: the tasks' measured cost per token, dedup pass included):")  # fmt: skip
+    costs = {}
+    if "image" in rows:
+        costs["image"] = real_image_cost()
+    if "audio" in rows:
+        costs["audio"] = real_audio_cost() * LIBRILIGHT_SECONDS / CORPORA["LibriLight"][1]
+    if "video" in rows:
+        costs["video"] = real_video_cost()
+    timed = {"image": "an ImageNet-sized JPEG", "audio": "LibriLight's average chapter "
+             "(16.4 min)", "video": "a 10 s Kinetics clip at 340 x 256"}  # fmt: skip
+    said = "; ".join(f"{timed[m]}: {c * 1e3:.1f} ms" for m, c in costs.items())
+    print(f"\nProjection to {TARGET_CPUS} CPUs (CPU per input, timed here: {said}; text: the "
+          "tasks' measured cost per token, dedup pass included):")  # fmt: skip
     print("| corpus | inputs | tasks on 640 CPUs | driver (serial) | total |")
     print("|---|---|---|---|---|")
-    print("\n".join(project(rows, image_cost, args.cpus)))
+    print("\n".join(project(rows, costs, args.cpus)))
 
 
 if __name__ == "__main__":

@@ -214,6 +214,13 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=level)
 
 
+_MODE_OWNERS = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
+_MTIME = b"00000000000\0"
+# after the checksum: a regular file, no link, ustar, no owner names or devices, to 512 bytes
+_TAIL = b"".join([b"0", b"\0" * 100, b"ustar\x0000", b"\0" * 80]).ljust(512 - 156, b"\0")
+_TAIL_SUM = 8 * 32 + sum(_TAIL)
+
+
 def member_header(name: str, size: int) -> bytes:
     """The 512-byte ustar header of a shard member: a regular file, mode 0644, owners 0 and
     unnamed, time 0; byte for byte what ``tarfile`` writes for it (a test compares them),
@@ -223,13 +230,9 @@ def member_header(name: str, size: int) -> bytes:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
         return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    head = b"".join([
-        encoded.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0",
-        b"%011o\0" % size, b"00000000000\0",
-    ])  # fmt: skip
-    tail = b"".join([b"0", b"\0" * 100, b"ustar\x0000", b"\0" * 80])  # no owner names, devices
-    checksum = sum(head) + 8 * 32 + sum(tail)  # the checksum field counts as 8 spaces
-    return (head + b"%06o\0 " % checksum + tail).ljust(_BLOCK, b"\0")
+    head = b"".join([encoded.ljust(100, b"\0"), _MODE_OWNERS, b"%011o\0" % size, _MTIME])
+    checksum = sum(head) + _TAIL_SUM  # the checksum field counts as 8 spaces
+    return head + b"%06o\0 " % checksum + _TAIL
 
 
 def npy_zst_array(data: bytes) -> np.ndarray:

@@ -212,6 +212,9 @@ def _write_unit_here(
     return result
 
 
+_ZEROS = bytes(tarfile.BLOCKSIZE)
+
+
 class _Parts:
     """The shards of one unit, written a tar at a time: ``shard-NNNNNN.tar``, then with
     ``max_bytes`` (a shard at least that large is closed) ``shard-NNNNNN-001.tar``, ... Each is
@@ -235,10 +238,11 @@ class _Parts:
 
     def add(self, sample: Sample) -> None:
         self.starts.append(self.raw.tell())
+        chunks = []  # one write a sample: six a sample were 2% of the text prep
         for ext, payload in sample.members.items():
-            self.raw.write(member_header(f"{sample.key}.{ext}", len(payload)))
-            self.raw.write(payload)
-            self.raw.write(b"\0" * (-len(payload) % tarfile.BLOCKSIZE))
+            pad = _ZEROS[: -len(payload) % tarfile.BLOCKSIZE]
+            chunks += (member_header(f"{sample.key}.{ext}", len(payload)), payload, pad)
+        self.raw.write(b"".join(chunks))
         if self.max_bytes and self.raw.tell() >= self.max_bytes:
             self._close()
             self._open()

@@ -29,13 +29,30 @@ def pack(
     docs: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int, sep: int, pad: int
 ) -> Iterator[Packed]:
     """(ids, word starts) of each document -> packed sequences; the last one padded."""
+    return pack_stream(
+        (
+            (np.append(np.asarray(ids, np.int64), sep), np.append(np.asarray(st, np.uint8), _ONE))
+            for ids, st in docs
+        ),
+        seq_len,
+        pad,
+    )
+
+
+def pack_stream(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, pad: int
+) -> Iterator[Packed]:
+    """Consecutive pieces of one token stream (ids int64, starts uint8: documents with their
+    separators already in place, as ``tokenizer.batch_stream`` lays a batch out) -> packed
+    sequences; the last one padded. The cuts depend on the stream alone, not on how it comes
+    in pieces, so a batch at a time gives what a document at a time gives."""
     ids: list[np.ndarray] = []
     starts: list[np.ndarray] = []
     held = 0
-    for doc_ids, doc_starts in docs:
-        ids += (np.asarray(doc_ids, dtype=np.int64), np.array([sep], dtype=np.int64))
-        starts += (np.asarray(doc_starts, dtype=np.uint8), _ONE)
-        held += len(doc_ids) + 1
+    for chunk_ids, chunk_starts in chunks:
+        ids.append(chunk_ids)
+        starts.append(chunk_starts)
+        held += len(chunk_ids)
         if held < seq_len:
             continue
         all_ids, all_starts = np.concatenate(ids), np.concatenate(starts)

@@ -8,6 +8,7 @@ A loaded tokenizer must have them at those ids.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +72,24 @@ def ids_dtype(vocab_size: int):
     import numpy as np
 
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def batch_stream(encodings, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (int64) and word starts (uint8) of a batch's encodings laid end to end, ``sep``
+    after each document (a start of its own): what :func:`word_starts` and a separator per
+    document give, made in a few numpy calls a batch instead of several a document (those
+    per-document calls were 7% of the prep at seq 128)."""
+    ids = [e.ids for e in encodings]
+    words = [e.word_ids for e in encodings]
+    ends = np.cumsum(np.fromiter(map(len, ids), np.int64, len(ids)))
+    total = int(ends[-1]) if len(ends) else 0
+    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
+    flat_words = np.array(list(itertools.chain.from_iterable(words)), dtype=np.float64)
+    starts = np.ones(total, dtype=np.uint8)
+    starts[1:] = flat_words[1:] != flat_words[:-1]
+    firsts = ends[:-1][ends[:-1] < total]  # each later document's first token
+    starts[firsts] = 1
+    return np.insert(flat_ids, ends, sep), np.insert(starts, ends, 1)
 
 
 def word_starts(encoding) -> np.ndarray:

@@ -16,9 +16,10 @@ the prep counts it instead of losing it silently.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_prep.corpus import LayoutError, csv_rows
@@ -89,6 +90,8 @@ def class_names(root: Any) -> list[str]:
     if layout == "ssv2":
         found = json_table(root / SSV2_LABELS)
         return [name for name, _ in sorted(found.items(), key=lambda kv: int(kv[1]))]
+    if layout == "kinetics":  # every train row's label, from the table alone (no walk)
+        return sorted({label for _, label in _kinetics_rows(root, "train")})
     return sorted({item.label for item in split_items(root, "train")})
 
 
@@ -105,20 +108,39 @@ def split_items(root: Any, split: str) -> Iterator[VideoItem]:
     return iter(sorted(found, key=lambda item: item.path))
 
 
-def _videos_by_stem(root: Path) -> dict[str, Path]:
-    return {
-        p.stem: p
-        for p in sorted(root.rglob("*"))
-        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-    }
+def _videos_by_stem(root: Any) -> dict[str, str]:
+    """Every video below ``root`` by its stem: its path relative to ``root`` (of two with one
+    stem, the later in path order, as before). Local folders are walked by ``os.walk``'s
+    directory entries (no ``Path`` and no stat a file: 125 µs a Kinetics video before)."""
+    if not isinstance(root, Path):
+        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        return {p.stem: relative(p, root) for p in found if p.is_file()}
+    videos: dict[str, tuple[tuple[str, ...], str]] = {}
+    for folder, _, files in os.walk(root):
+        parts = tuple(PurePosixPath(os.path.relpath(folder, root)).parts)
+        parts = () if parts == (".",) else parts
+        for name in files:
+            stem, dot, suffix = name.rpartition(".")
+            if dot and stem and f".{suffix.lower()}" in VIDEO_EXTENSIONS:
+                key = (*parts, name)
+                if stem not in videos or key > videos[stem][0]:
+                    videos[stem] = (key, "/".join(key))
+    return {stem: rel for stem, (_, rel) in videos.items()}
 
 
 def _kinetics(root: Path, split: str) -> list[VideoItem]:
+    videos = _videos_by_stem(root)
+    return [
+        _item(root, videos.get(stem), stem, label, split)
+        for stem, label in _kinetics_rows(root, split)
+    ]
+
+
+def _kinetics_rows(root: Any, split: str) -> Iterator[tuple[str, str]]:
+    """``(file stem, label)`` of each row of the split's table."""
     table = next((root / n for n in KINETICS_CSV[split] if (root / n).is_file()), None)
     if table is None:
         raise LayoutError(f"{root}: no {' or '.join(KINETICS_CSV[split])} for split '{split}'")
-    videos = _videos_by_stem(root)
-    items = []
     with csv_rows(table) as rows:
         cols = {want: _column(table, rows.fieldnames or [], want) for want in KINETICS_COLUMNS}
         for line, row in enumerate(rows, start=2):
@@ -129,9 +151,7 @@ def _kinetics(root: Path, split: str) -> list[VideoItem]:
                     f"{table}:{line}: time_start and time_end must be seconds, got "
                     f"{row[cols['time_start']]!r} and {row[cols['time_end']]!r}"
                 ) from None
-            stem = f"{row[cols['youtube_id']]}_{start:06d}_{end:06d}"
-            items.append(_item(root, videos.get(stem), stem, row[cols["label"]], split))
-    return items
+            yield f"{row[cols['youtube_id']]}_{start:06d}_{end:06d}", row[cols["label"]]
 
 
 def _column(table: Path, header: list[str], want: str) -> str:
@@ -180,10 +200,10 @@ def _folders(root: Path, split: str) -> Iterator[VideoItem]:
                 yield VideoItem(relative(p, root), label, _key(f"{label}_{p.stem}"), str(root))
 
 
-def _item(root: Path, found: Path | None, stem: str, label: str, split: str) -> VideoItem:
+def _item(root: Path, found: str | None, stem: str, label: str, split: str) -> VideoItem:
     if found is None:
         return VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")
-    return VideoItem(relative(found, root), label, _key(stem), str(root))
+    return VideoItem(found, label, _key(stem), str(root))
 
 
 def _key(stem: str) -> str:

@@ -275,12 +275,13 @@ def test_activation_checkpointing_measures_the_kept_bytes_and_projects_the_batch
 
 
 def test_prep_scale_projects_from_marginal_figures():
-    from benchmarks.prep_scale import C4_TOKENS, TARGET_CPUS, marginal, project
+    from benchmarks.prep_scale import C4_TOKENS, LIBRILIGHT_SECONDS, TARGET_CPUS, marginal, project
 
     runs = [{"n": 1000, "driver_cpu_s": 2.0, "wall_s": 7.0, "tokens": 12_000},
             {"n": 11000, "driver_cpu_s": 2.5, "wall_s": 9.0, "tokens": 132_000}]  # fmt: skip
     assert marginal(runs, "driver_cpu_s") == 0.5 / 10000
-    lines = project({"image": runs, "text": runs}, image_cost=0.004, cpus=2)
+    lines = project({"image": runs, "text": runs}, {"image": 0.004}, cpus=2)
+    assert len(lines) == 3  # the corpora of the modalities measured alone
     assert lines[0].startswith("| ImageNet-1k | 1,281,167 | 4.00 ms x 1,281,167 / 640")
     assert "50 µs x 1,281,167 = 1.1 min" in lines[0]
     per_token = 2 * 2.0 / 120_000  # the tasks' marginal wall x CPUs per token
@@ -288,7 +289,13 @@ def test_prep_scale_projects_from_marginal_figures():
     assert "50.0 µs x 365,000,000 = 304.2 min" in lines[2]  # the driver's serial share
     falling = [runs[0], {**runs[1], "driver_cpu_s": 1.5}]  # noise: a negative marginal
     assert (
-        "0.0 µs x 365,000,000 = 0.0 min" in project({"image": runs, "text": falling}, 0.004, 2)[2]
+        "0.0 µs x 365,000,000 = 0.0 min"
+        in project({"image": runs, "text": falling}, {"image": 0.004}, 2)[2]
+    )
+    # audio by the second of audio: 1 ms a second of LibriLight's 60 k hours
+    (audio,) = project({"audio": runs}, {"audio": 1e-3 * LIBRILIGHT_SECONDS / 219_000}, 2)
+    assert audio.startswith(
+        "| LibriLight | 219,000 | 1.00 ms x 2.16e+08 s of audio / 640 = 5.6 min"
     )
 
 
@@ -298,3 +305,4 @@ def test_prep_scale_runs_at_three_small_sizes():
                            "400"], capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| ImageNet-1k | 1,281,167 |" in proc.stdout and "driver peak RSS grows" in proc.stdout
+    assert "| LibriLight | 219,000 |" in proc.stdout and "| Kinetics-400 | 260,000 |" in proc.stdout

@@ -135,6 +135,26 @@ def test_the_held_out_split_is_a_stable_hash_of_the_text():
     assert held_out("doc 7", 0.1, 0) == (int.from_bytes(digest, "little") / 2**64 < 0.1)
 
 
+def test_normalise_is_the_two_plain_substitutions():
+    """The fast paths (substring checks, halving space runs) change nothing: the same text as
+    substituting both patterns on every document, on random strings of the troublesome
+    characters (unicode spaces, tabs, blank lines, spaces before breaks)."""
+    import random
+    import re
+    import unicodedata
+
+    def plain(text):
+        text = re.sub(r"[ \t\f\v\r]+", " ", unicodedata.normalize("NFC", text))
+        return re.sub(r" ?\n[\s]*", "\n", text).strip()
+
+    rng = random.Random(0)
+    pieces = ["a", "é", "e\u0301", " ", "  ", "\n", "\n\n", " \n", "\t", "\r\n", "\xa0",
+              "\u2028", "\x1c", "\x85", "\f", "\v", "b c"]  # fmt: skip
+    for _ in range(50_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 24)))
+        assert normalise(text) == plain(text), repr(text)
+
+
 def test_a_rerun_keeps_the_tokenizer_it_trained(prepared):
     cfg, out = prepared
     before = (out / "tokenizer.json").read_bytes()

@@ -1,0 +1,53 @@
+"""Packing: a batch laid out as one stream packs to what a document at a time packs to."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from data_prep.text.pack import pack, pack_stream
+from data_prep.text.tokenizer import PAD, SEP, batch_stream, train_tokenizer, word_starts
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    rng = random.Random(0)
+    words = ["the", "cat's", "hat", "sat,", "on", "a", "mat.", "naïve", "co-op", "42", "x!"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    return train_tokenizer(texts, "bpe", 300, lowercase=False)
+
+
+def test_a_batch_stream_is_each_documents_words_and_a_separator(tokenizer):
+    rng = random.Random(1)
+    pieces = ["the cat", " sat", "'s", ".", "\n", "naïve", "42", "", "  ", "co-op", "x!"]
+    for _ in range(200):
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+                 for _ in range(rng.randint(1, 9))]  # fmt: skip
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+        ids, starts = batch_stream(encodings, SEP)
+        expected_ids = [i for e in encodings for i in [*e.ids, SEP]]
+        expected_starts = [s for e in encodings for s in [*word_starts(e).tolist(), 1]]
+        assert ids.tolist() == expected_ids and starts.tolist() == expected_starts, texts
+        assert ids.dtype == np.int64 and starts.dtype == np.uint8
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 64])
+def test_packing_a_stream_in_any_pieces_is_packing_its_documents(seq_len):
+    rng = np.random.default_rng(seq_len)
+    docs = []
+    for _ in range(40):
+        n = int(rng.integers(0, 30))
+        docs.append((rng.integers(5, 300, n), rng.integers(0, 2, n).astype(np.uint8)))
+    by_doc = list(pack(docs, seq_len, SEP, PAD))
+    stream_ids = np.concatenate([np.append(i, SEP) for i, _ in docs])
+    stream_starts = np.concatenate([np.append(s, 1) for _, s in docs]).astype(np.uint8)
+    cuts = sorted({0, len(stream_ids), *rng.integers(0, len(stream_ids), 9).tolist()})
+    pieces = [(stream_ids[a:b], stream_starts[a:b]) for a, b in itertools.pairwise(cuts)]
+    by_stream = list(pack_stream(pieces, seq_len, PAD))
+    assert len(by_doc) == len(by_stream) == -(-len(stream_ids) // seq_len)
+    for x, y in zip(by_doc, by_stream, strict=True):
+        assert x.tokens == y.tokens
+        assert np.array_equal(x.ids, y.ids) and np.array_equal(x.starts, y.starts)
+    last = by_stream[-1]
+    assert (last.ids[last.tokens :] == PAD).all() and len(last.ids) == seq_len
