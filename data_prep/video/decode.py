@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -95,6 +96,68 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
         log.info("%s: kept %d frames before the damage (%s)", path, video.count, broken)
         video.conversions.append("truncated_video")
     return video
+
+
+def read_piece_frames(path: Any, short_side: int, wanted) -> KeptFrames:
+    """What :func:`read_frames` gives, for a task cutting one range of a long video's clips:
+    when the index gives the frame count and the frames' timestamps step evenly (a constant
+    frame rate), the decoder seeks to the keyframe before the range's first frame and decodes
+    only up to its last (an hour of video is not decoded by each of its pieces); anything else
+    (no count, a timestamp off the grid, a gap, a cut before the range's end) falls back to
+    decoding from the start, which picks the frames the true count names."""
+    source, size = decoder_source(path)
+    if size == 0:
+        raise SkipSample("empty_video", str(path))
+    promised = _frame_count(source, path)
+    need = set(wanted(promised)) if promised else set()
+    if promised and not need:  # no clip in this piece's range
+        return KeptFrames(promised, {}, 25.0, (0, 0))
+    kept = _seeked(source, path, short_side, need) if need else None
+    if kept is not None:
+        kept.count = promised
+        return kept
+    log.info("%s: decoded from the start (no even frame grid to seek on)", path)
+    return read_frames(path, short_side, wanted)
+
+
+def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
+    """The frames ``need`` names, decoded from the keyframe before the first; None when the
+    frame grid cannot be trusted (the caller decodes from the start)."""
+    container, stream = _opened(source, path)
+    with container:
+        rate, tb = stream.average_rate, stream.time_base
+        decoder = container.decode(stream)
+        first_frame = next(decoder, None)  # the grid's origin: frame 0
+        decoder.close()
+        if not rate or tb is None or first_frame is None or first_frame.pts is None:
+            return None
+        origin, first, last = first_frame.pts, min(need), max(need)
+        container.seek(origin + int(Fraction(first) / rate / tb), stream=stream, backward=True)
+        frames: dict[int, np.ndarray] = {}
+        size, previous = None, None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    return None
+                index = Fraction(frame.pts - origin) * tb * rate
+                if index.denominator != 1 or (previous is None and index > first):
+                    return None  # off the grid, or the seek landed past the range
+                if previous is not None and index != previous + 1:
+                    return None  # a gap or a repeat: the grid is not the decode order
+                previous = int(index)
+                if previous in need:
+                    size = size or scaled_size(frame.width, frame.height, short_side)
+                    frames[previous] = frame.to_ndarray(
+                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+                    )
+                if previous >= last:
+                    break
+        except (av.FFmpegError, ValueError):
+            return None
+        if len(frames) < len(need):
+            return None
+        fps = float(rate)
+        return KeptFrames(0, frames, fps, (stream.codec_context.width, stream.codec_context.height))
 
 
 def _opened(source, path):

@@ -15,6 +15,7 @@ the prep counts it instead of losing it silently.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -49,6 +50,10 @@ class VideoItem:
     key: str  # the dot-free sample key stem of this video
     root: str = ""  # a folder, or an object store's URL of one
     problem: str = ""  # "missing_file" when the row names no file on disk
+    # a video read by several tasks: this one cuts the ``part``-th of ``parts`` contiguous
+    # ranges of its clips
+    part: int = 0
+    parts: int = 1
 
     @property
     def file(self) -> Any:
@@ -56,7 +61,9 @@ class VideoItem:
         return location(self.root) / self.path
 
     def __str__(self) -> str:
-        return self.path
+        return (
+            self.path if self.parts == 1 else f"{self.path} [piece {self.part + 1} of {self.parts}]"
+        )
 
 
 def is_layout_file(rel: str) -> bool:
@@ -95,27 +102,43 @@ def class_names(root: Any) -> list[str]:
     return sorted({item.label for item in split_items(root, "train")})
 
 
-def split_items(root: Any, split: str) -> Iterator[VideoItem]:
-    """The items of ``split`` (``train`` or ``val``), sorted by path. Class folders are walked
-    one folder at a time (WebVid-size folder corpora are never a list on the driver); a
-    Kinetics or Something-Something table is joined to the files it names, so its split is
-    built whole, then sorted (~300 bytes a video, transient: the job spools it to disk)."""
+def split_items(root: Any, split: str, task_bytes: int = 0) -> Iterator[VideoItem]:
+    """The items of ``split`` (``train`` or ``val``), sorted by path; a video larger than
+    ``task_bytes`` (0: never) is several items, each a contiguous range of its clips. Class
+    folders are walked one folder at a time (WebVid-size folder corpora are never a list on
+    the driver); a Kinetics or Something-Something table is joined to the files it names, so
+    its split is built whole, then sorted (~100 bytes a video, transient: the job spools it to
+    disk)."""
     root = location(root)
     layout = detect_layout(root)
     if layout == "folders":
-        return _folders(root, split)
-    found = _kinetics(root, split) if layout == "kinetics" else _ssv2(root, split)
-    return iter(sorted(found, key=lambda item: item.path))
+        return _folders(root, split, task_bytes)
+    table = _kinetics if layout == "kinetics" else _ssv2
+    return iter(sorted(table(root, split, task_bytes), key=lambda item: item.path))
 
 
-def _videos_by_stem(root: Any) -> dict[str, str]:
-    """Every video below ``root`` by its stem: its path relative to ``root`` (of two with one
-    stem, the later in path order, as before). Local folders are walked by ``os.walk``'s
-    directory entries (no ``Path`` and no stat a file: 125 µs a Kinetics video before)."""
+def _pieces(item: VideoItem, size: int, task_bytes: int) -> list[VideoItem]:
+    parts = max(1, -(-size // task_bytes)) if task_bytes else 1
+    if parts == 1:
+        return [item]
+    return [dataclasses.replace(item, part=k, parts=parts) for k in range(parts)]
+
+
+def _videos_by_stem(root: Any) -> dict[str, tuple[str, int]]:
+    """Every video below ``root`` by its stem: its path relative to ``root`` and its size (of
+    two with one stem, the later in path order, as before). Local folders are walked by
+    ``os.walk`` (no ``Path`` a file: 125 µs a Kinetics video before); a store's by one
+    recursive listing, which gives the sizes (no request a file)."""
     if not isinstance(root, Path):
-        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-        return {p.stem: relative(p, root) for p in found if p.is_file()}
-    videos: dict[str, tuple[tuple[str, ...], str]] = {}
+        listed = root.fs.find(root.path, detail=True)
+        base = root.path.rstrip("/") + "/"
+        found = sorted(
+            (PurePosixPath(name.removeprefix(base)).parts, int(info.get("size") or 0))
+            for name, info in listed.items()
+            if info.get("type") == "file" and Path(name).suffix.lower() in VIDEO_EXTENSIONS
+        )
+        return {parts[-1].rsplit(".", 1)[0]: ("/".join(parts), size) for parts, size in found}
+    videos: dict[str, tuple[tuple[str, ...], str, int]] = {}
     for folder, _, files in os.walk(root):
         parts = tuple(PurePosixPath(os.path.relpath(folder, root)).parts)
         parts = () if parts == (".",) else parts
@@ -124,15 +147,17 @@ def _videos_by_stem(root: Any) -> dict[str, str]:
             if dot and stem and f".{suffix.lower()}" in VIDEO_EXTENSIONS:
                 key = (*parts, name)
                 if stem not in videos or key > videos[stem][0]:
-                    videos[stem] = (key, "/".join(key))
-    return {stem: rel for stem, (_, rel) in videos.items()}
+                    size = os.stat(os.path.join(folder, name)).st_size
+                    videos[stem] = (key, "/".join(key), size)
+    return {stem: (rel, size) for stem, (_, rel, size) in videos.items()}
 
 
-def _kinetics(root: Path, split: str) -> list[VideoItem]:
+def _kinetics(root: Path, split: str, task_bytes: int) -> list[VideoItem]:
     videos = _videos_by_stem(root)
     return [
-        _item(root, videos.get(stem), stem, label, split)
+        piece
         for stem, label in _kinetics_rows(root, split)
+        for piece in _item(root, videos.get(stem), stem, label, split, task_bytes)
     ]
 
 
@@ -166,13 +191,13 @@ def _column(table: Path, header: list[str], want: str) -> str:
     )
 
 
-def _ssv2(root: Path, split: str) -> list[VideoItem]:
+def _ssv2(root: Path, split: str, task_bytes: int) -> list[VideoItem]:
     videos = _videos_by_stem(root)
-    rows = json_table(root / SSV2_SPLITS[split])
-    return [
-        _item(root, videos.get(str(r["id"])), str(r["id"]), _ssv2_label(r["template"]), split)
-        for r in rows
-    ]
+    items = []
+    for row in json_table(root / SSV2_SPLITS[split]):
+        stem, label = str(row["id"]), _ssv2_label(row["template"])
+        items += _item(root, videos.get(stem), stem, label, split, task_bytes)
+    return items
 
 
 def json_table(path: Path):
@@ -189,7 +214,7 @@ def _ssv2_label(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
-def _folders(root: Path, split: str) -> Iterator[VideoItem]:
+def _folders(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:
     base = root / split
     if not base.is_dir():
         raise LayoutError(f"{root}: no {split}/<class>/ folders for split '{split}'")
@@ -197,13 +222,16 @@ def _folders(root: Path, split: str) -> Iterator[VideoItem]:
     for label in sorted((p.name for p in base.iterdir() if p.is_dir()), key=lambda n: n + "/"):
         for p in sorted((base / label).iterdir()):
             if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
-                yield VideoItem(relative(p, root), label, _key(f"{label}_{p.stem}"), str(root))
+                item = VideoItem(relative(p, root), label, _key(f"{label}_{p.stem}"), str(root))
+                yield from _pieces(item, p.stat().st_size if task_bytes else 0, task_bytes)
 
 
-def _item(root: Path, found: str | None, stem: str, label: str, split: str) -> VideoItem:
+def _item(
+    root: Path, found: tuple[str, int] | None, stem: str, label: str, split: str, task_bytes: int
+) -> list[VideoItem]:
     if found is None:
-        return VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")
-    return VideoItem(found, label, _key(stem), str(root))
+        return [VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")]
+    return _pieces(VideoItem(found[0], label, _key(stem), str(root)), found[1], task_bytes)
 
 
 def _key(stem: str) -> str:

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.corpus import SHARD_BYTES, CorpusReader, prep_problems
+from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, prep_problems
 from data_prep.job import run_prep
 from data_prep.store import location
 from data_prep.video.clips import plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
-from data_prep.video.decode import read_frames
+from data_prep.video.decode import read_frames, read_piece_frames
 from data_prep.video.demo import VideoDemoConfig, write_video_demo
 from data_prep.video.layout import (
     VIDEO_EXTENSIONS,
@@ -53,6 +53,9 @@ class VideoPrepConfig:
     clip_format: str = DEFAULT_FORM  # mjpeg | mp4 | npy.zst (data_prep.video.codecs)
     quality: int = 90  # JPEG quality; mp4: the matching CRF
     samples_per_shard: int = 200
+    # a video larger than this is cut by several tasks, each a contiguous range of its clips
+    # (0: a task per video)
+    task_bytes: int = TASK_BYTES
     # a shard reaching this size is closed and its unit goes on in a next part (0: no limit)
     shard_bytes: int = SHARD_BYTES
     # memory each Ray task reserves (MB; 0: none): Ray runs no more tasks on a node than fit
@@ -75,12 +78,14 @@ class VideoPrepConfig:
                 yield (key, f"an int >= 1, got {getattr(self, key)}")
         if self.clip_format not in FORMS:
             yield ("clip_format", f"one of {', '.join(FORMS)}, got {self.clip_format!r}")
+        if self.task_bytes < 0:
+            yield ("task_bytes", f"bytes >= 0 (0: a task per video), got {self.task_bytes}")
         if not 1 <= self.quality <= 100:
             yield ("quality", f"an int in [1, 100], got {self.quality}")
 
 
-def items(cfg: VideoPrepConfig, split: str) -> list[VideoItem]:
-    return split_items(location(cfg.source), split)
+def items(cfg: VideoPrepConfig, split: str) -> Iterator[VideoItem]:
+    return split_items(location(cfg.source), split, cfg.task_bytes)
 
 
 def labels(cfg: VideoPrepConfig) -> list[dict]:
@@ -92,28 +97,37 @@ def fit(cfg: VideoPrepConfig, train_items) -> dict:
 
 
 def encode(cfg: VideoPrepConfig, state: dict, item: VideoItem) -> Iterator:
-    """One video -> its clips, with what was repaired; a SkipSample for what cannot be used."""
+    """One video (or one range of a long video's clips) -> its clips, with what was repaired;
+    a SkipSample for what cannot be used."""
     if item.problem:
         raise SkipSample(item.problem, item.path)
     label = state["classes"].get(item.label)
     if label is None:
         raise SkipSample("unknown_label", f"{item.path}: {item.label!r} is not a train class")
 
-    def plan_of(count: int):
-        return plan_clips(count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+    def mine(count: int) -> tuple[int, tuple]:
+        """The first clip's number and the clips of this item's range of the plan."""
+        clips = plan_clips(count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+        lo = item.part * len(clips.clips) // item.parts
+        return lo, clips.clips[lo : (item.part + 1) * len(clips.clips) // item.parts]
 
-    video = read_frames(
-        item.file, cfg.short_side, lambda n: {i for c in plan_of(n).clips for i in c}
-    )
-    for reason in video.conversions:
+    def wanted(count: int) -> set[int]:
+        return {i for clip in mine(count)[1] for i in clip}
+
+    read = read_frames if item.parts == 1 else read_piece_frames
+    video = read(item.file, cfg.short_side, wanted)
+    for reason in video.conversions:  # a piece that finds a cut counts it (each such piece)
         yield Converted(reason)
-    plan = plan_of(video.count)
+    plan = plan_clips(video.count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
     if not plan.clips:
+        if item.part > 0:
+            return  # the video is counted once, by its first piece
         needed = span(cfg.frames, cfg.stride)
         raise SkipSample("too_short", f"{item.path}: {video.count} frames < {needed}")
-    if plan.padded:
+    first, clips = mine(video.count)
+    if plan.padded and clips:
         yield Converted("padded_short_video")
-    for k, indices in enumerate(plan.clips):
+    for k, indices in enumerate(clips, start=first):
         clip = video.clip(indices)
         meta = {
             "label": item.label,

@@ -90,3 +90,36 @@ def test_short_videos_are_skipped_and_counted_when_padding_is_off(clip_corpus, t
     stats = prep_video(video_prep_config(clip_corpus, out, pad_short=False, splits=["train"]))
     assert stats["train"]["skipped"]["too_short"] >= 1  # the 6-frame clip
     assert "padded_short_video" not in stats["train"].get("converted", {})
+
+
+def test_a_long_video_is_cut_by_several_tasks_to_the_same_clips(tmp_path, monkeypatch):
+    """``task_bytes``: a video over it is several tasks, each a contiguous range of its clips.
+    An mp4 (frame count in its index, keyframes every 30 frames) is sought to each range; a
+    webm (no count) is decoded from the start by each piece. Both give the clips one task per
+    video gave, key for key and byte for byte (the default clip form is lossless)."""
+    import data_prep.video.decode as decode
+    import data_prep.video.demo as demo
+
+    monkeypatch.setattr(demo, "X264_REPRODUCIBLE", {**demo.X264_REPRODUCIBLE, "g": "30"})
+    rng = np.random.default_rng(0)
+    scene = (rng.random((32 + 300, 48 + 300, 3)) * 255).astype(np.uint8)
+    pan = np.stack([scene[k : k + 32, k : k + 48] for k in range(300)])  # 10 s at 30 fps
+    demo.write_video(tmp_path / "raw" / "train" / "a" / "long.mp4", pan, 30)
+    demo.write_video(tmp_path / "raw" / "train" / "b" / "long.webm", pan[:120], 30)
+    seeks = []
+    real = decode._seeked
+    monkeypatch.setattr(decode, "_seeked", lambda *a: seeks.append(real(*a)) or seeks[-1])
+
+    def prepared(name, task_bytes):
+        cfg = video_prep_config(tmp_path / "raw", tmp_path / name, splits=["train"],
+                                clips_per_video=6, task_bytes=task_bytes, num_cpus=None)  # fmt: skip
+        stats = prep_video(cfg)["train"]
+        return stats, {s["__key__"]: (s["npy.zst"], s["json"]) for s in _samples(tmp_path / name, "train")}  # fmt: skip
+
+    whole_stats, whole = prepared("whole", 0)
+    assert not seeks
+    pieces_stats, pieces = prepared("pieces", 20_000)
+    assert pieces_stats["inputs"] > 4 and whole_stats["inputs"] == 2
+    assert len(whole) == 6 + 4 and pieces == whole  # 120 frames hold four 29-frame clips
+    assert pieces_stats["samples"] == 10 and pieces_stats["converted"] == whole_stats["converted"]
+    assert any(k is not None for k in seeks)  # the mp4's pieces were sought, not read whole
