@@ -6,6 +6,7 @@ store as from a disk. Against a real S3-API server on loopback (moto's standalon
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -198,6 +199,12 @@ def test_an_audio_corpus_in_a_store_preps_as_its_copy_on_disk(s3_bucket, speech_
     _same_prep(out, speech_prepared, ("train", "val", "labelled_train", "labelled_val"))
     for name in (FEATURE_STATS, "labels.json"):
         assert (out / name).read_text() == (speech_prepared / name).read_text()
+    # chapters in pieces: each task reads its span by ranged reads of the object
+    pieces = tmp_path / "pieces"
+    prep_audio(dataclasses.replace(cfg, out=str(pieces), splits=["train", "val"],
+                                   task_bytes=100_000))  # fmt: skip
+    for split in ("train", "val"):
+        assert _samples(pieces / split) == _samples(speech_prepared / split)
 
 
 @pytest.mark.slow  # ~40 s; the image and text readers' store tests run by default
@@ -228,3 +235,13 @@ def test_a_reader_that_reads_only_folders_refuses_a_store_source_in_one_line(tmp
     cfg = prep_config("s3://bucket/raw", tmp_path / "out")
     with pytest.raises(SourceError, match=r"prep\.source s3://bucket/raw: .* mount the bucket"):
         run_prep(folders_only, cfg)
+
+
+def _samples(split_dir) -> dict:
+    from data_prep.shard_format import read_shard_samples, shard_urls
+
+    return {
+        s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+        for url in shard_urls(split_dir)
+        for s in read_shard_samples(url)
+    }
