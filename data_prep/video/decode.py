@@ -64,7 +64,7 @@ class KeptFrames:
 
 
 # Frames a video of unknown length (no frame count in its index: webm, mkv) holds before it is
-# decoded once more, counting first: a 10 s Kinetics clip at 256 px is ~100 MB, an hour ~35 GB.
+# decoded once more, counting first: a 10 s Kinetics clip at 256 px is ~100 MB, an hour ~38 GB.
 HELD_BYTES = 1 << 30
 
 
@@ -72,7 +72,7 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
     """The frames of ``path`` that ``wanted(count)`` names for its frame count (every frame when
     ``wanted`` is None), or SkipSample. Only those frames are converted to RGB and held, so a
     task's memory is its clips', not its video's (before, every frame of a video was held: an
-    hour of video at 256 px is ~35 GB). The count comes from the container's index; a video
+    hour of video at 256 px is ~38 GB). The count comes from the container's index; a video
     without one (webm, mkv) keeps every frame up to ``HELD_BYTES``, and past it is decoded twice,
     counted first; an index that promised more frames than decode gives (a cut file) or fewer
     is decoded once more for the frames the true count names. So the frames are the ones a

@@ -299,7 +299,7 @@ def test_prep_scale_projects_from_marginal_figures():
     )
 
 
-@pytest.mark.slow  # ~1 min: six real preps on local Ray
+@pytest.mark.slow  # ~2 min: twelve real preps on local Ray
 def test_prep_scale_runs_at_three_small_sizes():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.prep_scale", "--sizes", "100", "200",
                            "400"], capture_output=True, text=True, timeout=900)  # fmt: skip
