@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -105,16 +107,14 @@ def class_names(root: Any) -> list[str]:
 def split_items(root: Any, split: str, task_bytes: int = 0) -> Iterator[VideoItem]:
     """The items of ``split`` (``train`` or ``val``), sorted by path; a video larger than
     ``task_bytes`` (0: never) is several items, each a contiguous range of its clips. Class
-    folders are walked one folder at a time (WebVid-size folder corpora are never a list on
-    the driver); a Kinetics or Something-Something table is joined to the files it names, so
-    its split is built whole, then sorted (~100 bytes a video, transient: the job spools it to
-    disk)."""
+    folders are walked one folder at a time; a Kinetics or Something-Something table is joined
+    to the files it names in a SQLite file on the driver's disk (:func:`_joined`): neither is a
+    list on the driver (a Something-Something table is one JSON array, read whole)."""
     root = location(root)
     layout = detect_layout(root)
     if layout == "folders":
         return _folders(root, split, task_bytes)
-    table = _kinetics if layout == "kinetics" else _ssv2
-    return iter(sorted(table(root, split, task_bytes), key=lambda item: item.path))
+    return (_kinetics if layout == "kinetics" else _ssv2)(root, split, task_bytes)
 
 
 def _pieces(item: VideoItem, size: int, task_bytes: int) -> list[VideoItem]:
@@ -124,41 +124,70 @@ def _pieces(item: VideoItem, size: int, task_bytes: int) -> list[VideoItem]:
     return [dataclasses.replace(item, part=k, parts=parts) for k in range(parts)]
 
 
-def _videos_by_stem(root: Any) -> dict[str, tuple[str, int]]:
-    """Every video below ``root`` by its stem: its path relative to ``root`` and its size (of
-    two with one stem, the later in path order, as before). Local folders are walked by
-    ``os.walk`` (no ``Path`` a file: 125 µs a Kinetics video before); a store's by one
-    recursive listing, which gives the sizes (no request a file)."""
+def _videos(root: Any) -> Iterator[tuple[str, str, str, int]]:
+    """``(stem, order, relative path, size)`` of every video below ``root``; ``order`` sorts as
+    the path's parts do (``\0`` between them). Local folders are walked by ``os.scandir`` (no
+    ``Path`` a file: 125 µs a Kinetics video before); a store's by one recursive listing, which
+    gives the sizes (no request a file)."""
     if not isinstance(root, Path):
-        listed = root.fs.find(root.path, detail=True)
         base = root.path.rstrip("/") + "/"
-        found = sorted(
-            (PurePosixPath(name.removeprefix(base)).parts, int(info.get("size") or 0))
-            for name, info in listed.items()
-            if info.get("type") == "file" and Path(name).suffix.lower() in VIDEO_EXTENSIONS
-        )
-        return {parts[-1].rsplit(".", 1)[0]: ("/".join(parts), size) for parts, size in found}
-    videos: dict[str, tuple[tuple[str, ...], str, int]] = {}
-    for folder, _, files in os.walk(root):
-        parts = tuple(PurePosixPath(os.path.relpath(folder, root)).parts)
-        parts = () if parts == (".",) else parts
-        for name in files:
-            stem, dot, suffix = name.rpartition(".")
-            if dot and stem and f".{suffix.lower()}" in VIDEO_EXTENSIONS:
-                key = (*parts, name)
-                if stem not in videos or key > videos[stem][0]:
-                    size = os.stat(os.path.join(folder, name)).st_size
-                    videos[stem] = (key, "/".join(key), size)
-    return {stem: (rel, size) for stem, (_, rel, size) in videos.items()}
+        for name, info in root.fs.find(root.path, detail=True).items():
+            if info.get("type") == "file" and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                parts = PurePosixPath(name.removeprefix(base)).parts
+                stem = parts[-1].rsplit(".", 1)[0]
+                yield stem, "\0".join(parts), "/".join(parts), int(info.get("size") or 0)
+        return
+    folders = [()]  # scandir's entries one at a time: a folder of 240 k clips is no list
+    while folders:
+        parts = folders.pop()
+        with os.scandir(os.path.join(root, *parts)) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):  # as os.walk and rglob: no loops
+                    folders.append((*parts, entry.name))
+                    continue
+                stem, dot, suffix = entry.name.rpartition(".")
+                if dot and stem and f".{suffix.lower()}" in VIDEO_EXTENSIONS and entry.is_file():
+                    key = (*parts, entry.name)
+                    yield stem, "\0".join(key), "/".join(key), entry.stat().st_size
 
 
-def _kinetics(root: Path, split: str, task_bytes: int) -> list[VideoItem]:
-    videos = _videos_by_stem(root)
-    return [
-        piece
-        for stem, label in _kinetics_rows(root, split)
-        for piece in _item(root, videos.get(stem), stem, label, split, task_bytes)
-    ]
+def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]:
+    """A label table's rows ``(stem, label)`` joined to the videos below ``root``, as items
+    sorted by path (a row's order among equal paths kept). The join and the sort run in a
+    SQLite file on the driver's disk, so the driver's memory does not grow with the corpus
+    (a dict of the videos and a list of the items were ~230 bytes a video, ~100 after
+    ``os.walk``: 1 GB at WebVid's 10 M). Of two videos with one stem, the later in path order
+    is the one a row finds (as the dict of a sorted walk had it)."""
+    with tempfile.TemporaryDirectory(prefix="maskmill-join-") as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "join.db"))
+        try:
+            db.execute("CREATE TABLE videos (stem TEXT PRIMARY KEY, ord TEXT, rel TEXT, size INT)")
+            db.executemany(
+                "INSERT INTO videos VALUES (?, ?, ?, ?) ON CONFLICT(stem) DO UPDATE SET "
+                "ord = excluded.ord, rel = excluded.rel, size = excluded.size "
+                "WHERE excluded.ord > videos.ord",
+                _videos(root),
+            )
+            db.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY, path TEXT, label TEXT, "
+                       "stem TEXT, size INT, problem TEXT)")  # fmt: skip
+            db.executemany(
+                "INSERT INTO items (path, label, stem, size, problem) "
+                "SELECT coalesce(v.rel, ?3), ?2, ?1, coalesce(v.size, 0), "
+                "CASE WHEN v.rel IS NULL THEN 'missing_file' ELSE '' END "
+                "FROM (SELECT 1) LEFT JOIN videos v ON v.stem = ?1",
+                ((stem, label, f"{split}/{stem}") for stem, label in rows),
+            )
+            found = db.execute("SELECT path, label, stem, size, problem FROM items "
+                               "ORDER BY path, seq")  # fmt: skip
+            for path, label, stem, size, problem in found:
+                item = VideoItem(path, label, _key(stem), str(root), problem)
+                yield from [item] if problem else _pieces(item, size, task_bytes)
+        finally:
+            db.close()
+
+
+def _kinetics(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:
+    return _joined(root, split, _kinetics_rows(root, split), task_bytes)
 
 
 def _kinetics_rows(root: Any, split: str) -> Iterator[tuple[str, str]]:
@@ -191,13 +220,11 @@ def _column(table: Path, header: list[str], want: str) -> str:
     )
 
 
-def _ssv2(root: Path, split: str, task_bytes: int) -> list[VideoItem]:
-    videos = _videos_by_stem(root)
-    items = []
-    for row in json_table(root / SSV2_SPLITS[split]):
-        stem, label = str(row["id"]), _ssv2_label(row["template"])
-        items += _item(root, videos.get(stem), stem, label, split, task_bytes)
-    return items
+def _ssv2(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:
+    rows = (
+        (str(r["id"]), _ssv2_label(r["template"])) for r in json_table(root / SSV2_SPLITS[split])
+    )
+    return _joined(root, split, rows, task_bytes)
 
 
 def json_table(path: Path):
@@ -224,14 +251,6 @@ def _folders(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:
             if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
                 item = VideoItem(relative(p, root), label, _key(f"{label}_{p.stem}"), str(root))
                 yield from _pieces(item, p.stat().st_size if task_bytes else 0, task_bytes)
-
-
-def _item(
-    root: Path, found: tuple[str, int] | None, stem: str, label: str, split: str, task_bytes: int
-) -> list[VideoItem]:
-    if found is None:
-        return [VideoItem(f"{split}/{stem}", label, _key(stem), str(root), "missing_file")]
-    return _pieces(VideoItem(found[0], label, _key(stem), str(root)), found[1], task_bytes)
 
 
 def _key(stem: str) -> str:
