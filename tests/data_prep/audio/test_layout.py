@@ -108,3 +108,28 @@ def test_whole_speakers_are_held_out_reproducibly():
     assert len(held_out_speakers(["a", "b", "c"], 0.01, seed=0)) == 1  # at least one
     assert held_out_speakers(["a"], 0.5, seed=0) == frozenset()  # never every speaker
     assert held_out_speakers(speakers, 0.0, seed=0) == frozenset()
+
+
+def test_a_librilight_listing_holds_nothing_per_chapter_on_the_driver(tmp_path):
+    """Listed a book folder at a time, the JSONs left to the tasks: the driver's Python
+    allocations do not grow with the chapters (the list of items with their voice activity
+    did)."""
+    import tracemalloc
+
+    def listing_peak(n: int) -> tuple[int, int]:
+        root = tmp_path / f"ll{n}"
+        for i in range(n):
+            folder = root / "small" / f"{i % 50}" / f"{i % 500}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"c{i}.flac").write_bytes(b"fLaC")
+            (folder / f"c{i}.json").write_text('{"voice_activity": [[0.1, 0.9]]}')
+        tracemalloc.start()
+        count = sum(1 for _ in librilight_items(root, task_bytes=1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return count, peak
+
+    (small, small_peak), (large, large_peak) = listing_peak(1000), listing_peak(6000)
+    assert (small, large) == (1000, 6000)
+    per_chapter = (large_peak - small_peak) / 5000
+    assert per_chapter < 20, per_chapter  # bytes
