@@ -235,3 +235,16 @@ def s3_bucket() -> str:
     server.wait(timeout=30)
     for k, v in saved.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def traced_peak(fn):
+    """``(fn(), the peak of Python's allocations while it ran)``: what a driver-memory test
+    compares at two corpus sizes (``tracemalloc`` sees Python's allocations only)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

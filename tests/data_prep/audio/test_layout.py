@@ -13,6 +13,7 @@ from data_prep.audio.layout import (
     librispeech_items,
     voice_activity,
 )
+from tests.conftest import traced_peak
 
 
 @pytest.fixture
@@ -114,7 +115,6 @@ def test_a_librilight_listing_holds_nothing_per_chapter_on_the_driver(tmp_path):
     """Listed a book folder at a time, the JSONs left to the tasks: the driver's Python
     allocations do not grow with the chapters (the list of items with their voice activity
     did)."""
-    import tracemalloc
 
     def listing_peak(n: int) -> tuple[int, int]:
         root = tmp_path / f"ll{n}"
@@ -123,11 +123,7 @@ def test_a_librilight_listing_holds_nothing_per_chapter_on_the_driver(tmp_path):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"c{i}.flac").write_bytes(b"fLaC")
             (folder / f"c{i}.json").write_text('{"voice_activity": [[0.1, 0.9]]}')
-        tracemalloc.start()
-        count = sum(1 for _ in librilight_items(root, task_bytes=1 << 20))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        return count, peak
+        return traced_peak(lambda: sum(1 for _ in librilight_items(root, task_bytes=1 << 20)))
 
     (small, small_peak), (large, large_peak) = listing_peak(1000), listing_peak(6000)
     assert (small, large) == (1000, 6000)

@@ -9,6 +9,7 @@ import pytest
 from data_prep.corpus import LayoutError
 from data_prep.video.demo import CLASSES
 from data_prep.video.layout import class_names, detect_layout, split_items
+from tests.conftest import traced_peak
 
 
 def test_kinetics_rows_find_their_clips_in_any_folder_and_any_container(clip_corpus):
@@ -94,7 +95,6 @@ def test_a_kinetics_listing_holds_nothing_per_video_on_the_driver(tmp_path):
     (~230 bytes a video before: 1 GB at 10 M videos). ``tracemalloc`` sees Python's
     allocations; SQLite's own are bounded by its page cache (2 MB by default) and its sort
     spills to a temporary file."""
-    import tracemalloc
 
     def listing_peak(n: int) -> tuple[int, int]:
         root = tmp_path / f"k{n}"
@@ -105,11 +105,7 @@ def test_a_kinetics_listing_holds_nothing_per_video_on_the_driver(tmp_path):
             rows.append(f"a,v{i:07d},0,10,train")
         rows.append("a,gone,0,10,train")  # a row without its file: an item all the same
         (root / "train.csv").write_text("\n".join(rows) + "\n")
-        tracemalloc.start()
-        count = sum(1 for _ in split_items(root, "train"))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        return count, peak
+        return traced_peak(lambda: sum(1 for _ in split_items(root, "train")))
 
     (small, small_peak), (large, large_peak) = listing_peak(1000), listing_peak(9000)
     assert (small, large) == (1001, 9001)
