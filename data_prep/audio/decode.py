@@ -10,7 +10,9 @@ is named so the prep counts it too.
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -77,10 +79,14 @@ def read_span(path: Any, start: int, stop: int) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-def _opened(path: Any) -> sf.SoundFile:
+@contextlib.contextmanager
+def _opened(path: Any) -> Iterator[sf.SoundFile]:
     if isinstance(path, str | PurePath):
-        return sf.SoundFile(str(path))
-    return sf.SoundFile(path.open("rb"))  # fsspec's file: ranged reads as libsndfile seeks
+        with sf.SoundFile(str(path)) as f:
+            yield f
+        return
+    with path.open("rb") as raw, sf.SoundFile(raw) as f:  # fsspec: ranged reads as it seeks
+        yield f
 
 
 def to_mono_16k(data: np.ndarray, rate: int) -> tuple[np.ndarray, list[str]]:

@@ -222,7 +222,7 @@ def _chapter_segments(cfg: AudioPrepConfig, item: AudioItem) -> Iterator:
         samples, conversions = to_mono_16k(*read_span(item.file, a, b))
     if item.part == 0:
         yield from _plan_conversions(plan, problem)
-    if mine and lo == 0:
+    if item.parts == 1 or (mine and lo == 0):  # a piece without segments read no audio
         yield from map(Converted, conversions)
     for k, span in enumerate(mine, start=lo):
         piece = samples[round(span.start * RATE) - first : min(end, round(span.end * RATE)) - first]
