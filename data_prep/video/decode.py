@@ -80,6 +80,10 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
     source, size = decoder_source(path)
     if size == 0:
         raise SkipSample("empty_video", str(path))
+    return _read_frames(source, path, short_side, wanted)
+
+
+def _read_frames(source, path: Any, short_side: int, wanted) -> KeptFrames:
     promised = _frame_count(source, path)
     keep = None if wanted is None or not promised else set(wanted(promised))
     held = None if wanted is None or promised else HELD_BYTES
@@ -117,7 +121,7 @@ def read_piece_frames(path: Any, short_side: int, wanted) -> KeptFrames:
         kept.count = promised
         return kept
     log.info("%s: decoded from the start (no even frame grid to seek on)", path)
-    return read_frames(path, short_side, wanted)
+    return _read_frames(source, path, short_side, wanted)
 
 
 def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
@@ -132,9 +136,11 @@ def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
         if not rate or tb is None or first_frame is None or first_frame.pts is None:
             return None
         origin, first, last = first_frame.pts, min(need), max(need)
+        # scaled as a whole decode scales every frame: by the first frame's size
+        size = scaled_size(first_frame.width, first_frame.height, short_side)
         container.seek(origin + int(Fraction(first) / rate / tb), stream=stream, backward=True)
         frames: dict[int, np.ndarray] = {}
-        size, previous = None, None
+        previous = None
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -146,7 +152,6 @@ def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
                     return None  # a gap or a repeat: the grid is not the decode order
                 previous = int(index)
                 if previous in need:
-                    size = size or scaled_size(frame.width, frame.height, short_side)
                     frames[previous] = frame.to_ndarray(
                         width=size[0], height=size[1], format="rgb24", interpolation="AREA"
                     )
