@@ -66,6 +66,7 @@ INTERNALS = (
     "\x1b[",  # raw colour codes of Ray's worker prefixes
     "object at 0x",
     "_write_unit_task",
+    "FutureWarning",  # torch's deprecated autograd all-reduce, once in the probe (replaced)
 )
 
 

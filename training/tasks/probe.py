@@ -79,6 +79,24 @@ def sharded_knn_logits(queries, bank_x, bank_y, num_classes: int, k: int, temper
                       temperature)  # fmt: skip
 
 
+class _GlobalSum(torch.autograd.Function):
+    """Every rank's tensor summed, with the sum's gradient: each rank's input feeds every rank's
+    sum, so its gradient is the sum of theirs. What ``torch.distributed.nn.functional.all_reduce``
+    did; torch 2.13 deprecates it with a FutureWarning that reached the user's terminal."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are the global batch's, every rank's rows: one
     all-reduce of the per-feature sums (gradients flow through it), as SyncBatchNorm does on
@@ -88,11 +106,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dim = x.shape[1]
         count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        sums = _GlobalSum.apply(torch.cat([x.sum(0), (x * x).sum(0), count]))
         n = sums[-1]
         mean = sums[:dim] / n
         var = (sums[dim : 2 * dim] / n - mean * mean).clamp(min=0)
