@@ -18,7 +18,6 @@ audio; an utterance without a transcript) is counted by reason in ``stats.json``
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -118,9 +117,9 @@ def items(cfg: AudioPrepConfig, split: str) -> Iterator[AudioItem]:
     return (c for c in chapters if (c.speaker in held) == (split == "val"))
 
 
-@functools.lru_cache(maxsize=4)
 def _held_out(source: str, fraction: float, seed: int) -> frozenset[str]:
-    """The speakers held out as ``val`` (a walk of the source; LibriLight has ~7 k speakers)."""
+    """The speakers held out as ``val``: a walk of the source before its items are listed (not
+    cached across calls: a corpus may change between two preps in one process)."""
     if not fraction:
         return frozenset()
     return held_out_speakers(librilight_speakers(location(source)), fraction, seed)
