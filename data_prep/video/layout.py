@@ -155,9 +155,11 @@ def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]
     """A label table's rows ``(stem, label)`` joined to the videos below ``root``, as items
     sorted by path (a row's order among equal paths kept). The join and the sort run in a
     SQLite file on the driver's disk, so the driver's memory does not grow with the corpus
-    (a dict of the videos and a list of the items were ~230 bytes a video, ~100 after
-    ``os.walk``: 1 GB at WebVid's 10 M). Of two videos with one stem, the later in path order
-    is the one a row finds (as the dict of a sorted walk had it)."""
+    (a dict of the videos and a list of the items were 840 bytes a video of Python's
+    allocations: 8 GB at WebVid's 10 M). Of two videos with one stem, the later in path order
+    is the one a row finds (as the dict of a sorted walk had it). Names are stored as their
+    bytes (``surrogateescape``: a file name that is not UTF-8 stays a name); UTF-8 bytes sort
+    as Python sorts the strings."""
     with tempfile.TemporaryDirectory(prefix="maskmill-join-") as tmp:
         db = sqlite3.connect(os.path.join(tmp, "join.db"))
         try:
@@ -166,7 +168,7 @@ def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]
                 "INSERT INTO videos VALUES (?, ?, ?, ?) ON CONFLICT(stem) DO UPDATE SET "
                 "ord = excluded.ord, rel = excluded.rel, size = excluded.size "
                 "WHERE excluded.ord > videos.ord",
-                _videos(root),
+                ((_b(stem), _b(order), _b(rel), size) for stem, order, rel, size in _videos(root)),
             )
             db.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY, path TEXT, label TEXT, "
                        "stem TEXT, size INT, problem TEXT)")  # fmt: skip
@@ -175,15 +177,24 @@ def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]
                 "SELECT coalesce(v.rel, ?3), ?2, ?1, coalesce(v.size, 0), "
                 "CASE WHEN v.rel IS NULL THEN 'missing_file' ELSE '' END "
                 "FROM (SELECT 1) LEFT JOIN videos v ON v.stem = ?1",
-                ((stem, label, f"{split}/{stem}") for stem, label in rows),
+                ((_b(stem), label, _b(f"{split}/{stem}")) for stem, label in rows),
             )
             found = db.execute("SELECT path, label, stem, size, problem FROM items "
                                "ORDER BY path, seq")  # fmt: skip
             for path, label, stem, size, problem in found:
+                path, stem = _s(path), _s(stem)
                 item = VideoItem(path, label, _key(stem), str(root), problem)
                 yield from [item] if problem else _pieces(item, size, task_bytes)
         finally:
             db.close()
+
+
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _s(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
 
 
 def _kinetics(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:

@@ -111,3 +111,22 @@ def test_a_kinetics_listing_holds_nothing_per_video_on_the_driver(tmp_path):
     assert (small, large) == (1001, 9001)
     per_video = (large_peak - small_peak) / 8000
     assert per_video < 20, per_video  # bytes; 840 before
+
+
+def test_a_file_name_that_is_not_utf8_does_not_stop_a_kinetics_listing(tmp_path):
+    """The join stores names as their bytes: a stray Latin-1 name among the clips (old
+    archives have them) is walked past, not an encoding error out of SQLite."""
+    import os
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    stray = os.fsencode(tmp_path / "train" / "a") + b"/caf\xe9_000000_000010.mp4"
+    os.close(os.open(stray, os.O_CREAT | os.O_WRONLY))
+    (tmp_path / "train" / "a" / "v1_000000_000010.mp4").touch()
+    (tmp_path / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\na,v1,0,10,train\na,gone,0,10,train\n"
+    )
+    found = [(i.path, i.problem) for i in split_items(tmp_path, "train")]
+    assert found == [
+        ("train/a/v1_000000_000010.mp4", ""),
+        ("train/gone_000000_000010", "missing_file"),
+    ]
