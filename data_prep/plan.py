@@ -60,3 +60,10 @@ class UnitPlan(Sequence):
 
     def __iter__(self) -> Iterator[WorkUnit[Item]]:
         return (self[i] for i in range(self.count))
+
+
+def piece_range(count: int, part: int, parts: int) -> tuple[int, int]:
+    """``[lo, hi)``: the contiguous range of a large input's ``count`` outputs (a chapter's
+    segments, a video's clips) that piece ``part`` of ``parts`` cuts; sizes within one, every
+    output in exactly one piece."""
+    return part * count // parts, (part + 1) * count // parts

@@ -44,6 +44,7 @@ from data_prep.audio.resample import input_span
 from data_prep.audio.segments import plan_segments
 from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
+from data_prep.plan import piece_range
 from data_prep.shard_format import FEATURE_STATS, atomic_write_text
 from data_prep.store import location
 from data_prep.writer import Converted, Sample, SkipSample
@@ -210,10 +211,7 @@ def _chapter_segments(cfg: AudioPrepConfig, item: AudioItem) -> Iterator:
         frames, rate = audio_info(item.file)
         length = -(-frames * RATE // rate)  # the 16 kHz samples the whole chapter resamples to
     plan = plan_segments(activity, length / RATE, cfg.segment_seconds, cfg.min_segment_seconds)
-    lo, hi = (
-        item.part * len(plan.segments) // item.parts,
-        (item.part + 1) * len(plan.segments) // item.parts,
-    )
+    lo, hi = piece_range(len(plan.segments), item.part, item.parts)
     mine = plan.segments[lo:hi]
     end = min(length, round(mine[-1].end * RATE)) if mine else 0
     if item.parts > 1 and mine:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, prep_problems
 from data_prep.job import run_prep
+from data_prep.plan import piece_range
 from data_prep.store import location
-from data_prep.video.clips import plan_clips, span
+from data_prep.video.clips import ClipPlan, plan_clips, span
 from data_prep.video.codecs import DEFAULT_FORM, FORMS, clip_key, encode_clip
-from data_prep.video.decode import read_frames, read_piece_frames
+from data_prep.video.decode import KeptFrames, read_frames, read_piece_frames
 from data_prep.video.demo import VideoDemoConfig, write_video_demo
 from data_prep.video.layout import (
     VIDEO_EXTENSIONS,
@@ -105,50 +106,56 @@ def encode(cfg: VideoPrepConfig, state: dict, item: VideoItem) -> Iterator:
     if label is None:
         raise SkipSample("unknown_label", f"{item.path}: {item.label!r} is not a train class")
 
-    def mine(count: int) -> tuple[int, tuple]:
-        """The first clip's number and the clips of this item's range of the plan."""
-        clips = plan_clips(count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
-        lo = item.part * len(clips.clips) // item.parts
-        return lo, clips.clips[lo : (item.part + 1) * len(clips.clips) // item.parts]
-
     def wanted(count: int) -> set[int]:
-        return {i for clip in mine(count)[1] for i in clip}
+        """The frames of this item's range of the clips a video of ``count`` frames gives."""
+        clips = _plan(cfg, count).clips
+        lo, hi = piece_range(len(clips), item.part, item.parts)
+        return {i for clip in clips[lo:hi] for i in clip}
 
     read = read_frames if item.parts == 1 else read_piece_frames
     video = read(item.file, cfg.short_side, wanted)
     for reason in video.conversions:  # a piece that finds a cut counts it (each such piece)
         yield Converted(reason)
-    plan = plan_clips(video.count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+    plan = _plan(cfg, video.count)
     if not plan.clips:
         if item.part > 0:
             return  # the video is counted once, by its first piece
         needed = span(cfg.frames, cfg.stride)
         raise SkipSample("too_short", f"{item.path}: {video.count} frames < {needed}")
-    first, clips = mine(video.count)
-    if plan.padded and clips:
+    lo, hi = piece_range(len(plan.clips), item.part, item.parts)
+    if plan.padded and hi > lo:
         yield Converted("padded_short_video")
-    for k, indices in enumerate(clips, start=first):
-        clip = video.clip(indices)
-        meta = {
-            "label": item.label,
-            "source": item.path,
-            "video": item.key,
-            "clip": k,
-            "first_frame": indices[0],
-            "stride": cfg.stride,
-            "fps": round(video.fps, 3),
-            "width": int(clip.shape[2]),
-            "height": int(clip.shape[1]),
-            "source_size": list(video.source_size),
-        }
-        yield Sample(
-            key=clip_key(item.key, k),
-            members={
-                cfg.clip_format: encode_clip(clip, cfg.clip_format, cfg.quality, video.fps),
-                "cls": str(label).encode(),
-                "json": json.dumps(meta).encode(),
-            },
-        )
+    for k in range(lo, hi):
+        yield _clip_sample(cfg, item, video, label, k, plan.clips[k])
+
+
+def _plan(cfg: VideoPrepConfig, count: int) -> ClipPlan:
+    return plan_clips(count, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+
+
+def _clip_sample(cfg, item: VideoItem, video: KeptFrames, label: int, k: int, indices) -> Sample:
+    """Clip ``k`` of a video: its frames in the configured form, its class and its record."""
+    clip = video.clip(indices)
+    meta = {
+        "label": item.label,
+        "source": item.path,
+        "video": item.key,
+        "clip": k,
+        "first_frame": indices[0],
+        "stride": cfg.stride,
+        "fps": round(video.fps, 3),
+        "width": int(clip.shape[2]),
+        "height": int(clip.shape[1]),
+        "source_size": list(video.source_size),
+    }
+    return Sample(
+        key=clip_key(item.key, k),
+        members={
+            cfg.clip_format: encode_clip(clip, cfg.clip_format, cfg.quality, video.fps),
+            "cls": str(label).encode(),
+            "json": json.dumps(meta).encode(),
+        },
+    )
 
 
 READER = CorpusReader(
