@@ -77,10 +77,7 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
     counted first; an index that promised more frames than decode gives (a cut file) or fewer
     is decoded once more for the frames the true count names. So the frames are the ones a
     whole decode would pick."""
-    source, size = decoder_source(path)
-    if size == 0:
-        raise SkipSample("empty_video", str(path))
-    return _read_frames(source, path, short_side, wanted)
+    return _read_frames(_fetched(path), path, short_side, wanted)
 
 
 def _read_frames(source, path: Any, short_side: int, wanted) -> KeptFrames:
@@ -109,9 +106,7 @@ def read_piece_frames(path: Any, short_side: int, wanted) -> KeptFrames:
     only up to its last (an hour of video is not decoded by each of its pieces); anything else
     (no count, a timestamp off the grid, a gap, a cut before the range's end) falls back to
     decoding from the start, which picks the frames the true count names."""
-    source, size = decoder_source(path)
-    if size == 0:
-        raise SkipSample("empty_video", str(path))
+    source = _fetched(path)
     promised = _frame_count(source, path)
     need = set(wanted(promised)) if promised else set()
     if promised and not need:  # no clip in this piece's range
@@ -152,9 +147,7 @@ def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
                     return None  # a gap or a repeat: the grid is not the decode order
                 previous = int(index)
                 if previous in need:
-                    frames[previous] = frame.to_ndarray(
-                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
-                    )
+                    frames[previous] = _rgb(frame, size)
                 if previous >= last:
                     break
         except (av.FFmpegError, ValueError):
@@ -163,6 +156,19 @@ def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
             return None
         fps = float(rate)
         return KeptFrames(0, frames, fps, (stream.codec_context.width, stream.codec_context.height))
+
+
+def _fetched(path: Any):
+    """What the decoder opens (``store.decoder_source``), or SkipSample for an empty file."""
+    source, size = decoder_source(path)
+    if size == 0:
+        raise SkipSample("empty_video", str(path))
+    return source
+
+
+def _rgb(frame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as RGB at ``size``, swscale's area filter: every path converts alike."""
+    return frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
 
 
 def _opened(source, path):
@@ -202,9 +208,7 @@ def _decoded(source, path, short_side: int, keep, held) -> tuple[KeptFrames, str
                 if size is None:
                     size = scaled_size(frame.width, frame.height, short_side)
                 if (keep is None or count in keep) and (held is None or total <= held):
-                    frames[count] = frame.to_ndarray(
-                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
-                    )
+                    frames[count] = _rgb(frame, size)
                     total += frames[count].nbytes
                 count += 1
         except (av.FFmpegError, ValueError) as err:
