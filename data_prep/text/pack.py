@@ -8,12 +8,10 @@ separator is a word of its own) for whole-word and span masking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-_ONE = np.ones(1, dtype=np.uint8)  # the separator's word start
 
 
 @dataclass(frozen=True)
@@ -23,20 +21,6 @@ class Packed:
     ids: np.ndarray
     starts: np.ndarray
     tokens: int
-
-
-def pack(
-    docs: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int, sep: int, pad: int
-) -> Iterator[Packed]:
-    """(ids, word starts) of each document -> packed sequences; the last one padded."""
-    return pack_stream(
-        (
-            (np.append(np.asarray(ids, np.int64), sep), np.append(np.asarray(st, np.uint8), _ONE))
-            for ids, st in docs
-        ),
-        seq_len,
-        pad,
-    )
 
 
 def pack_stream(
