@@ -124,9 +124,8 @@ def _pieces(item: VideoItem, size: int, task_bytes: int) -> list[VideoItem]:
     return [dataclasses.replace(item, part=k, parts=parts) for k in range(parts)]
 
 
-def _videos(root: Any) -> Iterator[tuple[str, str, str, int]]:
-    """``(stem, order, relative path, size)`` of every video below ``root``; ``order`` sorts as
-    the path's parts do (``\0`` between them). Local folders are walked by ``os.scandir`` (no
+def _videos(root: Any) -> Iterator[tuple[str, str, int]]:
+    """``(stem, relative path, size)`` of every video below ``root``. Local folders are walked by ``os.scandir`` (no
     ``Path`` a file: 125 µs a Kinetics video before); a store's by one recursive listing, which
     gives the sizes (no request a file)."""
     if not isinstance(root, Path):
@@ -135,7 +134,7 @@ def _videos(root: Any) -> Iterator[tuple[str, str, str, int]]:
             if info.get("type") == "file" and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
                 parts = PurePosixPath(name.removeprefix(base)).parts
                 stem = parts[-1].rsplit(".", 1)[0]
-                yield stem, "\0".join(parts), "/".join(parts), int(info.get("size") or 0)
+                yield stem, "/".join(parts), int(info.get("size") or 0)
         return
     folders = [()]  # scandir's entries one at a time: a folder of 240 k clips is no list
     while folders:
@@ -147,8 +146,7 @@ def _videos(root: Any) -> Iterator[tuple[str, str, str, int]]:
                     continue
                 stem, dot, suffix = entry.name.rpartition(".")
                 if dot and stem and f".{suffix.lower()}" in VIDEO_EXTENSIONS and entry.is_file():
-                    key = (*parts, entry.name)
-                    yield stem, "\0".join(key), "/".join(key), entry.stat().st_size
+                    yield stem, "/".join((*parts, entry.name)), entry.stat().st_size
 
 
 def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]:
@@ -163,15 +161,19 @@ def _joined(root: Any, split: str, rows, task_bytes: int) -> Iterator[VideoItem]
     with tempfile.TemporaryDirectory(prefix="maskmill-join-") as tmp:
         db = sqlite3.connect(os.path.join(tmp, "join.db"))
         try:
-            db.execute("CREATE TABLE videos (stem TEXT PRIMARY KEY, ord TEXT, rel TEXT, size INT)")
+            # ord: the path with \0 between its parts, which sorts as the parts do
+            db.execute("CREATE TABLE videos (stem BLOB PRIMARY KEY, ord BLOB, rel BLOB, size INT)")
             db.executemany(
                 "INSERT INTO videos VALUES (?, ?, ?, ?) ON CONFLICT(stem) DO UPDATE SET "
                 "ord = excluded.ord, rel = excluded.rel, size = excluded.size "
                 "WHERE excluded.ord > videos.ord",
-                ((_b(stem), _b(order), _b(rel), size) for stem, order, rel, size in _videos(root)),
+                (
+                    (_b(stem), _b(rel).replace(b"/", b"\0"), _b(rel), size)
+                    for stem, rel, size in _videos(root)
+                ),
             )
-            db.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY, path TEXT, label TEXT, "
-                       "stem TEXT, size INT, problem TEXT)")  # fmt: skip
+            db.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY, path BLOB, label TEXT, "
+                       "stem BLOB, size INT, problem TEXT)")  # fmt: skip
             db.executemany(
                 "INSERT INTO items (path, label, stem, size, problem) "
                 "SELECT coalesce(v.rel, ?3), ?2, ?1, coalesce(v.size, 0), "
