@@ -62,6 +62,11 @@ class UnitPlan(Sequence):
         return (self[i] for i in range(self.count))
 
 
+def pieces_of(size: int, task_bytes: int) -> int:
+    """How many tasks read an input of ``size`` bytes: one per ``task_bytes`` of it (0: one)."""
+    return max(1, -(-size // task_bytes)) if task_bytes else 1
+
+
 def piece_range(count: int, part: int, parts: int) -> tuple[int, int]:
     """``[lo, hi)``: the contiguous range of a large input's ``count`` outputs (a chapter's
     segments, a video's clips) that piece ``part`` of ``parts`` cuts; sizes within one, every

@@ -37,6 +37,7 @@ import numpy as np
 
 from data_prep.corpus import SHARD_BYTES, TASK_BYTES, CorpusReader, LayoutError, prep_problems
 from data_prep.job import run_prep
+from data_prep.plan import pieces_of
 from data_prep.shard_format import atomic_write_text, npy_zst_bytes
 from data_prep.store import location
 from data_prep.text import dedup, minhash
@@ -161,7 +162,7 @@ def _pieces(cfg: TextPrepConfig, file: TextFile) -> int:
     document: one)."""
     if not cfg.task_bytes or file.format == "txt":
         return 1
-    return max(1, -(-file.file.stat().st_size // cfg.task_bytes))
+    return pieces_of(file.file.stat().st_size, cfg.task_bytes)
 
 
 def _split_files(cfg: TextPrepConfig, split: str) -> list[TextFile]:

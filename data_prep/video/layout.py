@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_prep.corpus import LayoutError, csv_rows
+from data_prep.plan import pieces_of
 from data_prep.store import location, relative
 
 # What PyAV opens and corpora ship in (Kinetics: mp4, mkv, webm; older sets: avi, mpg, flv).
@@ -118,7 +119,7 @@ def split_items(root: Any, split: str, task_bytes: int = 0) -> Iterator[VideoIte
 
 
 def _pieces(item: VideoItem, size: int, task_bytes: int) -> list[VideoItem]:
-    parts = max(1, -(-size // task_bytes)) if task_bytes else 1
+    parts = pieces_of(size, task_bytes)
     if parts == 1:
         return [item]
     return [dataclasses.replace(item, part=k, parts=parts) for k in range(parts)]
