@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_prep.corpus import LayoutError
+from data_prep.plan import pieces_of
 from data_prep.store import location, relative
 
 # What libsndfile (soundfile's wheel bundles 1.2) decodes, as corpora name it.
@@ -100,15 +101,15 @@ def librilight_items(root: Any, task_bytes: int = 0) -> Iterator[AudioItem]:
     every JSON in turn: 219 k serial reads, a request each on a store). A chapter larger than
     ``task_bytes`` (0: never) is several items, each a contiguous range of its segments."""
     root = location(root)
-    for subset in _folders(root):
-        for speaker in _folders(root / subset):
-            for book in _folders(root / subset / speaker):
-                listed = _files(root / subset / speaker / book, task_bytes > 0)
+    for subset in _listing(root)[0]:
+        for speaker in _listing(root / subset)[0]:
+            for book in _listing(root / subset / speaker)[0]:
+                listed = _listing(root / subset / speaker / book, task_bytes > 0)[1]
                 for name, size in listed.items():
                     stem, dot, suffix = name.rpartition(".")
                     if not dot or f".{suffix.lower()}" not in AUDIO_SUFFIXES:
                         continue
-                    parts = max(1, -(-size // task_bytes)) if task_bytes else 1
+                    parts = pieces_of(size, task_bytes)
                     has_json = f"{stem}.json" in listed
                     for part in range(parts):
                         yield AudioItem(
@@ -128,27 +129,20 @@ def librilight_speakers(root: Any) -> set[str]:
     return {item.speaker for item in librilight_items(root)}
 
 
-def _folders(folder: Any) -> list[str]:
-    """The names of ``folder``'s sub-folders, sorted (the order ``sorted`` gives their paths)."""
+def _listing(folder: Any, sizes: bool = False) -> tuple[list[str], dict[str, int]]:
+    """``folder``'s sub-folder names and ``{file name: size}``, each sorted by name (the order
+    ``sorted`` gives their paths); sizes 0 unless asked (a local stat each; a store's listing
+    carries them)."""
     if isinstance(folder, Path):
         with os.scandir(folder) as found:
-            return sorted(e.name for e in found if e.is_dir())
-    listed = folder.fs.ls(folder.path, detail=True)
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in listed
-                  if e["type"] == "directory")  # fmt: skip
-
-
-def _files(folder: Any, sizes: bool) -> dict[str, int]:
-    """``{name: size}`` of the files in ``folder``, sorted by name (sizes 0 unless asked: a
-    local stat each)."""
-    if isinstance(folder, Path):
-        with os.scandir(folder) as found:
-            files = [e for e in found if e.is_file()]
-            return {e.name: e.stat().st_size if sizes else 0
-                    for e in sorted(files, key=lambda e: e.name)}  # fmt: skip
-    listed = folder.fs.ls(folder.path, detail=True)
-    return dict(sorted((e["name"].rsplit("/", 1)[-1], int(e.get("size") or 0))
-                       for e in listed if e["type"] == "file"))  # fmt: skip
+            entries = sorted(found, key=lambda e: e.name)
+            files = {e.name: e.stat().st_size if sizes else 0 for e in entries if e.is_file()}
+            return [e.name for e in entries if e.is_dir()], files
+    entries = folder.fs.ls(folder.path, detail=True)
+    listed = sorted(((e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in entries),
+                    key=lambda pair: pair[0])  # fmt: skip
+    folders = [name for name, e in listed if e["type"] == "directory"]
+    return folders, {name: int(e.get("size") or 0) for name, e in listed if e["type"] == "file"}
 
 
 def librispeech_items(root: Any) -> list[AudioItem]:
