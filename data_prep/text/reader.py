@@ -288,12 +288,15 @@ def _tokenised(tok, docs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for doc in docs:
         batch.append(doc)
         if len(batch) == _ENCODE_BATCH:
-            yield batch_stream(
-                tok.encode_batch([d.text for d in batch], add_special_tokens=False), SEP
-            )
+            yield _batch_stream(tok, batch)
             batch = []
     if batch:
-        yield batch_stream(tok.encode_batch([d.text for d in batch], add_special_tokens=False), SEP)
+        yield _batch_stream(tok, batch)
+
+
+def _batch_stream(tok, batch: list[Document]) -> tuple[np.ndarray, np.ndarray]:
+    encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
+    return batch_stream(encodings, SEP)
 
 
 def _labelled_samples(cfg, state, tok, item: TextFile) -> Iterator:
