@@ -280,6 +280,21 @@ def project(rows: dict, costs: dict[str, float], cpus: int) -> list[str]:
     return lines
 
 
+def print_projection(rows: dict[str, list[dict]], cpus: int) -> None:
+    """Each measured modality's real-sized item timed here, then the projection table."""
+    timers = {"image": real_image_cost, "video": real_video_cost,
+              "audio": lambda: real_audio_cost() * LIBRILIGHT_SECONDS / CORPORA["LibriLight"][1]}  # fmt: skip
+    costs = {m: timers[m]() for m in ("image", "audio", "video") if m in rows}
+    timed = {"image": "an ImageNet-sized JPEG", "audio": "LibriLight's average chapter "
+             "(16.4 min)", "video": "a 10 s Kinetics clip at 340 x 256"}  # fmt: skip
+    said = "; ".join(f"{timed[m]}: {c * 1e3:.1f} ms" for m, c in costs.items())
+    print(f"\nProjection to {TARGET_CPUS} CPUs (CPU per input, timed here: {said}; text: the "
+          "tasks' measured cost per token, dedup pass included):")  # fmt: skip
+    print("| corpus | inputs | tasks on 640 CPUs | driver (serial) | total |")
+    print("|---|---|---|---|---|")
+    print("\n".join(project(rows, costs, cpus)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs=3, type=int, default=SIZES)
@@ -318,21 +333,7 @@ def main() -> None:
               f"{per_input * 1.28e6 / 1e9:.2f} GB at ImageNet-1k's 1.28 M and "
               f"{per_input * 1e9 / 1e9:.0f} GB at 10^9; driver CPU "
               f"{marginal(found, 'driver_cpu_s') * 1e6:.0f} µs per input")  # fmt: skip
-    costs = {}
-    if "image" in rows:
-        costs["image"] = real_image_cost()
-    if "audio" in rows:
-        costs["audio"] = real_audio_cost() * LIBRILIGHT_SECONDS / CORPORA["LibriLight"][1]
-    if "video" in rows:
-        costs["video"] = real_video_cost()
-    timed = {"image": "an ImageNet-sized JPEG", "audio": "LibriLight's average chapter "
-             "(16.4 min)", "video": "a 10 s Kinetics clip at 340 x 256"}  # fmt: skip
-    said = "; ".join(f"{timed[m]}: {c * 1e3:.1f} ms" for m, c in costs.items())
-    print(f"\nProjection to {TARGET_CPUS} CPUs (CPU per input, timed here: {said}; text: the "
-          "tasks' measured cost per token, dedup pass included):")  # fmt: skip
-    print("| corpus | inputs | tasks on 640 CPUs | driver (serial) | total |")
-    print("|---|---|---|---|---|")
-    print("\n".join(project(rows, costs, args.cpus)))
+    print_projection(rows, args.cpus)
 
 
 if __name__ == "__main__":
