@@ -27,7 +27,7 @@ def pack_stream(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, pad: int
 ) -> Iterator[Packed]:
     """Consecutive pieces of one token stream (ids int64, starts uint8: documents with their
-    separators already in place, as ``tokenizer.batch_stream`` lays a batch out) -> packed
+    separators already in place, as ``tokenizer.StreamEncoder`` lays a batch out) -> packed
     sequences; the last one padded. The cuts depend on the stream alone, not on how it comes
     in pieces, so a batch at a time gives what a document at a time gives."""
     ids: list[np.ndarray] = []

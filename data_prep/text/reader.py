@@ -57,7 +57,7 @@ from data_prep.text.tokenizer import (
     PAD,
     SEP,
     TOKENIZER_FILE,
-    batch_stream,
+    StreamEncoder,
     ids_dtype,
     load_tokenizer,
     train_tokenizer,
@@ -232,8 +232,8 @@ def _classes(cfg: TextPrepConfig) -> dict[str, int]:
 
 
 def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
-    tok = _tokenizer(state["tokenizer"])
-    file = item.file
+    stream = _encoder(state["tokenizer"])
+    tok, file = stream.tok, item.file
     if item.split.startswith("labelled"):
         yield from _labelled_samples(cfg, state, tok, file)
         return
@@ -251,7 +251,7 @@ def encode(cfg: TextPrepConfig, state: dict, item: TextItem) -> Iterator:
     # prep at seq 128): the bytes json.dumps({"source": path, "tokens": n}) gives.
     key, meta = item.key, f'{{"source": {json.dumps(file.path)}, "tokens": '.encode()
     array = np.empty((2, cfg.seq_len), dtype)
-    for n, seq in enumerate(pack_stream(_tokenised(tok, documents()), cfg.seq_len, PAD)):
+    for n, seq in enumerate(pack_stream(_tokenised(stream, documents()), cfg.seq_len, PAD)):
         array[0], array[1] = seq.ids, seq.starts
         yield Sample(
             key=f"{key}_{n:06d}",
@@ -281,22 +281,17 @@ def _split_documents(cfg, state, text: TextItem):
         yield doc
 
 
-def _tokenised(tok, docs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _tokenised(stream: StreamEncoder, docs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The token stream of the documents (ids and word starts, a separator after each), a
     tokenizer batch at a time."""
-    batch: list[Document] = []
+    batch: list[str] = []
     for doc in docs:
-        batch.append(doc)
+        batch.append(doc.text)
         if len(batch) == _ENCODE_BATCH:
-            yield _batch_stream(tok, batch)
+            yield stream(batch)
             batch = []
     if batch:
-        yield _batch_stream(tok, batch)
-
-
-def _batch_stream(tok, batch: list[Document]) -> tuple[np.ndarray, np.ndarray]:
-    encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-    return batch_stream(encodings, SEP)
+        yield stream(batch)
 
 
 def _labelled_samples(cfg, state, tok, item: TextFile) -> Iterator:
@@ -328,14 +323,14 @@ def _labelled_samples(cfg, state, tok, item: TextFile) -> Iterator:
         )
 
 
-_TOKENIZERS: dict[str, object] = {}
+_ENCODERS: dict[str, StreamEncoder] = {}
 
 
-def _tokenizer(path: str):
-    """The saved tokenizer, loaded once per worker process."""
-    if path not in _TOKENIZERS:
-        _TOKENIZERS[path] = load_tokenizer(path)
-    return _TOKENIZERS[path]
+def _encoder(path: str) -> StreamEncoder:
+    """The saved tokenizer's stream encoder, made once per worker process."""
+    if path not in _ENCODERS:
+        _ENCODERS[path] = StreamEncoder(load_tokenizer(path), SEP)
+    return _ENCODERS[path]
 
 
 READER = CorpusReader(

@@ -74,11 +74,56 @@ def ids_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def batch_stream(encodings, sep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ids (int64) and word starts (uint8) of a batch's encodings laid end to end, ``sep``
-    after each document (a start of its own): what :func:`word_starts` and a separator per
-    document give, made in a few numpy calls a batch instead of several a document (those
-    per-document calls were 7% of the prep at seq 128)."""
+class StreamEncoder:
+    """Texts -> their token stream: the ids (int64) and word starts (uint8) laid end to end,
+    ``sep`` after each text (a start of its own); what :func:`word_starts` and a separator per
+    text give.
+
+    A WordPiece model behind BERT's pre-tokenizer (what :func:`train_tokenizer` makes, and
+    BERT's own ``tokenizer.json``) marks every token that goes on with a word (``##ing``): a
+    word's first token cannot carry the mark, because that pre-tokenizer cuts every ``#`` into a
+    word of its own. Its word starts are then the ids looked up in a table made once, and the
+    texts go through ``encode_batch_fast``, which makes neither offsets nor word ids: 1.7x
+    ``encode_batch``'s speed on the demo corpus (``python -m benchmarks.text_prep``). Any other
+    tokenizer (a byte-level BPE starts a word at "," with no mark) takes ``word_ids``.
+    ``tests/data_prep/text/test_tokenizer.py`` checks both ways against :func:`word_starts`."""
+
+    def __init__(self, tok, sep: int):
+        self.tok, self.sep = tok, sep
+        self.continues = continuation_table(tok)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.continues is None:
+            encodings = self.tok.encode_batch(texts, add_special_tokens=False)
+            return _word_id_stream(encodings, self.sep)
+        ids = [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        ends = np.cumsum(np.fromiter(map(len, ids), np.int64, len(ids)))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, ends[-1] if ids else 0)
+        starts = np.logical_not(self.continues[flat]).view(np.uint8)
+        return np.insert(flat, ends, self.sep), np.insert(starts, ends, 1)
+
+
+def continuation_table(tok) -> np.ndarray | None:
+    """A flag per id, True where the token goes on with a word (a WordPiece ``##`` piece); None
+    where a token does not say: not WordPiece behind BERT's pre-tokenizer, or an added token
+    (matched in the raw text, a word of its own) that shares its id with a ``##`` piece."""
+    from tokenizers import models, pre_tokenizers
+
+    bert_words = isinstance(tok.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+    if not (isinstance(tok.model, models.WordPiece) and bert_words):
+        return None
+    prefix = tok.model.continuing_subword_prefix
+    vocab = tok.get_vocab(with_added_tokens=True)
+    table = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for token, i in tok.get_vocab(with_added_tokens=False).items():
+        table[i] = token.startswith(prefix) and len(token) > len(prefix)
+    added = list(tok.get_added_tokens_decoder())
+    return None if table[added].any() else table
+
+
+def _word_id_stream(encodings, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stream from each encoding's ``word_ids``, in a few numpy calls a batch (per-document
+    calls were 7% of the prep at seq 128)."""
     ids = [e.ids for e in encodings]
     words = [e.word_ids for e in encodings]
     ends = np.cumsum(np.fromiter(map(len, ids), np.int64, len(ids)))

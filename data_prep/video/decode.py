@@ -19,7 +19,7 @@ from typing import Any
 import av
 import numpy as np
 
-from data_prep.store import decoder_source
+from data_prep.store import decoder_source, ranged_source
 from data_prep.writer import SkipSample
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,18 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
 
 
 def _read_frames(source, path: Any, short_side: int, wanted) -> KeptFrames:
-    promised = _frame_count(source, path)
-    keep = None if wanted is None or not promised else set(wanted(promised))
-    held = None if wanted is None or promised else HELD_BYTES
-    video, broken = _decoded(source, path, short_side, keep, held)
+    container, stream = _opened(source, path)
+    with container:  # one open for the index's count and the decode
+        promised = _frame_count(stream)
+        keep = None if wanted is None or not promised else set(wanted(promised))
+        held = None if wanted is None or promised else HELD_BYTES
+        video, broken = _decoded(container, stream, short_side, keep, held)
     index_wrong = keep is not None and video.count != promised
     over_bound = held is not None and len(video.frames) < video.count
     if index_wrong or over_bound:  # the frames held are not those the true count names
-        video, broken = _decoded(source, path, short_side, set(wanted(video.count)), None)
+        container, stream = _opened(source, path)
+        with container:
+            video, broken = _decoded(container, stream, short_side, set(wanted(video.count)))
     if not broken and 0 < video.count < promised:  # the index promised more
         broken = f"{video.count} of {promised} frames"
     if not video.count:
@@ -105,57 +109,60 @@ def read_piece_frames(path: Any, short_side: int, wanted) -> KeptFrames:
     frame rate), the decoder seeks to the keyframe before the range's first frame and decodes
     only up to its last (an hour of video is not decoded by each of its pieces); anything else
     (no count, a timestamp off the grid, a gap, a cut before the range's end) falls back to
-    decoding from the start, which picks the frames the true count names."""
-    source = _fetched(path)
-    promised = _frame_count(source, path)
-    need = set(wanted(promised)) if promised else set()
-    if promised and not need:  # no clip in this piece's range
-        return KeptFrames(promised, {}, 25.0, (0, 0))
-    kept = _seeked(source, path, short_side, need) if need else None
-    if kept is not None:
-        kept.count = promised
-        return kept
-    log.info("%s: decoded from the start (no even frame grid to seek on)", path)
-    return _read_frames(source, path, short_side, wanted)
+    decoding from the start, which picks the frames the true count names. A video in a store
+    is read by ranges (``store.ranged_source``), not fetched whole by each piece."""
+    with ranged_source(path) as (source, size):
+        if size == 0:
+            raise SkipSample("empty_video", str(path))
+        container, stream = _opened(source, path)
+        with container:
+            promised = _frame_count(stream)
+            need = set(wanted(promised)) if promised else set()
+            if promised and not need:  # no clip in this piece's range
+                return KeptFrames(promised, {}, 25.0, (0, 0))
+            kept = _seeked(container, stream, short_side, need) if need else None
+        if kept is not None:
+            kept.count = promised
+            return kept
+        log.info("%s: decoded from the start (no even frame grid to seek on)", path)
+        return _read_frames(source, path, short_side, wanted)
 
 
-def _seeked(source, path, short_side: int, need: set[int]) -> KeptFrames | None:
+def _seeked(container, stream, short_side: int, need: set[int]) -> KeptFrames | None:
     """The frames ``need`` names, decoded from the keyframe before the first; None when the
     frame grid cannot be trusted (the caller decodes from the start)."""
-    container, stream = _opened(source, path)
-    with container:
-        rate, tb = stream.average_rate, stream.time_base
-        decoder = container.decode(stream)
-        first_frame = next(decoder, None)  # the grid's origin: frame 0
-        decoder.close()
-        if not rate or tb is None or first_frame is None or first_frame.pts is None:
-            return None
-        origin, first, last = first_frame.pts, min(need), max(need)
-        # scaled as a whole decode scales every frame: by the first frame's size
-        size = scaled_size(first_frame.width, first_frame.height, short_side)
-        container.seek(origin + int(Fraction(first) / rate / tb), stream=stream, backward=True)
-        frames: dict[int, np.ndarray] = {}
-        previous = None
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    return None
-                index = Fraction(frame.pts - origin) * tb * rate
-                if index.denominator != 1 or (previous is None and index > first):
-                    return None  # off the grid, or the seek landed past the range
-                if previous is not None and index != previous + 1:
-                    return None  # a gap or a repeat: the grid is not the decode order
-                previous = int(index)
-                if previous in need:
-                    frames[previous] = _rgb(frame, size)
-                if previous >= last:
-                    break
-        except (av.FFmpegError, ValueError):
-            return None
-        if len(frames) < len(need):
-            return None
-        fps = float(rate)
-        return KeptFrames(0, frames, fps, (stream.codec_context.width, stream.codec_context.height))
+    rate, tb = stream.average_rate, stream.time_base
+    decoder = container.decode(stream)
+    first_frame = next(decoder, None)  # the grid's origin: frame 0
+    decoder.close()
+    if not rate or tb is None or first_frame is None or first_frame.pts is None:
+        return None
+    origin, first, last = first_frame.pts, min(need), max(need)
+    # scaled as a whole decode scales every frame: by the first frame's size
+    size = scaled_size(first_frame.width, first_frame.height, short_side)
+    container.seek(origin + int(Fraction(first) / rate / tb), stream=stream, backward=True)
+    frames: dict[int, np.ndarray] = {}
+    previous = None
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            index = Fraction(frame.pts - origin) * tb * rate
+            if index.denominator != 1 or (previous is None and index > first):
+                return None  # off the grid, or the seek landed past the range
+            if previous is not None and index != previous + 1:
+                return None  # a gap or a repeat: the grid is not the decode order
+            previous = int(index)
+            if previous in need:
+                frames[previous] = _rgb(frame, size)
+            if previous >= last:
+                break
+    except (av.FFmpegError, ValueError):
+        return None
+    if len(frames) < len(need):
+        return None
+    fps = float(rate)
+    return KeptFrames(0, frames, fps, (stream.codec_context.width, stream.codec_context.height))
 
 
 def _fetched(path: Any):
@@ -186,33 +193,29 @@ def _opened(source, path):
     return container, stream
 
 
-def _frame_count(source, path) -> int:
+def _frame_count(stream) -> int:
     """The frame count the container's index gives (0: none given)."""
-    container, stream = _opened(source, path)
-    with container:
-        return stream.frames
+    return stream.frames
 
 
-def _decoded(source, path, short_side: int, keep, held) -> tuple[KeptFrames, str]:
-    """Decode every frame; convert and hold those in ``keep`` (None: all, and when ``held``
-    bytes are passed, none more: the rest only counted). Also the error that ended decoding
-    early ('' when none)."""
-    container, stream = _opened(source, path)
-    with container:
-        rate = stream.average_rate or stream.guessed_rate
-        source_size = (stream.codec_context.width, stream.codec_context.height)
-        frames: dict[int, np.ndarray] = {}
-        count, size, total, broken = 0, None, 0, ""
-        try:
-            for frame in container.decode(stream):
-                if size is None:
-                    size = scaled_size(frame.width, frame.height, short_side)
-                if (keep is None or count in keep) and (held is None or total <= held):
-                    frames[count] = _rgb(frame, size)
-                    total += frames[count].nbytes
-                count += 1
-        except (av.FFmpegError, ValueError) as err:
-            broken = str(err)
+def _decoded(container, stream, short_side: int, keep, held=None) -> tuple[KeptFrames, str]:
+    """Decode every frame of an opened video; convert and hold those in ``keep`` (None: all,
+    and when ``held`` bytes are passed, none more: the rest only counted). Also the error that
+    ended decoding early ('' when none)."""
+    rate = stream.average_rate or stream.guessed_rate
+    source_size = (stream.codec_context.width, stream.codec_context.height)
+    frames: dict[int, np.ndarray] = {}
+    count, size, total, broken = 0, None, 0, ""
+    try:
+        for frame in container.decode(stream):
+            if size is None:
+                size = scaled_size(frame.width, frame.height, short_side)
+            if (keep is None or count in keep) and (held is None or total <= held):
+                frames[count] = _rgb(frame, size)
+                total += frames[count].nbytes
+            count += 1
+    except (av.FFmpegError, ValueError) as err:
+        broken = str(err)
     if held is not None and total > held:
         frames = {}  # past the bound: the count is known now; the caller decodes again
     fps = float(rate) if rate else 25.0

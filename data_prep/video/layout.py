@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from data_prep.corpus import LayoutError, csv_rows
+from data_prep.corpus import LayoutError, csv_rows, json_array_rows
 from data_prep.plan import pieces_of
 from data_prep.store import location, relative
 
@@ -109,8 +109,8 @@ def split_items(root: Any, split: str, task_bytes: int = 0) -> Iterator[VideoIte
     """The items of ``split`` (``train`` or ``val``), sorted by path; a video larger than
     ``task_bytes`` (0: never) is several items, each a contiguous range of its clips. Class
     folders are walked one folder at a time; a Kinetics or Something-Something table is joined
-    to the files it names in a SQLite file on the driver's disk (:func:`_joined`): neither is a
-    list on the driver (a Something-Something table is one JSON array, read whole)."""
+    to the files it names in a SQLite file on the driver's disk (:func:`_joined`), read a row at
+    a time (a Something-Something table, one JSON array, too): neither is a list on the driver."""
     root = location(root)
     layout = detect_layout(root)
     if layout == "folders":
@@ -235,10 +235,17 @@ def _column(table: Path, header: list[str], want: str) -> str:
 
 
 def _ssv2(root: Path, split: str, task_bytes: int) -> Iterator[VideoItem]:
-    rows = (
-        (str(r["id"]), _ssv2_label(r["template"])) for r in json_table(root / SSV2_SPLITS[split])
-    )
-    return _joined(root, split, rows, task_bytes)
+    return _joined(root, split, _ssv2_rows(root / SSV2_SPLITS[split]), task_bytes)
+
+
+def _ssv2_rows(table: Path) -> Iterator[tuple[str, str]]:
+    """``(id, label)`` of each row of a split's table, read a row at a time."""
+    if not table.is_file():
+        raise LayoutError(f"{table} is missing (the Something-Something layout needs it)")
+    for n, row in enumerate(json_array_rows(table), start=1):
+        if not (isinstance(row, dict) and "id" in row and isinstance(row.get("template"), str)):
+            raise LayoutError(f"{table}: row {n} has no id and template: {str(row)[:80]}")
+        yield str(row["id"]), _ssv2_label(row["template"])
 
 
 def json_table(path: Path):

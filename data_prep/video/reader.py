@@ -173,7 +173,8 @@ READER = CorpusReader(
     input_file=lambda cfg, item: str(item.file),
     reads_format=lambda name: Path(name).suffix.lower() in VIDEO_EXTENSIONS,
     layout_file=is_layout_file,
-    # the layout is walked and each video read through fsspec (fetched whole: demuxers seek)
+    # the layout is walked and each video read through fsspec (fetched whole: demuxers seek;
+    # a piece of a long video by ranged reads)
     reads_stores=True,
 )
 

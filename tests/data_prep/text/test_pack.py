@@ -1,35 +1,12 @@
 """Packing: a batch laid out as one stream packs to what a document at a time packs to."""
 
 import itertools
-import random
 
 import numpy as np
 import pytest
 
 from data_prep.text.pack import pack_stream
-from data_prep.text.tokenizer import PAD, SEP, batch_stream, train_tokenizer, word_starts
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    rng = random.Random(0)
-    words = ["the", "cat's", "hat", "sat,", "on", "a", "mat.", "naïve", "co-op", "42", "x!"]
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(300)]
-    return train_tokenizer(texts, "bpe", 300, lowercase=False)
-
-
-def test_a_batch_stream_is_each_documents_words_and_a_separator(tokenizer):
-    rng = random.Random(1)
-    pieces = ["the cat", " sat", "'s", ".", "\n", "naïve", "42", "", "  ", "co-op", "x!"]
-    for _ in range(200):
-        texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
-                 for _ in range(rng.randint(1, 9))]  # fmt: skip
-        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-        ids, starts = batch_stream(encodings, SEP)
-        expected_ids = [i for e in encodings for i in [*e.ids, SEP]]
-        expected_starts = [s for e in encodings for s in [*word_starts(e).tolist(), 1]]
-        assert ids.tolist() == expected_ids and starts.tolist() == expected_starts, texts
-        assert ids.dtype == np.int64 and starts.dtype == np.uint8
+from data_prep.text.tokenizer import PAD, SEP
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 64])
