@@ -9,6 +9,7 @@ A loaded tokenizer must have them at those ids.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,15 +28,20 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase: bool):
-    """A new tokenizer fitted on ``texts`` (already normalised)."""
+    """A new tokenizer fitted on ``texts`` (already normalised): the same one from the same
+    texts in every process (``tests/data_prep/text/test_tokenizer.py`` trains in three)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    normalizer = normalizers.Lowercase() if lowercase else None
     if kind == "wordpiece":
+        texts = list(texts)
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=list(SPECIAL), min_frequency=2
+            vocab_size=vocab_size,
+            special_tokens=[*SPECIAL, *_later_pieces(texts, normalizer)],
+            min_frequency=2,
         )
     else:
         tok = Tokenizer(models.BPE(unk_token="[UNK]"))
@@ -47,10 +53,34 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase:
             min_frequency=2,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-    if lowercase:
-        tok.normalizer = normalizers.Lowercase()
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return _without_added(tok, SPECIAL) if kind == "wordpiece" else tok
+
+
+def _later_pieces(texts: list[str], normalizer) -> list[str]:
+    """``##c`` for every character ``c`` of the texts (as normalised), sorted. HF's WordPiece
+    trainer numbers these pieces in the order a hash map gives its words, which changes from
+    process to process, and breaks ties between merges by those numbers, so each process
+    learned another vocabulary (huggingface/tokenizers#1794: 8 of 8,000 tokens and 709 ids
+    differed between two trainings on the demo corpus). Passed to it first, as special tokens,
+    they have the same numbers in every process; :func:`_without_added` then makes them
+    ordinary pieces again (special tokens are matched in the raw text)."""
+    chars = set().union(*map(set, texts))
+    if normalizer is not None:  # lowercasing maps a character to one or more
+        chars = set(normalizer.normalize_str("".join(sorted(chars))))
+    return [f"##{c}" for c in sorted(chars)]
+
+
+def _without_added(tok, keep: tuple[str, ...]):
+    """``tok`` with only the ``keep`` added tokens: the others stay in its vocabulary as the
+    model's pieces, no longer matched in the raw text."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in keep]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def load_tokenizer(path: str | Path):

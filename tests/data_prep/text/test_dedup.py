@@ -123,15 +123,15 @@ def test_two_preps_of_one_corpus_write_the_same_manifests_dedup_included(prepare
 
 @pytest.fixture(scope="module")
 def prepared_twice(text_demo, tmp_path_factory):
-    """The demo corpus prepared twice, with byte-level BPE (HF's WordPiece trainer gives other
-    ids in another process: tokenizers#1794). In this process both times (below 48 inputs, no
-    Ray head): the Ray tasks' path is test_reader's fixture and the memory test below."""
+    """The demo corpus prepared twice, with the default tokenizer (WordPiece: HF's trainer gave
+    another vocabulary each time before, tokenizers#1794). In this process both times (below 48
+    inputs, no Ray head): the Ray tasks' path is test_reader's fixture and the memory test
+    below."""
     outs = []
     for cpus in (None, None):
         out = tmp_path_factory.mktemp("twice") / "shards"
         prep_text(TextPrepConfig(source=str(text_demo / "corpus"), out=str(out), num_cpus=cpus,
-                                 splits=["train", "val"], tokenizer_kind="bpe",
-                                 **TEXT_PREP_KEYS))  # fmt: skip
+                                 splits=["train", "val"], **TEXT_PREP_KEYS))  # fmt: skip
         outs.append(out)
     return outs
 
