@@ -280,20 +280,18 @@ def test_prep_scale_projects_from_marginal_figures():
     runs = [{"n": 1000, "driver_cpu_s": 2.0, "wall_s": 7.0, "tokens": 12_000},
             {"n": 11000, "driver_cpu_s": 2.5, "wall_s": 9.0, "tokens": 132_000}]  # fmt: skip
     assert marginal(runs, "driver_cpu_s") == 0.5 / 10000
-    lines = project({"image": runs, "text": runs}, {"image": 0.004}, cpus=2)
+    costs = {"image": 0.004, "text": 1.5e-6}  # CPU seconds an image, a token
+    lines = project({"image": runs, "text": runs}, costs)
     assert len(lines) == 3  # the corpora of the modalities measured alone
     assert lines[0].startswith("| ImageNet-1k | 1,281,167 | 4.00 ms x 1,281,167 / 640")
     assert "50 µs x 1,281,167 = 1.1 min" in lines[0]
-    per_token = 2 * 2.0 / 120_000  # the tasks' marginal wall x CPUs per token
-    assert f"{per_token * C4_TOKENS / TARGET_CPUS / 60:.1f} min" in lines[2]
+    tasks = 1.5e-6 * C4_TOKENS / TARGET_CPUS / 60
+    assert f"1.50 µs x 1.56e+11 tokens / 640 = {tasks:.1f} min" in lines[2]
     assert "50.0 µs x 365,000,000 = 304.2 min" in lines[2]  # the driver's serial share
     falling = [runs[0], {**runs[1], "driver_cpu_s": 1.5}]  # noise: a negative marginal
-    assert (
-        "0.0 µs x 365,000,000 = 0.0 min"
-        in project({"image": runs, "text": falling}, {"image": 0.004}, 2)[2]
-    )
+    assert "0.0 µs x 365,000,000 = 0.0 min" in project({"image": runs, "text": falling}, costs)[2]
     # audio by the second of audio: 1 ms a second of LibriLight's 60 k hours
-    (audio,) = project({"audio": runs}, {"audio": 1e-3 * LIBRILIGHT_SECONDS / 219_000}, 2)
+    (audio,) = project({"audio": runs}, {"audio": 1e-3 * LIBRILIGHT_SECONDS / 219_000})
     assert audio.startswith(
         "| LibriLight | 219,000 | 1.00 ms x 2.16e+08 s of audio / 640 = 5.6 min"
     )
