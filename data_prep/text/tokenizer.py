@@ -67,7 +67,9 @@ def _later_pieces(texts: list[str], normalizer) -> list[str]:
     differed between two trainings on the demo corpus). Passed to it first, as special tokens,
     they have the same numbers in every process; :func:`_without_added` then makes them
     ordinary pieces again (special tokens are matched in the raw text)."""
-    chars = set().union(*map(set, texts))
+    chars: set[str] = set()
+    for text in texts:  # a set a text at a time: 100 k of them at once would be ~200 MB
+        chars.update(set(text))
     if normalizer is not None:  # lowercasing maps a character to one or more
         chars = set(normalizer.normalize_str("".join(sorted(chars))))
     return [f"##{c}" for c in sorted(chars)]
