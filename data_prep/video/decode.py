@@ -11,7 +11,9 @@ file that breaks partway is kept up to the damage and named ``truncated_video``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -77,7 +79,8 @@ def read_frames(path: Any, short_side: int, wanted=None) -> KeptFrames:
     counted first; an index that promised more frames than decode gives (a cut file) or fewer
     is decoded once more for the frames the true count names. So the frames are the ones a
     whole decode would pick."""
-    return _read_frames(_fetched(path), path, short_side, wanted)
+    with _source(contextlib.nullcontext(decoder_source(path)), path) as source:
+        return _read_frames(source, path, short_side, wanted)
 
 
 def _read_frames(source, path: Any, short_side: int, wanted) -> KeptFrames:
@@ -111,9 +114,7 @@ def read_piece_frames(path: Any, short_side: int, wanted) -> KeptFrames:
     (no count, a timestamp off the grid, a gap, a cut before the range's end) falls back to
     decoding from the start, which picks the frames the true count names. A video in a store
     is read by ranges (``store.ranged_source``), not fetched whole by each piece."""
-    with ranged_source(path) as (source, size):
-        if size == 0:
-            raise SkipSample("empty_video", str(path))
+    with _source(ranged_source(path), path) as source:
         container, stream = _opened(source, path)
         with container:
             promised = _frame_count(stream)
@@ -165,12 +166,14 @@ def _seeked(container, stream, short_side: int, need: set[int]) -> KeptFrames | 
     return KeptFrames(0, frames, fps, (stream.codec_context.width, stream.codec_context.height))
 
 
-def _fetched(path: Any):
-    """What the decoder opens (``store.decoder_source``), or SkipSample for an empty file."""
-    source, size = decoder_source(path)
-    if size == 0:
-        raise SkipSample("empty_video", str(path))
-    return source
+@contextlib.contextmanager
+def _source(opened, path: Any) -> Iterator[Any]:
+    """What the decoder opens, from ``opened`` (``(source, size)``: a store object fetched whole
+    or opened for ranged reads), or SkipSample for an empty file."""
+    with opened as (source, size):
+        if size == 0:
+            raise SkipSample("empty_video", str(path))
+        yield source
 
 
 def _rgb(frame, size: tuple[int, int]) -> np.ndarray:
